@@ -1,0 +1,50 @@
+# llm-chargeback: every target sets up what it needs (venv, pip packages, Debian packages).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEB_PACKAGES := prometheus prometheus-alertmanager victoria-metrics
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint dashboards deps venv clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages (Prometheus, promtool, Alertmanager, amtool, VictoriaMetrics), installed only when missing.
+deps:
+	@missing=""; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v victoria-metrics >/dev/null || missing="$$missing victoria-metrics"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+demo: deps venv
+	$(VENV)/bin/chargeback demo
+
+test: deps venv
+	$(VENV)/bin/ruff check exporter tests bench dashboards
+	$(PY) dashboards/build.py --check
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: deps venv
+	$(PY) bench/run_all.py --out docs/performance.md
+
+lint: venv
+	$(VENV)/bin/ruff check exporter tests bench dashboards
+	$(VENV)/bin/ruff format --check exporter tests bench dashboards || true
+
+dashboards: venv
+	$(PY) dashboards/build.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,50 @@
+"""Small helpers shared by every subcommand's argument parser."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from exporter.config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG_FILE = os.environ.get("CHARGEBACK_CONFIG", "chargeback.yaml")
+
+
+def add_config_flag(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        default=None if required else DEFAULT_CONFIG_FILE,
+        required=required,
+        metavar="PATH",
+        help=f"configuration file (default: $CHARGEBACK_CONFIG or {DEFAULT_CONFIG_FILE})",
+    )
+
+
+def add_log_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: info)",
+    )
+
+
+def setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Load the config named by --config.file; exits with status 2 and the error on failure."""
+    try:
+        return load_config(args.config_file)
+    except ConfigError as exc:
+        print(f"chargeback: config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
