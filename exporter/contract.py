@@ -13,6 +13,8 @@ COMPLETION_TOKENS_TOTAL = "chargeback_completion_tokens_total"
 CACHED_PROMPT_TOKENS_TOTAL = "chargeback_cached_prompt_tokens_total"
 REQUEST_SECONDS_TOTAL = "chargeback_request_seconds_total"
 USAGE_ESTIMATED_TOTAL = "chargeback_usage_estimated_total"
+# {code}: refused before a user and a configured model were known (401/400/404/413/503); no user label
+REJECTED_REQUESTS_TOTAL = "chargeback_rejected_requests_total"
 
 # --- proxy: latency and load, label {model}
 REQUEST_DURATION_SECONDS = "chargeback_request_duration_seconds"
@@ -47,6 +49,7 @@ GPU_POWER_WATTS = "chargeback_gpu_power_watts"
 GPU_ENERGY_JOULES_TOTAL = "chargeback_gpu_energy_joules_total"
 GPU_TEMPERATURE_CELSIUS = "chargeback_gpu_temperature_celsius"
 GPU_HOURLY_COST = "chargeback_gpu_hourly_cost"  # {uuid, pool}
+GPU_UNMAPPED_GPUS = "chargeback_gpu_unmapped_gpus"  # GPUs on the host that no pool claims (no cost)
 NVML_UP = "chargeback_nvml_up"
 GPU_COLLECT_DURATION_SECONDS = "chargeback_gpu_collect_duration_seconds"
 NVML_ERRORS_TOTAL = "chargeback_nvml_errors_total"  # {reason}

@@ -1,0 +1,361 @@
+"""Chargeback overview: where the money goes this month, team by team and pool by pool.
+
+For central IT and finance: spend rate and month-to-date spend per team, budget consumption with the
+month-end forecast, each team's share of each GPU pool, idle cost, top users and what a million
+tokens really cost on each pool.
+"""
+
+from __future__ import annotations
+
+from grafanalib.core import Dashboard
+
+from dashboards.common import (
+    BUDGET_STEPS,
+    IDLE_STEPS,
+    PERCENT_UNIT,
+    REQUESTS_PER_SECOND,
+    TOKENS,
+    Layout,
+    bargauge,
+    currency_unit,
+    dashboard,
+    data_link,
+    matrix,
+    merge,
+    organize,
+    stat,
+    table,
+    target,
+    targets,
+    timeseries,
+    unit_override,
+)
+
+# Spend per hour of each user: their part of their team's weighted tokens on a pool times the
+# team's spend on that pool (team_pool:chargeback_spend_per_hour:rate5m), so it follows whichever
+# real-time method the rules use. Team-pool pairs without traffic in the window drop out (> 0).
+USER_SPEND_PER_HOUR = (
+    "sum by (user, team) ("
+    "user_team_pool:chargeback_weighted_tokens:rate5m"
+    " / on (team, pool) group_left () (team_pool:chargeback_weighted_tokens:rate5m > 0)"
+    " * on (team, pool) group_left team_pool:chargeback_spend_per_hour:rate5m"
+    ")"
+)
+TOP_USERS = f"topk(10, {USER_SPEND_PER_HOUR})"
+
+
+def build(currency: str) -> Dashboard:
+    money = currency_unit(currency)
+    team_link = data_link(
+        "Open the team dashboard for ${__field.labels.team}", "team", "var-team=${__field.labels.team}"
+    )
+    lay = Layout()
+
+    lay.row(1, "This month")
+    lay.add(
+        stat(
+            2,
+            "Spend rate (per hour)",
+            f"What all teams are being charged per hour right now, in {currency}: the sum over teams of "
+            "team:chargeback_spend_per_hour:rate5m (real-time method from report.realtime_method).",
+            money,
+            [target("sum(team:chargeback_spend_per_hour:rate5m)")],
+        ),
+        4,
+        4,
+    )
+    lay.add(
+        stat(
+            3,
+            "Month-to-date spend",
+            f"Spend of all teams since the first of the month (UTC), in {currency}: "
+            "sum of team:chargeback_spend:month_to_date.",
+            money,
+            [target("sum(team:chargeback_spend:month_to_date)")],
+        ),
+        4,
+        4,
+    )
+    lay.add(
+        stat(
+            4,
+            "Month-end forecast",
+            "Where total spend will be at the end of the calendar month if the current pace continues: "
+            "sum of team:chargeback_spend:month_forecast.",
+            money,
+            [target("sum(team:chargeback_spend:month_forecast)")],
+        ),
+        4,
+        4,
+    )
+    lay.add(
+        stat(
+            5,
+            "GPU fleet cost (per hour)",
+            "What the GPU pools cost per hour, used or not: sum of pool:chargeback_gpu_hourly_cost:sum "
+            "(the GPU exporter's chargeback_gpu_hourly_cost per GPU).",
+            money,
+            [target("sum(pool:chargeback_gpu_hourly_cost:sum)")],
+        ),
+        4,
+        4,
+    )
+    lay.add(
+        stat(
+            6,
+            "Idle cost (per hour)",
+            "Money spent per hour on GPUs that sit idle (at or below the idle threshold): sum of "
+            "pool:chargeback_idle_cost_per_hour:rate5m. Orange above half, red above 80 % of the fleet cost.",
+            money,
+            [target("sum(pool:chargeback_idle_cost_per_hour:rate5m)")],
+        ),
+        4,
+        4,
+    )
+    lay.add(
+        stat(
+            7,
+            "Unrecovered cost (per hour)",
+            "Pool cost per hour that the proxy price per token does not recover because capacity goes "
+            "unused: sum of pool:chargeback_unrecovered_cost_per_hour:rate5m. Under proxy-price-per-token "
+            "central IT carries this amount.",
+            money,
+            [target("sum(pool:chargeback_unrecovered_cost_per_hour:rate5m)")],
+        ),
+        4,
+        4,
+    )
+
+    lay.row(8, "Spend and budgets by team")
+    lay.add(
+        timeseries(
+            9,
+            "Spend rate by team (per hour)",
+            f"{currency} per hour charged to each team over time, stacked: team:chargeback_spend_per_hour:rate5m.",
+            money,
+            [target("team:chargeback_spend_per_hour:rate5m", "{{team}}")],
+            stacked=True,
+            links=[team_link],
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        bargauge(
+            10,
+            "Month-to-date spend by team",
+            "Each team's spend since the first of the month (UTC): team:chargeback_spend:month_to_date. "
+            "Click a bar to open that team's dashboard.",
+            money,
+            [target("sort_desc(team:chargeback_spend:month_to_date)", "{{team}}", instant=True)],
+            links=[team_link],
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        bargauge(
+            11,
+            "Budget consumption by team",
+            "Month-to-date spend as a share of the monthly budget (team:chargeback_budget_consumption:ratio) "
+            "and where the month-end forecast lands (team:chargeback_budget_forecast_consumption:ratio). "
+            "Orange from 80 %, red from 100 % of the budget.",
+            PERCENT_UNIT,
+            targets(
+                ("team:chargeback_budget_consumption:ratio", "{{team}} month to date"),
+                ("team:chargeback_budget_forecast_consumption:ratio", "{{team}} forecast"),
+                instant=True,
+            ),
+            max_value=1.5,
+            thresholds=BUDGET_STEPS,
+            links=[team_link],
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        table(
+            12,
+            "Budgets",
+            "Per team: monthly budget (max of chargeback_team_budget over proxy replicas), month-to-date "
+            "spend (team:chargeback_spend:month_to_date), month-end forecast "
+            "(team:chargeback_spend:month_forecast) and both as a share of the budget "
+            "(team:chargeback_budget_consumption:ratio, team:chargeback_budget_forecast_consumption:ratio).",
+            money,
+            targets(
+                ("max by (team) (chargeback_team_budget)", "budget"),
+                ("team:chargeback_spend:month_to_date", "month to date"),
+                ("team:chargeback_spend:month_forecast", "forecast"),
+                ("team:chargeback_budget_consumption:ratio", "used"),
+                ("team:chargeback_budget_forecast_consumption:ratio", "forecast used"),
+                instant=True,
+                table=True,
+            ),
+            transformations=[
+                merge(),
+                organize(
+                    rename={
+                        "team": "Team",
+                        "Value #A": "Budget",
+                        "Value #B": "Month to date",
+                        "Value #C": "Forecast",
+                        "Value #D": "Used",
+                        "Value #E": "Forecast used",
+                    }
+                ),
+            ],
+            overrides=[unit_override("Used", PERCENT_UNIT), unit_override("Forecast used", PERCENT_UNIT)],
+            sort_by="Forecast used",
+            links=[team_link],
+        ),
+        12,
+        8,
+    )
+
+    lay.row(13, "GPU pools")
+    lay.add(
+        timeseries(
+            14,
+            "Share of each pool by team",
+            "Each team's share of the weighted tokens served by a pool over the last 5 minutes "
+            "(team_pool:chargeback_token_share:ratio5m); the shares of one pool add up to 100 %. "
+            "Under token-share this is the part of the pool's cost the team pays.",
+            PERCENT_UNIT,
+            [target("team_pool:chargeback_token_share:ratio5m", "{{pool}} · {{team}}")],
+            max_value=1,
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        table(
+            15,
+            "Pool shares now (team × pool)",
+            "The current team_pool:chargeback_token_share:ratio5m as a matrix: one row per team, one column "
+            "per pool; each column adds up to 100 %.",
+            PERCENT_UNIT,
+            [target("team_pool:chargeback_token_share:ratio5m", instant=True, table=True)],
+            transformations=[matrix("team", "pool")],
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        timeseries(
+            16,
+            "Idle cost by pool (per hour)",
+            f"{currency} per hour spent on idle GPUs in each pool: pool:chargeback_idle_cost_per_hour:rate5m. "
+            "How it is billed (central IT, spread by usage, evenly) is report.idle_handling.",
+            money,
+            [target("pool:chargeback_idle_cost_per_hour:rate5m", "{{pool}}")],
+            stacked=True,
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            17,
+            "Cost per 1M weighted tokens by pool",
+            "What one million weighted tokens actually cost on each pool at the current load "
+            "(pool:chargeback_cost_per_million_tokens:ratio5m), against the proxy list price at full "
+            "capacity (pool:chargeback_price_per_token:ratio × 1e6). The gap is the price of unused capacity.",
+            money,
+            targets(
+                ("pool:chargeback_cost_per_million_tokens:ratio5m", "{{pool}} actual"),
+                ("pool:chargeback_price_per_token:ratio * 1e6", "{{pool}} at full capacity"),
+            ),
+            fill=0,
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            18,
+            "Capacity used by pool",
+            "Weighted tokens per second served by a pool divided by its configured capacity "
+            "(pool:chargeback_capacity_utilization:ratio5m).",
+            PERCENT_UNIT,
+            [target("pool:chargeback_capacity_utilization:ratio5m", "{{pool}}")],
+            thresholds=IDLE_STEPS,
+        ),
+        8,
+        8,
+    )
+
+    lay.row(19, "Users")
+    lay.add(
+        table(
+            20,
+            "Top users (by spend rate now)",
+            "The ten users costing the most per hour right now: a user's part of the team's weighted tokens "
+            "on each pool (user_team_pool:chargeback_weighted_tokens:rate5m ÷ "
+            "team_pool:chargeback_weighted_tokens:rate5m) times the team's spend on that pool "
+            "(team_pool:chargeback_spend_per_hour:rate5m); with their weighted tokens per second "
+            "(user_team_pool:chargeback_weighted_tokens:rate5m) and requests per second "
+            "(chargeback_requests_total).",
+            money,
+            targets(
+                (TOP_USERS, "spend"),
+                (
+                    "sum by (user, team) (user_team_pool:chargeback_weighted_tokens:rate5m)"
+                    f" and on (user, team) {TOP_USERS}",
+                    "tokens",
+                ),
+                (
+                    "sum by (user, team) (rate(chargeback_requests_total[$__rate_interval]))"
+                    f" and on (user, team) {TOP_USERS}",
+                    "requests",
+                ),
+                instant=True,
+                table=True,
+            ),
+            transformations=[
+                merge(),
+                organize(
+                    rename={
+                        "user": "User",
+                        "team": "Team",
+                        "Value #A": "Spend per hour",
+                        "Value #B": "Weighted tokens/s",
+                        "Value #C": "Requests/s",
+                    }
+                ),
+            ],
+            overrides=[
+                unit_override("Weighted tokens/s", TOKENS),
+                unit_override("Requests/s", REQUESTS_PER_SECOND),
+            ],
+            sort_by="Spend per hour",
+            links=[team_link],
+        ),
+        12,
+        9,
+    )
+    lay.add(
+        timeseries(
+            21,
+            "Top users: weighted tokens per second",
+            "Weighted tokens per second of the ten busiest users at each point in time "
+            "(user_team_pool:chargeback_weighted_tokens:rate5m summed over pools).",
+            TOKENS,
+            [
+                target(
+                    "topk(10, sum by (user, team) (user_team_pool:chargeback_weighted_tokens:rate5m))",
+                    "{{user}} ({{team}})",
+                )
+            ],
+        ),
+        12,
+        9,
+    )
+
+    return dashboard(
+        "overview",
+        "Chargeback for self-hosted LLM inference: spend, budgets, pool shares, idle cost and top users. "
+        "Generated by dashboards/build.py from dashboards/overview.py; do not edit in Grafana.",
+        lay,
+        variables=[],
+        time_from="now-24h",
+    )

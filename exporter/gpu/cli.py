@@ -1,0 +1,99 @@
+"""``chargeback gpu-exporter``: serve per-GPU utilisation and cost for Prometheus."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from exporter.cliutil import add_config_flag, add_log_flag, config_from_args, setup_logging
+from exporter.config import ConfigError, parse_listen
+from exporter.gpu.backend import Backend
+from exporter.gpu.collector import GpuCollector
+from exporter.gpu.server import make_app
+from exporter.gpu.simulated import DEFAULT_PATTERN, SimPattern, SimulatedBackend
+
+log = logging.getLogger("exporter.gpu")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "gpu-exporter",
+        help="export GPU utilisation, idle time, energy and cost (NVML) for Prometheus",
+        description="Serve /metrics with per-GPU utilisation, busy/idle seconds, power, energy and hourly "
+        "cost. Default port 9842 (gpu_exporter.listen in the config).",
+    )
+    add_config_flag(p)
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="address to serve /metrics on (default: gpu_exporter.listen from the config, 0.0.0.0:9842)",
+    )
+    p.add_argument(
+        "--simulate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="export N simulated GPUs with a scripted utilisation pattern instead of reading NVML",
+    )
+    p.add_argument(
+        "--simulate-pattern",
+        default=DEFAULT_PATTERN,
+        metavar="SPEC",
+        help=f"utilisation of the simulated GPUs (default: {DEFAULT_PATTERN}): GPU i runs at levels[i] for the "
+        "first duty×period seconds of every period, idle otherwise",
+    )
+    add_log_flag(p)
+    p.set_defaults(func=run)
+
+
+def build_backend(args: argparse.Namespace) -> Backend:
+    if args.simulate:
+        return SimulatedBackend(args.simulate, SimPattern.parse(args.simulate_pattern))
+    from exporter.gpu.nvml import NvmlBackend  # imports pynvml only when it is needed
+
+    return NvmlBackend()
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    cfg = config_from_args(args)
+    try:
+        host, port = parse_listen(args.listen or cfg.gpu_exporter.listen, "--web.listen-address", "command line")
+        if args.simulate < 0:
+            raise ValueError("--simulate N needs N ≥ 1")
+        backend = build_backend(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"chargeback gpu-exporter: {exc}", file=sys.stderr)
+        return 2
+    collector = GpuCollector(backend, cfg.gpu_exporter, cfg.pools)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    # One collection before serving: logs NVML trouble and unmapped GPUs right at start.
+    for _ in collector.collect():
+        pass
+    log.info("GPU exporter (%s) serving http://%s:%d/metrics", backend.description, host, port)
+    try:
+        web.run_app(make_app(registry, collector), host=host, port=port, print=None, access_log=None)
+    except OSError as exc:
+        print(f"chargeback gpu-exporter: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m exporter.gpu.cli``: the gpu-exporter subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="chargeback")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

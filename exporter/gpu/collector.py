@@ -1,0 +1,347 @@
+"""The GPU collector: a prometheus_client custom collector that reads every GPU on each scrape.
+
+Each ``collect()`` asks the backend (NVML or the simulator) for fresh readings through one worker
+thread with a bounded wait, folds them into per-GPU accumulators kept here (so counters stay
+monotonic when NVML is re-initialised or the driver reloads) and yields new metric families.
+A scrape of a host with one GPU in pool ``h100`` looks like::
+
+    chargeback_gpu_info{uuid="GPU-8f…",index="0",name="NVIDIA H100 80GB HBM3",pool="h100",driver_version="550.54.15"} 1.0
+    chargeback_gpu_utilization_ratio{uuid="GPU-8f…"} 0.62
+    chargeback_gpu_busy_seconds_total{uuid="GPU-8f…"} 5123.4
+    chargeback_gpu_idle_seconds_total{uuid="GPU-8f…"} 1804.0
+    chargeback_gpu_idle{uuid="GPU-8f…"} 0.0
+    chargeback_gpu_memory_used_bytes{uuid="GPU-8f…"} 6.4e+10
+    chargeback_gpu_memory_total_bytes{uuid="GPU-8f…"} 8.5e+10
+    chargeback_gpu_power_watts{uuid="GPU-8f…"} 431.2
+    chargeback_gpu_energy_joules_total{uuid="GPU-8f…"} 2.9e+06
+    chargeback_gpu_temperature_celsius{uuid="GPU-8f…"} 61.0
+    chargeback_gpu_hourly_cost{uuid="GPU-8f…",pool="h100"} 2.8
+    chargeback_gpu_mig_info{uuid="MIG-…",parent_uuid="GPU-…",gpu_instance_id="1",compute_instance_id="0",profile="1g.10gb"} 1.0
+    chargeback_gpu_unmapped_gpus 0.0
+    chargeback_nvml_up 1.0
+    chargeback_gpu_collect_duration_seconds 0.0021
+    chargeback_nvml_errors_total{reason="timeout"} 0.0
+
+Utilisation: with samples (``nvmlDeviceGetSamples``) each sample's value holds for the time since
+the previous sample, so ``busy += ratio × Δt`` and ``idle += Δt`` when ``ratio ≤ threshold``; the
+ratio gauge is the time-weighted mean of the samples that arrived since the previous scrape (kept
+from the previous scrape when none arrived). Without samples the point reading holds for the time
+since the previous scrape, measured with the injected ``clock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from exporter import contract
+from exporter.config import GpuExporterConfig, Pool
+from exporter.gpu.backend import Backend, BackendError, DeviceReading, UtilPoint, UtilSamples
+from exporter.gpu.worker import CallTimeout, CallWorker
+
+log = logging.getLogger(__name__)
+
+# A gap between samples (or point readings) longer than this is not integrated: after a long NVML
+# outage nobody knows what the GPU did, and holding one sample over it would invent busy time.
+MAX_HOLD_SECONDS = 600.0
+
+# Error reasons exported at 0 from the start, so alerts on increase() see the series before the
+# first error happens.
+SEEDED_REASONS = ("timeout", "gpu_is_lost", "uninitialized", "driver_not_loaded", "library_not_found")
+
+
+@dataclass
+class GpuState:
+    """What the exporter accumulated for one GPU (by UUID); survives NVML re-initialisation."""
+
+    busy_seconds: float = 0.0
+    idle_seconds: float = 0.0
+    energy_joules: float | None = None  # monotonic total exported
+    energy_raw: float | None = None  # NVML's own value at the previous reading
+    last_sample_us: int | None = None
+    last_point_at: float | None = None
+    ratio: float | None = None
+    idle: bool | None = None
+    rebaseline: bool = False  # set by a re-init: the next sample starts a new integration
+
+
+@dataclass
+class _Scrape:
+    up: bool = False
+    driver_version: str = ""
+    readings: list[DeviceReading] = field(default_factory=list)
+
+
+class GpuCollector:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: GpuExporterConfig,
+        pools: Mapping[str, Pool],
+        clock: Callable[[], float] = time.monotonic,
+        worker: CallWorker | None = None,
+    ) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.hourly_cost: dict[str, Decimal] = {name: p.gpu_hourly_cost for name, p in pools.items()}
+        self.clock = clock
+        self.timeout = settings.nvml_call_timeout_seconds
+        self.worker = worker or CallWorker()
+        self.states: dict[str, GpuState] = {}
+        self.errors: dict[str, float] = dict.fromkeys(SEEDED_REASONS, 0.0)
+        self._lock = threading.Lock()
+        self._initialised = False
+        self._last_init_failure: str | None = None
+        self._warned_unmapped: set[str] = set()
+        self._noted_unsupported: set[tuple[str, str]] = set()
+
+    # --- prometheus_client collector protocol
+
+    def describe(self) -> list[Metric]:
+        # Names only: registering must not touch NVML.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            started = time.perf_counter()
+            scrape = self._scrape()
+            families = self._families(scrape)
+            duration = GaugeMetricFamily(
+                contract.GPU_COLLECT_DURATION_SECONDS, "Seconds the exporter spent reading the GPUs for this scrape."
+            )
+            duration.add_metric([], time.perf_counter() - started)
+        yield from families
+        yield duration
+
+    def close(self) -> None:
+        self.worker.close()
+
+    # --- reading
+
+    def pool_for(self, uuid: str, index: int) -> str | None:
+        s = self.settings
+        return s.pool_by_uuid.get(uuid) or s.pool_by_index.get(index) or s.default_pool
+
+    def _count(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0.0) + 1
+
+    def _call(self, fn: Callable[..., object], *args: object, key: object = None) -> object:
+        return self.worker.call(self.timeout, fn, *args, key=key)
+
+    def _ensure_init(self) -> bool:
+        if self._initialised:
+            return True
+        try:
+            self._call(self.backend.init)
+        except (BackendError, CallTimeout) as exc:
+            reason = exc.reason if isinstance(exc, BackendError) else "timeout"
+            self._count(reason)
+            message = f"{reason}: {exc}"
+            if message != self._last_init_failure:
+                log.warning(
+                    "GPU backend %s unavailable (%s); serving %s 0 and retrying on every scrape",
+                    self.backend.description,
+                    message,
+                    contract.NVML_UP,
+                )
+            else:
+                log.debug("GPU backend still unavailable: %s", message)
+            self._last_init_failure = message
+            return False
+        if self._last_init_failure is not None:
+            log.info("GPU backend %s initialised after earlier failures", self.backend.description)
+        self._last_init_failure = None
+        self._initialised = True
+        # The time since the last reading may straddle a driver reload: the next reading is a new
+        # baseline. last_sample_us stays, so samples already integrated are not asked for again.
+        for st in self.states.values():
+            st.rebaseline = True
+            st.last_point_at = None
+        return True
+
+    def _mark_reinit(self) -> None:
+        """Shut the backend down; the next scrape initialises it again."""
+        if not self._initialised:
+            return
+        self._initialised = False
+        try:
+            self._call(self.backend.shutdown)
+        except CallTimeout:
+            self._count("timeout")
+
+    def _scrape(self) -> _Scrape:
+        out = _Scrape()
+        if not self._ensure_init():
+            return out
+        try:
+            out.driver_version = str(self._call(self.backend.driver_version))
+            count = int(self._call(self.backend.device_count))  # type: ignore[call-overload]
+        except CallTimeout:
+            self._count("timeout")
+            return out
+        except BackendError as exc:
+            self._count(exc.reason)
+            log.warning("GPU enumeration failed: %s", exc)
+            if exc.reinit:
+                self._mark_reinit()
+            return out
+        out.up = True
+        since = {uuid: st.last_sample_us for uuid, st in self.states.items() if st.last_sample_us is not None}
+        reinit = False
+        for index in range(count):
+            try:
+                reading = self._call(self.backend.read_device, index, since, key=("gpu", index))
+            except CallTimeout:
+                self._count("timeout")
+                continue
+            except BackendError as exc:
+                self._count(exc.reason)
+                log.warning("GPU %d left out of this scrape: %s", index, exc)
+                reinit = reinit or exc.reinit
+                continue
+            assert isinstance(reading, DeviceReading)
+            for reason in reading.errors:
+                self._count(reason)
+            for name in reading.unsupported:
+                if (reading.uuid, name) not in self._noted_unsupported:
+                    self._noted_unsupported.add((reading.uuid, name))
+                    log.info("GPU %s (%s): %s not supported; that series stays absent", index, reading.uuid, name)
+            self._update(self.states.setdefault(reading.uuid, GpuState()), reading)
+            out.readings.append(reading)
+        if reinit:
+            self._mark_reinit()
+        return out
+
+    def _update(self, st: GpuState, r: DeviceReading) -> None:
+        threshold = self.settings.idle_threshold_ratio
+        u = r.utilization
+        if isinstance(u, UtilSamples):
+            st.last_point_at = None
+            prev = st.last_sample_us
+            busy = idle = covered = 0.0
+            for ts, ratio in u.samples:
+                if prev is not None and ts <= prev:
+                    continue  # already integrated
+                if st.rebaseline:
+                    st.rebaseline = False
+                elif prev is not None and (ts - prev) / 1e6 <= MAX_HOLD_SECONDS:
+                    dt = (ts - prev) / 1e6
+                    busy += ratio * dt
+                    covered += dt
+                    if ratio <= threshold:
+                        idle += dt
+                prev = ts
+            st.last_sample_us = prev
+            st.busy_seconds += busy
+            st.idle_seconds += idle
+            if covered > 0:
+                st.ratio = busy / covered
+                st.idle = st.ratio <= threshold
+        elif isinstance(u, UtilPoint):
+            st.last_sample_us = None
+            st.rebaseline = False
+            now = self.clock()
+            if st.last_point_at is not None and 0 < now - st.last_point_at <= MAX_HOLD_SECONDS:
+                dt = now - st.last_point_at
+                st.busy_seconds += u.ratio * dt
+                if u.ratio <= threshold:
+                    st.idle_seconds += dt
+            st.last_point_at = now
+            st.ratio = u.ratio
+            st.idle = u.ratio <= threshold
+
+        if r.energy_joules is not None:
+            raw = r.energy_joules
+            if st.energy_joules is None or st.energy_raw is None:
+                st.energy_joules = raw
+            elif raw >= st.energy_raw:
+                st.energy_joules += raw - st.energy_raw
+            else:  # the driver reloaded and NVML's counter restarted from 0
+                st.energy_joules += raw
+            st.energy_raw = raw
+
+    # --- output
+
+    def _families(self, s: _Scrape) -> list[Metric]:
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ("uuid",)) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=list(labels))
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ("uuid",)) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, labels=list(labels))
+
+        info = gauge(
+            contract.GPU_INFO,
+            "GPU identity and pool; join other series on uuid.",
+            ("uuid", "index", "name", "pool", "driver_version"),
+        )
+        mig = gauge(
+            contract.GPU_MIG_INFO,
+            "MIG instances of a GPU (utilisation is not reported per instance).",
+            ("uuid", "parent_uuid", "gpu_instance_id", "compute_instance_id", "profile"),
+        )
+        ratio = gauge(contract.GPU_UTILIZATION_RATIO, "Mean GPU utilisation (0-1) since the previous scrape.")
+        busy = counter(contract.GPU_BUSY_SECONDS_TOTAL, "Integral of utilisation over time: seconds of work.")
+        idle_s = counter(contract.GPU_IDLE_SECONDS_TOTAL, "Seconds at or below the idle utilisation threshold.")
+        idle = gauge(contract.GPU_IDLE, "1 when the GPU was idle over the last interval, else 0.")
+        mem_used = gauge(contract.GPU_MEMORY_USED_BYTES, "GPU memory in use, bytes.")
+        mem_total = gauge(contract.GPU_MEMORY_TOTAL_BYTES, "GPU memory installed, bytes.")
+        power = gauge(contract.GPU_POWER_WATTS, "GPU power draw, watts.")
+        energy = counter(contract.GPU_ENERGY_JOULES_TOTAL, "Energy used by the GPU, joules.")
+        temp = gauge(contract.GPU_TEMPERATURE_CELSIUS, "GPU core temperature, degrees Celsius.")
+        cost = gauge(
+            contract.GPU_HOURLY_COST, "Configured cost of this GPU per hour (pool price).", ("uuid", "pool")
+        )
+        unmapped_count = 0
+        for r in s.readings:
+            st = self.states[r.uuid]
+            pool = self.pool_for(r.uuid, r.index)
+            info.add_metric([r.uuid, str(r.index), r.name, pool or "", s.driver_version], 1)
+            for m in r.mig_instances:
+                mig.add_metric(
+                    [m.uuid, r.uuid, str(m.gpu_instance_id), str(m.compute_instance_id), m.profile], 1
+                )
+            if r.utilization is not None:
+                busy.add_metric([r.uuid], st.busy_seconds)
+                idle_s.add_metric([r.uuid], st.idle_seconds)
+                if st.ratio is not None:
+                    ratio.add_metric([r.uuid], st.ratio)
+                    idle.add_metric([r.uuid], 1.0 if st.idle else 0.0)
+            if r.memory_used_bytes is not None:
+                mem_used.add_metric([r.uuid], r.memory_used_bytes)
+            if r.memory_total_bytes is not None:
+                mem_total.add_metric([r.uuid], r.memory_total_bytes)
+            if r.power_watts is not None:
+                power.add_metric([r.uuid], r.power_watts)
+            if r.energy_joules is not None and st.energy_joules is not None:
+                energy.add_metric([r.uuid], st.energy_joules)
+            if r.temperature_celsius is not None:
+                temp.add_metric([r.uuid], r.temperature_celsius)
+            if pool is not None and pool in self.hourly_cost:
+                cost.add_metric([r.uuid, pool], float(self.hourly_cost[pool]))
+            else:
+                unmapped_count += 1
+                if r.uuid not in self._warned_unmapped:
+                    self._warned_unmapped.add(r.uuid)
+                    log.warning(
+                        "GPU %d (%s) belongs to no pool: no %s for it. Name it in pools.<pool>.gpu_uuids, "
+                        "gpu_exporter.pool_by_uuid / pool_by_index, or set gpu_exporter.default_pool",
+                        r.index,
+                        r.uuid,
+                        contract.GPU_HOURLY_COST,
+                    )
+        unmapped = GaugeMetricFamily(
+            contract.GPU_UNMAPPED_GPUS, "GPUs seen in this scrape that belong to no configured pool (no cost)."
+        )
+        unmapped.add_metric([], unmapped_count)
+        up = GaugeMetricFamily(contract.NVML_UP, "1 when the GPU library answered this scrape, else 0.")
+        up.add_metric([], 1.0 if s.up else 0.0)
+        errors = counter(contract.NVML_ERRORS_TOTAL, "GPU library errors by reason.", ("reason",))
+        for reason in sorted(self.errors):
+            errors.add_metric([reason], self.errors[reason])
+        return [info, mig, ratio, busy, idle_s, idle, mem_used, mem_total, power, energy, temp, cost, unmapped, up, errors]

@@ -1,0 +1,162 @@
+"""Personal API keys: token generation, hashing, and the proxy's in-memory key cache.
+
+A token is ``cbk_`` followed by 43 URL-safe characters (32 random bytes = 256 bits). Only its
+SHA-256 hash is stored. A plain, unsalted hash is enough here because tokens are random and
+high-entropy: salts and slow KDFs exist to stop dictionary and brute-force attacks on
+*guessable* secrets such as passwords, and there is nothing to guess in 256 random bits.
+A fast hash also keeps the per-request lookup cheap (one SHA-256, one dict lookup).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from exporter.ledger.store import LedgerStore
+
+log = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "cbk_"
+# Characters of the token shown in `keys list` so people can tell their keys apart:
+# "cbk_" + 8 characters = 48 of the 256 random bits, the remaining 208 stay secret.
+DISPLAY_PREFIX_LEN = len(TOKEN_PREFIX) + 8
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    key_id: str
+    user_email: str
+    team: str
+    created_at: str  # ISO 8601 UTC
+    revoked_at: str | None  # None while the key is active
+    prefix: str = ""  # first characters of the token, shown in `keys list` (never the whole token)
+
+
+def generate_token() -> str:
+    """A new random token: the recognisable prefix plus 256 bits from the OS CSPRNG."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def generate_key_id() -> str:
+    """A short public identifier for a key (safe to log and show; says nothing about the token)."""
+    return "key_" + secrets.token_hex(6)
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 of the token, hex. See the module docstring for why no salt or KDF is needed."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def display_prefix(token: str) -> str:
+    return token[:DISPLAY_PREFIX_LEN]
+
+
+class KeyCache:
+    """The set of active keys, held in memory by the proxy and refreshed in the background.
+
+    ``lookup`` is synchronous and O(1); database reads run in a worker thread so the event loop
+    never blocks. When the database is unreachable the last good set stays in force (new keys
+    and revocations are then seen as soon as it is back).
+    """
+
+    def __init__(self, ledger_url: str, refresh_seconds: float) -> None:
+        self.ledger_url = ledger_url
+        self.refresh_seconds = max(0.05, float(refresh_seconds))
+        self._by_hash: dict[str, tuple[str, KeyRecord]] = {}
+        self._store: LedgerStore | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.loaded_at: float | None = None  # time.time() of the last successful load
+        self.last_error: str | None = None
+        self.refresh_errors = 0
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    async def start(self, require: bool = False) -> None:
+        """Load the keys once, then keep refreshing them in the background.
+
+        With ``require=True`` a failing first load raises (use it to fail fast at startup);
+        otherwise the failure is logged and the cache starts empty and keeps retrying.
+        """
+        ok = await self.refresh()
+        if not ok and require:
+            raise RuntimeError(f"cannot load API keys from the ledger database: {self.last_error}")
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="chargeback-key-refresh")
+
+    async def refresh(self) -> bool:
+        """Reload the active keys now; returns False (and keeps the last good set) on failure."""
+        try:
+            loaded = await asyncio.to_thread(self._load)
+        except Exception as exc:
+            self.refresh_errors += 1
+            msg = f"{type(exc).__name__}: {exc}"
+            if msg != self.last_error:  # log each distinct failure once, not every refresh
+                log.error("API key refresh from %s failed (keeping %d known keys): %s",
+                          _redact(self.ledger_url), len(self._by_hash), msg)
+            self.last_error = msg
+            return False
+        if self.last_error is not None:
+            log.info("API key refresh works again (%d active keys)", len(loaded))
+        self.last_error = None
+        self._by_hash = loaded  # one atomic swap: lookups see either the old or the new set
+        self.loaded_at = time.time()
+        return True
+
+    def _load(self) -> dict[str, tuple[str, KeyRecord]]:
+        from exporter.ledger.store import open_store
+
+        if self._store is None:
+            self._store = open_store(self.ledger_url)
+        try:
+            return {h: (h, rec) for h, rec in self._store.load_active_keys()}
+        except Exception:
+            store, self._store = self._store, None  # reconnect next time
+            with contextlib.suppress(Exception):
+                store.close()
+            raise
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            await self.refresh()
+
+    def lookup(self, token: str) -> KeyRecord | None:
+        """The active key for this token, or None (unknown or revoked)."""
+        if not token.startswith(TOKEN_PREFIX):
+            return None
+        digest = hash_token(token)
+        entry = self._by_hash.get(digest)
+        if entry is None:
+            return None
+        stored, record = entry
+        # The dict lookup is keyed by a hash the caller cannot steer, so it leaks nothing useful;
+        # the final comparison is constant-time anyway.
+        if not hmac.compare_digest(stored, digest):
+            return None
+        return record if record.revoked_at is None else None
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._store is not None:
+            store, self._store = self._store, None
+            await asyncio.to_thread(store.close)
+
+
+def _redact(url: str) -> str:
+    """The URL without a password, for log messages."""
+    from exporter.ledger.store import redact_url
+
+    return redact_url(url)

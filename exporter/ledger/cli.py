@@ -1,0 +1,287 @@
+"""``chargeback keys ...`` and ``chargeback ledger ...``: API key lifecycle and ledger queries.
+
+The ledger URL comes from the config's ``ledger.url``; ``--ledger.url`` overrides it (and then the
+config file may be absent, in which case users and teams are not checked against it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any, TextIO
+from zoneinfo import ZoneInfo
+
+from exporter.cliutil import add_config_flag, config_from_args
+from exporter.config import EMAIL_PATTERN, Config
+from exporter.ledger.store import (
+    SUMMARY_COLUMNS,
+    LedgerStore,
+    QueryError,
+    ReadOnlyError,
+    StoreError,
+    open_store,
+)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = subparsers.add_parser("keys", help="create, list and revoke personal API keys")
+    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+
+    p = ksub.add_parser("create", help="create a key for a user and print its token (shown once)")
+    _common(p)
+    p.add_argument("--user", required=True, metavar="EMAIL", help="the person the key belongs to")
+    p.add_argument("--team", metavar="TEAM", help="their team (default: the user's team in the config)")
+    p.add_argument("--token-only", action="store_true", help="print only the token (for scripts)")
+    p.set_defaults(func=cmd_keys_create)
+
+    p = ksub.add_parser("list", help="list keys (never shows tokens)")
+    _common(p)
+    p.add_argument("--user", metavar="EMAIL", help="only this user's keys")
+    p.add_argument("--active", action="store_true", help="only keys that are not revoked")
+    p.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    p.set_defaults(func=cmd_keys_list)
+
+    p = ksub.add_parser("revoke", help="revoke a key (by id or prefix) or all keys of a user")
+    _common(p)
+    p.add_argument("key", nargs="?", metavar="KEY_ID", help="key id (key_...) or token prefix (cbk_...)")
+    p.add_argument("--user", metavar="EMAIL", help="revoke every active key of this user")
+    p.set_defaults(func=cmd_keys_revoke)
+
+    ledger = subparsers.add_parser("ledger", help="query the request ledger")
+    lsub = ledger.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
+
+    p = lsub.add_parser("query", help="run one read-only SQL statement and print the result")
+    _common(p)
+    p.add_argument("sql", metavar="SQL", help="e.g. 'SELECT user_email, SUM(total_tokens) FROM public.http_analytics GROUP BY 1'")
+    p.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    p.set_defaults(func=cmd_ledger_query)
+
+    p = lsub.add_parser("summary", help="requests and tokens per user, team and model")
+    _common(p)
+    p.add_argument("--since", metavar="ISO", help="start (inclusive), e.g. 2024-05-01 or 2024-05-01T08:00:00Z")
+    p.add_argument("--until", metavar="ISO", help="end (exclusive)")
+    p.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    p.set_defaults(func=cmd_ledger_summary)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    add_config_flag(p)
+    p.add_argument("--ledger.url", dest="ledger_url", metavar="URL",
+                   help="ledger database (default: ledger.url from the config)")
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"chargeback: {message}", file=sys.stderr)
+    return code
+
+
+def _config(args: argparse.Namespace) -> Config | None:
+    """The config, or None when --ledger.url is given and the config file does not exist."""
+    if args.ledger_url and not os.path.exists(args.config_file):
+        return None
+    return config_from_args(args)
+
+
+def _open(args: argparse.Namespace, cfg: Config | None) -> LedgerStore:
+    url = args.ledger_url or (cfg.ledger.url if cfg else None)
+    if not url:
+        raise StoreError("no ledger URL: set ledger.url in the config or pass --ledger.url")
+    return open_store(url)
+
+
+def _run(args: argparse.Namespace, body: Any) -> int:
+    try:
+        cfg = _config(args)
+        store = _open(args, cfg)
+    except StoreError as exc:
+        return _fail(str(exc))
+    try:
+        return int(body(cfg, store))
+    except ReadOnlyError as exc:
+        return _fail(str(exc))
+    except QueryError as exc:
+        return _fail(f"query failed: {exc}")
+    except StoreError as exc:
+        return _fail(str(exc))
+    except Exception as exc:  # database driver errors: say what failed, no traceback
+        return _fail(f"ledger database error: {type(exc).__name__}: {exc}")
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def check_user_team(cfg: Config | None, user: str, team: str | None) -> str:
+    """The team to use for a new key; raises ValueError with a clear message when the config disagrees."""
+    if not EMAIL_PATTERN.match(user):
+        raise ValueError(f"--user {user!r} is not an email address")
+    known_team = cfg.team_of(user) if cfg else None
+    if team is None:
+        if known_team is None:
+            where = f" in {cfg.path}" if cfg else ""
+            raise ValueError(f"--team is required ({user} has no team{where})")
+        return known_team
+    if cfg is not None and cfg.teams and team not in cfg.teams:
+        raise ValueError(f"unknown team {team!r} (teams in {cfg.path}: {', '.join(sorted(cfg.teams))})")
+    if cfg is not None and cfg.users:
+        if known_team is None:
+            raise ValueError(f"unknown user {user!r}: add it under users: in {cfg.path} first")
+        if known_team != team:
+            raise ValueError(f"{user} belongs to team {known_team!r} in {cfg.path}, not {team!r}")
+    return team
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    def body(cfg: Config | None, store: LedgerStore) -> int:
+        try:
+            team = check_user_team(cfg, args.user, args.team)
+        except ValueError as exc:
+            return _fail(str(exc), 2)
+        token, rec = store.create_key(args.user, team)
+        if args.token_only:
+            print(token)
+            return 0
+        print(f"key id: {rec.key_id}")
+        print(f"user:   {rec.user_email}")
+        print(f"team:   {rec.team}")
+        print(f"token:  {token}")
+        print("The token is shown only this once; only its hash is stored. Give it to the user as their API key.",
+              file=sys.stderr)
+        return 0
+
+    return _run(args, body)
+
+
+KEY_LIST_COLUMNS = ["key_id", "prefix", "user_email", "team", "created_at", "revoked_at"]
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    def body(cfg: Config | None, store: LedgerStore) -> int:
+        keys = store.list_keys(include_revoked=not args.active)
+        if args.user:
+            keys = [k for k in keys if k.user_email == args.user]
+        rows = [(k.key_id, k.prefix + "…", k.user_email, k.team, k.created_at, k.revoked_at or "") for k in keys]
+        print_result(KEY_LIST_COLUMNS, rows, csv_out=args.csv)
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    if bool(args.key) == bool(args.user):
+        return _fail("give either a KEY_ID (or token prefix) or --user EMAIL", 2)
+
+    def body(cfg: Config | None, store: LedgerStore) -> int:
+        revoked = store.revoke_user_keys(args.user) if args.user else store.revoke_key(args.key)
+        if not revoked:
+            what = f"user {args.user}" if args.user else repr(args.key)
+            known = [k for k in store.list_keys() if args.key in (k.key_id, k.prefix) or k.user_email == args.user]
+            if known:
+                return _fail(f"no active key for {what}: already revoked")
+            return _fail(f"no key matches {what}")
+        for k in revoked:
+            print(f"revoked {k.key_id} ({k.prefix}…) of {k.user_email}, team {k.team}, at {k.revoked_at}")
+        return 0
+
+    return _run(args, body)
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+def cmd_ledger_query(args: argparse.Namespace) -> int:
+    def body(cfg: Config | None, store: LedgerStore) -> int:
+        cols, rows = store.query(args.sql)
+        print_result(cols, rows, csv_out=args.csv)
+        return 0
+
+    return _run(args, body)
+
+
+def parse_when(value: str | None, tz: ZoneInfo, flag: str) -> datetime | None:
+    """ISO date or datetime; without an offset it is read in the config's timezone."""
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            dt = datetime.combine(date.fromisoformat(value), time())
+        else:
+            dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{flag} {value!r} is not an ISO date or date-time (e.g. 2024-05-01 or 2024-05-01T08:00:00Z)") from None
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=tz)
+
+
+def cmd_ledger_summary(args: argparse.Namespace) -> int:
+    def body(cfg: Config | None, store: LedgerStore) -> int:
+        tz = cfg.tz if cfg else ZoneInfo("UTC")
+        try:
+            since = parse_when(args.since, tz, "--since")
+            until = parse_when(args.until, tz, "--until")
+        except ValueError as exc:
+            return _fail(str(exc), 2)
+        if since and until and until <= since:
+            return _fail(f"--until ({args.until}) must be after --since ({args.since})", 2)
+        cols, rows = store.summary(since, until)
+        rows = [tuple(int(v) if i >= 3 else v for i, v in enumerate(r)) for r in rows]
+        if rows and not args.csv:
+            totals = tuple(sum(r[i] for r in rows) for i in range(3, len(SUMMARY_COLUMNS)))
+            rows.append(("TOTAL", "", "", *totals))
+        print_result(cols, rows, csv_out=args.csv)
+        return 0
+
+    return _run(args, body)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f") if value == value.to_integral() else str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+
+
+def print_result(columns: Sequence[str], rows: Sequence[Sequence[Any]], csv_out: bool = False,
+                 out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    if csv_out:
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([_cell(v) for v in r])
+        return
+    if not columns:
+        print("(no result)", file=out)
+        return
+    cells = [[_cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    right = [any(_numeric(r[i]) for r in rows) and all(_numeric(r[i]) or r[i] is None for r in rows)
+             for i in range(len(columns))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if right[i] else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
+
+    print(line(list(columns)), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for r in cells:
+        print(line(r), file=out)
+    print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})", file=out)

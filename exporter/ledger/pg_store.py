@@ -1,0 +1,209 @@
+"""PostgreSQL ledger backend (psycopg 3), for several proxy replicas sharing one ledger.
+
+Tables are created in the connection's current schema (``public`` unless the URL's options set a
+``search_path``). Migrations take an advisory lock so replicas starting together do not race.
+Ad-hoc queries run on their own connection inside ``BEGIN READ ONLY`` and as prepared statements,
+which PostgreSQL refuses to combine with a second statement (no ``COMMIT; DROP ...`` tricks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from exporter.ledger.row import COLUMNS, LedgerRow
+from exporter.ledger.store import (
+    KeyOpsMixin,
+    QueryError,
+    ReadOnlyError,
+    RowError,
+    StoreError,
+    parse_timestamp,
+    redact_url,
+    row_values,
+    summary_sql,
+)
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE http_analytics (
+            request_id        TEXT PRIMARY KEY,
+            timestamp         TIMESTAMPTZ NOT NULL,
+            user_email        TEXT NOT NULL,
+            team              TEXT NOT NULL,
+            model             TEXT NOT NULL,
+            endpoint          TEXT NOT NULL,
+            status_code       INTEGER NOT NULL,
+            prompt_tokens     BIGINT NOT NULL,
+            completion_tokens BIGINT NOT NULL,
+            total_tokens      BIGINT NOT NULL,
+            cached_tokens     BIGINT NOT NULL,
+            estimated         BOOLEAN NOT NULL,
+            stream            BOOLEAN NOT NULL,
+            duration_ms       DOUBLE PRECISION NOT NULL,
+            ttft_ms           DOUBLE PRECISION,
+            api_key_id        TEXT NOT NULL,
+            upstream          TEXT NOT NULL,
+            error             TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX http_analytics_timestamp ON http_analytics (timestamp)",
+        "CREATE INDEX http_analytics_user_model ON http_analytics (user_email, model)",
+        """CREATE TABLE api_keys (
+            key_id      TEXT PRIMARY KEY,
+            prefix      TEXT NOT NULL,
+            token_hash  TEXT NOT NULL UNIQUE,
+            user_email  TEXT NOT NULL,
+            team        TEXT NOT NULL,
+            created_at  TIMESTAMPTZ NOT NULL,
+            revoked_at  TIMESTAMPTZ
+        )""",
+        "CREATE INDEX api_keys_user ON api_keys (user_email)",
+    ],
+}
+
+_INSERT = (
+    f"INSERT INTO http_analytics ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
+_MIGRATION_LOCK = 0x63626C65  # "cble": arbitrary advisory lock id for schema migrations
+
+
+class PostgresStore(KeyOpsMixin):
+    backend = "postgresql"
+
+    def __init__(self, url: str, connect_timeout: int = 5) -> None:
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://"):]
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._read: psycopg.Connection[Any] | None = None
+        with self._lock:
+            self._migrate(self._connection())
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in self.url:
+            kwargs["connect_timeout"] = self.connect_timeout
+        try:
+            return psycopg.connect(self.url, **kwargs)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to PostgreSQL ledger {redact_url(self.url)}: {exc}".strip()) from exc
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = self._connect()
+        return self._conn
+
+    def _drop(self) -> None:
+        """Forget a connection after an error, so the next call reconnects."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    # ------------------------------------------------------------------ schema
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0  # type: ignore[index]
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"ledger schema version {current} is newer than this program supports ({SCHEMA_VERSION})"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for stmt in MIGRATIONS[version]:
+                    conn.execute(stmt)
+                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+
+    # ------------------------------------------------------------------ writes
+
+    def insert_rows(self, rows: Sequence[LedgerRow]) -> int:
+        if not rows:
+            return 0
+        params = [row_values(r) for r in rows]
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(_INSERT, params)
+                    return max(cur.rowcount, 0)
+            except (pg_errors.DataError, pg_errors.IntegrityError) as exc:
+                raise RowError(str(exc)) from exc
+            except psycopg.Error:
+                self._drop()
+                raise
+
+    def _exec_write(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    cur = conn.execute(sql.replace("?", "%s"), tuple(params))
+                    return cur.fetchall() if cur.description else []
+            except psycopg.OperationalError:
+                self._drop()
+                raise
+
+    def _exec_read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                return conn.execute(sql.replace("?", "%s"), tuple(params)).fetchall()
+            except psycopg.OperationalError:
+                self._drop()
+                raise
+
+    def _key_time(self, iso: str) -> Any:
+        return parse_timestamp(iso)
+
+    # ------------------------------------------------------------------ ad-hoc reads
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        with self._read_lock:
+            if self._read is None or self._read.closed or self._read.broken:
+                self._read = self._connect()
+                self._read.read_only = True  # every transaction psycopg opens is BEGIN READ ONLY
+            conn = self._read
+            try:
+                with conn.transaction():
+                    # prepare=True: the extended protocol, one statement only.
+                    cur = conn.execute(sql, tuple(params) if params else None, prepare=True)
+                    if cur.description is None:
+                        return [], []
+                    return [d.name for d in cur.description], cur.fetchall()
+            except pg_errors.ReadOnlySqlTransaction as exc:
+                raise ReadOnlyError(f"the ledger query is read-only; refused: {exc}") from None
+            except psycopg.OperationalError as exc:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                self._read = None
+                raise StoreError(f"ledger database error: {exc}") from exc
+            except psycopg.Error as exc:
+                raise QueryError(str(exc).strip()) from None
+
+    def summary(self, since: datetime | None, until: datetime | None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        params = [parse_timestamp(t) for t in (since, until) if t is not None]
+        cols, rows = self.query(summary_sql("%s", since is not None, until is not None), params)
+        return cols, [tuple(int(v) if i >= 3 else v for i, v in enumerate(r)) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+        with self._read_lock:
+            if self._read is not None:
+                with contextlib.suppress(Exception):
+                    self._read.close()
+                self._read = None

@@ -1,0 +1,236 @@
+"""SQLite ledger backend: one file, WAL mode, the embedded default.
+
+Writes go through one connection guarded by a lock. Ad-hoc queries use a second connection that
+opens an empty in-memory database and ATTACHes the ledger file read-only as schema ``public``, so
+``SELECT ... FROM public.http_analytics`` (PostgreSQL's spelling) works unchanged; an authorizer
+additionally refuses anything but reading on that connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from exporter.ledger.row import COLUMNS, LedgerRow
+from exporter.ledger.store import (
+    KeyOpsMixin,
+    QueryError,
+    ReadOnlyError,
+    StoreError,
+    canonical_timestamp,
+    row_values,
+    summary_sql,
+)
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE http_analytics (
+            request_id        TEXT PRIMARY KEY,
+            timestamp         TEXT NOT NULL,      -- UTC 'YYYY-MM-DDTHH:MM:SS.ffffffZ'
+            user_email        TEXT NOT NULL,
+            team              TEXT NOT NULL,
+            model             TEXT NOT NULL,
+            endpoint          TEXT NOT NULL,
+            status_code       INTEGER NOT NULL,
+            prompt_tokens     INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            total_tokens      INTEGER NOT NULL,
+            cached_tokens     INTEGER NOT NULL,
+            estimated         INTEGER NOT NULL,   -- 0/1
+            stream            INTEGER NOT NULL,   -- 0/1
+            duration_ms       REAL NOT NULL,
+            ttft_ms           REAL,
+            api_key_id        TEXT NOT NULL,
+            upstream          TEXT NOT NULL,
+            error             TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX http_analytics_timestamp ON http_analytics (timestamp)",
+        "CREATE INDEX http_analytics_user_model ON http_analytics (user_email, model)",
+        """CREATE TABLE api_keys (
+            key_id      TEXT PRIMARY KEY,
+            prefix      TEXT NOT NULL,
+            token_hash  TEXT NOT NULL UNIQUE,
+            user_email  TEXT NOT NULL,
+            team        TEXT NOT NULL,
+            created_at  TEXT NOT NULL,
+            revoked_at  TEXT
+        )""",
+        "CREATE INDEX api_keys_user ON api_keys (user_email)",
+    ],
+}
+
+_INSERT = (
+    f"INSERT INTO http_analytics ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
+
+# Authorizer actions allowed on the ad-hoc query connection: reading only.
+_READ_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, 33}  # 33 = RECURSIVE
+
+
+def _read_only_authorizer(action: int, *_: Any) -> int:
+    return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
+
+
+def parse_sqlite_url(url: str) -> tuple[str, bool, dict[str, str]]:
+    """(path or shared-memory URI, is_memory, options) from sqlite:///rel.db, sqlite:////abs.db, sqlite://:memory:."""
+    rest = url[len("sqlite:"):]
+    query = ""
+    if "?" in rest:
+        rest, query = rest.split("?", 1)
+    opts = {k: v[-1] for k, v in parse_qs(query).items()}
+    if rest in ("//:memory:", "///:memory:"):
+        return "file:chargeback-ledger-memory?mode=memory&cache=shared", True, opts
+    if not rest.startswith("///") or len(rest) <= 3:
+        raise StoreError(f"bad SQLite ledger URL {url!r}: expected sqlite:///relative.db or sqlite:////absolute.db")
+    return rest[3:], False, opts
+
+
+class SqliteStore(KeyOpsMixin):
+    backend = "sqlite"
+
+    def __init__(self, url: str, busy_timeout_ms: int | None = None) -> None:
+        self.url = url
+        path, self._memory, opts = parse_sqlite_url(url)
+        self.busy_timeout_ms = int(opts.get("busy_timeout_ms", busy_timeout_ms if busy_timeout_ms is not None else 5000))
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._read: sqlite3.Connection | None = None
+        if self._memory:
+            self._target = path
+        else:
+            p = Path(path).expanduser()
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the directory for the ledger {p}: {exc}") from None
+            self.path = p.resolve()
+            self._target = str(self.path)
+        try:
+            self._conn = sqlite3.connect(
+                self._target, uri=self._memory, isolation_level=None, check_same_thread=False,
+                timeout=self.busy_timeout_ms / 1000,
+            )
+            self._conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            if not self._memory:
+                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"cannot switch {self.path} to WAL mode (got {mode})")
+            # FULL: a committed batch survives power loss, not only a process crash. Batching makes the
+            # extra fsync cheap (one per transaction, not per row).
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite ledger {self._target}: {exc}") from exc
+
+    # ------------------------------------------------------------------ schema
+
+    def _migrate(self) -> None:
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")  # one process migrates at a time
+            try:
+                c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                row = c.execute("SELECT MAX(version) FROM schema_version").fetchone()
+                current = row[0] or 0
+                if current > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"ledger schema version {current} is newer than this program supports ({SCHEMA_VERSION})"
+                    )
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for stmt in MIGRATIONS[version]:
+                        c.execute(stmt)
+                    c.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+    # ------------------------------------------------------------------ writes
+
+    def insert_rows(self, rows: Sequence[LedgerRow]) -> int:
+        if not rows:
+            return 0
+        params = []
+        for row in rows:
+            v = list(row_values(row))
+            v[1] = canonical_timestamp(v[1])
+            v[11] = int(v[11])
+            v[12] = int(v[12])
+            params.append(v)
+        with self._lock:
+            c = self._conn
+            before = c.total_changes
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.executemany(_INSERT, params)
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+            return c.total_changes - before
+
+    def _exec_write(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                out = c.execute(sql, params).fetchall()
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+            return out
+
+    def _exec_read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # ------------------------------------------------------------------ ad-hoc reads
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._read is None:
+            conn = sqlite3.connect("file::memory:", uri=True, isolation_level=None, check_same_thread=False)
+            target = self._target if self._memory else "file:" + quote(str(self.path)) + "?mode=ro"
+            conn.execute("ATTACH DATABASE ? AS public", (target,))
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            conn.execute("PRAGMA query_only = ON")
+            conn.set_authorizer(_read_only_authorizer)
+            self._read = conn
+        return self._read
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        with self._read_lock:
+            try:
+                cur = self._reader().execute(sql, tuple(params))
+                rows = cur.fetchall()
+            except sqlite3.DatabaseError as exc:
+                if any(s in str(exc) for s in ("not authorized", "authorization denied", "readonly", "query_only")):
+                    raise ReadOnlyError(f"the ledger query is read-only; refused: {exc}") from None
+                raise QueryError(str(exc)) from None
+            except sqlite3.Warning as exc:
+                raise QueryError(str(exc)) from None
+            if cur.description is None:
+                return [], []
+            return [d[0] for d in cur.description], rows
+
+    def summary(self, since: datetime | None, until: datetime | None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        params = [canonical_timestamp(t) for t in (since, until) if t is not None]
+        return self.query(summary_sql("?", since is not None, until is not None), params)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+        with self._read_lock:
+            if self._read is not None:
+                self._read.close()
+                self._read = None

@@ -1,0 +1,263 @@
+"""Ledger database access: ``open_store(url)`` returns a synchronous store for SQLite or PostgreSQL.
+
+Stores are meant to be used from worker threads (the proxy calls them through
+``asyncio.to_thread`` or the writer's own thread); each method is safe to call from any thread.
+The schema is created or migrated when a store is opened.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from exporter.keys import KeyRecord
+from exporter.ledger.row import LedgerRow
+
+
+class StoreError(Exception):
+    """A ledger database problem, with a message meant for people."""
+
+
+class QueryError(StoreError):
+    """An ad-hoc query failed (bad SQL, unknown column ...)."""
+
+
+class ReadOnlyError(QueryError):
+    """An ad-hoc query tried to change something."""
+
+
+class RowError(StoreError):
+    """A row that can never be written (bad value); retrying it would not help."""
+
+
+class LedgerStore(Protocol):
+    url: str
+    backend: str  # "sqlite" | "postgresql"
+
+    def insert_rows(self, rows: Sequence[LedgerRow]) -> int:
+        """Insert in one transaction, skipping request_ids already present; returns rows added."""
+        ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one read-only statement; returns (column names, rows)."""
+        ...
+
+    def summary(self, since: datetime | None, until: datetime | None) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+
+    def count_rows(self) -> int: ...
+
+    def create_key(self, user_email: str, team: str) -> tuple[str, KeyRecord]: ...
+
+    def list_keys(self, include_revoked: bool = True) -> list[KeyRecord]: ...
+
+    def revoke_key(self, key_id_or_prefix_or_user: str) -> list[KeyRecord]: ...
+
+    def revoke_user_keys(self, user_email: str) -> list[KeyRecord]: ...
+
+    def load_active_keys(self) -> list[tuple[str, KeyRecord]]: ...
+
+    def close(self) -> None: ...
+
+
+def open_store(url: str, **options: Any) -> LedgerStore:
+    """Open (and create or migrate) the ledger at ``url``.
+
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` (SQLAlchemy's convention),
+    ``sqlite://:memory:`` (tests), or ``postgresql://user:pass@host:port/db`` (also ``postgres://``).
+    """
+    if url.startswith("sqlite:"):
+        from exporter.ledger.sqlite_store import SqliteStore
+
+        return SqliteStore(url, **options)
+    if url.startswith(("postgresql://", "postgres://")):
+        from exporter.ledger.pg_store import PostgresStore
+
+        return PostgresStore(url, **options)
+    raise StoreError(f"unsupported ledger URL {redact_url(url)!r}: expected sqlite:///PATH or postgresql://...")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+_TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def parse_timestamp(value: str | datetime) -> datetime:
+    """An aware UTC datetime from an ISO 8601 string (naive means UTC) or a datetime."""
+    if isinstance(value, datetime):
+        dt = value
+    else:
+        try:
+            dt = datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            raise RowError(f"timestamp {value!r} is not ISO 8601") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def canonical_timestamp(value: str | datetime) -> str:
+    """UTC, microseconds and 'Z': the one text form the SQLite ledger stores, so text order = time order."""
+    return parse_timestamp(value).strftime(_TS_FORMAT)
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_seconds(value: Any) -> str | None:
+    """A key timestamp (datetime from PostgreSQL or text from SQLite) as 'YYYY-MM-DDTHH:MM:SSZ'."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value)
+
+
+def row_values(row: LedgerRow) -> tuple[Any, ...]:
+    """The row as checked Python values in COLUMNS order (timestamp as aware datetime)."""
+    try:
+        if not row.request_id:
+            raise RowError("request_id is empty")
+        return (
+            str(row.request_id),
+            parse_timestamp(row.timestamp),
+            str(row.user_email),
+            str(row.team),
+            str(row.model),
+            str(row.endpoint),
+            int(row.status_code),
+            int(row.prompt_tokens),
+            int(row.completion_tokens),
+            int(row.total_tokens),
+            int(row.cached_tokens),
+            bool(row.estimated),
+            bool(row.stream),
+            float(row.duration_ms),
+            None if row.ttft_ms is None else float(row.ttft_ms),
+            str(row.api_key_id),
+            str(row.upstream),
+            str(row.error or ""),
+        )
+    except (TypeError, ValueError) as exc:
+        raise RowError(f"request {getattr(row, 'request_id', '?')!r}: {exc}") from None
+
+
+SUMMARY_COLUMNS = [
+    "user_email", "team", "model", "requests", "prompt_tokens", "completion_tokens",
+    "total_tokens", "cached_tokens", "estimated",
+]  # fmt: skip
+
+
+def summary_sql(placeholder: str, since: bool, until: bool) -> str:
+    where = []
+    if since:
+        where.append(f"timestamp >= {placeholder}")
+    if until:
+        where.append(f"timestamp < {placeholder}")
+    return (
+        "SELECT user_email, team, model, COUNT(*) AS requests,"
+        " COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
+        " COALESCE(SUM(completion_tokens), 0) AS completion_tokens,"
+        " COALESCE(SUM(total_tokens), 0) AS total_tokens,"
+        " COALESCE(SUM(cached_tokens), 0) AS cached_tokens,"
+        " SUM(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated"
+        " FROM http_analytics"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " GROUP BY user_email, team, model ORDER BY team, user_email, model"
+    )
+
+
+_IDENT = re.compile(r"^[A-Za-z0-9_.@+:-]+$")
+
+
+def check_ident(value: str, what: str) -> str:
+    if not value or not _IDENT.match(value):
+        raise StoreError(f"invalid {what} {value!r}")
+    return value
+
+
+class KeyOpsMixin:
+    """API key operations shared by both backends. Internal SQL uses '?' placeholders; a backend
+    provides ``_exec_write`` (one transaction, returns fetched rows) and ``_exec_read``."""
+
+    def _exec_write(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _exec_read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    _KEY_COLUMNS = "key_id, user_email, team, created_at, revoked_at, prefix"
+
+    @staticmethod
+    def _record(r: tuple[Any, ...]) -> KeyRecord:
+        return KeyRecord(
+            key_id=r[0], user_email=r[1], team=r[2], created_at=iso_seconds(r[3]) or "",
+            revoked_at=iso_seconds(r[4]), prefix=r[5],
+        )
+
+    def create_key(self, user_email: str, team: str) -> tuple[str, KeyRecord]:
+        from exporter.keys import display_prefix, generate_key_id, generate_token, hash_token
+
+        check_ident(user_email, "user email")
+        check_ident(team, "team")
+        token = generate_token()
+        key_id = generate_key_id()
+        now = utc_now_iso()
+        self._exec_write(
+            "INSERT INTO api_keys (key_id, prefix, token_hash, user_email, team, created_at, revoked_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, NULL)",
+            (key_id, display_prefix(token), hash_token(token), user_email, team, self._key_time(now)),
+        )
+        return token, KeyRecord(key_id, user_email, team, now, None, display_prefix(token))
+
+    def _key_time(self, iso: str) -> Any:
+        return iso
+
+    def list_keys(self, include_revoked: bool = True) -> list[KeyRecord]:
+        sql = f"SELECT {self._KEY_COLUMNS} FROM api_keys"
+        if not include_revoked:
+            sql += " WHERE revoked_at IS NULL"
+        sql += " ORDER BY created_at, key_id"
+        return [self._record(r) for r in self._exec_read(sql, ())]
+
+    def revoke_key(self, key_id_or_prefix_or_user: str) -> list[KeyRecord]:
+        """Revoke the active key(s) matching a key id, a display prefix or a user email."""
+        ident = key_id_or_prefix_or_user
+        return self._revoke("key_id = ? OR prefix = ? OR user_email = ?", (ident, ident, ident))
+
+    def revoke_user_keys(self, user_email: str) -> list[KeyRecord]:
+        return self._revoke("user_email = ?", (user_email,))
+
+    def _revoke(self, cond: str, params: Sequence[Any]) -> list[KeyRecord]:
+        now = self._key_time(utc_now_iso())
+        rows = self._exec_write(
+            f"UPDATE api_keys SET revoked_at = ? WHERE revoked_at IS NULL AND ({cond})"
+            f" RETURNING {self._KEY_COLUMNS}",
+            (now, *params),
+        )
+        return sorted((self._record(r) for r in rows), key=lambda k: (k.created_at, k.key_id))
+
+    def load_active_keys(self) -> list[tuple[str, KeyRecord]]:
+        rows = self._exec_read(
+            f"SELECT token_hash, {self._KEY_COLUMNS} FROM api_keys WHERE revoked_at IS NULL", ()
+        )
+        return [(r[0], self._record(r[1:])) for r in rows]
+
+    def count_rows(self) -> int:
+        return int(self._exec_read("SELECT COUNT(*) FROM http_analytics", ())[0][0])

@@ -1,0 +1,503 @@
+"""The proxy's aiohttp applications: the OpenAI-compatible API (``create_app``) and the separate
+metrics listener (``create_metrics_app``). Both share one ``ProxyState``.
+
+Request flow: bearer token → KeyCache → user/team; body read with a size limit and parsed for
+``model`` (and ``stream``); model checked against the config and the team's allowance; forwarded to
+one of the model's upstreams (round-robin, skipping ones that refuse connections) with the model's
+own credential; usage read from the JSON or the SSE stream; one ledger row and the counters per
+request, whatever the outcome (recorded in a ``finally``, so cancellation cannot skip it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from exporter.config import Config, Model
+from exporter.ledger.row import LedgerRow
+from exporter.proxy.errors import error_body, error_response
+from exporter.proxy.metrics import ProxyMetrics
+from exporter.proxy.usage import (
+    SSEFilter,
+    Usage,
+    estimate_tokens,
+    extract_usage,
+    prompt_chars,
+    response_chars,
+)
+
+log = logging.getLogger("chargeback.proxy")
+
+# RFC 9110 §7.6.1 hop-by-hop headers, plus what the proxy sets itself or must never pass on.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+        "Transfer-Encoding", "Upgrade", "Proxy-Connection",
+    )
+)
+REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "api-key", "x-api-key", "accept-encoding",
+                             "content-encoding", "cookie"}
+RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date", "set-cookie",
+                              "www-authenticate", "authorization"}
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+# endpoints where stream_options.include_usage exists (the Responses API always sends usage)
+INCLUDE_USAGE_ENDPOINTS = frozenset(("/v1/chat/completions", "/v1/completions"))
+MAX_UPSTREAM_BODY = 256 * 1024 * 1024  # a non-streaming response bigger than this is refused (502)
+
+
+class KeyLookup(Protocol):
+    async def start(self) -> None: ...
+    def lookup(self, token: str) -> Any: ...
+    async def close(self) -> None: ...
+
+
+class LedgerSink(Protocol):
+    async def start(self) -> None: ...
+    def submit(self, row: LedgerRow) -> None: ...
+    def stats(self) -> Any: ...
+    async def close(self, timeout: float) -> None: ...  # noqa: ASYNC109
+
+
+@dataclass
+class ProxyState:
+    cfg: Config
+    keys: KeyLookup
+    ledger: LedgerSink
+    metrics: ProxyMetrics
+    session: aiohttp.ClientSession | None = None
+    rr: dict[str, int] = field(default_factory=dict)
+    draining: bool = False
+    inflight: int = 0
+
+
+STATE = web.AppKey("chargeback_proxy_state", ProxyState)
+
+
+@dataclass(slots=True)
+class Call:
+    """What is known about one request; turned into a ledger row and counters at the end."""
+
+    request_id: str
+    started: float
+    timestamp: str
+    endpoint: str
+    user: str = ""
+    team: str = ""
+    api_key_id: str = ""
+    model_name: str = ""  # as requested (ledger)
+    model: Model | None = None  # configured model (metrics labels)
+    status: int = 0
+    stream: bool = False
+    usage: Usage | None = None
+    estimated: bool = False
+    prompt_chars: int = 0
+    delivered_chars: int = 0
+    upstream: str = ""
+    error: str = ""
+    first_byte: float | None = None
+    forwarded: bool = False
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _finish(state: ProxyState, call: Call) -> None:
+    """Record the request: ledger row + counters. Never raises (a bug here must not hide the response)."""
+    try:
+        duration = time.perf_counter() - call.started
+        usage = call.usage
+        if usage is None and call.estimated:
+            prompt = estimate_tokens(call.prompt_chars)
+            completion = estimate_tokens(call.delivered_chars)
+            usage = Usage(prompt, completion, prompt + completion, 0)
+        usage = usage or Usage(0, 0, 0, 0)
+        ttft = (call.first_byte - call.started) if call.first_byte is not None else None
+        row = LedgerRow(
+            request_id=call.request_id,
+            timestamp=call.timestamp,
+            user_email=call.user,
+            team=call.team,
+            model=call.model_name[:200],
+            endpoint=call.endpoint,
+            status_code=call.status,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            cached_tokens=usage.cached_tokens,
+            estimated=call.estimated,
+            stream=call.stream,
+            duration_ms=round(duration * 1000, 3),
+            ttft_ms=round(ttft * 1000, 3) if ttft is not None else None,
+            api_key_id=call.api_key_id,
+            upstream=call.upstream,
+            error=call.error[:500],
+        )
+        state.ledger.submit(row)
+        m = state.metrics
+        if call.user and call.model is not None:
+            m.usage.record(
+                call.user, call.team, call.model.name, call.status, usage.prompt_tokens, usage.completion_tokens,
+                usage.cached_tokens, duration, call.estimated,
+            )
+            if call.forwarded:
+                m.observe(call.model.name, duration, ttft if call.stream else None)
+        else:
+            m.usage.reject(call.status)
+    except Exception:  # pragma: no cover - defensive
+        log.exception("failed to record request %s", call.request_id)
+
+
+def _reply(call: Call, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+           param: str | None = None) -> web.Response:
+    call.status = status
+    call.error = message
+    return error_response(status, message, type_, code, param, headers={"X-Request-Id": call.request_id})
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None when it exceeds ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    buf = bytearray()
+    async for chunk in request.content.iter_any():
+        buf += chunk
+        if len(buf) > limit:
+            return None
+    return bytes(buf)
+
+
+def _upstream_headers(request: web.Request, model: Model, call: Call) -> dict[str, str]:
+    connection_listed = {
+        h.strip().lower() for h in request.headers.get("Connection", "").split(",") if h.strip()
+    }
+    headers = {
+        k: v for k, v in request.headers.items()
+        if k.lower() not in REQUEST_DROP and k.lower() not in connection_listed
+    }
+    headers["Content-Type"] = "application/json"
+    headers["Accept-Encoding"] = "identity"  # usage must be readable; compression is the client hop's job
+    headers["X-Request-Id"] = call.request_id
+    if model.api_key:
+        headers["Authorization"] = f"Bearer {model.api_key}"
+    return headers
+
+
+def _client_headers(upstream: aiohttp.ClientResponse, call: Call) -> dict[str, str]:
+    connection_listed = {
+        h.strip().lower() for h in upstream.headers.get("Connection", "").split(",") if h.strip()
+    }
+    headers = {
+        k: v for k, v in upstream.headers.items()
+        if k.lower() not in RESPONSE_DROP and k.lower() not in connection_listed
+    }
+    headers["X-Request-Id"] = call.request_id
+    return headers
+
+
+def _upstream_order(state: ProxyState, model: Model) -> list[str]:
+    n = len(model.upstreams)
+    i = state.rr.get(model.name, 0)
+    state.rr[model.name] = (i + 1) % n
+    return [model.upstreams[(i + k) % n] for k in range(n)]
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    call = Call(uuid.uuid4().hex, time.perf_counter(), _now_iso(), request.path)
+    try:
+        return await _serve(request, state, call)
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler when the client's connection is lost
+        if not call.status or call.status < 400 or call.forwarded:
+            call.status = 499
+            call.error = call.error or "client closed the connection"
+            if call.forwarded and call.usage is None:
+                call.estimated = True
+        raise
+    finally:
+        _finish(state, call)
+
+
+async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.StreamResponse:
+    cfg = state.cfg
+    if state.draining:
+        return _reply(call, 503, "the proxy is shutting down", "service_unavailable", "shutting_down")
+    token = _bearer(request)
+    record = state.keys.lookup(token) if token else None
+    if record is None:
+        msg = "missing API key (send Authorization: Bearer <token>)" if token is None else "invalid or revoked API key"
+        return _reply(call, 401, msg, "invalid_request_error", "invalid_api_key")
+    call.user = record.user_email
+    call.team = cfg.team_of(record.user_email) or record.team
+    call.api_key_id = str(record.key_id)
+
+    if request.content_type not in ("application/json", "", "application/octet-stream", "text/plain"):
+        return _reply(call, 400, f"expected a JSON body, got Content-Type {request.content_type}", code="invalid_json")
+    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+        return _reply(call, 400, "compressed request bodies are not supported", code="unsupported_encoding")
+    raw = await _read_body(request, cfg.proxy.max_body_bytes)
+    if raw is None:
+        return _reply(call, 413, f"request body is larger than {cfg.proxy.max_body_bytes} bytes", code="request_too_large")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        return _reply(call, 400, f"malformed JSON body: {exc}", code="invalid_json")
+    if not isinstance(body, dict):
+        return _reply(call, 400, "the JSON body must be an object", code="invalid_json")
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        return _reply(call, 400, "'model' is required and must be a string", code="invalid_request", param="model")
+    call.model_name = name
+    model = cfg.models.get(name)
+    if model is None:
+        return _reply(call, 404, f"The model '{name}' does not exist", code="model_not_found", param="model")
+    call.model = model
+    if model.allowed_teams is not None and call.team not in model.allowed_teams:
+        return _reply(call, 403, f"team '{call.team}' may not use model '{name}'", "permission_error",
+                      "model_not_allowed", "model")
+
+    call.stream = body.get("stream") is True
+    call.prompt_chars = prompt_chars(body)
+    hide_usage = False
+    if call.stream and call.endpoint in INCLUDE_USAGE_ENDPOINTS:
+        opts = body.get("stream_options")
+        opts = dict(opts) if isinstance(opts, dict) else {}
+        hide_usage = opts.get("include_usage") is not True
+        opts["include_usage"] = True
+        body["stream_options"] = opts
+    if model.upstream_model:
+        body["model"] = model.upstream_model
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    return await _forward(request, state, call, model, payload, hide_usage)
+
+
+async def _open_upstream(
+    request: web.Request, state: ProxyState, call: Call, model: Model, payload: bytes
+) -> aiohttp.ClientResponse | web.Response:
+    """POST to the first upstream that accepts the connection; an error response when none does."""
+    assert state.session is not None
+    headers = _upstream_headers(request, model, call)
+    suffix = call.endpoint.removeprefix("/v1")
+    last_error = ""
+    for base in _upstream_order(state, model):
+        call.upstream = base
+        try:
+            return await state.session.post(base + suffix, data=payload, headers=headers)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            last_error = f"{base}: {exc}"
+            log.warning("upstream %s unreachable for %s: %s", base, model.name, exc)
+            continue
+        except aiohttp.SocketTimeoutError:
+            return _reply(call, 504, f"upstream for model '{model.name}' timed out", "upstream_error", "upstream_timeout")
+        except (aiohttp.ClientError, OSError) as exc:
+            return _reply(call, 502, f"upstream for model '{model.name}' failed: {exc}", "upstream_error", "upstream_error")
+    call.upstream = ""
+    return _reply(call, 502, f"no upstream for model '{model.name}' is reachable ({last_error})", "upstream_error",
+                  "upstream_unreachable")
+
+
+async def _forward(
+    request: web.Request, state: ProxyState, call: Call, model: Model, payload: bytes, hide_usage: bool
+) -> web.StreamResponse:
+    state.metrics.inflight_inc(model.name)
+    state.inflight += 1
+    try:
+        opened = await _open_upstream(request, state, call, model, payload)
+        if isinstance(opened, web.Response):
+            return opened
+        call.forwarded = True
+        upstream = opened
+        try:
+            call.first_byte = time.perf_counter()
+            ctype = upstream.headers.get("Content-Type", "")
+            if upstream.status < 400 and ctype.startswith("text/event-stream"):
+                return await _relay_stream(request, call, upstream, hide_usage)
+            return await _relay_body(call, upstream)
+        except BaseException:
+            upstream.close()  # unfinished: drop the connection so the upstream stops working
+            raise
+        finally:
+            upstream.release()
+    finally:
+        state.inflight -= 1
+        state.metrics.inflight_dec(model.name)
+
+
+async def _relay_body(call: Call, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    """Non-streaming: read the (bounded) JSON, take its usage, pass it on."""
+    try:
+        if (upstream.content_length or 0) > MAX_UPSTREAM_BODY:
+            raise ValueError("upstream response too large")
+        data = await upstream.read()
+    except aiohttp.SocketTimeoutError:
+        upstream.close()
+        return _reply(call, 504, "upstream timed out while sending the response", "upstream_error", "upstream_timeout")
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        upstream.close()
+        call.estimated = True
+        return _reply(call, 502, f"upstream failed while sending the response: {exc}", "upstream_error", "upstream_error")
+    call.status = upstream.status
+    if upstream.status < 300:
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            obj = None
+        call.usage = extract_usage(obj)
+        if call.usage is None:
+            call.estimated = True
+            call.delivered_chars = response_chars(obj)
+    else:
+        call.error = f"upstream returned {upstream.status}"
+    return web.Response(status=upstream.status, body=data, headers=_client_headers(upstream, call))
+
+
+async def _relay_stream(
+    request: web.Request, call: Call, upstream: aiohttp.ClientResponse, hide_usage: bool
+) -> web.StreamResponse:
+    """SSE: pass every complete event on as it arrives, keep the usage event."""
+    response = web.StreamResponse(status=upstream.status, headers=_client_headers(upstream, call))
+    call.status = upstream.status
+    sse = SSEFilter(hide_usage)
+    first = True
+    try:
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                out = sse.feed(chunk)
+                if out:
+                    if first:
+                        call.first_byte = time.perf_counter()
+                        first = False
+                    await response.write(out)
+            tail = sse.flush()
+            if tail:
+                await response.write(tail)
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.SocketTimeoutError) as exc:
+            timeout = isinstance(exc, aiohttp.SocketTimeoutError)
+            call.status = 504 if timeout else 502
+            call.error = "upstream timed out mid-stream" if timeout else f"upstream dropped mid-stream: {exc}"
+            upstream.close()
+            event = error_body(call.error, "upstream_error", "upstream_timeout" if timeout else "upstream_disconnected")
+            await response.write(b"data: " + event + b"\n\n")
+        await response.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+        call.status = 499
+        call.error = f"client closed the connection: {exc}"
+        upstream.close()  # stop the upstream generating for nobody
+    except asyncio.CancelledError:
+        upstream.close()
+        raise
+    finally:
+        call.delivered_chars = sse.delivered_chars
+        call.usage = sse.usage
+        if call.usage is None:
+            call.estimated = True
+    return response
+
+
+async def _models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    token = _bearer(request)
+    record = state.keys.lookup(token) if token else None
+    if record is None:
+        state.metrics.usage.reject(401)
+        return error_response(401, "invalid or missing API key", code="invalid_api_key")
+    team = state.cfg.team_of(record.user_email) or record.team
+    data = [
+        {"id": m.name, "object": "model", "created": 0, "owned_by": "chargeback"}
+        for m in state.cfg.models.values()
+        if m.allowed_teams is None or team in m.allowed_teams
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    if request.app[STATE].draining:
+        return web.Response(status=503, text="shutting down\n")
+    return web.Response(text="ok\n")
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return error_response(404, f"unknown route {request.method} {request.path}", code="unknown_route")
+
+
+def _lifecycle(state: ProxyState, close_timeout: float) -> Any:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        await state.ledger.start()
+        await state.keys.start()
+        proxy = state.cfg.proxy
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=proxy.connect_timeout_seconds, sock_read=proxy.upstream_timeout_seconds
+        )
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
+        state.session = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=True)
+        try:
+            yield
+        finally:
+            await state.session.close()
+            await state.keys.close()
+            await state.ledger.close(close_timeout)
+
+    return ctx
+
+
+def create_state(cfg: Config, keys: KeyLookup | None = None, ledger: LedgerSink | None = None) -> ProxyState:
+    if keys is None:
+        from exporter.keys import KeyCache
+
+        keys = KeyCache(cfg.ledger.url, cfg.proxy.key_refresh_seconds)
+    if ledger is None:
+        from exporter.ledger.writer import LedgerWriter
+
+        ledger = LedgerWriter(cfg.ledger.url, cfg.ledger)
+    return ProxyState(cfg=cfg, keys=keys, ledger=ledger, metrics=ProxyMetrics(cfg, ledger.stats))
+
+
+def create_app(state: ProxyState, ledger_close_timeout: float = 30.0) -> web.Application:
+    """The API application. Its cleanup (after in-flight requests finish) flushes the ledger."""
+    app = web.Application(client_max_size=state.cfg.proxy.max_body_bytes + 1)
+    app[STATE] = state
+    for path in ENDPOINTS:
+        app.router.add_post(path, _handle)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    app.cleanup_ctx.append(_lifecycle(state, ledger_close_timeout))
+    return app
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    registry = request.app[STATE].metrics.registry
+    # Formatting tens of thousands of series takes a while: keep it off the event loop.
+    body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_metrics_app(state: ProxyState) -> web.Application:
+    app = web.Application()
+    app[STATE] = state
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    return app

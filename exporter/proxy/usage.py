@@ -1,0 +1,190 @@
+"""Reading token usage out of upstream responses (JSON and SSE streams), and estimating it when the
+upstream reports none.
+
+Estimate (documented in docs/proxy.md): ceil(characters / 4) of the prompt text the client sent and of
+the completion text actually delivered to the client. It is deliberately simple and stable; rows and
+counters built from it are marked ``estimated``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cached_tokens: int = 0
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def extract_usage(obj: Any) -> Usage | None:
+    """Usage from a response body or stream event: chat/completions/embeddings (``usage.prompt_tokens``)
+    or the Responses API (``usage.input_tokens``, also nested in ``response.completed`` events)."""
+    if not isinstance(obj, dict):
+        return None
+    usage = obj.get("usage")
+    if usage is None and isinstance(obj.get("response"), dict):
+        usage = obj["response"].get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
+    if prompt is None:
+        return None
+    completion = _count(usage.get("completion_tokens", usage.get("output_tokens", 0)))
+    if completion is None:
+        return None
+    total = _count(usage.get("total_tokens"))
+    if total is None:
+        total = prompt + completion
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    cached = _count(details.get("cached_tokens", 0)) if isinstance(details, dict) else 0
+    return Usage(prompt, completion, total, cached or 0)
+
+
+def _strings(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, list):
+        for v in value:
+            _strings(v, out)
+    elif isinstance(value, dict):
+        for key in ("content", "text", "input", "arguments"):
+            if key in value:
+                _strings(value[key], out)
+
+
+def prompt_chars(body: dict[str, Any]) -> int:
+    """Characters of prompt text in a request body (messages, prompt, input, instructions)."""
+    parts: list[str] = []
+    for key in ("messages", "prompt", "input", "instructions"):
+        if key in body:
+            _strings(body[key], parts)
+    return sum(len(p) for p in parts)
+
+
+def choice_chars(choices: Any) -> int:
+    """Characters of generated text in a list of choices (chat delta/message or completions text)."""
+    if not isinstance(choices, list):
+        return 0
+    n = 0
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        text = choice.get("text")
+        if isinstance(text, str):
+            n += len(text)
+        for key in ("delta", "message"):
+            msg = choice.get(key)
+            if not isinstance(msg, dict):
+                continue
+            for field in ("content", "reasoning_content", "refusal"):
+                v = msg.get(field)
+                if isinstance(v, str):
+                    n += len(v)
+            for call in msg.get("tool_calls") or ():
+                fn = call.get("function") if isinstance(call, dict) else None
+                if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                    n += len(fn["arguments"])
+    return n
+
+
+def response_chars(obj: Any) -> int:
+    """Generated characters in a non-streaming response body (chat, completions or Responses API)."""
+    if not isinstance(obj, dict):
+        return 0
+    n = choice_chars(obj.get("choices"))
+    output = obj.get("output")
+    if isinstance(output, list):
+        parts: list[str] = []
+        for item in output:
+            if isinstance(item, dict):
+                _strings(item.get("content"), parts)
+        n += sum(len(p) for p in parts)
+    return n
+
+
+def estimate_tokens(chars: int) -> int:
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+class SSEFilter:
+    """Splits an upstream SSE byte stream into events, passes each complete event on, remembers the
+    usage event, and drops the usage-only chunk the proxy asked for when the client did not."""
+
+    __slots__ = ("_buf", "delivered_chars", "events", "hide_usage", "usage")
+
+    def __init__(self, hide_usage: bool) -> None:
+        self._buf = b""
+        self.hide_usage = hide_usage
+        self.usage: Usage | None = None
+        self.delivered_chars = 0
+        self.events = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Bytes to forward now: every complete event in the input so far (possibly rewritten)."""
+        buf = self._buf + chunk if self._buf else chunk
+        out: list[bytes] = []
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            crlf = buf.find(b"\r\n\r\n", start)
+            if crlf != -1 and (end == -1 or crlf < end):
+                stop = crlf + 4
+            elif end != -1:
+                stop = end + 2
+            else:
+                break
+            event = self._event(buf[start:stop])
+            if event:
+                out.append(event)
+            start = stop
+        self._buf = buf[start:]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """Whatever is left when the upstream ended without a final blank line."""
+        rest, self._buf = self._buf, b""
+        return self._event(rest + b"\n\n") if rest.strip() else b""
+
+    def _event(self, raw: bytes) -> bytes:
+        data_lines = [line[5:].lstrip(b" ") for line in raw.splitlines() if line.startswith(b"data:")]
+        if not data_lines:
+            return raw  # comments, keep-alives, event-only lines: pass through unchanged
+        data = b"\n".join(data_lines)
+        if data == b"[DONE]":
+            return raw
+        self.events += 1
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return raw
+        if not isinstance(obj, dict):
+            return raw
+        self.delivered_chars += choice_chars(obj.get("choices"))
+        delta = obj.get("delta")  # Responses API text deltas
+        if isinstance(delta, str) and obj.get("type", "").endswith(".delta"):
+            self.delivered_chars += len(delta)
+        usage = extract_usage(obj)
+        if usage is None:
+            return raw
+        self.usage = usage
+        if not self.hide_usage or "choices" not in obj:
+            return raw
+        if not obj.get("choices"):
+            return b""  # the usage-only chunk the client did not ask for
+        # usage attached to a content chunk: keep the content, hide the usage
+        del obj["usage"]
+        return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"

@@ -1,0 +1,364 @@
+"""Everything the allocation methods need for one period, gathered from PromQL (or the ledger).
+
+Per user × team × model: requests, prompt/completion/cached tokens, request seconds, weighted
+tokens (prompt × w_prompt + completion × w_completion) and the model's GPU pool.
+Per pool: cost C_p, GPU seconds present, busy and idle seconds, idle cost, capacity K_p.
+
+Token weights and pool membership come from the config when it names the model (the config is
+authoritative for billing); for models the config does not know, from the proxy's
+``chargeback_model_*_token_weight`` / ``chargeback_model_info`` series, else weight 1 and pool
+"unknown" (such usage cannot carry a pool cost and is flagged in the notes).
+
+Pool cost: for each GPU, its average ``chargeback_gpu_hourly_cost`` over the period × the hours
+the exporter observed it, where hours observed = exact Δbusy + Δidle seconds (the exporter's two
+counters advance together with wall time). Pools without any GPU exporter data fall back to the
+config: gpus × gpu_hourly_cost × hours in the period (idle cost then unknown, shown as 0).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from exporter import contract
+from exporter.config import Config
+from exporter.report.period import Period
+from exporter.report.promql import DeltaStats, LabelKey, PromClient, exact_deltas, sum_by
+
+log = logging.getLogger(__name__)
+
+UNASSIGNED = "unassigned"
+UNKNOWN_POOL = "unknown"
+SECONDS_QUANTUM = Decimal("0.001")
+HOUR = Decimal(3600)
+
+
+@dataclass
+class Usage:
+    team: str  # the statement's team: a configured team or "unassigned"
+    user: str
+    model: str
+    pool: str
+    source_teams: tuple[str, ...] = ()  # team label values seen (differs from team when unassigned)
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    request_seconds: Decimal = Decimal(0)
+    weighted_tokens: Decimal = Decimal(0)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.team, self.user, self.model)
+
+
+@dataclass
+class PoolInput:
+    name: str
+    cost: Decimal  # exact, unrounded
+    cost_source: str  # "prometheus" | "config"
+    gpus: int
+    gpu_seconds: Decimal  # observed GPU-seconds (Σ over GPUs)
+    busy_seconds: Decimal
+    idle_seconds: Decimal
+    idle_cost: Decimal  # 0 when unknown (config fallback)
+    capacity_tokens_per_second: Decimal | None
+    idle_known: bool = True
+
+    @property
+    def busy_cost(self) -> Decimal:
+        return self.cost - self.idle_cost
+
+
+@dataclass
+class Inputs:
+    period: Period
+    usage: list[Usage]
+    pools: dict[str, PoolInput]
+    source: str  # "prometheus" | "ledger"
+    notes: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def teams_with_usage(self, pool: str | None = None) -> list[str]:
+        return sorted({u.team for u in self.usage if pool is None or u.pool == pool})
+
+
+def statement_team(cfg: Config, label: str) -> str:
+    return label if label in cfg.teams else UNASSIGNED
+
+
+@dataclass
+class RawUsage:
+    """Per (team label, user, model) quantities before weights and pools are applied."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    request_seconds: Decimal = Decimal(0)
+
+
+def _as_int(value: Decimal, what: str, notes: list[str]) -> int:
+    integral = value.to_integral_value()
+    if integral != value:
+        notes.append(f"{what}: non-integer count {value} rounded to {integral}")
+    return int(integral)
+
+
+def build_usage(
+    cfg: Config,
+    raw: dict[tuple[str, str, str], RawUsage],
+    model_pools: dict[str, str],
+    model_weights: dict[str, tuple[Decimal, Decimal]],
+    notes: list[str],
+) -> list[Usage]:
+    """Apply team mapping, pools and token weights; merge lines that map to the same statement key."""
+    merged: dict[tuple[str, str, str], Usage] = {}
+    unknown_teams: set[str] = set()
+    unknown_models: set[str] = set()
+    for (team_label, user, model), r in sorted(raw.items()):
+        team = statement_team(cfg, team_label)
+        if team == UNASSIGNED:
+            unknown_teams.add(team_label)
+        m = cfg.models.get(model)
+        if m is not None:
+            pool, (wp, wc) = m.pool, (m.token_weights.prompt, m.token_weights.completion)
+        else:
+            unknown_models.add(model)
+            pool = model_pools.get(model, UNKNOWN_POOL)
+            wp, wc = model_weights.get(model, (Decimal(1), Decimal(1)))
+        key = (team, user, model)
+        u = merged.get(key)
+        if u is None:
+            u = merged[key] = Usage(team=team, user=user, model=model, pool=pool)
+        u.source_teams = tuple(sorted({*u.source_teams, team_label}))
+        u.requests += r.requests
+        u.prompt_tokens += r.prompt_tokens
+        u.completion_tokens += r.completion_tokens
+        u.cached_tokens += r.cached_tokens
+        u.request_seconds += r.request_seconds
+        u.weighted_tokens += Decimal(r.prompt_tokens) * wp + Decimal(r.completion_tokens) * wc
+    for t in sorted(unknown_teams):
+        notes.append(f"team {t!r} is in the data but not in the config: its usage is billed to team {UNASSIGNED!r}")
+    for model in sorted(unknown_models):
+        pool = model_pools.get(model, UNKNOWN_POOL)
+        notes.append(
+            f"model {model!r} is not in the config: pool {pool!r} and token weights taken from Prometheus"
+            + (" (no pool known: its usage carries no pool cost)" if pool == UNKNOWN_POOL else "")
+        )
+    for u in merged.values():
+        u.request_seconds = u.request_seconds.quantize(SECONDS_QUANTUM)
+    return [merged[k] for k in sorted(merged)]
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+PROXY_COUNTERS = {
+    "requests": contract.REQUESTS_TOTAL,
+    "prompt_tokens": contract.PROMPT_TOKENS_TOTAL,
+    "completion_tokens": contract.COMPLETION_TOKENS_TOTAL,
+    "cached_tokens": contract.CACHED_PROMPT_TOKENS_TOTAL,
+    "request_seconds": contract.REQUEST_SECONDS_TOTAL,
+}
+USAGE_LABELS = ("team", "user", "model")
+
+
+def _gauge_by(client: PromClient, expr: str, at: int, label: str, value_label: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in client.vector(expr, at).items():
+        d = dict(k)
+        if label in d:
+            out[d[label]] = d.get(value_label, "") if value_label else v
+    return out
+
+
+def _config_pool(cfg: Config, name: str, period: Period) -> PoolInput:
+    p = cfg.pools[name]
+    seconds = Decimal(period.seconds) * p.gpus
+    return PoolInput(
+        name=name,
+        cost=p.hourly_cost * Decimal(period.seconds) / HOUR,
+        cost_source="config",
+        gpus=p.gpus,
+        gpu_seconds=seconds,
+        busy_seconds=Decimal(0),
+        idle_seconds=Decimal(0),
+        idle_cost=Decimal(0),
+        capacity_tokens_per_second=p.capacity_tokens_per_second,
+        idle_known=False,
+    )
+
+
+def gather_pools(
+    cfg: Config, client: PromClient, period: Period, notes: list[str], deltas: dict[str, dict[LabelKey, Decimal]]
+) -> dict[str, PoolInput]:
+    end = period.end_ts
+    sel_cost = client.selector(contract.GPU_HOURLY_COST)
+    hourly: dict[str, tuple[str, Decimal]] = {}
+    for k, v in client.vector(f"avg_over_time({sel_cost}[{period.seconds}s] @ {end})", end).items():
+        d = dict(k)
+        if "uuid" in d:
+            hourly[d["uuid"]] = (d.get("pool", ""), v)
+    info_pool = _gauge_by(
+        client, f"last_over_time({client.selector(contract.GPU_INFO)}[{period.seconds}s] @ {end})", end, "uuid", "pool"
+    )
+    busy = sum_by(deltas["busy"], ("uuid",))
+    idle = sum_by(deltas["idle"], ("uuid",))
+    per_pool: dict[str, dict[str, Decimal]] = {}
+    gpus: dict[str, set[str]] = {}
+    for (uuid,) in sorted(set(busy) | set(idle)):
+        pool, rate = hourly.get(uuid, (info_pool.get(uuid, ""), None))  # type: ignore[arg-type]
+        if not pool:
+            pool = cfg.gpu_exporter.pool_by_uuid.get(uuid) or cfg.gpu_exporter.default_pool or ""
+        if not pool:
+            notes.append(f"GPU {uuid}: no pool known (no chargeback_gpu_hourly_cost/chargeback_gpu_info pool label); left out")
+            continue
+        if rate is None:
+            if pool not in cfg.pools:
+                notes.append(f"GPU {uuid}: no hourly cost exported and pool {pool!r} is not in the config; left out")
+                continue
+            rate = cfg.pools[pool].gpu_hourly_cost
+            notes.append(f"GPU {uuid}: no chargeback_gpu_hourly_cost samples; config price {rate}/h used")
+        b = busy.get((uuid,), Decimal(0))
+        i = idle.get((uuid,), Decimal(0))
+        acc = per_pool.setdefault(pool, {"cost": Decimal(0), "idle_cost": Decimal(0), "busy": Decimal(0), "idle": Decimal(0)})
+        acc["cost"] += rate * (b + i) / HOUR
+        acc["idle_cost"] += rate * i / HOUR
+        acc["busy"] += b
+        acc["idle"] += i
+        gpus.setdefault(pool, set()).add(uuid)
+
+    pools: dict[str, PoolInput] = {}
+    for name in sorted(set(cfg.pools) | set(per_pool)):
+        acc = per_pool.get(name)
+        if acc is None:
+            pools[name] = _config_pool(cfg, name, period)
+            notes.append(f"pool {name!r}: no GPU exporter data in the period; cost from the config (gpus × gpu_hourly_cost × hours)")
+            continue
+        conf = cfg.pools.get(name)
+        pools[name] = PoolInput(
+            name=name,
+            cost=acc["cost"],
+            cost_source="prometheus",
+            gpus=len(gpus[name]),
+            gpu_seconds=acc["busy"] + acc["idle"],
+            busy_seconds=acc["busy"],
+            idle_seconds=acc["idle"],
+            idle_cost=acc["idle_cost"],
+            capacity_tokens_per_second=conf.capacity_tokens_per_second if conf else None,
+        )
+        expected = Decimal(period.seconds) * (conf.gpus if conf else len(gpus[name]))
+        if expected and acc["busy"] + acc["idle"] < expected:
+            notes.append(
+                f"pool {name!r}: GPUs observed {(acc['busy'] + acc['idle']) / HOUR:.2f} GPU-hours of "
+                f"{expected / HOUR:.2f} expected (exporter gaps or fewer GPUs than configured)"
+            )
+    return pools
+
+
+def gather_prometheus(
+    cfg: Config, client: PromClient, period: Period, lookback: int | None = None, workers: int = 4
+) -> Inputs:
+    """Query every input for ``period``; raises PromQLError on any failed query."""
+    start, end = period.start_ts, period.end_ts
+    notes: list[str] = []
+    kwargs: dict[str, Any] = {} if lookback is None else {"lookback": lookback}
+    tasks = {name: (metric, "user") for name, metric in PROXY_COUNTERS.items()}
+    tasks["busy"] = (contract.GPU_BUSY_SECONDS_TOTAL, "uuid")
+    tasks["idle"] = (contract.GPU_IDLE_SECONDS_TOTAL, "uuid")
+    dstats = {name: DeltaStats() for name in tasks}
+    clients = {name: PromClient(client.url, client.timeout, client.extra) for name in tasks}
+
+    def one(name: str) -> dict[LabelKey, Decimal]:
+        metric, split = tasks[name]
+        return exact_deltas(clients[name], metric, start, end, split, stats=dstats[name], **kwargs)
+
+    # Independent counters in parallel: the server does the scanning; we mostly wait on HTTP.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {name: pool.submit(one, name) for name in tasks}
+        deltas = {name: f.result() for name, f in futures.items()}
+
+    raw: dict[tuple[str, str, str], RawUsage] = {}
+    for name in PROXY_COUNTERS:
+        for key, value in sum_by(deltas[name], USAGE_LABELS).items():
+            r = raw.setdefault(key, RawUsage())  # type: ignore[arg-type]
+            if name == "request_seconds":
+                r.request_seconds += value
+            else:
+                setattr(r, name, getattr(r, name) + _as_int(value, f"{PROXY_COUNTERS[name]}{key}", notes))
+    raw = {k: v for k, v in raw.items() if any((v.requests, v.prompt_tokens, v.completion_tokens, v.cached_tokens, v.request_seconds))}
+
+    model_pools = _gauge_by(
+        client, f"max by (model, pool) (last_over_time({client.selector(contract.MODEL_INFO)}[{period.seconds}s] @ {end}))",
+        end, "model", "pool",
+    )
+    weights: dict[str, tuple[Decimal, Decimal]] = {}
+    if any(k[2] not in cfg.models for k in raw):
+        wp = _gauge_by(client, f"max by (model) (last_over_time({client.selector(contract.MODEL_PROMPT_TOKEN_WEIGHT)}[{period.seconds}s] @ {end}))", end, "model")
+        wc = _gauge_by(client, f"max by (model) (last_over_time({client.selector(contract.MODEL_COMPLETION_TOKEN_WEIGHT)}[{period.seconds}s] @ {end}))", end, "model")
+        weights = {m: (wp.get(m, Decimal(1)), wc.get(m, Decimal(1))) for m in set(wp) | set(wc)}
+    usage = build_usage(cfg, raw, model_pools, weights, notes)
+    pools = gather_pools(cfg, client, period, notes, deltas)
+    for c in clients.values():
+        client.stats.queries += c.stats.queries
+        client.stats.seconds += c.stats.seconds
+        client.stats.series += c.stats.series
+    resets = sum(s.with_resets for s in dstats.values())
+    stats = {
+        "queries": client.stats.queries,
+        "series": {name: s.series for name, s in sorted(dstats.items())},
+        "series_with_resets": resets,
+        "series_with_old_baseline": sum(s.old_baseline for s in dstats.values()),
+        "series_raw_fetched": sum(s.raw_fetched for s in dstats.values()),
+    }
+    return Inputs(period=period, usage=usage, pools=pools, source="prometheus", notes=notes, stats=stats)
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+def ledger_usage(store: Any, period: Period) -> dict[tuple[str, str, str], RawUsage]:
+    """Per (team, user, model) totals for requests that started inside the period."""
+    from exporter.ledger.store import canonical_timestamp, parse_timestamp
+
+    ph = "?" if store.backend == "sqlite" else "%s"
+    conv = canonical_timestamp if store.backend == "sqlite" else parse_timestamp
+    sql = (
+        "SELECT team, user_email, model, COUNT(*), COALESCE(SUM(prompt_tokens), 0),"
+        " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(duration_ms), 0)"
+        f" FROM http_analytics WHERE timestamp >= {ph} AND timestamp < {ph}"
+        " GROUP BY team, user_email, model"
+    )
+    _, rows = store.query(sql, [conv(period.start), conv(period.end)])
+    out: dict[tuple[str, str, str], RawUsage] = {}
+    for team, user, model, n, p, c, cached, ms in rows:
+        out[(str(team), str(user), str(model))] = RawUsage(
+            requests=int(n),
+            prompt_tokens=int(p),
+            completion_tokens=int(c),
+            cached_tokens=int(cached),
+            request_seconds=(Decimal(str(ms)) / 1000).quantize(SECONDS_QUANTUM),
+        )
+    return out
+
+
+def gather_ledger(cfg: Config, client: PromClient, store: Any, period: Period, lookback: int | None = None) -> Inputs:
+    """Billed quantities from the ledger (complete across proxy restarts); pool costs from PromQL."""
+    notes: list[str] = ["billed quantities taken from the ledger (requests by start time); pool costs from Prometheus"]
+    raw = ledger_usage(store, period)
+    kwargs: dict[str, Any] = {} if lookback is None else {"lookback": lookback}
+    deltas = {
+        "busy": exact_deltas(client, contract.GPU_BUSY_SECONDS_TOTAL, period.start_ts, period.end_ts, "uuid", **kwargs),
+        "idle": exact_deltas(client, contract.GPU_IDLE_SECONDS_TOTAL, period.start_ts, period.end_ts, "uuid", **kwargs),
+    }
+    end = period.end_ts
+    model_pools = _gauge_by(
+        client, f"max by (model, pool) (last_over_time({client.selector(contract.MODEL_INFO)}[{period.seconds}s] @ {end}))",
+        end, "model", "pool",
+    )
+    usage = build_usage(cfg, raw, model_pools, {}, notes)
+    pools = gather_pools(cfg, client, period, notes, deltas)
+    return Inputs(period=period, usage=usage, pools=pools, source="ledger", notes=notes, stats={"queries": client.stats.queries})

@@ -1,0 +1,402 @@
+"""The six allocation methods. Each turns :class:`Inputs` into exact (unrounded) charges.
+
+Pool-cost methods (token-share, time-based, hybrid) recover every pool's cost C_p; how the idle
+part of C_p is treated follows ``report.idle_handling``:
+
+- ``spread`` — the whole C_p is shared by usage (the idle part rides along, shown per team);
+- ``absorb`` — only the busy part is shared; the idle cost is a central-IT line;
+- ``even``  — the busy part is shared by usage; the idle cost is split evenly among the teams
+  with usage in that pool, as a line of its own.
+
+proxy-price-per-token charges a price per weighted token derived from capacity, and leaves the
+rest of the pool cost (unused capacity) on a central-IT line. tiered and flat-fee-with-overages
+are rate cards: they charge for tokens regardless of pool cost, and the summary shows the pool
+cost they did not recover (or the surplus, as a negative amount).
+
+docs/methods.md has the formulas and worked examples.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from exporter.config import METHODS, Config, ConfigError, FlatFee
+from exporter.report.inputs import UNASSIGNED, UNKNOWN_POOL, Inputs, Usage
+from exporter.report.money import CONTEXT
+
+MILLION = Decimal(1_000_000)
+CENTRAL = "central-it"
+
+# Line kinds
+USAGE = "usage"
+FEE = "monthly-fee"
+FIXED_SHARE = "fixed-share"
+EQUAL_SPLIT = "equal-split"
+IDLE_SHARE = "idle-share"
+IDLE_ABSORBED = "idle-absorbed"
+UNRECOVERED = "unrecovered"
+UNALLOCATED = "unallocated"
+
+
+class MethodError(ConfigError):
+    """Method parameters that cannot produce a statement (missing capacity, no rate card ...)."""
+
+
+@dataclass
+class Charge:
+    """One statement line before rounding."""
+
+    team: str
+    kind: str
+    amount: Decimal = Decimal(0)
+    user: str = ""
+    model: str = ""
+    pool: str = ""
+    description: str = ""
+    idle_amount: Decimal = Decimal(0)  # the part of amount that pays for idle GPU time
+    usage: Usage | None = None
+
+    @property
+    def sort_key(self) -> tuple[int, str, str, str, str]:
+        return (0 if self.kind == USAGE else 1, self.kind, self.user, self.model, self.pool)
+
+
+@dataclass
+class Allocation:
+    method: str
+    params: dict[str, object]
+    charges: list[Charge]  # teams' lines (usage lines even when their amount is 0)
+    central: list[Charge]  # central IT's lines (unrecovered, absorbed idle, unallocated)
+    notes: list[str] = field(default_factory=list)
+
+
+class _Book:
+    """Collects exact amounts: one usage line per Usage, extra lines by (team, kind, pool)."""
+
+    def __init__(self, inputs: Inputs) -> None:
+        self.usage = {u.key: Charge(team=u.team, kind=USAGE, user=u.user, model=u.model, pool=u.pool, usage=u) for u in inputs.usage}
+        self.extra: dict[tuple[str, str, str], Charge] = {}
+        self.central: dict[tuple[str, str], Charge] = {}
+
+    def add_usage(self, u: Usage, amount: Decimal, idle: Decimal = Decimal(0)) -> None:
+        c = self.usage[u.key]
+        c.amount += amount
+        c.idle_amount += idle
+
+    def add_extra(self, team: str, kind: str, pool: str, amount: Decimal, description: str, idle: Decimal = Decimal(0)) -> None:
+        c = self.extra.get((team, kind, pool))
+        if c is None:
+            c = self.extra[(team, kind, pool)] = Charge(team=team, kind=kind, pool=pool, description=description)
+        c.amount += amount
+        c.idle_amount += idle
+
+    def add_central(self, kind: str, pool: str, amount: Decimal, description: str) -> None:
+        c = self.central.get((kind, pool))
+        if c is None:
+            c = self.central[(kind, pool)] = Charge(team=CENTRAL, kind=kind, pool=pool, description=description)
+        c.amount += amount
+
+    def result(self, method: str, params: dict[str, object], notes: list[str]) -> Allocation:
+        charges = list(self.usage.values()) + list(self.extra.values())
+        charges.sort(key=lambda c: (c.team, *c.sort_key))
+        central = sorted(self.central.values(), key=lambda c: (c.kind, c.pool))
+        return Allocation(method, params, charges, central, notes)
+
+
+def _spread(amount: Decimal, lines: list[Usage], weight: Callable[[Usage], Decimal]) -> list[tuple[Usage, Decimal]] | None:
+    """amount × w(u) / Σw over ``lines``; None when Σw is 0 (nothing to share by)."""
+    total = sum((weight(u) for u in lines), Decimal(0))
+    if total <= 0:
+        return None
+    return [(u, amount * weight(u) / total) for u in lines]
+
+
+def _tokens(u: Usage) -> Decimal:
+    return u.weighted_tokens
+
+
+def _seconds(u: Usage) -> Decimal:
+    return u.request_seconds
+
+
+def _pool_lines(inputs: Inputs) -> dict[str, list[Usage]]:
+    out: dict[str, list[Usage]] = {p: [] for p in inputs.pools}
+    for u in inputs.usage:
+        out.setdefault(u.pool, []).append(u)
+    return out
+
+
+def _pool_params(inputs: Inputs) -> dict[str, object]:
+    return {
+        name: {
+            "cost_exact": str(p.cost),
+            "cost_source": p.cost_source,
+            "idle_cost_exact": str(p.idle_cost),
+            "capacity_tokens_per_second": None if p.capacity_tokens_per_second is None else str(p.capacity_tokens_per_second),
+        }
+        for name, p in sorted(inputs.pools.items())
+    }
+
+
+def _unknown_pool_note(lines: dict[str, list[Usage]], notes: list[str]) -> None:
+    if lines.get(UNKNOWN_POOL):
+        notes.append(f"{len(lines[UNKNOWN_POOL])} usage lines have no known pool and carry no pool cost")
+
+
+# --------------------------------------------------------------------------- pool-cost methods
+
+
+def _idle_side(book: _Book, inputs: Inputs, pool: str, lines: list[Usage], idle_handling: str) -> None:
+    """The idle part of a pool's cost when it is not spread by usage."""
+    idle = inputs.pools[pool].idle_cost
+    if idle == 0:
+        return
+    if idle_handling == "absorb":
+        book.add_central(IDLE_ABSORBED, pool, idle, f"idle GPU time in pool {pool}, kept by central IT")
+    elif idle_handling == "even":
+        teams = sorted({u.team for u in lines})
+        for t in teams:
+            share = idle / len(teams)
+            book.add_extra(t, IDLE_SHARE, pool, share, f"even share of idle GPU time in pool {pool} (1/{len(teams)})", idle=share)
+
+
+def _share_method(inputs: Inputs, idle_handling: str, parts: list[tuple[Decimal, str]], cfg: Config) -> _Book:
+    """Pool cost shared by a weighted mix of components (token_share, time_share, equal_split,
+    fixed_share); token-share and time-based are the one-component cases."""
+    book = _Book(inputs)
+    lines_by_pool = _pool_lines(inputs)
+    for pool, p in sorted(inputs.pools.items()):
+        lines = lines_by_pool.get(pool, [])
+        spread_idle = idle_handling == "spread"
+        allocatable = p.cost if spread_idle else p.busy_cost
+        idle_ratio = (p.idle_cost / p.cost) if (spread_idle and p.cost) else Decimal(0)
+        unallocated = Decimal(0)
+        any_allocated = False
+        for weight, comp in parts:
+            amount = allocatable * weight
+            if amount == 0:
+                continue
+            if comp in ("token_share", "time_share"):
+                shares = _spread(amount, lines, _tokens if comp == "token_share" else _seconds)
+                if shares is None:
+                    unallocated += amount
+                    continue
+                for u, a in shares:
+                    book.add_usage(u, a, a * idle_ratio)
+            elif comp == "equal_split":
+                teams = sorted({u.team for u in lines})
+                if not teams:
+                    unallocated += amount
+                    continue
+                for t in teams:
+                    a = amount / len(teams)
+                    book.add_extra(t, EQUAL_SPLIT, pool, a, f"equal split of pool {pool} (1/{len(teams)}, weight {weight})", a * idle_ratio)
+            elif comp == "fixed_share":
+                for t, f in sorted(cfg.report.hybrid.fixed_shares.items()):
+                    a = amount * f
+                    book.add_extra(t, FIXED_SHARE, pool, a, f"fixed share {f} of pool {pool} (weight {weight})", a * idle_ratio)
+            any_allocated = True
+        if not any_allocated and lines == []:
+            # Nobody used the pool: its whole cost (idle included) stays with central IT.
+            book.add_central(UNALLOCATED, pool, p.cost, f"pool {pool} had no usage in the period")
+            continue
+        if unallocated:
+            book.add_central(UNALLOCATED, pool, unallocated, f"part of pool {pool} with nothing to share it by")
+        if not spread_idle:
+            _idle_side(book, inputs, pool, lines, idle_handling)
+    return book
+
+
+def token_share(inputs: Inputs, cfg: Config) -> Allocation:
+    notes: list[str] = []
+    _unknown_pool_note(_pool_lines(inputs), notes)
+    book = _share_method(inputs, cfg.report.idle_handling, [(Decimal(1), "token_share")], cfg)
+    params = {"idle_handling": cfg.report.idle_handling, "pools": _pool_params(inputs)}
+    return book.result("token-share", params, notes)
+
+
+def time_based(inputs: Inputs, cfg: Config) -> Allocation:
+    notes: list[str] = []
+    _unknown_pool_note(_pool_lines(inputs), notes)
+    book = _share_method(inputs, cfg.report.idle_handling, [(Decimal(1), "time_share")], cfg)
+    params = {"idle_handling": cfg.report.idle_handling, "pools": _pool_params(inputs)}
+    return book.result("time-based", params, notes)
+
+
+def hybrid(inputs: Inputs, cfg: Config) -> Allocation:
+    h = cfg.report.hybrid
+    if sum(h.weights.values(), Decimal(0)) != 1:
+        raise MethodError(f"{cfg.path}: report.hybrid.weights: weights must sum to 1")
+    if h.weights.get("fixed_share") and sum(h.fixed_shares.values(), Decimal(0)) != 1:
+        raise MethodError(f"{cfg.path}: report.hybrid.fixed_shares: shares must sum to 1")
+    notes: list[str] = []
+    _unknown_pool_note(_pool_lines(inputs), notes)
+    parts = [(w, c) for c, w in sorted(h.weights.items())]
+    book = _share_method(inputs, cfg.report.idle_handling, parts, cfg)
+    params = {
+        "idle_handling": cfg.report.idle_handling,
+        "weights": {k: str(v) for k, v in sorted(h.weights.items())},
+        "fixed_shares": {k: str(v) for k, v in sorted(h.fixed_shares.items())},
+        "pools": _pool_params(inputs),
+    }
+    return book.result("hybrid", params, notes)
+
+
+# --------------------------------------------------------------------------- proxy price
+
+
+def proxy_price_per_token(inputs: Inputs, cfg: Config) -> Allocation:
+    book = _Book(inputs)
+    notes: list[str] = []
+    lines_by_pool = _pool_lines(inputs)
+    _unknown_pool_note(lines_by_pool, notes)
+    seconds = Decimal(inputs.period.seconds)
+    prices: dict[str, object] = {}
+    for pool, p in sorted(inputs.pools.items()):
+        lines = lines_by_pool.get(pool, [])
+        k = p.capacity_tokens_per_second
+        if k is None or k <= 0:
+            if any(u.weighted_tokens for u in lines):
+                raise MethodError(
+                    f"{cfg.path}: pools.{pool}.capacity_tokens_per_second: required by method proxy-price-per-token "
+                    f"(pool {pool} has usage in {inputs.period.label})"
+                )
+            book.add_central(UNRECOVERED, pool, p.cost, f"pool {pool}: no capacity configured and no usage")
+            continue
+        price = p.cost / (k * seconds) if seconds else Decimal(0)
+        prices[pool] = {"price_per_million_tokens": str(price * MILLION), "capacity_tokens_per_second": str(k)}
+        recovered = Decimal(0)
+        for u in lines:
+            a = u.weighted_tokens * price
+            book.add_usage(u, a)
+            recovered += a
+        book.add_central(
+            UNRECOVERED,
+            pool,
+            p.cost - recovered,
+            f"pool {pool}: capacity not used (cost minus tokens × price)"
+            if recovered <= p.cost
+            else f"pool {pool}: usage above the stated capacity (negative: recovered more than cost)",
+        )
+    params = {"prices": prices, "pools": _pool_params(inputs)}
+    return book.result("proxy-price-per-token", params, notes)
+
+
+# --------------------------------------------------------------------------- rate cards
+
+
+def _team_tokens(inputs: Inputs) -> dict[str, list[Usage]]:
+    out: dict[str, list[Usage]] = {}
+    for u in inputs.usage:
+        out.setdefault(u.team, []).append(u)
+    return out
+
+
+def _rate_card_central(book: _Book, inputs: Inputs) -> None:
+    cost = sum((p.cost for p in inputs.pools.values()), Decimal(0))
+    charged = sum((c.amount for c in [*book.usage.values(), *book.extra.values()]), Decimal(0))
+    book.add_central(UNRECOVERED, "", cost - charged, "pool cost not covered by the rate card (negative: surplus)")
+
+
+def tier_charge(tokens: Decimal, cfg: Config) -> tuple[Decimal, list[tuple[str, Decimal, Decimal]]]:
+    """Marginal tiers: each tier's price applies to the tokens that fall inside it."""
+    total = Decimal(0)
+    bands: list[tuple[str, Decimal, Decimal]] = []
+    lower = Decimal(0)
+    for t in cfg.report.tiers:
+        upper = Decimal(t.up_to_tokens) if t.up_to_tokens is not None else None
+        in_band = max(Decimal(0), (min(tokens, upper) if upper is not None else tokens) - lower)
+        if in_band > 0:
+            amount = in_band * t.price_per_million / MILLION
+            total += amount
+            bands.append((f"{lower}-{upper if upper is not None else '∞'}", in_band, amount))
+        if upper is None or tokens <= upper:
+            break
+        lower = upper
+    return total, bands
+
+
+def tiered(inputs: Inputs, cfg: Config) -> Allocation:
+    if not cfg.report.tiers:
+        raise MethodError(f"{cfg.path}: report.tiers: required by method tiered")
+    book = _Book(inputs)
+    for _team, lines in sorted(_team_tokens(inputs).items()):
+        w = sum((u.weighted_tokens for u in lines), Decimal(0))
+        charge, _ = tier_charge(w, cfg)
+        for u, a in _spread(charge, lines, _tokens) or []:
+            book.add_usage(u, a)
+    _rate_card_central(book, inputs)
+    params = {
+        "tiers": [
+            {"up_to_tokens": t.up_to_tokens, "price_per_million": str(t.price_per_million)} for t in cfg.report.tiers
+        ],
+        "basis": "cumulative weighted tokens per team in the period; marginal (each tier's price applies inside it)",
+        "pools": _pool_params(inputs),
+    }
+    return book.result("tiered", params, [])
+
+
+def flat_fee_plan(cfg: Config, team: str) -> FlatFee | None:
+    return cfg.report.flat_fee_teams.get(team, cfg.report.flat_fee_default)
+
+
+def flat_fee_with_overages(inputs: Inputs, cfg: Config) -> Allocation:
+    if cfg.report.flat_fee_default is None and not cfg.report.flat_fee_teams:
+        raise MethodError(f"{cfg.path}: report.flat_fee: required by method flat-fee-with-overages")
+    book = _Book(inputs)
+    notes: list[str] = []
+    by_team = _team_tokens(inputs)
+    # Configured teams pay their fee every month; unassigned usage is billed on the default plan.
+    teams = sorted(set(cfg.teams) | ({UNASSIGNED} if UNASSIGNED in by_team else set()))
+    plans: dict[str, object] = {}
+    for team in teams:
+        plan = flat_fee_plan(cfg, team)
+        lines = by_team.get(team, [])
+        if plan is None:
+            if lines:
+                notes.append(f"team {team!r} has usage but no flat-fee plan (no report.flat_fee.default): not charged")
+            continue
+        plans[team] = {
+            "monthly_fee": str(plan.monthly_fee),
+            "included_tokens": plan.included_tokens,
+            "overage_per_million": str(plan.overage_per_million),
+        }
+        if plan.monthly_fee:
+            book.add_extra(team, FEE, "", plan.monthly_fee, f"monthly fee, includes {plan.included_tokens:,} weighted tokens")
+        w = sum((u.weighted_tokens for u in lines), Decimal(0))
+        overage = max(Decimal(0), w - plan.included_tokens) * plan.overage_per_million / MILLION
+        for u, a in _spread(overage, lines, _tokens) or []:
+            book.add_usage(u, a)
+    _rate_card_central(book, inputs)
+    params = {"plans": plans, "pools": _pool_params(inputs)}
+    return book.result("flat-fee-with-overages", params, notes)
+
+
+METHOD_FUNCS: dict[str, Callable[[Inputs, Config], Allocation]] = {
+    "proxy-price-per-token": proxy_price_per_token,
+    "token-share": token_share,
+    "time-based": time_based,
+    "hybrid": hybrid,
+    "tiered": tiered,
+    "flat-fee-with-overages": flat_fee_with_overages,
+}
+assert tuple(METHOD_FUNCS) == METHODS
+
+
+def allocate(inputs: Inputs, cfg: Config, method: str | None = None) -> Allocation:
+    method = method or cfg.report.method
+    if method not in METHOD_FUNCS:
+        raise MethodError(f"unknown method {method!r} (expected one of: {', '.join(METHODS)})")
+    with decimal.localcontext(CONTEXT):
+        return METHOD_FUNCS[method](inputs, cfg)
+
+
+def all_teams(cfg: Config, inputs: Inputs, charges: Iterable[Charge]) -> list[str]:
+    """Configured teams (statements even without usage) plus unassigned when it has lines."""
+    teams = set(cfg.teams)
+    teams.update(c.team for c in charges)
+    teams.update(u.team for u in inputs.usage)
+    return sorted(teams)
