@@ -256,7 +256,7 @@ def build(currency: str) -> Dashboard:
                 (_error_ratio("5.."), "{{model}} 5xx"),
                 (_error_ratio("4.."), "{{model}} 4xx"),
                 (
-                    f"model:chargeback_upstream_errors:ratio5m and on (model) {TEAM_MODELS}",
+                    f"(model:chargeback_upstream_errors:ratio5m or {TEAM_MODELS} * 0) and on (model) {TEAM_MODELS}",
                     "{{model}} upstream (all teams)",
                 ),
             ),
@@ -295,8 +295,8 @@ def build(currency: str) -> Dashboard:
             TOKENS,
             [
                 target(
-                    "sum by (user, model) (increase("
-                    f'{{__name__=~"chargeback_(prompt|completion)_tokens_total", {TU}}}[$__range]))',
+                    f"sum by (user, model) (increase(chargeback_prompt_tokens_total{{{TU}}}[$__range]))"
+                    f" + sum by (user, model) (increase(chargeback_completion_tokens_total{{{TU}}}[$__range]))",
                     instant=True,
                     table=True,
                 )

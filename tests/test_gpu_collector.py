@@ -87,7 +87,13 @@ def test_several_gpus_identity_pools_and_readings(fake: FakeNvml) -> None:
     s = Scrape(reg)
     assert s(c.NVML_UP) == 1
     assert s.labels(c.GPU_INFO) == [
-        {"uuid": "GPU-a", "index": "0", "name": "NVIDIA H100 80GB HBM3", "pool": "h100", "driver_version": "550.54.15"},
+        {
+            "uuid": "GPU-a",
+            "index": "0",
+            "name": "NVIDIA H100 80GB HBM3",
+            "pool": "h100",
+            "driver_version": "550.54.15",
+        },
         {"uuid": "GPU-b", "index": "1", "name": "NVIDIA A10", "pool": "h100", "driver_version": "550.54.15"},
         {"uuid": "GPU-c", "index": "2", "name": "NVIDIA A10", "pool": "a10", "driver_version": "550.54.15"},
     ]
@@ -194,7 +200,17 @@ def test_unmapped_gpu_gets_no_cost_and_one_warning(fake: FakeNvml, caplog: pytes
         Scrape(reg)
         s = Scrape(reg)
     assert s.labels(c.GPU_HOURLY_COST) == [{"uuid": "GPU-a", "pool": "h100"}]
-    assert s(c.GPU_INFO, uuid="GPU-x", index="1", name="NVIDIA H100 80GB HBM3", pool="", driver_version="550.54.15") == 1
+    assert (
+        s(
+            c.GPU_INFO,
+            uuid="GPU-x",
+            index="1",
+            name="NVIDIA H100 80GB HBM3",
+            pool="",
+            driver_version="550.54.15",
+        )
+        == 1
+    )
     assert s(c.GPU_UNMAPPED_GPUS) == 1
     warnings = [r.getMessage() for r in caplog.records if "belongs to no pool" in r.getMessage()]
     assert len(warnings) == 1 and "GPU-x" in warnings[0]
@@ -256,8 +272,28 @@ def test_gpu_lost_mid_run_vanishes_and_recovers_with_monotonic_counters(fake: Fa
     a.samples.append((T0 + 4 * S, 25))
     fake.gpus = [b, a]
     s = Scrape(reg)
-    assert s(c.GPU_INFO, uuid="GPU-b", index="0", name="NVIDIA H100 80GB HBM3", pool="a10", driver_version="550.54.15") == 1
-    assert s(c.GPU_INFO, uuid="GPU-a", index="1", name="NVIDIA H100 80GB HBM3", pool="h100", driver_version="550.54.15") == 1
+    assert (
+        s(
+            c.GPU_INFO,
+            uuid="GPU-b",
+            index="0",
+            name="NVIDIA H100 80GB HBM3",
+            pool="a10",
+            driver_version="550.54.15",
+        )
+        == 1
+    )
+    assert (
+        s(
+            c.GPU_INFO,
+            uuid="GPU-a",
+            index="1",
+            name="NVIDIA H100 80GB HBM3",
+            pool="h100",
+            driver_version="550.54.15",
+        )
+        == 1
+    )
     assert s(c.GPU_BUSY_SECONDS_TOTAL, uuid="GPU-b") == 0.5 + 1.0
     assert s(c.GPU_BUSY_SECONDS_TOTAL, uuid="GPU-a") == 2.25
     assert fake.init_calls == 2
@@ -281,7 +317,9 @@ def test_fatal_errors_trigger_reinit(fake: FakeNvml, code: int) -> None:
     gpu.errors = {"power": code}
     s = Scrape(reg)
     assert s.uuids(c.GPU_INFO) == {"GPU-b"}
-    reason = {v: k for k, v in vars(pynvml).items() if k.startswith("NVML_ERROR_")}[code][len("NVML_ERROR_") :].lower()
+    reason = {v: k for k, v in vars(pynvml).items() if k.startswith("NVML_ERROR_")}[code][
+        len("NVML_ERROR_") :
+    ].lower()
     assert s(c.NVML_ERRORS_TOTAL, reason=reason) == 1
     gpu.errors = {}
     s = Scrape(reg)
@@ -334,8 +372,20 @@ def test_mig_instances_listed_and_no_fake_utilisation(fake: FakeNvml) -> None:
     collector, reg = make()
     s = Scrape(reg)
     assert s.labels(c.GPU_MIG_INFO) == [
-        {"uuid": "MIG-1", "parent_uuid": "GPU-m", "gpu_instance_id": "1", "compute_instance_id": "0", "profile": "1g.10gb"},
-        {"uuid": "MIG-2", "parent_uuid": "GPU-m", "gpu_instance_id": "2", "compute_instance_id": "0", "profile": "3g.40gb"},
+        {
+            "uuid": "MIG-1",
+            "parent_uuid": "GPU-m",
+            "gpu_instance_id": "1",
+            "compute_instance_id": "0",
+            "profile": "1g.10gb",
+        },
+        {
+            "uuid": "MIG-2",
+            "parent_uuid": "GPU-m",
+            "gpu_instance_id": "2",
+            "compute_instance_id": "0",
+            "profile": "3g.40gb",
+        },
     ]
     for name in (c.GPU_UTILIZATION_RATIO, c.GPU_BUSY_SECONDS_TOTAL, c.GPU_IDLE_SECONDS_TOTAL, c.GPU_IDLE):
         assert s.uuids(name) == {"GPU-a"}, name  # absent for the MIG GPU, never a made-up 0
@@ -369,4 +419,29 @@ def test_stuck_call_is_bounded_and_the_worker_replaced(fake: FakeNvml) -> None:
         time.sleep(0.02)
     s = Scrape(reg)
     assert s.uuids(c.GPU_INFO) == {"GPU-stuck", "GPU-a"}
+    collector.close()
+
+
+def test_hung_nvml_init_is_bounded_and_retried_once_it_returns(fake: FakeNvml) -> None:
+    fake.gpus = [FakeGpu("GPU-a")]
+    fake.init_hang = threading.Event()
+    collector, reg = make()
+    try:
+        s = Scrape(reg)
+        assert s(c.NVML_UP) == 0
+        assert s(c.NVML_ERRORS_TOTAL, reason="timeout") == 1
+        s = Scrape(reg)  # the first nvmlInit is still stuck: not called again
+        assert s(c.NVML_UP) == 0
+        assert s(c.NVML_ERRORS_TOTAL, reason="timeout") == 2
+        assert collector.worker.stuck_threads == 1
+    finally:
+        fake.init_hang.set()
+    fake.init_hang = None
+    for _ in range(100):
+        if collector.worker.stuck_threads == 0:
+            break
+        time.sleep(0.02)
+    s = Scrape(reg)
+    assert s(c.NVML_UP) == 1
+    assert s.uuids(c.GPU_INFO) == {"GPU-a"}
     collector.close()

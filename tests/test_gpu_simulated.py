@@ -74,11 +74,15 @@ def test_simulated_gpus_integrate_to_the_pattern_exactly() -> None:
     for t, expect_busy0, expect_idle0 in [(6010.2, 9.0, 0.0), (6045.0, 27.0, 15.0), (6130.3, 63.0, 60.0)]:
         clock.t = t
         samples = {
-            (s.name, s.labels.get("uuid"), s.labels.get("pool")): s.value for m in reg.collect() for s in m.samples
+            (s.name, s.labels.get("uuid"), s.labels.get("pool")): s.value
+            for m in reg.collect()
+            for s in m.samples
         }
         last = int(t / SAMPLE_PERIOD_S) * SAMPLE_PERIOD_S
         assert samples[(c.GPU_BUSY_SECONDS_TOTAL, g0, None)] == pytest.approx(expect_busy0, abs=1e-9)
-        assert samples[(c.GPU_BUSY_SECONDS_TOTAL, g0, None)] == pytest.approx(pattern.busy_integral(0, 6000, last), abs=1e-9)
+        assert samples[(c.GPU_BUSY_SECONDS_TOTAL, g0, None)] == pytest.approx(
+            pattern.busy_integral(0, 6000, last), abs=1e-9
+        )
         assert samples[(c.GPU_IDLE_SECONDS_TOTAL, g0, None)] == expect_idle0
         assert samples[(c.GPU_BUSY_SECONDS_TOTAL, g1, None)] == 0.0
         assert samples[(c.GPU_IDLE_SECONDS_TOTAL, g1, None)] == last - 6000  # level 0: always idle
@@ -90,7 +94,9 @@ def test_simulated_gpus_integrate_to_the_pattern_exactly() -> None:
         if t == 6010.2:  # wholly inside the busy half
             assert samples[(c.GPU_UTILIZATION_RATIO, g0, None)] == pytest.approx(0.9)
             assert samples[(c.GPU_IDLE, g0, None)] == 0
-            assert samples[(c.GPU_POWER_WATTS, g0, None)] == pytest.approx(IDLE_WATTS + 0.9 * (MAX_WATTS - IDLE_WATTS))
+            assert samples[(c.GPU_POWER_WATTS, g0, None)] == pytest.approx(
+                IDLE_WATTS + 0.9 * (MAX_WATTS - IDLE_WATTS)
+            )
         if t == 6045.0:  # 20 s busy, 15 s idle since the previous scrape
             assert samples[(c.GPU_UTILIZATION_RATIO, g0, None)] == pytest.approx(18.0 / 35.0)
             assert samples[(c.GPU_IDLE, g1, None)] == 1

@@ -280,3 +280,53 @@ async def test_torn_spool_line_is_rejected_not_dropped(tmp_path, sqlite_url):
     assert count(sqlite_url) == 3 and w.stats().rows_rejected == 1
     assert not list(spool.glob(SPOOL_GLOB))
     assert '{\\"request_id\\": \\"req-0' in next((spool / "rejected").glob("*.jsonl")).read_text()
+
+
+async def test_row_submitted_after_close_is_spooled_not_lost(tmp_path, sqlite_url):
+    w = LedgerWriter(sqlite_url, config(tmp_path, sqlite_url))
+    await w.start()
+    await w.close()
+    w.submit(make_row(7))
+    assert spool_lines(tmp_path) == 1
+    w2 = LedgerWriter(sqlite_url, config(tmp_path, sqlite_url))
+    await w2.start()
+    assert await w2.flush()
+    await w2.close()
+    assert count(sqlite_url) == 1
+
+
+async def test_two_replicas_share_one_postgres_ledger(tmp_path, pg_url):
+    a = LedgerWriter(pg_url, config(tmp_path / "a", pg_url, max_queue_rows=10_000))
+    b = LedgerWriter(pg_url, config(tmp_path / "b", pg_url, max_queue_rows=10_000))
+    await asyncio.gather(a.start(), b.start())
+    rows = [make_row(i) for i in range(2000)]
+    for i, r in enumerate(rows):
+        (a if i % 2 else b).submit(r)
+    for r in rows[:300]:  # a client retry through the other replica with the same request id
+        a.submit(r)
+    assert await a.flush() and await b.flush()
+    await asyncio.gather(a.close(), b.close())
+    assert count(pg_url) == 2000
+    assert a.stats().rows_written + b.stats().rows_written == 2000
+    assert token_total(pg_url) == sum(r.total_tokens for r in rows)
+
+
+async def test_spool_file_held_by_another_process_is_left_alone(tmp_path, sqlite_url):
+    import fcntl
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    f = spool / "ledger-spool-20240101T000000-99999-0001.jsonl"
+    f.write_text("".join(json.dumps(make_row(i).as_dict()) + "\n" for i in range(5)))
+    holder = open(f, "ab")  # noqa: SIM115, ASYNC230 - another replica still appending to its spool file
+    fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+    w = LedgerWriter(sqlite_url, config(tmp_path, sqlite_url))
+    await w.start()
+    try:
+        assert not await w.flush(0.5)
+        assert count(sqlite_url) == 0 and f.exists()
+    finally:
+        holder.close()  # that replica closed the file
+    assert await w.flush()
+    await w.close()
+    assert count(sqlite_url) == 5 and not f.exists()

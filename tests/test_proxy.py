@@ -404,3 +404,26 @@ def test_key_revocation_takes_effect(proxy_env: Stack) -> None:
     finally:
         store.close()
     assert ledger_rows(proxy_env.ledger_url, user_email="revoked@corp.example")
+
+
+async def test_client_disconnect_before_answer(proxy_env: Stack, fresh_users: Callable[..., list[str]]) -> None:
+    (user,) = fresh_users(1)
+    before = proxy_env.sim_stats()["cancelled"]
+    prompt = "a slow non-streaming answer"
+    body = {"model": "sim-small", "messages": [{"role": "user", "content": prompt}], "max_tokens": 20}
+    headers = {"Authorization": f"Bearer {proxy_env.tokens[user]}", "X-Sim-Tokens-Per-Second": "10"}  # 2 s
+    async with aiohttp.ClientSession() as session:
+        task = asyncio.create_task(session.post(proxy_env.api_url + "/v1/chat/completions", json=body, headers=headers))
+
+        def waiting() -> bool:
+            return metric(read_metrics(proxy_env.metrics_url), contract.INFLIGHT_REQUESTS, model="sim-small") == 1
+
+        await asyncio.to_thread(wait_until, waiting)
+        task.cancel()  # the client gives up while the upstream is still working
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await asyncio.to_thread(wait_until, lambda: proxy_env.sim_stats()["cancelled"] > before)
+    assert proxy_env.sim_stats()["cancelled"] == before + 1
+    row = (await asyncio.to_thread(wait_for_rows, proxy_env.ledger_url, 1, user_email=user))[0]
+    assert row["status_code"] == 499 and row["estimated"] and not row["stream"]
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (math.ceil(len(prompt) / 4), 0)

@@ -2,8 +2,9 @@
 """Generate deploy/kubernetes/prometheusrule.yaml from the project's rule files (rules/*.yaml).
 
 The Prometheus Operator loads rules from PrometheusRule objects, not from files. This script wraps
-every rule file, unchanged, in one PrometheusRule object (named ``chargeback-<file stem>``), so the
-cluster evaluates exactly the rules that the promtool tests cover. Never edit the output by hand:
+every rule file, unchanged, in one PrometheusRule object (named after the file,
+prefixed ``chargeback-`` unless it already is), so the cluster evaluates exactly the rules that the
+promtool tests cover. Never edit the output by hand:
 
     python deploy/kubernetes/generate_prometheusrule.py            # rewrite the file
     python deploy/kubernetes/generate_prometheusrule.py --check    # exit 1 if it is out of date
@@ -46,11 +47,11 @@ def rule_files(rules_dir: Path) -> list[Path]:
 
 
 def object_name(path: Path) -> str:
-    """A DNS-1123 name for the object holding one rule file."""
+    """A DNS-1123 name for the object holding one rule file: chargeback-alerts.yaml → chargeback-alerts."""
     stem = re.sub(r"[^a-z0-9-]+", "-", path.stem.lower()).strip("-")
     if not stem:
         raise RuleFileError(f"{path.name}: cannot derive a Kubernetes object name from the file name")
-    return f"chargeback-{stem}"[:253]
+    return (stem if stem.startswith("chargeback") else f"chargeback-{stem}")[:253]
 
 
 def _check_groups(path: Path, doc: Any) -> list[dict[str, Any]]:
@@ -137,7 +138,9 @@ _Dumper.add_representer(str, _str)
 
 def render(objects: list[dict[str, Any]]) -> str:
     body = "---\n".join(
-        yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=1000)
+        yaml.dump(
+            obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=1000
+        )
         for obj in objects
     )
     return HEADER + body
@@ -145,9 +148,13 @@ def render(objects: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rules-dir", type=Path, default=DEFAULT_RULES_DIR, help="directory of rule files (default: rules/)")
+    parser.add_argument(
+        "--rules-dir", type=Path, default=DEFAULT_RULES_DIR, help="directory of rule files (default: rules/)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output file (default: %(default)s)")
-    parser.add_argument("--check", action="store_true", help="do not write; exit 1 when the output file is out of date")
+    parser.add_argument(
+        "--check", action="store_true", help="do not write; exit 1 when the output file is out of date"
+    )
     args = parser.parse_args(argv)
     try:
         objects = build(args.rules_dir)
@@ -161,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
         if current != text:
-            print(f"{args.out} is out of date: run python deploy/kubernetes/generate_prometheusrule.py", file=sys.stderr)
+            print(
+                f"{args.out} is out of date: run python deploy/kubernetes/generate_prometheusrule.py",
+                file=sys.stderr,
+            )
             return 1
         print(f"{args.out}: up to date ({len(objects)} rule files)")
         return 0

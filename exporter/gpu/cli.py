@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     cfg = config_from_args(args)
     try:
-        host, port = parse_listen(args.listen or cfg.gpu_exporter.listen, "--web.listen-address", "command line")
+        host, port = parse_listen(
+            args.listen or cfg.gpu_exporter.listen, "--web.listen-address", "command line"
+        )
         if args.simulate < 0:
             raise ValueError("--simulate N needs N ≥ 1")
         backend = build_backend(args)

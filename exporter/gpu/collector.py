@@ -100,6 +100,7 @@ class GpuCollector:
         self._last_init_failure: str | None = None
         self._warned_unmapped: set[str] = set()
         self._noted_unsupported: set[tuple[str, str]] = set()
+        self._failing: dict[int, str] = {}  # GPU index → reason of its last failure
 
     # --- prometheus_client collector protocol
 
@@ -113,7 +114,8 @@ class GpuCollector:
             scrape = self._scrape()
             families = self._families(scrape)
             duration = GaugeMetricFamily(
-                contract.GPU_COLLECT_DURATION_SECONDS, "Seconds the exporter spent reading the GPUs for this scrape."
+                contract.GPU_COLLECT_DURATION_SECONDS,
+                "Seconds the exporter spent reading the GPUs for this scrape.",
             )
             duration.add_metric([], time.perf_counter() - started)
         yield from families
@@ -138,7 +140,7 @@ class GpuCollector:
         if self._initialised:
             return True
         try:
-            self._call(self.backend.init)
+            self._call(self.backend.init, key="init")
         except (BackendError, CallTimeout) as exc:
             reason = exc.reason if isinstance(exc, BackendError) else "timeout"
             self._count(reason)
@@ -180,8 +182,8 @@ class GpuCollector:
         if not self._ensure_init():
             return out
         try:
-            out.driver_version = str(self._call(self.backend.driver_version))
-            count = int(self._call(self.backend.device_count))  # type: ignore[call-overload]
+            out.driver_version = str(self._call(self.backend.driver_version, key="enumerate"))
+            count = int(self._call(self.backend.device_count, key="enumerate"))  # type: ignore[call-overload]
         except CallTimeout:
             self._count("timeout")
             return out
@@ -202,16 +204,23 @@ class GpuCollector:
                 continue
             except BackendError as exc:
                 self._count(exc.reason)
-                log.warning("GPU %d left out of this scrape: %s", index, exc)
+                # once per GPU and reason, not every scrape
+                level = logging.DEBUG if self._failing.get(index) == exc.reason else logging.WARNING
+                log.log(level, "GPU %d left out of this scrape: %s", index, exc)
+                self._failing[index] = exc.reason
                 reinit = reinit or exc.reinit
                 continue
             assert isinstance(reading, DeviceReading)
+            if self._failing.pop(index, None) is not None:
+                log.info("GPU %d (%s) answers again", index, reading.uuid)
             for reason in reading.errors:
                 self._count(reason)
             for name in reading.unsupported:
                 if (reading.uuid, name) not in self._noted_unsupported:
                     self._noted_unsupported.add((reading.uuid, name))
-                    log.info("GPU %s (%s): %s not supported; that series stays absent", index, reading.uuid, name)
+                    log.info(
+                        "GPU %s (%s): %s not supported; that series stays absent", index, reading.uuid, name
+                    )
             self._update(self.states.setdefault(reading.uuid, GpuState()), reading)
             out.readings.append(reading)
         if reinit:
@@ -287,7 +296,9 @@ class GpuCollector:
         )
         ratio = gauge(contract.GPU_UTILIZATION_RATIO, "Mean GPU utilisation (0-1) since the previous scrape.")
         busy = counter(contract.GPU_BUSY_SECONDS_TOTAL, "Integral of utilisation over time: seconds of work.")
-        idle_s = counter(contract.GPU_IDLE_SECONDS_TOTAL, "Seconds at or below the idle utilisation threshold.")
+        idle_s = counter(
+            contract.GPU_IDLE_SECONDS_TOTAL, "Seconds at or below the idle utilisation threshold."
+        )
         idle = gauge(contract.GPU_IDLE, "1 when the GPU was idle over the last interval, else 0.")
         mem_used = gauge(contract.GPU_MEMORY_USED_BYTES, "GPU memory in use, bytes.")
         mem_total = gauge(contract.GPU_MEMORY_TOTAL_BYTES, "GPU memory installed, bytes.")
@@ -336,7 +347,8 @@ class GpuCollector:
                         contract.GPU_HOURLY_COST,
                     )
         unmapped = GaugeMetricFamily(
-            contract.GPU_UNMAPPED_GPUS, "GPUs seen in this scrape that belong to no configured pool (no cost)."
+            contract.GPU_UNMAPPED_GPUS,
+            "GPUs seen in this scrape that belong to no configured pool (no cost).",
         )
         unmapped.add_metric([], unmapped_count)
         up = GaugeMetricFamily(contract.NVML_UP, "1 when the GPU library answered this scrape, else 0.")
@@ -344,4 +356,20 @@ class GpuCollector:
         errors = counter(contract.NVML_ERRORS_TOTAL, "GPU library errors by reason.", ("reason",))
         for reason in sorted(self.errors):
             errors.add_metric([reason], self.errors[reason])
-        return [info, mig, ratio, busy, idle_s, idle, mem_used, mem_total, power, energy, temp, cost, unmapped, up, errors]
+        return [
+            info,
+            mig,
+            ratio,
+            busy,
+            idle_s,
+            idle,
+            mem_used,
+            mem_total,
+            power,
+            energy,
+            temp,
+            cost,
+            unmapped,
+            up,
+            errors,
+        ]

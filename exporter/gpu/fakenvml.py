@@ -74,6 +74,7 @@ class FakeNvml:
         self.driver = driver_version
         self.library_missing = False
         self.driver_not_loaded = False
+        self.init_hang: threading.Event | None = None  # nvmlInit blocks until it is set
         self.initialized = False
         self.init_calls = 0
         self.shutdown_calls = 0
@@ -101,6 +102,8 @@ class FakeNvml:
     # --- the fake pynvml functions
 
     def nvmlInit(self) -> None:
+        if self.init_hang is not None:
+            self.init_hang.wait()
         if self.library_missing:
             raise _err(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
         if self.driver_not_loaded:
@@ -158,7 +161,9 @@ class FakeNvml:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return pynvml.c_nvmlUtilization_t(gpu=gpu.util_percent, memory=0)
 
-    def nvmlDeviceGetSamples(self, handle: _Handle, sampling_type: int, timestamp: int) -> tuple[int, list[Any]]:
+    def nvmlDeviceGetSamples(
+        self, handle: _Handle, sampling_type: int, timestamp: int
+    ) -> tuple[int, list[Any]]:
         gpu = self._dev(handle, "samples")
         if gpu.mig or sampling_type != pynvml.NVML_GPU_UTILIZATION_SAMPLES:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)

@@ -154,7 +154,9 @@ class NvmlBackend(Backend):
             return int(pynvml.nvmlDeviceGetTemperatureV(handle, pynvml.NVML_TEMPERATURE_GPU))
 
     @staticmethod
-    def _utilization(handle: Any, since_us: int | None, field: Callable[..., Any]) -> UtilSamples | UtilPoint | None:
+    def _utilization(
+        handle: Any, since_us: int | None, field: Callable[..., Any]
+    ) -> UtilSamples | UtilPoint | None:
         def samples() -> UtilSamples:
             try:
                 value_type, raw = pynvml.nvmlDeviceGetSamples(

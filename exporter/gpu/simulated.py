@@ -46,15 +46,15 @@ class SimPattern:
         for part in filter(None, (p.strip() for p in spec.split(","))):
             key, sep, value = part.partition("=")
             if not sep or key.strip() not in ("period", "duty", "levels"):
-                raise ValueError(f"bad simulate pattern item {part!r}: expected period=S, duty=F or levels=A/B/...")
+                raise ValueError(
+                    f"bad simulate pattern item {part!r}: expected period=S, duty=F or levels=A/B/..."
+                )
             values[key.strip()] = value.strip()
         d = cls()
         try:
             period = float(values.get("period", d.period_s))
             duty = float(values.get("duty", d.duty))
-            levels = (
-                tuple(float(v) for v in values["levels"].split("/")) if "levels" in values else d.levels
-            )
+            levels = tuple(float(v) for v in values["levels"].split("/")) if "levels" in values else d.levels
         except ValueError:
             raise ValueError(f"bad simulate pattern {spec!r}: numbers expected") from None
         if not (period > 0 and math.isfinite(period)):
@@ -62,7 +62,9 @@ class SimPattern:
         if not 0.0 <= duty <= 1.0:
             raise ValueError(f"bad simulate pattern {spec!r}: duty must be between 0 and 1")
         if not levels or any(not 0.0 <= v <= 1.0 for v in levels):
-            raise ValueError(f"bad simulate pattern {spec!r}: levels must be utilisation ratios between 0 and 1")
+            raise ValueError(
+                f"bad simulate pattern {spec!r}: levels must be utilisation ratios between 0 and 1"
+            )
         return cls(period, duty, levels)
 
     def level(self, index: int) -> float:
@@ -83,7 +85,9 @@ class SimPattern:
 
 
 class SimulatedBackend(Backend):
-    def __init__(self, count: int, pattern: SimPattern | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, count: int, pattern: SimPattern | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         if count < 1:
             raise ValueError("--simulate needs at least 1 GPU")
         self.count = count
@@ -118,7 +122,9 @@ class SimulatedBackend(Backend):
 
     def energy_joules(self, index: int, t: float) -> float:
         """Energy since the simulated driver loaded: idle power plus the busy share of the rest."""
-        return IDLE_WATTS * (t - self.t0) + (MAX_WATTS - IDLE_WATTS) * self.pattern.busy_integral(index, self.t0, t)
+        return IDLE_WATTS * (t - self.t0) + (MAX_WATTS - IDLE_WATTS) * self.pattern.busy_integral(
+            index, self.t0, t
+        )
 
     def samples(self, index: int, since_us: int | None, now: float) -> tuple[tuple[int, float], ...]:
         sp = SAMPLE_PERIOD_S

@@ -71,7 +71,9 @@ class CallWorker:
                 raise CallTimeout(f"an earlier call for {key!r} is still stuck")
             if self._worker is None:
                 if self.stuck_threads >= self._max_stuck:
-                    raise CallTimeout(f"{self.stuck_threads} NVML calls are still stuck; not starting another")
+                    raise CallTimeout(
+                        f"{self.stuck_threads} NVML calls are still stuck; not starting another"
+                    )
                 self._generation += 1
                 self._worker = _Worker(f"{self._name}-{self._generation}")
             worker = self._worker

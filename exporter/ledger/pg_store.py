@@ -78,6 +78,7 @@ _MIGRATION_LOCK = 0x63626C65  # "cble": arbitrary advisory lock id for schema mi
 
 class PostgresStore(KeyOpsMixin):
     backend = "postgresql"
+    placeholder = "%s"  # parameter marker for query(sql, params)
 
     def __init__(self, url: str, connect_timeout: int = 5) -> None:
         if url.startswith("postgres://"):
@@ -193,6 +194,10 @@ class PostgresStore(KeyOpsMixin):
                 raise StoreError(f"ledger database error: {exc}") from exc
             except psycopg.Error as exc:
                 raise QueryError(str(exc).strip()) from None
+
+    def timestamp_param(self, value: str | datetime) -> Any:
+        """A timestamp as this backend compares it with the ``timestamp`` column (for query params)."""
+        return parse_timestamp(value)
 
     def summary(self, since: datetime | None, until: datetime | None) -> tuple[list[str], list[tuple[Any, ...]]]:
         params = [parse_timestamp(t) for t in (since, until) if t is not None]

@@ -95,6 +95,7 @@ def parse_sqlite_url(url: str) -> tuple[str, bool, dict[str, str]]:
 
 class SqliteStore(KeyOpsMixin):
     backend = "sqlite"
+    placeholder = "?"  # parameter marker for query(sql, params)
 
     def __init__(self, url: str, busy_timeout_ms: int | None = None) -> None:
         self.url = url
@@ -222,6 +223,10 @@ class SqliteStore(KeyOpsMixin):
             if cur.description is None:
                 return [], []
             return [d[0] for d in cur.description], rows
+
+    def timestamp_param(self, value: str | datetime) -> Any:
+        """A timestamp as this backend compares it with the ``timestamp`` column (for query params)."""
+        return canonical_timestamp(value)
 
     def summary(self, since: datetime | None, until: datetime | None) -> tuple[list[str], list[tuple[Any, ...]]]:
         params = [canonical_timestamp(t) for t in (since, until) if t is not None]

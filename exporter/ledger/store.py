@@ -36,6 +36,11 @@ class RowError(StoreError):
 class LedgerStore(Protocol):
     url: str
     backend: str  # "sqlite" | "postgresql"
+    placeholder: str  # "?" (SQLite) or "%s" (PostgreSQL), for query(sql, params)
+
+    def timestamp_param(self, value: str | datetime) -> Any:
+        """A timestamp as this backend compares it with the ``timestamp`` column."""
+        ...
 
     def insert_rows(self, rows: Sequence[LedgerRow]) -> int:
         """Insert in one transaction, skipping request_ids already present; returns rows added."""

@@ -67,6 +67,7 @@ class LedgerWriter:
         self._spooling = 0  # rows taken off the queue by the spooler, not yet on disk
         self._next_replay = 0.0  # monotonic time of the next spool replay attempt
         self._closing = False
+        self._closed = False  # close() finished: later rows go straight to the spool
         self._abandoned = False  # close() timed out and spooled the queue itself
         self._worker: threading.Thread | None = None
         self._spooler: threading.Thread | None = None
@@ -107,6 +108,9 @@ class LedgerWriter:
 
     def submit(self, row: LedgerRow) -> None:
         """Queue one row. Never blocks on I/O and never raises."""
+        if self._closed:
+            self._late_submit(row)
+            return
         try:
             with self._cond:
                 self._queue.append(row)
@@ -116,6 +120,15 @@ class LedgerWriter:
                     self._cond.notify_all()
         except Exception:  # pragma: no cover - defensive: recording must never break a request
             log.exception("ledger: could not queue row %r", getattr(row, "request_id", "?"))
+
+    def _late_submit(self, row: LedgerRow) -> None:
+        """A row after close(): nobody will write it any more, so spool it right away (rare; blocks briefly)."""
+        log.warning("ledger: row %s submitted after close; writing it to the spool", row.request_id)
+        with self._cond:
+            self._submitted += 1
+        if not self._spool_rows([row]):
+            log.critical("ledger: row %s could not be spooled after close: %r", row.request_id, row.as_dict())
+        self._spool.close()
 
     def stats(self) -> LedgerStats:
         with self._cond:
@@ -162,6 +175,7 @@ class LedgerWriter:
             await asyncio.to_thread(self._spooler.join, 5.0)
         if self._worker is None:  # never started: spool whatever was submitted
             await asyncio.to_thread(self._abandon)
+        self._closed = True
         self._spool.close()
         s = self.stats()
         log.info("ledger writer closed: %d rows written, %d rows waiting in the spool", s.rows_written, s.spooled_rows)

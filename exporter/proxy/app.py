@@ -233,8 +233,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         if not call.status or call.status < 400 or call.forwarded:
             call.status = 499
             call.error = call.error or "client closed the connection"
-            if call.forwarded and call.usage is None:
-                call.estimated = True
+            if call.upstream and call.usage is None:
+                call.estimated = True  # the upstream had the request: bill what it likely processed
         raise
     finally:
         _finish(state, call)

@@ -50,7 +50,9 @@ def _simulate(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         strict_models=args.strict_models,
     )
-    return asyncio.run(serve_sim(opts, tuple(args.listen or ["127.0.0.1:8000"])))
+    from exporter.proxy.cli import run_loop
+
+    return run_loop(serve_sim(opts, tuple(args.listen or ["127.0.0.1:8000"])))
 
 
 def _traffic(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ non-streaming: cut before answering), ``no-usage`` (never report usage), ``slow`
 streaming speed for one request.
 
 ``GET /sim/stats`` reports what the simulator saw and reported (per model), how many streams a client
-abandoned (``cancelled``), and which Authorization headers arrived. ``POST /sim/reset`` zeroes it.
+abandoned or gave up waiting for (``cancelled``), and which Authorization headers arrived. ``POST /sim/reset`` zeroes it.
 """
 
 from __future__ import annotations
@@ -245,7 +245,11 @@ async def _inference(request: web.Request, endpoint: str) -> web.StreamResponse:
         if body.get("stream"):
             return await _stream(request, endpoint, body, model, usage, report, fault == "drop", state, ms)
         words = token_words(body, usage["completion_tokens"])
-        await _sleep_for_tokens(_rate(request, opts), len(words))
+        try:
+            await _sleep_for_tokens(_rate(request, opts), len(words))
+        except asyncio.CancelledError:
+            stats.cancelled += 1  # the client (the proxy) gave up before the answer
+            raise
         stats.completed += 1
         return web.json_response(_full_response(endpoint, model, "".join(words), usage, report, ms))
     finally:

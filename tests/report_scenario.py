@@ -1,0 +1,232 @@
+"""A month of known usage for the reporter's tests (October 2026, billed in Europe/Berlin).
+
+Billing period (Europe/Berlin): 2026-09-30T22:00Z .. 2026-10-31T23:00Z = 31 days + 1 hour
+(daylight saving time ends on 25 October) = 2,682,000 s = 745 h.
+
+Samples every 15 minutes from 2026-09-29T00:00Z to 2026-11-02T00:00Z. Proxy replica "proxy-a"
+restarts at 2026-10-15T12:15Z (every counter it exports drops to 0); replica "proxy-b" has a scrape
+gap across the period start (2026-09-30T20:15Z .. 2026-10-01T02:00Z).
+
+Billed quantities in the Berlin October (per user × model, replicas summed):
+
+  user  team   model    requests  prompt     completion  cached   seconds  weighted
+  ann   alpha  m-big    155       1,400,000  300,000     100,000  1500     2,300,000  (1/3 weights)
+  al    alpha  m-small   80         600,000  150,000           0  1500       750,000
+  bob   beta   m-big    200       2,000,000  500,000           0  3000     3,500,000
+  bob   beta   m-small   20         150,000  100,000           0   250       250,000
+  zed   ghost  m-small   10         100,000        0           0   250       100,000  (ghost → unassigned)
+
+Pools: big = 2 GPUs exported at 2.00/h (config says 2.50/h: Prometheus wins) present all 745 h
+→ C_big = 2 × 2.00 × 745 = 2980.00; GPU-b0 is busy 1/2 of the time, GPU-b1 1/4 → idle cost
+= 2.00 × (372.5 + 558.75) = 1862.50, busy cost 1117.50. small = no GPU exporter data → config:
+1 GPU × 1.00/h × 745 h = 745.00. Total pool cost 3725.00.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from exporter import contract
+from exporter.report.testdata import Counter, Series, backfill, grid, ts, write_openmetrics
+
+T0 = ts("2026-09-29T00:00")
+T1 = ts("2026-11-02T00:00")
+STEP = 900
+GRID = grid(T0, T1, STEP)
+RESTART_A = ts("2026-10-15T12:15")
+GAP_B = (ts("2026-09-30T20:15"), ts("2026-10-01T02:00"))
+
+PERIOD_START = ts("2026-09-30T22:00")
+PERIOD_END = ts("2026-10-31T23:00")
+
+CONFIG = """
+currency: EUR
+currency_minor_units: 2
+timezone: {timezone}
+pools:
+  big: {{gpu_hourly_cost: 2.50, gpus: 2, capacity_tokens_per_second: 4}}
+  small: {{gpu_hourly_cost: 1.00, gpus: 1, capacity_tokens_per_second: 1}}
+models:
+  m-big: {{upstreams: [http://127.0.0.1:1/v1], pool: big, token_weights: {{prompt: 1, completion: 3}}}}
+  m-small: {{upstreams: [http://127.0.0.1:1/v1], pool: small}}
+teams:
+  alpha: {{business_unit: R&D, cost_center: CC-1, budget: 3000, billing_contacts: [alpha-lead@corp.test]}}
+  beta: {{business_unit: Ops, cost_center: CC-2, budget: 1000, billing_contacts: [b1@corp.test, b2@corp.test]}}
+  gamma: {{business_unit: Sales, cost_center: CC-3, billing_contacts: [gamma@corp.test]}}
+users:
+  ann@corp.test: alpha
+  al@corp.test: alpha
+  bob@corp.test: beta
+prometheus:
+  url: {prom_url}
+  timeout_seconds: 20
+report:
+  method: {method}
+  idle_handling: {idle}
+  output_dir: {out}
+  finance_recipients: [finops@corp.test]
+  hybrid:
+    weights: {{token_share: 0.5, fixed_share: 0.3, equal_split: 0.2}}
+    fixed_shares: {{alpha: 0.6, beta: 0.4}}
+  tiers:
+    - {{up_to_tokens: 1000000, price_per_million: 100}}
+    - {{up_to_tokens: 3000000, price_per_million: 50}}
+    - {{price_per_million: 20}}
+  flat_fee:
+    default: {{monthly_fee: 100, included_tokens: 1000000, overage_per_million: 10}}
+    teams:
+      alpha: {{monthly_fee: 500, included_tokens: 5000000, overage_per_million: 5}}
+smtp:
+  host: 127.0.0.1
+  port: {smtp_port}
+  from: chargeback@corp.test
+ledger:
+  url: {ledger_url}
+"""
+
+
+def config_text(
+    prom_url: str,
+    method: str = "token-share",
+    idle: str = "spread",
+    timezone: str = "Europe/Berlin",
+    out: str = "statements",
+    smtp_port: int = 25,
+    ledger_url: str = "sqlite:///ledger.db",
+) -> str:
+    return CONFIG.format(
+        prom_url=prom_url, method=method, idle=idle, timezone=timezone, out=out, smtp_port=smtp_port, ledger_url=ledger_url
+    )
+
+
+def _proxy(user: str, team: str, model: str, instance: str) -> dict[str, str]:
+    return {"user": user, "team": team, "model": model, "instance": instance, "job": "chargeback-proxy"}
+
+
+def usage_counters() -> list[tuple[dict[str, str], str, Counter]]:
+    """(labels, metric, counter) for every proxy series."""
+    out: list[tuple[dict[str, str], str, Counter]] = []
+
+    def series(labels: dict[str, str], **metrics: Counter) -> None:
+        restarts = [RESTART_A] if labels["instance"] == "proxy-a" else []
+        names = {
+            "prompt": contract.PROMPT_TOKENS_TOTAL,
+            "completion": contract.COMPLETION_TOKENS_TOTAL,
+            "cached": contract.CACHED_PROMPT_TOKENS_TOTAL,
+            "seconds": contract.REQUEST_SECONDS_TOTAL,
+        }
+        for key, counter in metrics.items():
+            counter.restarts = restarts
+            if key.startswith("requests_"):
+                out.append(({**labels, "code": key.removeprefix("requests_")}, contract.REQUESTS_TOTAL, counter))
+            else:
+                out.append((labels, names[key], counter))
+
+    # ann @ proxy-a: prompt 1,000,000 in the Berlin October (300k + 500k + 200k). The 500k on
+    # 09-30T21:45Z is September in Berlin; the 400k on 10-31T23:15Z is November in Berlin
+    # (but October in UTC, where the 300k on 09-30T22:15Z is September).
+    a = _proxy("ann@corp.test", "alpha", "m-big", "proxy-a")
+    series(
+        a,
+        prompt=Counter().add(ts("2026-09-30T21:45"), 500_000).add(ts("2026-09-30T22:15"), 300_000)
+        .add(ts("2026-10-15T06:00"), 500_000).add(ts("2026-10-31T22:45"), 200_000).add(ts("2026-10-31T23:15"), 400_000),
+        completion=Counter().add(ts("2026-10-02T10:00"), 150_000).add(ts("2026-10-20T10:00"), 50_000),
+        cached=Counter().add(ts("2026-10-02T10:00"), 100_000),
+        seconds=Counter().add(ts("2026-10-02T10:00"), "600.5").add(ts("2026-10-20T10:00"), "399.5"),
+        requests_200=Counter().add(ts("2026-10-02T10:00"), 60).add(ts("2026-10-20T10:00"), 40),
+        requests_500=Counter().add(ts("2026-10-05T00:00"), 5),
+    )
+    # ann @ proxy-b (second replica)
+    b = _proxy("ann@corp.test", "alpha", "m-big", "proxy-b")
+    series(
+        b,
+        prompt=Counter().add(ts("2026-10-10T10:00"), 400_000),
+        completion=Counter().add(ts("2026-10-10T10:00"), 100_000),
+        seconds=Counter().add(ts("2026-10-10T10:00"), 500),
+        requests_200=Counter().add(ts("2026-10-10T10:00"), 50),
+    )
+    # al @ proxy-a: 400k before the restart, 200k after → 600k
+    series(
+        _proxy("al@corp.test", "alpha", "m-small", "proxy-a"),
+        prompt=Counter().add(ts("2026-10-05T00:00"), 400_000).add(ts("2026-10-25T00:00"), 200_000),
+        completion=Counter().add(ts("2026-10-05T00:00"), 100_000).add(ts("2026-10-25T00:00"), 50_000),
+        seconds=Counter().add(ts("2026-10-05T00:00"), 1000).add(ts("2026-10-25T00:00"), 500),
+        requests_200=Counter().add(ts("2026-10-05T00:00"), 50).add(ts("2026-10-25T00:00"), 30),
+    )
+    # bob @ proxy-a on m-big: a series created inside the period (first sample already 100k)
+    first = ts("2026-10-10T00:00")
+    series(
+        _proxy("bob@corp.test", "beta", "m-big", "proxy-a"),
+        prompt=Counter(first=first).add(first, 100_000).add(ts("2026-10-12T00:00"), 1_900_000),
+        completion=Counter(first=first).add(ts("2026-10-12T00:00"), 500_000),
+        seconds=Counter(first=first).add(ts("2026-10-12T00:00"), 3000),
+        requests_200=Counter(first=first).add(first, 10).add(ts("2026-10-12T00:00"), 190),
+    )
+    # bob @ proxy-b on m-small: September usage, then a scrape gap across the period start
+    gap = [GAP_B]
+    series(
+        _proxy("bob@corp.test", "beta", "m-small", "proxy-b"),
+        prompt=Counter(gaps=gap).add(ts("2026-09-29T12:00"), 70_000).add(ts("2026-10-03T00:00"), 150_000),
+        completion=Counter(gaps=gap).add(ts("2026-09-29T12:00"), 30_000).add(ts("2026-10-03T00:00"), 100_000),
+        seconds=Counter(gaps=gap).add(ts("2026-09-29T12:00"), 100).add(ts("2026-10-03T00:00"), 250),
+        requests_200=Counter(gaps=gap).add(ts("2026-09-29T12:00"), 7).add(ts("2026-10-03T00:00"), 20),
+    )
+    # zed of team "ghost" (not in the config) @ proxy-a; the series stops on 10-14
+    last = ts("2026-10-14T00:00")
+    series(
+        _proxy("zed@corp.test", "ghost", "m-small", "proxy-a"),
+        prompt=Counter(last=last).add(ts("2026-10-08T00:00"), 100_000),
+        seconds=Counter(last=last).add(ts("2026-10-08T00:00"), 250),
+        requests_200=Counter(last=last).add(ts("2026-10-08T00:00"), 10),
+    )
+    return out
+
+
+def gpu_series() -> list[Series]:
+    """Pool big: GPU-b0 busy 450 s of every 900 s, GPU-b1 225 s; GPU-b1's exporter restarts on 10-20."""
+    out: list[Series] = []
+    restart = ts("2026-10-20T00:00")
+    for uuid, busy_per_step, restarts in (("GPU-b0", 450, []), ("GPU-b1", 225, [restart])):
+        labels = {"uuid": uuid, "instance": "gpu-node", "job": "chargeback-gpu-exporter"}
+        busy, idle = [], []
+        for t in GRID:
+            # A restarted exporter counts from 0 again, including the interval since its last scrape.
+            since = max([r for r in restarts if r <= t], default=T0 + STEP)
+            steps = (t - since) // STEP + 1
+            busy.append((t, busy_per_step * steps))
+            idle.append((t, (STEP - busy_per_step) * steps))
+        out.append(Series(contract.GPU_BUSY_SECONDS_TOTAL, labels, busy))
+        out.append(Series(contract.GPU_IDLE_SECONDS_TOTAL, labels, idle))
+        out.append(Series(contract.GPU_HOURLY_COST, {**labels, "pool": "big"}, [(t, "2") for t in GRID]))
+        out.append(Series(contract.GPU_INFO, {**labels, "pool": "big", "index": uuid[-1], "name": "NVIDIA H100"}, [(t, 1) for t in GRID]))
+    return out
+
+
+def all_series() -> list[Series]:
+    series = [Series(metric, labels, counter.samples(GRID)) for labels, metric, counter in usage_counters()]
+    for model, pool in (("m-big", "big"), ("m-small", "small")):
+        for inst in ("proxy-a", "proxy-b"):
+            labels = {"model": model, "pool": pool, "instance": inst, "job": "chargeback-proxy"}
+            series.append(Series(contract.MODEL_INFO, labels, [(t, 1) for t in GRID]))
+    return series + gpu_series()
+
+
+def build_tsdb(workdir: Path) -> Path:
+    """Write the scenario as OpenMetrics and backfill it; returns the TSDB directory."""
+    om = workdir / "scenario.om"
+    with om.open("w") as f:
+        write_openmetrics(f, all_series())
+    data = workdir / "tsdb"
+    backfill(om, data)
+    return data
+
+
+EXPECTED_USAGE = {
+    # (team, user, model): (requests, prompt, completion, cached, seconds, weighted)
+    ("alpha", "ann@corp.test", "m-big"): (155, 1_400_000, 300_000, 100_000, Decimal("1500.000"), Decimal(2_300_000)),
+    ("alpha", "al@corp.test", "m-small"): (80, 600_000, 150_000, 0, Decimal("1500.000"), Decimal(750_000)),
+    ("beta", "bob@corp.test", "m-big"): (200, 2_000_000, 500_000, 0, Decimal("3000.000"), Decimal(3_500_000)),
+    ("beta", "bob@corp.test", "m-small"): (20, 150_000, 100_000, 0, Decimal("250.000"), Decimal(250_000)),
+    ("unassigned", "zed@corp.test", "m-small"): (10, 100_000, 0, 0, Decimal("250.000"), Decimal(100_000)),
+}

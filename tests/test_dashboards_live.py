@@ -1,0 +1,368 @@
+"""Proof that every dashboard query works: a real Prometheus with the project's rules scrapes the real
+proxy (under traffic from several users of three teams, streaming and not, with 4xx and 5xx answers)
+and the GPU exporter (4 simulated GPUs in two pools). Every panel's every target and every
+template-variable query then runs through the Prometheus HTTP API, with the template variables
+substituted the way Grafana would, and must parse and return data (at least one finite value).
+
+Grafana itself is not run (no Grafana package in the Debian or PyPI registries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import math
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from exporter import stack  # noqa: E402
+
+build = importlib.import_module("dashboards.build")
+
+pytestmark = pytest.mark.slow
+
+USERS = {
+    "ada@corp.example": "research",
+    "ben@corp.example": "research",
+    "cy@corp.example": "support",
+    "dee@corp.example": "support",
+    "eve@corp.example": "platform",
+    "fay@corp.example": "platform",
+}
+TEAMS = {
+    "research": {"business_unit": "R&D", "cost_center": "CC-4100", "budget": 5000},
+    "support": {"business_unit": "Customer Operations", "cost_center": "CC-2300", "budget": 1200},
+    "platform": {"business_unit": "Central IT", "cost_center": "CC-1000", "budget": 800},
+}
+POOLS = {
+    "small": {"gpu_hourly_cost": 1.5, "gpus": 2, "capacity_tokens_per_second": 4000},
+    "large": {"gpu_hourly_cost": 3.2, "gpus": 2, "capacity_tokens_per_second": 1500},
+}
+MODEL_POOLS = {"sim-small": "small", "sim-large": "large", "sim-restricted": "small", "sim-dead": "large"}
+GPU_COUNT = 4
+SCRAPE = "1s"
+RATE_INTERVAL = "4s"  # Grafana's $__rate_interval for a 1 s scrape interval: 4 × scrape interval
+DEADLINE_S = 90.0
+
+
+@dataclass
+class Live:
+    prometheus: stack.ManagedProcess
+    started: float  # when Prometheus started: the dashboards' $__range covers everything since
+    gpu_uuids: list[str]
+
+
+def _rules_or_skip() -> list[Path]:
+    files = stack.rule_files()
+    if not files:
+        pytest.skip("rules/*.yaml not written yet: the dashboards read recording rules")
+    return files
+
+
+def _traffic_loop(base_url: str, tokens: dict[str, str], stop: threading.Event) -> None:
+    """Requests from every user until ``stop``: streamed and not, plus 403 (model not allowed for the
+    team) and 502 (dead upstream) answers so that error panels have something to show."""
+    from exporter.sim.traffic import run_traffic
+
+    async def loop() -> None:
+        wave = 0
+        while not stop.is_set():
+            await run_traffic(
+                base_url,
+                tokens,
+                ["sim-small", "sim-large"],
+                requests_per_user=2,
+                stream_ratio=0.5,
+                seed=wave,
+                concurrency=4,
+            )
+            await run_traffic(
+                base_url,
+                {u: tokens[u] for u in ("cy@corp.example",)},
+                ["sim-restricted"],
+                requests_per_user=1,
+                seed=wave,
+            )
+            await run_traffic(
+                base_url,
+                {u: tokens[u] for u in ("ada@corp.example",)},
+                ["sim-restricted", "sim-dead"],
+                requests_per_user=2,
+                seed=wave,
+            )
+            wave += 1
+            await asyncio.sleep(0.5)
+
+    asyncio.run(loop())
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    rule_files = _rules_or_skip()
+    harness = pytest.importorskip("exporter.sim.harness", reason="proxy test harness not available")
+    workdir = tmp_path_factory.mktemp("dashboards-live")
+    procs: list[Any] = []
+    stop = threading.Event()
+    traffic: threading.Thread | None = None
+    try:
+        sim = harness.start_simulator(workdir, latency_ms=5, models=list(MODEL_POOLS))
+        procs.append(sim)
+        dead = f"http://127.0.0.1:{stack.free_port()}/v1"
+        doc = harness.proxy_config(
+            upstreams={m: [dead if m == "sim-dead" else f"{sim.url}/v1"] for m in MODEL_POOLS},
+            ledger_url=f"sqlite:///{workdir / 'ledger.db'}",
+            spool_dir=str(workdir / "spool"),
+            teams=TEAMS,
+            allowed_teams={"sim-restricted": ["research"]},
+        )
+        doc["pools"] = POOLS
+        for model, pool in MODEL_POOLS.items():
+            doc["models"][model]["pool"] = pool
+        doc["gpu_exporter"] = {"pool_by_index": {0: "small", 1: "small", 2: "large", 3: "large"}}
+        config_path = harness.write_config(workdir / "chargeback.yaml", doc)
+        tokens = harness.create_keys(doc["ledger"]["url"], USERS)
+        proxy = harness.start_proxy(workdir, config_path)
+        procs.append(proxy)
+
+        gpu_port = stack.free_port()
+        gpu = stack.ManagedProcess(
+            "gpu-exporter",
+            # the gpu-exporter subcommand on its own (python -m exporter.gpu.cli), as ``chargeback gpu-exporter``
+            [
+                sys.executable,
+                "-m",
+                "exporter.gpu.cli",
+                "gpu-exporter",
+                "--config.file",
+                str(config_path),
+                "--web.listen-address",
+                f"127.0.0.1:{gpu_port}",
+                "--simulate",
+                str(GPU_COUNT),
+                "--simulate-pattern",
+                "period=4,duty=0.5,levels=0.9/0.6/0.3/0",
+            ],
+            workdir,
+            url=f"http://127.0.0.1:{gpu_port}",
+            ready_path="/metrics",
+        ).start()
+        procs.append(gpu)
+
+        prom = stack.start_prometheus(
+            workdir,
+            {
+                "chargeback-proxy": [proxy.metrics_url.removeprefix("http://")],
+                "chargeback-gpu-exporter": [f"127.0.0.1:{gpu_port}"],
+            },
+            rule_files=rule_files,
+            scrape_interval=SCRAPE,
+            evaluation_interval=SCRAPE,
+        )
+        started = time.time()
+        procs.append(prom)
+        # Traffic starts once Prometheus scrapes, so that counters rise between samples.
+        stack.wait_for(
+            lambda: stack.prom_query(prom.url, 'up{job="chargeback-proxy"} == 1'), 20, what="first scrape"
+        )
+        traffic = threading.Thread(target=_traffic_loop, args=(proxy.url, tokens, stop), daemon=True)
+        traffic.start()
+        uuids = [
+            r["metric"]["uuid"]
+            for r in stack.wait_for(
+                lambda: stack.prom_query(prom.url, "chargeback_gpu_info"), 20, what="GPU info"
+            )
+        ]
+        yield Live(prom, started, sorted(uuids))
+    finally:
+        stop.set()
+        if traffic is not None:
+            traffic.join(30)
+        for p in reversed(procs):
+            p.stop()
+
+
+# ----------------------------------------------------------------------------- Grafana's substitution
+
+
+def regex_values(values: list[str]) -> str:
+    """A multi-value selection the way Grafana's Prometheus data source writes it inside =~"…"."""
+    escaped = [re.sub(r"([\\^$*+?.()|{}\[\]])", r"\\\\\1", v) for v in values]
+    return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+
+
+def substitute(text: str, variables: dict[str, str], range_s: int) -> str:
+    builtins = {
+        "__rate_interval": RATE_INTERVAL,
+        "__interval": SCRAPE,
+        "__range_s": str(range_s),
+        "__range": f"{range_s}s",
+    }
+    for name, value in {**builtins, **variables}.items():
+        text = text.replace("${" + name + "}", value).replace("$" + name, value)
+    left = re.findall(r"\$\{?\w+", text)
+    assert not left, f"unsubstituted variables {left} in {text}"
+    return text
+
+
+def selections(live: Live) -> dict[str, list[dict[str, str]]]:
+    """Variable values to run each dashboard with: everything selected, and a narrow selection."""
+    return {
+        "overview": [{}],
+        "team": [
+            {"team": "research", "user": ".*"},
+            {"team": "support", "user": regex_values(["cy@corp.example"])},
+            {"team": "research", "user": regex_values(["ada@corp.example", "ben@corp.example"])},
+        ],
+        "gpu_fleet": [
+            {"pool": ".*", "gpu": ".*"},
+            {"pool": "large", "gpu": regex_values(live.gpu_uuids[2:])},
+        ],
+    }
+
+
+# ----------------------------------------------------------------------------- running queries
+
+
+def api(prom: str, path: str, params: dict[str, Any]) -> dict[str, Any]:
+    r = requests.get(f"{prom}{path}", params=params, timeout=10)
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def finite(result: list[dict[str, Any]]) -> bool:
+    for series in result:
+        values = series.get("values") or ([series["value"]] if "value" in series else [])
+        if any(math.isfinite(float(v)) for _, v in values):
+            return True
+    return False
+
+
+def run_target(prom: str, expr: str, instant: bool, now: float) -> tuple[bool, str]:
+    """(ok, why not) for one query, as Grafana would send it (range or instant)."""
+    if instant:
+        body = api(prom, "/api/v1/query", {"query": expr, "time": f"{now:.3f}"})
+    else:
+        body = api(
+            prom,
+            "/api/v1/query_range",
+            {"query": expr, "start": f"{now - 30:.3f}", "end": f"{now:.3f}", "step": "2"},
+        )
+    if body.get("status") != "success":
+        return False, f"{body.get('errorType')}: {body.get('error')}"
+    result = body["data"]["result"]
+    if not result:
+        return False, "no series"
+    if not finite(result):
+        return False, "only NaN/Inf values"
+    return True, ""
+
+
+LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$")
+
+
+def variable_values(prom: str, query: str, start: float, now: float) -> list[str]:
+    """label_values(metric, label) → /api/v1/label/<label>/values?match[]=metric (what Grafana does)."""
+    m = LABEL_VALUES.match(query)
+    assert m, f"unsupported variable query {query!r}"
+    selector, label = m.groups()
+    params: dict[str, Any] = {"start": f"{start:.3f}", "end": f"{now:.3f}"}
+    if selector:
+        params["match[]"] = selector
+    body = api(prom, f"/api/v1/label/{label}/values", params)
+    assert body.get("status") == "success", f"{query}: {body.get('error')}"
+    return list(body["data"])
+
+
+def missing_rules(expr: str) -> list[str]:
+    names = set(re.findall(r"\b([a-z_]+:[a-z_]+:[a-z0-9_]+)\b", expr))
+    defined: set[str] = set()
+    for path in stack.rule_files():
+        for group in (yaml.safe_load(path.read_text()) or {}).get("groups", []):
+            defined.update(r["record"] for r in group.get("rules", []) if "record" in r)
+    return sorted(names - defined)
+
+
+def dashboard_checks(key: str, live: Live) -> list[tuple[str, str, bool]]:
+    """(label, expression template, instant) for every target of every panel of a dashboard."""
+    dash = json.loads((REPO / build.DASHBOARD_DIR / build.json_name(key)).read_text())
+    out = []
+    for panel in dash["panels"]:
+        for t in panel.get("targets", []):
+            out.append((f"{key} / {panel['title']} / {t['refId']}", t["expr"], bool(t.get("instant"))))
+    return out
+
+
+def test_template_variables_list_real_values(live: Live) -> None:
+    prom = live.prometheus.url
+    now = time.time()
+    dashes = {
+        k: json.loads((REPO / build.DASHBOARD_DIR / build.json_name(k)).read_text()) for k in build.BUILDERS
+    }
+    queries = {
+        (k, v["name"]): v["query"]
+        for k, d in dashes.items()
+        for v in d["templating"]["list"]
+        if v["type"] == "query"
+    }
+    assert set(queries) == {("team", "team"), ("team", "user"), ("gpu_fleet", "pool"), ("gpu_fleet", "gpu")}
+    at = {"team": "research", "pool": "large"}
+
+    def values(k: str, name: str, **vars: str) -> list[str]:
+        q = substitute(queries[(k, name)], {**at, **vars}, int(now - live.started) + 1)
+        return stack.wait_for(lambda: variable_values(prom, q, live.started, time.time()), 30, what=q)  # type: ignore[return-value]
+
+    assert sorted(values("team", "team")) == sorted(TEAMS)
+    assert sorted(values("team", "user")) == ["ada@corp.example", "ben@corp.example"]
+    assert sorted(values("team", "user", team="platform")) == ["eve@corp.example", "fay@corp.example"]
+    assert sorted(values("gpu_fleet", "pool")) == ["large", "small"]
+    assert len(live.gpu_uuids) == GPU_COUNT
+    assert values("gpu_fleet", "gpu") == live.gpu_uuids[2:]  # indexes 2, 3 are in pool "large"
+    assert values("gpu_fleet", "gpu", pool=".*") == live.gpu_uuids
+
+
+def test_every_panel_query_returns_data(live: Live) -> None:
+    prom = live.prometheus.url
+    pending: dict[str, tuple[str, str, bool]] = {}
+    for key, variants in selections(live).items():
+        for i, variables in enumerate(variants):
+            for label, expr, instant in dashboard_checks(key, live):
+                pending[f"{label} [{i}]"] = (json.dumps(variables), expr, instant)
+    assert len(pending) > 100
+    why: dict[str, str] = {}
+    deadline = time.monotonic() + DEADLINE_S
+    # Series appear over time (rate5m needs two samples, month-to-date a few evaluations): poll.
+    while pending and time.monotonic() < deadline:
+        now = time.time()
+        range_s = int(now - live.started) + 1
+        for label, (variables, expr, instant) in list(pending.items()):
+            q = substitute(expr, json.loads(variables), range_s)
+            ok, reason = run_target(prom, q, instant, now)
+            if ok:
+                del pending[label]
+                why.pop(label, None)
+            else:
+                why[label] = f"{reason}\n      {q}"
+        if pending:
+            time.sleep(1.0)
+    report = []
+    for label in sorted(pending):
+        _, expr, _ = pending[label]
+        missing = missing_rules(expr)
+        hint = f"\n      recording rules not defined in rules/: {missing}" if missing else ""
+        report.append(f"  {label}: {why.get(label)}{hint}")
+    assert not pending, f"{len(pending)} dashboard queries returned no data:\n" + "\n".join(report)
