@@ -236,10 +236,10 @@ def demo_stack(workdir: Path, *, remote_write_url: str | None = None, tokens_per
         started.append(proxy.process)
         gpu = ManagedProcess(
             "gpu-exporter",
-            chargeback_argv("gpu-exporter", "--config.file", str(config_path), "--simulate", "4"),
+            [sys.executable, "-m", "exporter.gpu.cli", "gpu-exporter", "--config.file", str(config_path), "--simulate", "4"],
             workdir,
             f"http://127.0.0.1:{gpu_port}",
-            "/metrics",
+            "/-/healthy",
         ).start()
         started.append(gpu)
         am = start_alertmanager(

@@ -418,7 +418,7 @@ sum by (model) ({estimated} unless {estimated} offset 10m) > 0""",
             "0m",
             "warning",
             "Usage of model {{ $labels.model }} is being estimated",
-            "{{ $value | humanize }} requests to model {{ $labels.model }} in the last 10 minutes came back without"
+            "{{ $value | humanize }} request(s) to model {{ $labels.model }} in the last 10 minutes came back without"
             " a usage block; the proxy estimated their tokens, so their charge is approximate.",
         ),
         alert(

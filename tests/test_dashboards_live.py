@@ -366,3 +366,40 @@ def test_every_panel_query_returns_data(live: Live) -> None:
         hint = f"\n      recording rules not defined in rules/: {missing}" if missing else ""
         report.append(f"  {label}: {why.get(label)}{hint}")
     assert not pending, f"{len(pending)} dashboard queries returned no data:\n" + "\n".join(report)
+
+
+def panel_expr(key: str, title: str, ref: str = "A") -> str:
+    dash = json.loads((REPO / build.DASHBOARD_DIR / build.json_name(key)).read_text())
+    (panel,) = [p for p in dash["panels"] if p["title"] == title and p["type"] != "row"]
+    (t,) = [t for t in panel["targets"] if t["refId"] == ref]
+    return str(t["expr"])
+
+
+def instant_values(
+    live: Live, key: str, title: str, variables: dict[str, str], ref: str = "A"
+) -> dict[str, float]:
+    q = substitute(panel_expr(key, title, ref), variables, int(time.time() - live.started) + 1)
+    result = stack.wait_for(lambda: stack.prom_query(live.prometheus.url, q), 30, what=q)
+    return {json.dumps(r["metric"], sort_keys=True): float(r["value"][1]) for r in result}  # type: ignore[union-attr]
+
+
+def test_panel_figures_match_the_configuration(live: Live) -> None:
+    """Panels whose figures follow from the config show exactly those figures."""
+    gpus = {"pool": ".*", "gpu": ".*"}
+    assert list(instant_values(live, "gpu_fleet", "GPUs", gpus).values()) == [4.0]
+    # 2 GPUs × 1.5 + 2 GPUs × 3.2 per hour
+    assert list(instant_values(live, "gpu_fleet", "Fleet cost (per hour)", gpus).values()) == [
+        pytest.approx(9.4)
+    ]
+    per_gpu = instant_values(live, "gpu_fleet", "Hourly cost per GPU", {"pool": "large", "gpu": ".*"})
+    assert sorted(per_gpu.values()) == [3.2, 3.2]
+    assert list(
+        instant_values(live, "team", "Monthly budget", {"team": "support", "user": ".*"}).values()
+    ) == [1200.0]
+    # each pool's shares add up to 1 (the overview's team × pool matrix)
+    shares = instant_values(live, "overview", "Pool shares now (team × pool)", {})
+    by_pool: dict[str, float] = {}
+    for labels, value in shares.items():
+        pool = json.loads(labels)["pool"]
+        by_pool[pool] = by_pool.get(pool, 0.0) + value
+    assert by_pool == {"large": pytest.approx(1.0), "small": pytest.approx(1.0)}

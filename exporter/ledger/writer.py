@@ -183,6 +183,18 @@ class LedgerWriter:
     # ------------------------------------------------------------------ worker thread
 
     def _run_worker(self) -> None:
+        try:
+            self._work()
+        except Exception:  # pragma: no cover - a bug here must not lose rows silently
+            log.exception("ledger writer thread failed; spooling the queue")
+            self._spool_everything(include_inflight=True)
+        finally:
+            store, self._store = self._store, None
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    store.close()
+
+    def _work(self) -> None:
         cfg = self.cfg
         while True:
             with self._cond:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter.config import Config, Model
 from exporter.ledger.row import LedgerRow
@@ -489,9 +489,9 @@ def create_app(state: ProxyState, ledger_close_timeout: float = 30.0) -> web.App
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    registry = request.app[STATE].metrics.registry
+    metrics = request.app[STATE].metrics
     # Formatting tens of thousands of series takes a while: keep it off the event loop.
-    body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
+    body = await asyncio.get_running_loop().run_in_executor(None, metrics.render)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

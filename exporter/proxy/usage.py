@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 CHARS_PER_TOKEN = 4
+# a usage object (not "usage": null) somewhere in an event, e.g. the final chunk or response.completed
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+# generated text in stream events: chat deltas, completions text, Responses API deltas, tool arguments
+_TEXT_FIELDS = re.compile(rb'"(?:content|text|delta|reasoning_content|refusal|arguments)"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,23 +165,28 @@ class SSEFilter:
         return self._event(rest + b"\n\n") if rest.strip() else b""
 
     def _event(self, raw: bytes) -> bytes:
-        data_lines = [line[5:].lstrip(b" ") for line in raw.splitlines() if line.startswith(b"data:")]
-        if not data_lines:
-            return raw  # comments, keep-alives, event-only lines: pass through unchanged
-        data = b"\n".join(data_lines)
+        if raw.startswith(b"data: ") and raw.count(b"\n") == 2:
+            data = raw[6:].rstrip(b"\r\n")  # the usual shape: one data line
+        else:
+            data_lines = [line[5:].lstrip(b" ") for line in raw.splitlines() if line.startswith(b"data:")]
+            if not data_lines:
+                return raw  # comments, keep-alives, event-only lines: pass through unchanged
+            data = b"\n".join(data_lines)
         if data == b"[DONE]":
             return raw
         self.events += 1
+        if _USAGE_OBJECT.search(data) is None:
+            # Fast path (almost every event): no usage here, so no JSON parse; only count the
+            # delivered text for a possible estimate (escaped length: close enough for an estimate).
+            if b'"type":"response.' not in data or b'.delta"' in data:  # Responses API: deltas only
+                self.delivered_chars += sum(len(m) for m in _TEXT_FIELDS.findall(data))
+            return raw
         try:
             obj = json.loads(data)
         except ValueError:
             return raw
         if not isinstance(obj, dict):
             return raw
-        self.delivered_chars += choice_chars(obj.get("choices"))
-        delta = obj.get("delta")  # Responses API text deltas
-        if isinstance(delta, str) and obj.get("type", "").endswith(".delta"):
-            self.delivered_chars += len(delta)
         usage = extract_usage(obj)
         if usage is None:
             return raw

@@ -98,11 +98,18 @@ def write_openmetrics(out: IO[str], series: Iterable[Series]) -> int:
     return n
 
 
-def backfill(openmetrics: Path, data_dir: Path, timeout: float = 600) -> None:
-    """``promtool tsdb create-blocks-from openmetrics`` into a Prometheus data directory."""
+def backfill(openmetrics: Path, data_dir: Path, timeout: float = 600, block_hours: int = 240) -> None:
+    """``promtool tsdb create-blocks-from openmetrics`` into a Prometheus data directory.
+
+    ``--max-block-duration`` (hidden in promtool's help) makes few large blocks instead of one per
+    2 hours: backfilling a month then takes a second instead of half a minute.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        [find_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", "--quiet", str(openmetrics), str(data_dir)],
+        [
+            find_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", "--quiet",
+            f"--max-block-duration={block_hours}h", str(openmetrics), str(data_dir),
+        ],
         capture_output=True,
         text=True,
         timeout=timeout,
