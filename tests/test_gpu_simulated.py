@@ -90,6 +90,10 @@ def test_simulated_gpus_integrate_to_the_pattern_exactly() -> None:
             IDLE_WATTS * (t - 6000) + (MAX_WATTS - IDLE_WATTS) * pattern.busy_integral(0, 6000, t), abs=1e-6
         )
         assert samples[(c.GPU_HOURLY_COST, g0, "h100")] == 2.8
+        # wall time present since the first scrape (6000.2), whatever the utilisation: the basis of
+        # cost (busy + idle is not: 27 + 15 ≠ 45 at 6045 because busy is weighted by utilisation)
+        for g in (g0, g1):
+            assert samples[(c.GPU_OBSERVED_SECONDS_TOTAL, g, None)] == pytest.approx(t - 6000.2, abs=1e-9)
         assert samples[(c.GPU_HOURLY_COST, g1, "a10")] == 0.75
         if t == 6010.2:  # wholly inside the busy half
             assert samples[(c.GPU_UTILIZATION_RATIO, g0, None)] == pytest.approx(0.9)

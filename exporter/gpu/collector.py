@@ -10,6 +10,7 @@ A scrape of a host with one GPU in pool ``h100`` looks like::
     chargeback_gpu_busy_seconds_total{uuid="GPU-8f…"} 5123.4
     chargeback_gpu_idle_seconds_total{uuid="GPU-8f…"} 1804.0
     chargeback_gpu_idle{uuid="GPU-8f…"} 0.0
+    chargeback_gpu_observed_seconds_total{uuid="GPU-8f…"} 7200.0
     chargeback_gpu_memory_used_bytes{uuid="GPU-8f…"} 6.4e+10
     chargeback_gpu_memory_total_bytes{uuid="GPU-8f…"} 8.5e+10
     chargeback_gpu_power_watts{uuid="GPU-8f…"} 431.2
@@ -62,6 +63,10 @@ class GpuState:
 
     busy_seconds: float = 0.0
     idle_seconds: float = 0.0
+    # wall time the GPU was present (read successfully), whatever its utilisation: the GPU costs
+    # money for every such second, so the reporter prices observed seconds, not busy + idle.
+    observed_seconds: float = 0.0
+    last_seen_at: float | None = None
     energy_joules: float | None = None  # monotonic total exported
     energy_raw: float | None = None  # NVML's own value at the previous reading
     last_sample_us: int | None = None
@@ -229,6 +234,10 @@ class GpuCollector:
 
     def _update(self, st: GpuState, r: DeviceReading) -> None:
         threshold = self.settings.idle_threshold_ratio
+        seen = self.clock()
+        if st.last_seen_at is not None and 0 < seen - st.last_seen_at <= MAX_HOLD_SECONDS:
+            st.observed_seconds += seen - st.last_seen_at
+        st.last_seen_at = seen
         u = r.utilization
         if isinstance(u, UtilSamples):
             st.last_point_at = None
@@ -299,6 +308,9 @@ class GpuCollector:
         idle_s = counter(
             contract.GPU_IDLE_SECONDS_TOTAL, "Seconds at or below the idle utilisation threshold."
         )
+        observed = counter(
+            contract.GPU_OBSERVED_SECONDS_TOTAL, "Wall-clock seconds the GPU was present and read (basis of its cost)."
+        )
         idle = gauge(contract.GPU_IDLE, "1 when the GPU was idle over the last interval, else 0.")
         mem_used = gauge(contract.GPU_MEMORY_USED_BYTES, "GPU memory in use, bytes.")
         mem_total = gauge(contract.GPU_MEMORY_TOTAL_BYTES, "GPU memory installed, bytes.")
@@ -313,6 +325,7 @@ class GpuCollector:
             st = self.states[r.uuid]
             pool = self.pool_for(r.uuid, r.index)
             info.add_metric([r.uuid, str(r.index), r.name, pool or "", s.driver_version], 1)
+            observed.add_metric([r.uuid], st.observed_seconds)
             for m in r.mig_instances:
                 mig.add_metric(
                     [m.uuid, r.uuid, str(m.gpu_instance_id), str(m.compute_instance_id), m.profile], 1
@@ -362,6 +375,7 @@ class GpuCollector:
             ratio,
             busy,
             idle_s,
+            observed,
             idle,
             mem_used,
             mem_total,
