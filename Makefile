@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := prometheus prometheus-alertmanager victoria-metrics
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint dashboards deps venv clean
+.PHONY: demo test bench lint dashboards generate deps venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ demo: deps venv
 	$(VENV)/bin/chargeback demo
 
 test: deps venv
-	$(VENV)/bin/ruff check exporter tests bench dashboards
+	$(VENV)/bin/ruff check exporter tests bench dashboards rules deploy
 	$(PY) dashboards/build.py --check
 	$(PY) -m pytest -q -p no:cacheprovider
 
@@ -40,10 +40,16 @@ bench: deps venv
 	$(PY) bench/run_all.py --out docs/performance.md
 
 lint: venv
-	$(VENV)/bin/ruff check exporter tests bench dashboards
+	$(VENV)/bin/ruff check exporter tests bench dashboards rules deploy
 	$(VENV)/bin/ruff format --check exporter tests bench dashboards || true
 
 dashboards: venv
+	$(PY) dashboards/build.py
+
+# Regenerate every generated artefact: rule files, the Kubernetes PrometheusRule, dashboards.
+generate: venv
+	$(PY) rules/generate.py
+	$(PY) deploy/kubernetes/generate_prometheusrule.py
 	$(PY) dashboards/build.py
 
 clean:

@@ -75,7 +75,9 @@ MTD = "team:chargeback_spend:month_to_date"
 def recording_rules(p: str, g: str) -> list[dict[str, str]]:
     w = RATE_WINDOW
     weights_model_pool = f"max by (model, pool) (chargeback_model_info{sel(p)})"
-    gpu_pool = f"max by (uuid, pool) (chargeback_gpu_info{sel(g)})"
+    # GPUs no pool claims are exported with pool="" and cost nothing: leave them out of pool series
+    mapped = 'pool!=""'
+    gpu_pool = f"max by (uuid, pool) (chargeback_gpu_info{sel(g, mapped)})"
     gpu_cost = f"max by (uuid, pool) (chargeback_gpu_hourly_cost{sel(g)})"
     capacity = f"max by (pool) (chargeback_pool_capacity_tokens_per_second{sel(p)})"
 

@@ -203,8 +203,53 @@ def gpu_series() -> list[Series]:
     return out
 
 
+TEST_COUNTER = "test_counter_total"
+
+
+def tricky_counters() -> dict[str, Counter]:
+    """Counters with awkward resets for the exact-delta algorithm (metric test_counter_total,
+    label user=<case>); the expected deltas come from a sample-by-sample reference."""
+    t = ts
+    every_two_days = [t("2026-10-02T00:00") + i * 2 * 86400 for i in range(15)]
+    many = Counter(restarts=every_two_days)
+    for i in range(30):
+        many.add(t("2026-10-01T06:00") + i * 86400, 10 + i)
+    return {
+        # two restarts in the month
+        "two-resets": Counter(restarts=[t("2026-10-05T00:00"), t("2026-10-20T00:00")])
+        .add(t("2026-09-29T00:00"), 50).add(t("2026-10-03T00:00"), 1000).add(t("2026-10-06T00:00"), 500)
+        .add(t("2026-10-21T00:00"), 300),
+        # after the restart the counter grows past its old value within the hour: max == last
+        "ambiguous": Counter(restarts=[t("2026-10-10T00:00")]).add(t("2026-09-29T00:00"), 100)
+        .add(t("2026-10-10T01:00"), 5000),
+        # the first sample of the period is already lower than the last one before it
+        "boundary": Counter(restarts=[t("2026-09-30T22:15")]).add(t("2026-09-30T12:00"), 700)
+        .add(t("2026-10-02T00:00"), 40),
+        # a restart just before the period (inside the 1 h baseline window) must not count
+        "pre-window": Counter(restarts=[t("2026-09-30T21:30")]).add(t("2026-09-30T10:00"), 900)
+        .add(t("2026-09-30T21:45"), 10).add(t("2026-10-05T00:00"), 20),
+        # scrape gap across the start with a restart inside the gap
+        "gap-restart": Counter(restarts=[t("2026-09-30T23:00")], gaps=[(t("2026-09-30T18:00"), t("2026-10-01T03:00"))])
+        .add(t("2026-09-29T00:00"), 800).add(t("2026-10-01T03:00"), 30),
+        # a restart every two days
+        "many": many,
+        # the restart lands exactly on the period end
+        "end-restart": Counter(restarts=[t("2026-10-31T23:00")]).add(t("2026-10-30T00:00"), 77),
+    }  # fmt: skip
+
+
+def reference_delta(counter: Counter, start: int, end: int) -> Decimal:
+    """Sample by sample: from the last sample at or before start (0 if none) to the end."""
+    from exporter.report.promql import delta_from_samples
+
+    samples = counter.samples(GRID)
+    before = [v for t, v in samples if t <= start]
+    return delta_from_samples(before[-1] if before else Decimal(0), [(t, v) for t, v in samples if start < t <= end])[0]
+
+
 def all_series() -> list[Series]:
     series = [Series(metric, labels, counter.samples(GRID)) for labels, metric, counter in usage_counters()]
+    series += [Series(TEST_COUNTER, {"user": case, "instance": "x"}, c.samples(GRID)) for case, c in tricky_counters().items()]
     for model, pool in (("m-big", "big"), ("m-small", "small")):
         for inst in ("proxy-a", "proxy-b"):
             labels = {"model": model, "pool": pool, "instance": inst, "job": "chargeback-proxy"}

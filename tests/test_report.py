@@ -138,6 +138,23 @@ def test_exact_deltas_per_replica(prom) -> None:  # type: ignore[no-untyped-def]
     assert per[("bob@corp.test", "proxy-b", "m-small")] == 150_000  # gap over the start
 
 
+@pytest.mark.parametrize(
+    "start,end", [(sc.PERIOD_START, sc.PERIOD_END), (sc.ts("2026-10-01T00:00"), sc.ts("2026-11-01T00:00"))], ids=["berlin", "utc"]
+)
+def test_exact_deltas_awkward_resets(prom, start: int, end: int) -> None:  # type: ignore[no-untyped-def]
+    from exporter.report.promql import DeltaStats
+
+    stats = DeltaStats()
+    got = {dict(k)["user"]: v for k, v in exact_deltas(PromClient(prom.url or ""), sc.TEST_COUNTER, start, end, "user", stats=stats).items()}
+    expected = {case: sc.reference_delta(c, start, end) for case, c in sc.tricky_counters().items()}
+    assert got == expected
+    # hand check of two cases (Berlin): two-resets = 1000 + 500 + 300; many = Σ_{i=0..29} (10 + i) = 735
+    if start == sc.PERIOD_START:
+        assert (got["two-resets"], got["many"], got["pre-window"], got["gap-restart"]) == (1800, 735, 20, 30)
+    assert stats.splits > 0  # "ambiguous" and "many" needed splitting
+    assert stats.raw_fetched <= 2  # almost nothing fetched sample by sample
+
+
 # --------------------------------------------------------------------------- the six methods
 
 

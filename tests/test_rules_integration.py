@@ -16,7 +16,14 @@ from pathlib import Path
 import openai
 import pytest
 
-from exporter.sim.harness import create_keys, proxy_config, read_metrics, start_proxy, start_simulator, write_config
+from exporter.sim.harness import (
+    create_keys,
+    proxy_config,
+    read_metrics,
+    start_proxy,
+    start_simulator,
+    write_config,
+)
 from exporter.stack import (
     ManagedProcess,
     StackError,
@@ -44,7 +51,7 @@ BATCH = [
     ("alice@corp.example", "small-model", 7),
     ("bob@corp.example", "small-model", 18),
 ]
-WORDS = "tokens cost money so every team pays for what it uses".split()
+WORDS = ["tokens", "cost", "money", "so", "every", "team", "pays", "for", "what", "it", "uses"]
 
 
 def _send_batch(api_url: str, tokens: dict[str, str]) -> dict[tuple[str, str], list[int]]:
@@ -95,7 +102,7 @@ def stack(tmp_path: Path):
         gpu = ManagedProcess(
             "gpu-exporter",
             chargeback_argv("gpu-exporter", "--config.file", str(config), "--simulate", "2",
-                            "--simulate-pattern", "period=10,duty=0.5,levels=0.8/0.4"),
+                            "--simulate-pattern", "period=2,duty=0.5,levels=0.8/0.4"),
             tmp_path, f"http://127.0.0.1:{gpu_port}", "/metrics",
         ).start()
         procs.append(gpu)
@@ -182,7 +189,7 @@ def _check(prom_url: str, proxy, tokens) -> None:
     # GPU 0 works at 0.8 and GPU 1 at 0.4 during the same half of every period: busy 2:1, idle equal
     busy = _values(prom_url, "pool:chargeback_gpu_busy:ratio5m", at, "pool")
     idle = _values(prom_url, "pool:chargeback_gpu_idle:ratio5m", at, "pool")
-    assert 0 < busy[("small",)] < busy[("big",)] <= 1
+    assert 0 < busy[("small",)] < busy[("big",)] <= 1, (busy, idle)
     assert _close(busy[("big",)] / busy[("small",)], 2.0)
     assert 0 < idle[("big",)] <= 1 and _close(idle[("big",)], idle[("small",)])
     idle_cost = _values(prom_url, "pool:chargeback_idle_cost_per_hour:rate5m", at, "pool")

@@ -169,7 +169,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _reconcile(cfg: Config, args: argparse.Namespace, inputs: Inputs, period: Period, target: Path) -> int:
-    from exporter.report.reconcile import reconcile, render_reconcile_csv, render_reconcile_json, render_reconcile_md
+    from exporter.report.reconcile import (
+        reconcile,
+        render_reconcile_csv,
+        render_reconcile_json,
+        render_reconcile_md,
+    )
 
     try:
         if args.source == "ledger":  # compare against Prometheus then

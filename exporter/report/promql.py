@@ -14,25 +14,33 @@ with the start value taken as 0 when the series has no sample before the period 
 inside it), and with counter resets handled: when a sample is lower than the one before it the
 counter restarted from zero, so the new value itself is the increase since the previous sample.
 
-To stay cheap for many thousands of series it runs, per counter, three instant queries evaluated
-with the ``@`` modifier and one rare fallback:
+To stay cheap for many thousands of series, nothing is fetched sample by sample in the normal
+case. Per counter, with the ``@`` modifier (Prometheus ≥ 2.33, VictoriaMetrics, Thanos, Mimir):
 
-1. ``last_over_time(c[P] @ end)``         → value at the end (series with samples in the period)
-2. ``last_over_time(c[W] @ start)``       → value at the start (W = baseline window, 1 h)
-3. ``resets(c[P+W] @ end) > 0``           → the few series with a reset in ``[start−W, end]``
-4. only for series missing from (2): ``last_over_time(c{user=~"…"}[L] @ start)`` with a long
-   lookback L, so a series whose last sample before the period is older than W still gets its
-   true starting value (a scrape gap across the boundary).
+1. ``last_over_time(c[P] @ end)``        value at the end, for series with samples in the period
+2. ``last_over_time(c[W] @ start)``      value at the start (W = baseline window, 1 h)
+3. ``resets(c[P+W] @ end) > 0``          series with resets, and how many
+4. ``resets(c[W] @ start) > 0``          resets just before the period (to subtract)
 
-Series with neither resets nor an old baseline take ``(1) − (2)``. The rest — reset series and
-series whose baseline came from (4) — have their raw samples fetched (``c{user=~"…"}[P+W] @ end``)
-and are summed sample by sample. Values are parsed from the API's decimal strings straight into
-``Decimal``, so no float rounding creeps in. Deltas are computed per series (each proxy replica
-is its own series through its ``instance`` label) and only then summed over replicas.
+A series without resets takes (1) − (2). A series with resets adds the value just before each
+reset, found without reading its samples: with one reset in a window, ``max_over_time`` is that
+value whenever it exceeds ``last_over_time``; otherwise the window is split in two and the
+halves' ``resets()`` counts tell whether the pair of samples straddling the midpoint is a reset
+(and ``last_over_time`` of the left half is then its "before" value). Only windows shorter than
+5 minutes that are still ambiguous have their raw samples fetched.
+
+Series with no sample in W before the start (a scrape gap across the boundary) get their start
+value from ``last_over_time(c{user=~"…"}[L] @ start)`` with a long lookback L (62 days) and
+their own reset windows from there, so a gap never turns a counter's whole history into usage.
+
+Values are parsed from the API's decimal strings straight into ``Decimal``. Deltas are computed
+per series (each proxy replica is its own series through its ``instance`` label) and only then
+summed over replicas.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -176,6 +184,7 @@ class DeltaStats:
     with_resets: int = 0
     old_baseline: int = 0
     raw_fetched: int = 0
+    splits: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -200,6 +209,110 @@ def _chunks(values: list[str], size: int) -> Iterable[list[str]]:
         yield values[i : i + size]
 
 
+def _at(ms: int) -> str:
+    return f"{ms // 1000}.{ms % 1000:03d}"
+
+
+class _Series:
+    """Queries over one counter restricted to a set of its series (by a regex on ``split_label``
+    when the set is small, else the whole metric filtered here)."""
+
+    def __init__(self, client: PromClient, metric: str, split_label: str, total: int) -> None:
+        self.client, self.metric, self.split_label, self.total = client, metric, split_label, total
+
+    def selectors(self, keys: Iterable[LabelKey]) -> list[str]:
+        keys = list(keys)
+        values = sorted({dict(k).get(self.split_label, "") for k in keys})
+        if len(keys) * 2 >= self.total or len(values) > 10 * REGEX_CHUNK:
+            return [self.client.selector(self.metric)]
+        return [self.client.selector(self.metric, regex_matcher(self.split_label, c)) for c in _chunks(values, REGEX_CHUNK)]
+
+    def vector(self, template: str, keys: Iterable[LabelKey], at_ms: int) -> dict[LabelKey, Decimal]:
+        keys = set(keys)
+        out: dict[LabelKey, Decimal] = {}
+        for sel in self.selectors(keys):
+            out.update({k: v for k, v in self.client.vector(template.format(sel=sel), at_ms / 1000).items() if k in keys})
+        return out
+
+    def matrix(self, template: str, keys: Iterable[LabelKey], at_ms: int) -> dict[LabelKey, list[tuple[float, Decimal]]]:
+        keys = set(keys)
+        out: dict[LabelKey, list[tuple[float, Decimal]]] = {}
+        for sel in self.selectors(keys):
+            out.update({k: v for k, v in self.client.matrix(template.format(sel=sel), at_ms / 1000).items() if k in keys})
+        return out
+
+
+MIN_SPLIT_MS = 300_000  # below this a window's raw samples are fetched instead of split further
+MAX_DEPTH = 48
+
+
+def _reset_corrections(q: _Series, tasks: dict[tuple[int, int], dict[LabelKey, int]], stats: DeltaStats) -> dict[LabelKey, Decimal]:
+    """Σ of the values just before each reset, per series, inside each task's window [a, b] (ms),
+    given the number of resets R there. Without fetching the window's samples:
+
+    - R = 1: before and after the reset the counter only grows, so if ``max_over_time`` exceeds
+      ``last_over_time`` the maximum is the value just before the reset;
+    - otherwise split at the midpoint m: resets in [a, m] and [m, b] are counted, and the pair of
+      samples straddling m (if any) is a reset exactly when R exceeds their sum; its "before"
+      value is ``last_over_time`` over [a, m]. Recurse into the halves.
+
+    Windows shorter than MIN_SPLIT_MS that are still ambiguous have their few raw samples fetched.
+    The split works whether the server's range windows are closed ([a, b], Prometheus 2) or
+    left-open ((a, b], Prometheus 3 and VictoriaMetrics).
+    """
+    corr: dict[LabelKey, Decimal] = {}
+    pending = tasks
+    depth = 0
+    while pending:
+        nxt: dict[tuple[int, int], dict[LabelKey, int]] = {}
+        for (a, b), counts in sorted(pending.items()):
+            counts = {k: r for k, r in counts.items() if r > 0}
+            if not counts:
+                continue
+            d = b - a
+            unresolved = {k: r for k, r in counts.items() if r > 1}
+            ones = [k for k, r in counts.items() if r == 1]
+            if ones:
+                mx = q.vector(f"max_over_time({{sel}}[{d}ms] @ {_at(b)})", ones, b)
+                ls = q.vector(f"last_over_time({{sel}}[{d}ms] @ {_at(b)})", ones, b)
+                for k in ones:
+                    if k in mx and k in ls and mx[k] > ls[k]:
+                        corr[k] = corr.get(k, Decimal(0)) + mx[k]
+                    else:
+                        unresolved[k] = 1
+            if not unresolved:
+                continue
+            if d <= MIN_SPLIT_MS or depth >= MAX_DEPTH:
+                raw = q.matrix(f"{{sel}}[{d}ms] @ {_at(b)}", unresolved, b)
+                for k in unresolved:
+                    samples = raw.get(k, [])
+                    corr[k] = corr.get(k, Decimal(0)) + sum(
+                        (p for (_, p), (_, v) in itertools.pairwise(samples) if v < p), Decimal(0)
+                    )
+                    stats.raw_fetched += 1
+                continue
+            m = a + d // 2
+            rl = q.vector(f"resets({{sel}}[{m - a}ms] @ {_at(m)})", unresolved, m)
+            rr = q.vector(f"resets({{sel}}[{b - m}ms] @ {_at(b)})", unresolved, b)
+            lm = q.vector(f"last_over_time({{sel}}[{m - a}ms] @ {_at(m)})", unresolved, m)
+            stats.splits += 1
+            for k, r in unresolved.items():
+                left, right = int(rl.get(k, 0)), int(rr.get(k, 0))
+                straddle = r - left - right
+                if straddle not in (0, 1):
+                    raise PromQLError(
+                        f"Prometheus at {q.client.url}: inconsistent resets() for a series of {q.metric} "
+                        f"({r} over a window, {left}+{right} over its halves): did the data change during the report?"
+                    )
+                if straddle:
+                    corr[k] = corr.get(k, Decimal(0)) + lm[k]
+                nxt.setdefault((a, m), {})[k] = left
+                nxt.setdefault((m, b), {})[k] = right
+        pending = nxt
+        depth += 1
+    return corr
+
+
 def exact_deltas(
     client: PromClient,
     metric: str,
@@ -212,55 +325,49 @@ def exact_deltas(
 ) -> dict[LabelKey, Decimal]:
     """Exact increase of every series of ``metric`` over ``[start, end]`` (unix seconds).
 
+    delta = last(end) − base(start) + C([A, end]) − C([A, start]), where base is the last sample
+    at or before start, A a point before base, and C(window) the sum of the values just before
+    each reset inside the window (see :func:`_reset_corrections`). Subtracting C([A, start])
+    keeps resets that happened before the period out of it.
+
     ``split_label`` is a label every series has (``user`` for proxy counters, ``uuid`` for GPU
-    counters): the fallback queries select series through a regex on it. Series with no sample
-    in the period are left out (their delta is 0).
+    counters); the follow-up queries select series through a regex on it. Series without a
+    sample in the period are left out (their delta is 0).
     """
     stats = stats if stats is not None else DeltaStats()
-    p = end - start
+    s_ms, e_ms, w_ms, l_ms = start * 1000, end * 1000, baseline_window * 1000, max(lookback, baseline_window) * 1000
+    p_ms = e_ms - s_ms
     sel = client.selector(metric)
-    last = client.vector(f"last_over_time({sel}[{p}s] @ {end})", end)
+    last = client.vector(f"last_over_time({sel}[{p_ms}ms] @ {_at(e_ms)})", end)
     if not last:
         return {}
-    base = client.vector(f"last_over_time({sel}[{baseline_window}s] @ {start})", end)
-    reset_keys = set(client.vector(f"resets({sel}[{p + baseline_window}s] @ {end}) > 0", end)) & set(last)
+    q = _Series(client, metric, split_label, len(last))
+    base = {k: v for k, v in client.vector(f"last_over_time({sel}[{w_ms}ms] @ {_at(s_ms)})", end).items() if k in last}
+    resets_all = {k: int(v) for k, v in client.vector(f"resets({sel}[{p_ms + w_ms}ms] @ {_at(e_ms)}) > 0", end).items() if k in last}
+    resets_pre = {k: int(v) for k, v in client.vector(f"resets({sel}[{w_ms}ms] @ {_at(s_ms)}) > 0", end).items() if k in base}
     stats.series += len(last)
-    stats.with_resets += len(reset_keys)
 
-    # Series that have no sample within the baseline window before the start: look further back.
+    # No sample within the baseline window before the start: look further back (a scrape gap
+    # across the boundary); those few series get their own, longer windows.
     missing = [k for k in last if k not in base]
     old_base: dict[LabelKey, Decimal] = {}
-    if missing and lookback > baseline_window:
-        values = sorted({dict(k).get(split_label, "") for k in missing})
-        for chunk in _chunks(values, REGEX_CHUNK):
-            q = f"last_over_time({client.selector(metric, regex_matcher(split_label, chunk))}[{lookback}s] @ {start})"
-            for k, v in client.vector(q, end).items():
-                if k in last and k not in base:
-                    old_base[k] = v
+    if missing and l_ms > w_ms:
+        old_base = q.vector(f"last_over_time({{sel}}[{l_ms}ms] @ {_at(s_ms)})", missing, s_ms)
+    add: dict[tuple[int, int], dict[LabelKey, int]] = {(s_ms - w_ms, e_ms): {k: r for k, r in resets_all.items() if k not in old_base}}
+    sub: dict[tuple[int, int], dict[LabelKey, int]] = {(s_ms - w_ms, s_ms): resets_pre}
+    if old_base:
+        add[(s_ms - l_ms, e_ms)] = {
+            k: int(v) for k, v in q.vector(f"resets({{sel}}[{p_ms + l_ms}ms] @ {_at(e_ms)})", old_base, e_ms).items()
+        }
+        sub[(s_ms - l_ms, s_ms)] = {k: int(v) for k, v in q.vector(f"resets({{sel}}[{l_ms}ms] @ {_at(s_ms)})", old_base, s_ms).items()}
     stats.old_baseline += len(old_base)
-
-    result: dict[LabelKey, Decimal] = {}
-    need_raw = reset_keys | set(old_base)
-    for k, v_end in last.items():
-        if k not in need_raw:
-            result[k] = v_end - base.get(k, Decimal(0))
-
-    if need_raw:
-        values = sorted({dict(k).get(split_label, "") for k in need_raw})
-        for chunk in _chunks(values, REGEX_CHUNK):
-            q = f"{client.selector(metric, regex_matcher(split_label, chunk))}[{p + baseline_window}s] @ {end}"
-            for k, samples in client.matrix(q, end).items():
-                if k not in need_raw:
-                    continue
-                before = [s for s in samples if s[0] <= start]
-                inside = [s for s in samples if start < s[0] <= end]
-                baseline = before[-1][1] if before else old_base.get(k, Decimal(0))
-                result[k], _ = delta_from_samples(baseline, inside)
-                stats.raw_fetched += 1
-        lost = need_raw - set(result)
-        if lost:  # should not happen: the series vanished between two queries
-            raise PromQLError(f"Prometheus at {client.url}: {len(lost)} series of {metric} vanished while fetching raw samples")
-    return result
+    stats.with_resets += sum(1 for r in add.values() for v in r.values() if v)
+    plus = _reset_corrections(q, add, stats)
+    minus = _reset_corrections(q, sub, stats)
+    zero = Decimal(0)
+    return {
+        k: v_end - base.get(k, old_base.get(k, zero)) + plus.get(k, zero) - minus.get(k, zero) for k, v_end in last.items()
+    }
 
 
 def sum_by(deltas: Mapping[LabelKey, Decimal], labels: tuple[str, ...]) -> dict[tuple[str, ...], Decimal]:
