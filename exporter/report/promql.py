@@ -121,6 +121,7 @@ class PromClient:
         finally:
             self.stats.queries += 1
             self.stats.seconds += time.monotonic() - started
+            log.debug("query %.3fs %s", time.monotonic() - started, expr[:200])
         try:
             body = r.json()
         except ValueError:
@@ -223,7 +224,8 @@ class _Series:
     def selectors(self, keys: Iterable[LabelKey]) -> list[str]:
         keys = list(keys)
         values = sorted({dict(k).get(self.split_label, "") for k in keys})
-        if len(keys) * 2 >= self.total or len(values) > 10 * REGEX_CHUNK:
+        # Many series: one query on the whole metric (filtered here) beats many long regexes.
+        if len(keys) * 4 >= self.total or len(values) > 2 * REGEX_CHUNK:
             return [self.client.selector(self.metric)]
         return [self.client.selector(self.metric, regex_matcher(self.split_label, c)) for c in _chunks(values, REGEX_CHUNK)]
 
@@ -246,7 +248,12 @@ MIN_SPLIT_MS = 300_000  # below this a window's raw samples are fetched instead 
 MAX_DEPTH = 48
 
 
-def _reset_corrections(q: _Series, tasks: dict[tuple[int, int], dict[LabelKey, int]], stats: DeltaStats) -> dict[LabelKey, Decimal]:
+def _reset_corrections(
+    q: _Series,
+    tasks: dict[tuple[int, int], dict[LabelKey, int]],
+    stats: DeltaStats,
+    known_last: dict[tuple[int, int], dict[LabelKey, Decimal]] | None = None,
+) -> dict[LabelKey, Decimal]:
     """Σ of the values just before each reset, per series, inside each task's window [a, b] (ms),
     given the number of resets R there. Without fetching the window's samples:
 
@@ -274,7 +281,8 @@ def _reset_corrections(q: _Series, tasks: dict[tuple[int, int], dict[LabelKey, i
             ones = [k for k, r in counts.items() if r == 1]
             if ones:
                 mx = q.vector(f"max_over_time({{sel}}[{d}ms] @ {_at(b)})", ones, b)
-                ls = q.vector(f"last_over_time({{sel}}[{d}ms] @ {_at(b)})", ones, b)
+                known = (known_last or {}).get((a, b))
+                ls = known if known is not None else q.vector(f"last_over_time({{sel}}[{d}ms] @ {_at(b)})", ones, b)
                 for k in ones:
                     if k in mx and k in ls and mx[k] > ls[k]:
                         corr[k] = corr.get(k, Decimal(0)) + mx[k]
@@ -362,7 +370,8 @@ def exact_deltas(
         sub[(s_ms - l_ms, s_ms)] = {k: int(v) for k, v in q.vector(f"resets({{sel}}[{l_ms}ms] @ {_at(s_ms)})", old_base, s_ms).items()}
     stats.old_baseline += len(old_base)
     stats.with_resets += sum(1 for r in add.values() for v in r.values() if v)
-    plus = _reset_corrections(q, add, stats)
+    # The last sample in [start − W, end] is the last one in the period: already known.
+    plus = _reset_corrections(q, add, stats, known_last={(s_ms - w_ms, e_ms): last})
     minus = _reset_corrections(q, sub, stats)
     zero = Decimal(0)
     return {

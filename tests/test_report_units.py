@@ -1,0 +1,53 @@
+"""Reporter pieces without Prometheus: periods, rounding, PromQL escaping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from exporter.report.money import largest_remainder
+from exporter.report.period import PeriodError, parse_period
+from exporter.report.promql import PromClient, regex_matcher
+
+
+def test_month_to_date_and_explicit_ranges() -> None:
+    now = datetime(2026, 11, 29, 12, 30, 45, tzinfo=UTC)
+    mtd = parse_period("month-to-date", "Europe/Berlin", now=now)
+    # November starts at 2026-10-31T23:00Z in Berlin; ends at now (13:30 CET) truncated to the minute
+    assert (mtd.start.isoformat(), mtd.end.isoformat()) == ("2026-11-01T00:00:00+01:00", "2026-11-29T13:30:00+01:00")
+    assert mtd.label == "2026-11-to-29T1330"
+    rng = parse_period(None, "Europe/Berlin", start="2026-10-01", end="2026-10-16")
+    assert (rng.label, rng.seconds) == ("2026-10-01_2026-10-16", 15 * 86400)
+    assert parse_period("2026-12", "UTC").end.isoformat() == "2027-01-01T00:00:00+00:00"
+    assert parse_period("last-month", "UTC", now=datetime(2027, 1, 5, tzinfo=UTC)).label == "2026-12"
+    with pytest.raises(PeriodError, match="expected YYYY-MM"):
+        parse_period("October", "UTC")
+    with pytest.raises(PeriodError, match="must be after"):
+        parse_period(None, "UTC", start="2026-10-02", end="2026-10-01")
+    with pytest.raises(PeriodError, match=r"month must be 01\.\.12"):
+        parse_period("2026-13", "UTC")
+
+
+def test_largest_remainder_sums_exactly() -> None:
+    # three equal thirds of 100.00: 33.33 each + 1 cent to the first (ties go to the earlier key)
+    thirds = {k: Decimal(100) / 3 for k in "abc"}
+    assert largest_remainder(thirds, 2) == {"a": Decimal("33.34"), "b": Decimal("33.33"), "c": Decimal("33.33")}
+    # an imposed target within one cent of the exact sum
+    got = largest_remainder({"x": Decimal("1.005"), "y": Decimal("2.005")}, 2, Decimal("3.00"))
+    assert got == {"x": Decimal("1.00"), "y": Decimal("2.00")}
+    # negative amounts (a surplus) round by floor too and still sum to the target
+    got = largest_remainder({"p": Decimal("-1.234"), "q": Decimal("5.111")}, 2)
+    assert sum(got.values()) == Decimal("3.88") and got == {"p": Decimal("-1.23"), "q": Decimal("5.11")}
+    # zero minor units (e.g. JPY)
+    assert largest_remainder({"a": Decimal("0.5"), "b": Decimal("0.5")}, 0) == {"a": Decimal(1), "b": Decimal(0)}
+    assert largest_remainder({}, 2) == {}
+
+
+def test_selector_and_regex_escaping() -> None:
+    c = PromClient("http://x", selector='{cluster="prod"}')
+    assert c.selector("m") == 'm{cluster="prod"}'
+    assert c.selector("m", 'user="a"') == 'm{cluster="prod",user="a"}'
+    assert PromClient("http://x").selector("m") == "m"
+    assert regex_matcher("user", ["a.b+c@x.com", "d"]) == 'user=~"a\\\\.b\\\\+c@x\\\\.com|d"'
