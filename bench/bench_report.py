@@ -68,7 +68,8 @@ def generate(path: Path, users: int, teams: int, interval: int, seed: int = 7) -
                     f.writelines(out)
                     series += 1
                     samples += len(out)
-        for metric in (contract.GPU_BUSY_SECONDS_TOTAL, contract.GPU_IDLE_SECONDS_TOTAL, contract.GPU_HOURLY_COST):
+        gpu_metrics = (contract.GPU_BUSY_SECONDS_TOTAL, contract.GPU_IDLE_SECONDS_TOTAL, contract.GPU_OBSERVED_SECONDS_TOTAL, contract.GPU_HOURLY_COST)
+        for metric in gpu_metrics:
             for g in range(16):
                 pool = f"pool{g // 4}"
                 extra = f',pool="{pool}"' if metric == contract.GPU_HOURLY_COST else ""
@@ -76,6 +77,8 @@ def generate(path: Path, users: int, teams: int, interval: int, seed: int = 7) -
                 for i, tail in enumerate(tstr):
                     if metric == contract.GPU_HOURLY_COST:
                         v = "2.5"
+                    elif metric == contract.GPU_OBSERVED_SECONDS_TOTAL:
+                        v = str(i * interval)
                     else:
                         busy = i * interval * (g % 4 + 1) // 5
                         v = str(busy if metric == contract.GPU_BUSY_SECONDS_TOTAL else i * interval - busy)

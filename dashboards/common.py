@@ -268,13 +268,6 @@ def unit_override(field_name: str, unit: str) -> dict[str, Any]:
     }
 
 
-def regex_unit_override(pattern: str, unit: str) -> dict[str, Any]:
-    return {
-        "matcher": {"id": "byRegexp", "options": pattern},
-        "properties": [{"id": "unit", "value": unit}],
-    }
-
-
 def table(
     id: int,
     title: str,

@@ -209,8 +209,16 @@ class DemoStack:
 
 
 @contextlib.contextmanager
-def demo_stack(workdir: Path, *, remote_write_url: str | None = None, tokens_per_second: float = 400.0) -> Iterator[DemoStack]:
-    """Start every process of the demo; stop them all (in reverse order) when the block exits."""
+def demo_stack(
+    workdir: Path,
+    *,
+    remote_write_url: str | None = None,
+    tokens_per_second: float = 400.0,
+    budgets: dict[str, str] | None = None,
+    gpu_hourly_costs: dict[str, str] | None = None,
+) -> Iterator[DemoStack]:
+    """Start every process of the demo; stop them all (in reverse order) when the block exits.
+    ``budgets`` overrides teams' monthly budgets and ``gpu_hourly_costs`` pools' prices (EUR)."""
     workdir.mkdir(parents=True, exist_ok=True)
     started: list[Any] = []
     try:
@@ -230,13 +238,17 @@ def demo_stack(workdir: Path, *, remote_write_url: str | None = None, tokens_per
             prometheus_url=prometheus_url,
             smtp=smtp.address,
         )
+        for team, budget in (budgets or {}).items():
+            doc["teams"][team]["budget"] = float(budget)
+        for pool, price in (gpu_hourly_costs or {}).items():
+            doc["pools"][pool]["gpu_hourly_cost"] = float(price)
         config_path = write_config(workdir / "chargeback.yaml", doc)
         tokens = create_keys(doc["ledger"]["url"], USERS)
         proxy = start_proxy(workdir, config_path, port=api_port, metrics_port=metrics_port)
         started.append(proxy.process)
         gpu = ManagedProcess(
             "gpu-exporter",
-            [sys.executable, "-m", "exporter.gpu.cli", "gpu-exporter", "--config.file", str(config_path), "--simulate", "4"],
+            chargeback_argv("gpu-exporter", "--config.file", str(config_path), "--simulate", "4"),
             workdir,
             f"http://127.0.0.1:{gpu_port}",
             "/-/healthy",
@@ -304,6 +316,16 @@ def wait_for_budget_email(stack: DemoStack, timeout: float = 150.0) -> EmailMess
     return found[0]
 
 
+def wait_for_next_minute(margin: float = 3.0) -> None:
+    """Month-to-date statements end at the current minute: wait until a minute boundary lies after
+    the last scrape of the traffic (scrapes run every second), so the statement covers all of it."""
+    now = time.time()
+    boundary = now - now % 60 + 60
+    if boundary - now < margin:
+        boundary += 60
+    time.sleep(boundary - now + 0.5)
+
+
 def write_statements(stack: DemoStack, *extra: str) -> subprocess.CompletedProcess[str]:
     out_dir = stack.workdir / "statements"
     argv = chargeback_argv(
@@ -353,6 +375,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  alert email delivered to {msg['To']}: {msg['Subject']}", flush=True)
             except StackError as exc:
                 print(f"  {exc}", flush=True)
+            print("\nwaiting for the next full minute (month-to-date statements end at a minute) ...", flush=True)
+            wait_for_next_minute()
             print("\nledger summary (chargeback ledger query ... FROM public.http_analytics):")
             print(ledger_summary(stack))
             rep = write_statements(stack)

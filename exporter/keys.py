@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import logging
 import secrets
 import time
@@ -70,7 +69,7 @@ class KeyCache:
     def __init__(self, ledger_url: str, refresh_seconds: float) -> None:
         self.ledger_url = ledger_url
         self.refresh_seconds = max(0.05, float(refresh_seconds))
-        self._by_hash: dict[str, tuple[str, KeyRecord]] = {}
+        self._by_hash: dict[str, KeyRecord] = {}
         self._store: LedgerStore | None = None
         self._task: asyncio.Task[None] | None = None
         self.loaded_at: float | None = None  # time.time() of the last successful load
@@ -111,13 +110,13 @@ class KeyCache:
         self.loaded_at = time.time()
         return True
 
-    def _load(self) -> dict[str, tuple[str, KeyRecord]]:
+    def _load(self) -> dict[str, KeyRecord]:
         from exporter.ledger.store import open_store
 
         if self._store is None:
             self._store = open_store(self.ledger_url)
         try:
-            return {h: (h, rec) for h, rec in self._store.load_active_keys()}
+            return dict(self._store.load_active_keys())
         except Exception:
             store, self._store = self._store, None  # reconnect next time
             with contextlib.suppress(Exception):
@@ -133,14 +132,11 @@ class KeyCache:
         """The active key for this token, or None (unknown or revoked)."""
         if not token.startswith(TOKEN_PREFIX):
             return None
-        digest = hash_token(token)
-        entry = self._by_hash.get(digest)
-        if entry is None:
-            return None
-        stored, record = entry
-        # The dict lookup is keyed by a hash the caller cannot steer, so it leaks nothing useful;
-        # the final comparison is constant-time anyway.
-        if not hmac.compare_digest(stored, digest):
+        # No secret is compared byte by byte: the lookup is keyed by the token's SHA-256, and how
+        # long it takes depends only on that digest, which a caller cannot steer towards a stored
+        # one (preimage resistance). So response timing tells nothing about how close a guess was.
+        record = self._by_hash.get(hash_token(token))
+        if record is None:
             return None
         return record if record.revoked_at is None else None
 

@@ -81,6 +81,14 @@ def recording_rules(p: str, g: str) -> list[dict[str, str]]:
     gpu_cost = f"max by (uuid, pool) (chargeback_gpu_hourly_cost{sel(g)})"
     capacity = f"max by (pool) (chargeback_pool_capacity_tokens_per_second{sel(p)})"
 
+    def per_pool(counter: str, join: str, window: str = w) -> str:
+        # Per-GPU seconds per second, times a per-GPU factor (1 for gpu_pool, its cost for gpu_cost), by pool.
+        return f"""sum by (pool) (
+    rate({counter}{sel(g)}[{window}])
+  * on (uuid) group_left (pool)
+    {join}
+)"""
+
     def weighted(kind: str) -> str:
         # A model without a weight series counts its tokens with weight 1 (the config default).
         series = f"user_team_model:chargeback_{kind}_tokens:rate5m"
@@ -167,19 +175,11 @@ or
         },
         {
             "record": "pool:chargeback_gpu_busy_seconds:rate5m",
-            "expr": f"""sum by (pool) (
-    rate(chargeback_gpu_busy_seconds_total{sel(g)}[{w}])
-  * on (uuid) group_left (pool)
-    {gpu_pool}
-)""",
+            "expr": per_pool("chargeback_gpu_busy_seconds_total", gpu_pool),
         },
         {
             "record": "pool:chargeback_gpu_idle_seconds:rate5m",
-            "expr": f"""sum by (pool) (
-    rate(chargeback_gpu_idle_seconds_total{sel(g)}[{w}])
-  * on (uuid) group_left (pool)
-    {gpu_pool}
-)""",
+            "expr": per_pool("chargeback_gpu_idle_seconds_total", gpu_pool),
         },
         {
             "record": "pool:chargeback_gpu_busy:ratio5m",
@@ -192,19 +192,12 @@ or
         {
             # Σ over GPUs of (idle seconds per second × that GPU's hourly cost)
             "record": "pool:chargeback_idle_cost_per_hour:rate5m",
-            "expr": f"""sum by (pool) (
-    rate(chargeback_gpu_idle_seconds_total{sel(g)}[{w}])
-  * on (uuid) group_left (pool)
-    {gpu_cost}
-)""",
+            "expr": per_pool("chargeback_gpu_idle_seconds_total", gpu_cost),
         },
         {
             "record": "pool:chargeback_idle_cost_share:ratio1h",
-            "expr": f"""sum by (pool) (
-    rate(chargeback_gpu_idle_seconds_total{sel(g)}[{IDLE_ALERT_WINDOW}])
-  * on (uuid) group_left (pool)
-    {gpu_cost}
-)
+            "expr": per_pool("chargeback_gpu_idle_seconds_total", gpu_cost, IDLE_ALERT_WINDOW)
+            + """
 / on (pool)
 (pool:chargeback_gpu_hourly_cost:sum > 0)""",
         },

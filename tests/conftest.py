@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.ledger.testing import pg_available, temp_pg_database
 from exporter.sim.harness import Stack, proxy_stack
 from exporter.stack import free_port
 
@@ -48,6 +49,18 @@ def proxy_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         extra_sims=1,
     ) as stack:
         yield stack
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/ledger.db"
+        return
+    reason = pg_available()
+    if reason:
+        pytest.skip(reason)
+    with temp_pg_database() as url:
+        yield url
 
 
 _counter = itertools.count()

@@ -16,10 +16,16 @@ Billed quantities in the Berlin October (per user × model, replicas summed):
   bob   beta   m-small   20         150,000  100,000           0   250       250,000
   zed   ghost  m-small   10         100,000        0           0   250       100,000  (ghost → unassigned)
 
-Pools: big = 2 GPUs exported at 2.00/h (config says 2.50/h: Prometheus wins) present all 745 h
-→ C_big = 2 × 2.00 × 745 = 2980.00; GPU-b0 is busy 1/2 of the time, GPU-b1 1/4 → idle cost
-= 2.00 × (372.5 + 558.75) = 1862.50, busy cost 1117.50. small = no GPU exporter data → config:
-1 GPU × 1.00/h × 745 h = 745.00. Total pool cost 3725.00.
+Pools: big = 2 GPUs exported at 2.00/h (config says 2.50/h: Prometheus wins) present all 745 h.
+Cost is priced on seconds present, not busy + idle:
+  GPU-b0: Δobserved = 2,682,000 s (745 h) → 1490.00   (busy 225 + idle 450 of every 900 s:
+          busy + idle = 558.75 h would give 1117.50)
+  GPU-b1: observed counter only from its exporter's restart on 10-20 (Δ would be 287.25 h), so
+          presence = 2980 busy-counter samples in (start, end] × 900 s step = 745 h → 1490.00
+          (busy 90 + idle 450 of 900 s: busy + idle = 447 h would give 894.00)
+→ C_big = 2980.00. Idle: each GPU 450 of every 900 s = 372.5 h → idle cost 2.00 × 745 h = 1490.00,
+busy cost 1490.00; busy seconds 670,500 + 268,200 = 938,700. small = no GPU exporter data →
+config: 1 GPU × 1.00/h × 745 h = 745.00. Total pool cost 3725.00.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ T1 = ts("2026-11-02T00:00")
 STEP = 900
 GRID = grid(T0, T1, STEP)
 RESTART_A = ts("2026-10-15T12:15")
+IDLE_PER_STEP = 450  # both GPUs: seconds at 0 % utilisation in every 900 s step
 GAP_B = (ts("2026-09-30T20:15"), ts("2026-10-01T02:00"))
 
 PERIOD_START = ts("2026-09-30T22:00")
@@ -184,20 +191,30 @@ def usage_counters() -> list[tuple[dict[str, str], str, Counter]]:
 
 
 def gpu_series() -> list[Series]:
-    """Pool big: GPU-b0 busy 450 s of every 900 s, GPU-b1 225 s; GPU-b1's exporter restarts on 10-20."""
+    """Pool big, two GPUs present all month (observed 900 s of every 900 s step):
+
+    - GPU-b0: per step 450 s at 0 % (idle) and 450 s at 50 % → busy 225 s, idle 450 s: busy + idle
+      is 675 s of the 900 s it was present, so pricing busy + idle would under-state its cost;
+    - GPU-b1: per step 450 s idle and 450 s at 20 % → busy 90 s, idle 450 s. Its exporter restarts
+      on 10-20 as a new version: only from then on does it export the observed-seconds counter
+      (an exporter predating it before), so its presence is estimated from its sample count.
+    """
     out: list[Series] = []
     restart = ts("2026-10-20T00:00")
-    for uuid, busy_per_step, restarts in (("GPU-b0", 450, []), ("GPU-b1", 225, [restart])):
+    for uuid, busy_per_step, restarts, observed_from in (("GPU-b0", 225, [], T0), ("GPU-b1", 90, [restart], restart)):
         labels = {"uuid": uuid, "instance": "gpu-node", "job": "chargeback-gpu-exporter"}
-        busy, idle = [], []
+        busy, idle, observed = [], [], []
         for t in GRID:
             # A restarted exporter counts from 0 again, including the interval since its last scrape.
             since = max([r for r in restarts if r <= t], default=T0 + STEP)
             steps = (t - since) // STEP + 1
             busy.append((t, busy_per_step * steps))
-            idle.append((t, (STEP - busy_per_step) * steps))
+            idle.append((t, IDLE_PER_STEP * steps))
+            if t >= observed_from:
+                observed.append((t, STEP * steps))
         out.append(Series(contract.GPU_BUSY_SECONDS_TOTAL, labels, busy))
         out.append(Series(contract.GPU_IDLE_SECONDS_TOTAL, labels, idle))
+        out.append(Series(contract.GPU_OBSERVED_SECONDS_TOTAL, labels, observed))
         out.append(Series(contract.GPU_HOURLY_COST, {**labels, "pool": "big"}, [(t, "2") for t in GRID]))
         out.append(Series(contract.GPU_INFO, {**labels, "pool": "big", "index": uuid[-1], "name": "NVIDIA H100"}, [(t, 1) for t in GRID]))
     return out

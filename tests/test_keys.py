@@ -3,23 +3,19 @@ last good key set survives a database outage, and only hashes are stored."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
 
 import pytest
 
 from exporter.keys import TOKEN_PREFIX, KeyCache, generate_token, hash_token
 from exporter.ledger.store import open_store
-from exporter.ledger.testing import block_pg_database, pg_available, temp_pg_database, unblock_pg_database
-
-
-async def wait_for(predicate, limit=20.0, what="condition"):
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+from exporter.ledger.testing import (
+    async_wait_for,
+    block_pg_database,
+    pg_available,
+    temp_pg_database,
+    unblock_pg_database,
+)
 
 
 def test_tokens_are_prefixed_random_and_hashed():
@@ -32,18 +28,6 @@ def test_tokens_are_prefixed_random_and_hashed():
         assert hash_token(t) == hashlib.sha256(t.encode()).hexdigest()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/ledger.db"
-        return
-    reason = pg_available()
-    if reason:
-        pytest.skip(reason)
-    with temp_pg_database() as url:
-        yield url
-
-
 async def test_cache_sees_new_and_revoked_keys_without_restart(ledger_url):
     store = open_store(ledger_url)
     old_token, old = store.create_key("alice@corp.example", "research")
@@ -53,11 +37,11 @@ async def test_cache_sees_new_and_revoked_keys_without_restart(ledger_url):
         assert cache.lookup(old_token) == old
         new_token, new = store.create_key("bob@corp.example", "support")
         assert cache.lookup(new_token) is None  # not yet refreshed
-        await wait_for(lambda: cache.lookup(new_token) is not None, what="the new key")
+        await async_wait_for(lambda: cache.lookup(new_token) is not None, what="the new key")
         rec = cache.lookup(new_token)
         assert (rec.key_id, rec.user_email, rec.team, rec.revoked_at) == (new.key_id, "bob@corp.example", "support", None)
         store.revoke_key(old.key_id)
-        await wait_for(lambda: cache.lookup(old_token) is None, what="the revocation")
+        await async_wait_for(lambda: cache.lookup(old_token) is None, what="the revocation")
         assert cache.lookup(new_token) is not None and len(cache) == 1
     finally:
         await cache.close()
@@ -93,7 +77,7 @@ async def test_cache_keeps_last_good_set_during_outage():
         try:
             block_pg_database(url)
             try:
-                await wait_for(lambda: cache.refresh_errors >= 2, what="failing refreshes")
+                await async_wait_for(lambda: cache.refresh_errors >= 2, what="failing refreshes")
                 assert cache.last_error is not None
                 assert cache.lookup(token) is not None  # still served from the last good set
             finally:
@@ -101,7 +85,7 @@ async def test_cache_keeps_last_good_set_during_outage():
             store = open_store(url)
             store.revoke_user_keys("alice@corp.example")
             store.close()
-            await wait_for(lambda: cache.lookup(token) is None, what="the revocation after recovery")
+            await async_wait_for(lambda: cache.lookup(token) is None, what="the revocation after recovery")
             assert cache.last_error is None
         finally:
             await cache.close()

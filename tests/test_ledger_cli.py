@@ -15,12 +15,7 @@ import pytest
 from exporter import cli
 from exporter.keys import TOKEN_PREFIX, hash_token
 from exporter.ledger.store import open_store
-from exporter.ledger.testing import make_row, pg_available, temp_pg_database
-
-VERBATIM = """SELECT user_email, model, SUM(total_tokens) as total_tokens_sum, SUM(prompt_tokens) as prompt_tokens_sum, SUM(completion_tokens) as output_tokens_sum
-FROM public.http_analytics
-GROUP BY model, user_email
-ORDER BY total_tokens_sum DESC;"""
+from exporter.ledger.testing import VERBATIM_SQL, make_row
 
 CONFIG = """
 currency: EUR
@@ -130,18 +125,6 @@ def test_keys_without_config_file_need_ledger_url(run, tmp_path):
     assert exc.value.code == 2
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/ledger.db"
-        return
-    reason = pg_available()
-    if reason:
-        pytest.skip(reason)
-    with temp_pg_database() as url:
-        yield url
-
-
 def test_ledger_query_verbatim_table_and_csv(run, ledger_url, tmp_path):
     store = open_store(ledger_url)
     # 3 users × 2 models with distinct totals so the order is fully determined
@@ -150,7 +133,7 @@ def test_ledger_query_verbatim_table_and_csv(run, ledger_url, tmp_path):
     store.insert_rows(rows)
     store.close()
     absent = str(tmp_path / "absent.yaml")
-    code, out, err = run("ledger", "query", VERBATIM, "--ledger.url", ledger_url, "--config.file", absent)
+    code, out, err = run("ledger", "query", VERBATIM_SQL, "--ledger.url", ledger_url, "--config.file", absent)
     assert code == 0, err
     assert out == (
         "user_email       model  total_tokens_sum  prompt_tokens_sum  output_tokens_sum\n"
@@ -163,7 +146,7 @@ def test_ledger_query_verbatim_table_and_csv(run, ledger_url, tmp_path):
         "u0@corp.example  m0                 1010               1000                 10\n"
         "(6 rows)\n"
     )
-    code, out, _ = run("ledger", "query", VERBATIM, "--csv", "--ledger.url", ledger_url, "--config.file", absent)
+    code, out, _ = run("ledger", "query", VERBATIM_SQL, "--csv", "--ledger.url", ledger_url, "--config.file", absent)
     assert out.splitlines()[:2] == ["user_email,model,total_tokens_sum,prompt_tokens_sum,output_tokens_sum",
                                     "u2@corp.example,m1,6060,6000,60"]
     assert len(out.splitlines()) == 7
@@ -210,7 +193,7 @@ def test_cli_binary_end_to_end(tmp_path):
     p = subprocess.run([str(exe), "keys", "create", "--user", "a@corp.example", "--team", "t", "--ledger.url", url],
                        capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr
-    p = subprocess.run([str(exe), "ledger", "query", VERBATIM, "--ledger.url", url],
+    p = subprocess.run([str(exe), "ledger", "query", VERBATIM_SQL, "--ledger.url", url],
                        capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[-1] == "(0 rows)"

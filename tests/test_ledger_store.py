@@ -10,24 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from exporter.ledger.store import QueryError, ReadOnlyError, StoreError, open_store
-from exporter.ledger.testing import make_row, pg_available, temp_pg_database
-
-VERBATIM = """SELECT user_email, model, SUM(total_tokens) as total_tokens_sum, SUM(prompt_tokens) as prompt_tokens_sum, SUM(completion_tokens) as output_tokens_sum
-FROM public.http_analytics
-GROUP BY model, user_email
-ORDER BY total_tokens_sum DESC;"""
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/ledger.db"
-        return
-    reason = pg_available()
-    if reason:
-        pytest.skip(reason)
-    with temp_pg_database() as url:
-        yield url
+from exporter.ledger.testing import VERBATIM_SQL, make_row
 
 
 @pytest.fixture
@@ -75,7 +58,7 @@ def test_insert_is_idempotent_on_request_id(store):
 def test_verbatim_issue_query_exact_sums(store):
     rows = [make_row(i) for i in range(1000)]
     store.insert_rows(rows)
-    cols, result = store.query(VERBATIM)
+    cols, result = store.query(VERBATIM_SQL)
     assert cols == ["user_email", "model", "total_tokens_sum", "prompt_tokens_sum", "output_tokens_sum"]
     got = {(r[0], r[1]): (int(r[2]), int(r[3]), int(r[4])) for r in result}
     assert got == expected_sums(rows)

@@ -9,7 +9,6 @@ import json
 import shutil
 import sqlite3
 import threading
-import time
 from dataclasses import replace
 
 import pytest
@@ -18,6 +17,7 @@ from exporter.config import LedgerConfig
 from exporter.ledger.spool import SPOOL_GLOB
 from exporter.ledger.store import open_store
 from exporter.ledger.testing import (
+    async_wait_for,
     block_pg_database,
     make_row,
     pg_available,
@@ -25,15 +25,6 @@ from exporter.ledger.testing import (
     unblock_pg_database,
 )
 from exporter.ledger.writer import LedgerWriter
-
-
-async def wait_for(predicate, limit=20.0, what="condition"):
-    """Poll until predicate() is true; the deadline only guards against hanging, it asserts no timing."""
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def config(tmp_path, url, **kw):
@@ -138,10 +129,10 @@ async def test_sqlite_outage_queue_overflow_spools_then_recovers(tmp_path, sqlit
     try:
         for i in range(40, 1040):
             w.submit(make_row(i))
-        await wait_for(lambda: w.stats().write_errors >= 1, what="a failed write")
+        await async_wait_for(lambda: w.stats().write_errors >= 1, what="a failed write")
         # Memory stays bounded (queue ≤ max_queue_rows + the batch being retried); the rest is on disk.
-        await wait_for(lambda: w.stats().queue_rows + w.stats().spooled_rows == 1000
-                       and w.stats().queue_rows <= cfg.max_queue_rows + cfg.batch_size, what="spooling")
+        await async_wait_for(lambda: w.stats().queue_rows + w.stats().spooled_rows == 1000
+                             and w.stats().queue_rows <= cfg.max_queue_rows + cfg.batch_size, what="spooling")
         s = w.stats()
         assert s.spooled_rows == spool_lines(tmp_path) >= 1000 - cfg.max_queue_rows - cfg.batch_size
         assert not s.database_up and s.rows_written == 40
@@ -168,8 +159,8 @@ async def test_postgres_outage_and_recovery(tmp_path, pg_url):
     try:
         for i in range(100, 700):
             w.submit(make_row(i))
-        await wait_for(lambda: w.stats().write_errors >= 1, what="a failed write")
-        await wait_for(lambda: w.stats().spooled_rows >= 600 - cfg.max_queue_rows - cfg.batch_size, what="spooling")
+        await async_wait_for(lambda: w.stats().write_errors >= 1, what="a failed write")
+        await async_wait_for(lambda: w.stats().spooled_rows >= 600 - cfg.max_queue_rows - cfg.batch_size, what="spooling")
         assert w.stats().rows_written == 100 and not w.stats().database_up
     finally:
         unblock_pg_database(pg_url)
@@ -189,7 +180,7 @@ async def test_postgres_down_at_start(tmp_path, pg_url):
         await w.start()
         for i in range(30):
             w.submit(make_row(i))
-        await wait_for(lambda: w.stats().write_errors >= 2, what="retries")
+        await async_wait_for(lambda: w.stats().write_errors >= 2, what="retries")
     finally:
         unblock_pg_database(pg_url)
     assert await w.flush(30)
@@ -242,7 +233,7 @@ async def test_close_with_a_hung_database_spools_the_batch_in_flight(tmp_path, s
     await w.start()
     for i in range(120):
         w.submit(make_row(i))
-    await wait_for(lambda: len(sizes) == 1, what="the first write to hang")
+    await async_wait_for(lambda: len(sizes) == 1, what="the first write to hang")
     await w.close(timeout=0.3)
     assert spool_lines(tmp_path) == 120  # queue + the hung batch
     gate.set()  # the hung write completes after all

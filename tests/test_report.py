@@ -101,10 +101,18 @@ def test_exact_quantities_replicas_resets_gaps_and_unknown_team(inputs) -> None:
 
 def test_pool_costs_from_gpu_exporter_and_config_fallback(inputs) -> None:  # type: ignore[no-untyped-def]
     big, small = inputs.pools["big"], inputs.pools["small"]
-    # 2 GPUs × 745 h observed (busy + idle, across GPU-b1's exporter restart) at the exported 2.00/h
+    # 2 GPUs × 745 h present at the exported 2.00/h = 2980. Priced on busy + idle instead it would
+    # be 2.00 × (558.75 h + 447 h) = 2011.50: GPU-b0 runs at 50 % and GPU-b1 at 20 % half the time.
+    #   GPU-b0: Δobserved 2,682,000 s (exact, across nothing: no restart)
+    #   GPU-b1: observed only since its exporter's upgrade on 10-20 (Δ 1,034,100 s = 287.25 h would
+    #           give 574.50); estimated as 2980 busy-counter samples in (start, end] × 900 s
     assert (big.cost_source, big.cost, big.gpu_seconds) == ("prometheus", Decimal("2980"), Decimal(2 * 2_682_000))
-    # idle: GPU-b0 1,341,000 s + GPU-b1 2,011,500 s; cost 2.00 × (372.5 h + 558.75 h) = 1862.50
-    assert (big.idle_seconds, big.idle_cost) == (Decimal(3_352_500), Decimal("1862.5"))
+    # idle: 450 of every 900 s on each GPU = 1,341,000 s each; cost 2.00 × (372.5 h + 372.5 h) = 1490.00
+    assert (big.idle_seconds, big.idle_cost, big.busy_cost) == (Decimal(2_682_000), Decimal(1490), Decimal(1490))
+    # busy: GPU-b0 225/900 × 2,682,000 = 670,500 s; GPU-b1 90/900 × 2,682,000 = 268,200 s
+    assert big.busy_seconds == Decimal(938_700)
+    assert any("GPU-b1: presence estimated from 2980 samples × 900" in n for n in inputs.notes)
+    assert not any("GPU-b0" in n for n in inputs.notes)
     # no GPU exporter data: 1 GPU × 1.00 × 745 h from the config
     assert (small.cost_source, small.cost, small.idle_known) == ("config", Decimal("745"), False)
 
@@ -178,27 +186,28 @@ def test_token_share(prom, inputs) -> None:  # type: ignore[no-untyped-def]
     }
     assert_reconciles(st)
     assert (st.money(st.total_pool_cost), st.money(st.recovered), st.money(st.unrecovered)) == ("3725.00", "3725.00", "0.00")
-    # spread: alpha's idle share = 1862.50 × 2.3/5.8 = 738.577586… → 738.58
-    assert st.money(st.team("alpha").idle_share) == "738.58"
+    # spread: alpha's idle share = 1490.00 × 2.3/5.8 = 590.862068… → 590.86
+    assert st.money(st.team("alpha").idle_share) == "590.86"
     # budgets: alpha 1689.68 / 3000 = 56.3 %, beta 1967.59 / 1000 = 196.8 %
     assert (str(st.team("alpha").budget_used_percent), str(st.team("beta").budget_used_percent)) == ("56.3", "196.8")
 
 
 def test_token_share_idle_absorbed_and_even(prom, inputs) -> None:  # type: ignore[no-untyped-def]
     st = statement(prom, inputs, "token-share", idle="absorb")
-    # big busy cost 1117.50 by tokens: ann 1117.5 × 2.3/5.8 = 443.146551…, bob 674.353448…
+    # big busy cost 2980 − 1490 = 1490 by tokens: ann 1490 × 2.3/5.8 = 590.862068…, bob 1490 × 3.5/5.8 = 899.137931…
     # small unchanged (idle unknown): al 507.954545…, bob 169.318181…, zed 67.727272…
-    # alpha 951.101097…, beta 843.671630…, unassigned 67.727272… (sum 1862.50)
-    # floors 951.10 + 843.67 + 67.72 = 1862.49 → 1 cent to unassigned (.727 > .671 > .101)
-    assert totals(st) == {"alpha": "951.10", "beta": "843.67", "gamma": "0.00", "unassigned": "67.73", "central-it": "1862.50"}
-    assert charges(st)[("central-it", "idle-absorbed", "big", "")] == "1862.50"
+    # alpha 1098.816613…, beta 1068.456112…, unassigned 67.727272… (sum 2235.00 = 1490 + 745)
+    # floors 1098.81 + 1068.45 + 67.72 = 2234.98 → 2 cents to unassigned (.727) and alpha (.661) before beta (.611)
+    assert totals(st) == {"alpha": "1098.82", "beta": "1068.45", "gamma": "0.00", "unassigned": "67.73", "central-it": "1490.00"}
+    assert charges(st)[("central-it", "idle-absorbed", "big", "")] == "1490.00"
     assert_reconciles(st)
 
     st = statement(prom, inputs, "token-share", idle="even")
-    # idle 1862.50 split between the two teams using pool big: 931.25 each
-    # alpha 951.101097 + 931.25 = 1882.351097…, beta 843.671630 + 931.25 = 1774.921630…
-    assert totals(st) == {"alpha": "1882.35", "beta": "1774.92", "gamma": "0.00", "unassigned": "67.73", "central-it": "0.00"}
-    assert charges(st)[("alpha", "idle-share", "big", "")] == "931.25"
+    # idle 1490.00 split between the two teams using pool big: 745.00 each
+    # alpha 1098.816613 + 745 = 1843.816613…, beta 1068.456112 + 745 = 1813.456112…, unassigned 67.727272…
+    # floors 1843.81 + 1813.45 + 67.72 = 3724.98 → 2 cents to unassigned (.727) and alpha (.661)
+    assert totals(st) == {"alpha": "1843.82", "beta": "1813.45", "gamma": "0.00", "unassigned": "67.73", "central-it": "0.00"}
+    assert charges(st)[("alpha", "idle-share", "big", "")] == "745.00"
     assert_reconciles(st)
 
 

@@ -71,8 +71,7 @@ class GpuState:
     energy_raw: float | None = None  # NVML's own value at the previous reading
     last_sample_us: int | None = None
     last_point_at: float | None = None
-    ratio: float | None = None
-    idle: bool | None = None
+    ratio: float | None = None  # idle when ≤ gpu_exporter.idle_threshold_ratio
     rebaseline: bool = False  # set by a re-init: the next sample starts a new integration
 
 
@@ -260,7 +259,6 @@ class GpuCollector:
             st.idle_seconds += idle
             if covered > 0:
                 st.ratio = busy / covered
-                st.idle = st.ratio <= threshold
         elif isinstance(u, UtilPoint):
             st.last_sample_us = None
             st.rebaseline = False
@@ -272,7 +270,6 @@ class GpuCollector:
                     st.idle_seconds += dt
             st.last_point_at = now
             st.ratio = u.ratio
-            st.idle = u.ratio <= threshold
 
         if r.energy_joules is not None:
             raw = r.energy_joules
@@ -335,7 +332,7 @@ class GpuCollector:
                 idle_s.add_metric([r.uuid], st.idle_seconds)
                 if st.ratio is not None:
                     ratio.add_metric([r.uuid], st.ratio)
-                    idle.add_metric([r.uuid], 1.0 if st.idle else 0.0)
+                    idle.add_metric([r.uuid], 1.0 if st.ratio <= self.settings.idle_threshold_ratio else 0.0)
             if r.memory_used_bytes is not None:
                 mem_used.add_metric([r.uuid], r.memory_used_bytes)
             if r.memory_total_bytes is not None:

@@ -228,8 +228,7 @@ def cmd_ledger_summary(args: argparse.Namespace) -> int:
             return _fail(str(exc), 2)
         if since and until and until <= since:
             return _fail(f"--until ({args.until}) must be after --since ({args.since})", 2)
-        cols, rows = store.summary(since, until)
-        rows = [tuple(int(v) if i >= 3 else v for i, v in enumerate(r)) for r in rows]
+        cols, rows = store.summary(since, until)  # counts are int on both backends
         if rows and not args.csv:
             totals = tuple(sum(r[i] for r in rows) for i in range(3, len(SUMMARY_COLUMNS)))
             rows.append(("TOTAL", "", "", *totals))

@@ -19,15 +19,14 @@ from psycopg import errors as pg_errors
 
 from exporter.ledger.row import COLUMNS, LedgerRow
 from exporter.ledger.store import (
-    KeyOpsMixin,
     QueryError,
     ReadOnlyError,
     RowError,
     StoreError,
+    StoreOpsMixin,
     parse_timestamp,
     redact_url,
     row_values,
-    summary_sql,
 )
 
 SCHEMA_VERSION = 1
@@ -76,7 +75,7 @@ _INSERT = (
 _MIGRATION_LOCK = 0x63626C65  # "cble": arbitrary advisory lock id for schema migrations
 
 
-class PostgresStore(KeyOpsMixin):
+class PostgresStore(StoreOpsMixin):
     backend = "postgresql"
     placeholder = "%s"  # parameter marker for query(sql, params)
 
@@ -198,11 +197,6 @@ class PostgresStore(KeyOpsMixin):
     def timestamp_param(self, value: str | datetime) -> Any:
         """A timestamp as this backend compares it with the ``timestamp`` column (for query params)."""
         return parse_timestamp(value)
-
-    def summary(self, since: datetime | None, until: datetime | None) -> tuple[list[str], list[tuple[Any, ...]]]:
-        params = [parse_timestamp(t) for t in (since, until) if t is not None]
-        cols, rows = self.query(summary_sql("%s", since is not None, until is not None), params)
-        return cols, [tuple(int(v) if i >= 3 else v for i, v in enumerate(r)) for r in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -18,13 +18,12 @@ from urllib.parse import parse_qs, quote
 
 from exporter.ledger.row import COLUMNS, LedgerRow
 from exporter.ledger.store import (
-    KeyOpsMixin,
     QueryError,
     ReadOnlyError,
     StoreError,
+    StoreOpsMixin,
     canonical_timestamp,
     row_values,
-    summary_sql,
 )
 
 SCHEMA_VERSION = 1
@@ -93,7 +92,7 @@ def parse_sqlite_url(url: str) -> tuple[str, bool, dict[str, str]]:
     return rest[3:], False, opts
 
 
-class SqliteStore(KeyOpsMixin):
+class SqliteStore(StoreOpsMixin):
     backend = "sqlite"
     placeholder = "?"  # parameter marker for query(sql, params)
 
@@ -227,10 +226,6 @@ class SqliteStore(KeyOpsMixin):
     def timestamp_param(self, value: str | datetime) -> Any:
         """A timestamp as this backend compares it with the ``timestamp`` column (for query params)."""
         return canonical_timestamp(value)
-
-    def summary(self, since: datetime | None, until: datetime | None) -> tuple[list[str], list[tuple[Any, ...]]]:
-        params = [canonical_timestamp(t) for t in (since, until) if t is not None]
-        return self.query(summary_sql("?", since is not None, until is not None), params)
 
     def close(self) -> None:
         with self._lock:

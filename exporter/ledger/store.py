@@ -197,9 +197,12 @@ def check_ident(value: str, what: str) -> str:
     return value
 
 
-class KeyOpsMixin:
-    """API key operations shared by both backends. Internal SQL uses '?' placeholders; a backend
-    provides ``_exec_write`` (one transaction, returns fetched rows) and ``_exec_read``."""
+class StoreOpsMixin:
+    """Operations shared by both backends: API keys, the row count and the summary. Internal SQL uses
+    '?' placeholders; a backend provides ``_exec_write`` (one transaction, returns fetched rows),
+    ``_exec_read``, and the ``LedgerStore`` members ``placeholder``, ``timestamp_param`` and ``query``."""
+
+    placeholder: str
 
     def _exec_write(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
@@ -266,3 +269,16 @@ class KeyOpsMixin:
 
     def count_rows(self) -> int:
         return int(self._exec_read("SELECT COUNT(*) FROM http_analytics", ())[0][0])
+
+    def timestamp_param(self, value: str | datetime) -> Any:
+        raise NotImplementedError
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        raise NotImplementedError
+
+    def summary(self, since: datetime | None, until: datetime | None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Requests and tokens per (user, team, model) in [since, until); counts as int on both backends
+        (PostgreSQL's SUM over BIGINT is NUMERIC, i.e. Decimal)."""
+        params = [self.timestamp_param(t) for t in (since, until) if t is not None]
+        cols, rows = self.query(summary_sql(self.placeholder, since is not None, until is not None), params)
+        return cols, [tuple(int(v) if i >= 3 else v for i, v in enumerate(r)) for r in rows]

@@ -3,20 +3,38 @@
 ``temp_pg_database()`` creates a throw-away PostgreSQL database and drops it afterwards;
 ``block_pg_database()`` / ``unblock_pg_database()`` simulate an outage for real: new connections
 are refused and existing ones are terminated, exactly what a client sees when the server goes away.
+``VERBATIM_SQL`` is the issue's ledger query, word for word; ``async_wait_for`` polls a condition
+from async tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from exporter.ledger.row import LedgerRow
 
 PG_ADMIN_URL = os.environ.get("CHARGEBACK_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+VERBATIM_SQL = """SELECT user_email, model, SUM(total_tokens) as total_tokens_sum, SUM(prompt_tokens) as prompt_tokens_sum, SUM(completion_tokens) as output_tokens_sum
+FROM public.http_analytics
+GROUP BY model, user_email
+ORDER BY total_tokens_sum DESC;"""
+
+
+async def async_wait_for(predicate: Callable[[], object], limit: float = 20.0, what: str = "condition") -> None:
+    """Poll until predicate() is true; the deadline only guards against hanging, it asserts no timing."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def _with_db(url: str, dbname: str) -> str:

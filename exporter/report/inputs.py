@@ -10,13 +10,18 @@ authoritative for billing); for models the config does not know, from the proxy'
 "unknown" (such usage cannot carry a pool cost and is flagged in the notes).
 
 Pool cost: for each GPU, its average ``chargeback_gpu_hourly_cost`` over the period × the hours
-the exporter observed it, where hours observed = exact Δbusy + Δidle seconds (the exporter's two
-counters advance together with wall time). Pools without any GPU exporter data fall back to the
-config: gpus × gpu_hourly_cost × hours in the period (idle cost then unknown, shown as 0).
+it was present, where seconds present = exact Δ``chargeback_gpu_observed_seconds_total`` (wall
+time the exporter saw the GPU). Not Δbusy + Δidle: busy seconds are ∫ utilisation dt and idle
+seconds count only time at or below the idle threshold, so their sum falls short of wall time
+whenever a GPU runs between the threshold and 100 %. Idle cost = hourly cost × Δidle seconds.
+Exporters that predate the observed counter: see :func:`gpu_presence`. Pools without any GPU
+exporter data fall back to the config: gpus × gpu_hourly_cost × hours in the period (idle cost
+then unknown, shown as 0).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +31,15 @@ from typing import Any
 from exporter import contract
 from exporter.config import Config
 from exporter.report.period import Period
-from exporter.report.promql import DeltaStats, LabelKey, PromClient, exact_deltas, sum_by
+from exporter.report.promql import (
+    BASELINE_WINDOW_SECONDS,
+    DeltaStats,
+    LabelKey,
+    PromClient,
+    exact_deltas,
+    regex_matcher,
+    sum_by,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +205,79 @@ def _config_pool(cfg: Config, name: str, period: Period) -> PoolInput:
     )
 
 
+def _step_estimate(client: PromClient, sel: str, end: int, window: int) -> Decimal | None:
+    """Median spacing (ms precision) of the raw samples of ``sel`` in the ``window`` seconds before
+    ``end``: the GPU exporter's scrape interval, for pricing GPUs whose exporter predates
+    ``chargeback_gpu_observed_seconds_total``."""
+    gaps: list[Decimal] = []
+    for samples in client.matrix(f"{sel}[{window}s] @ {end}", end).values():
+        gaps += [Decimal(round((b - a) * 1000)) / 1000 for (a, _), (b, _) in itertools.pairwise(samples)]
+    gaps.sort()
+    return gaps[len(gaps) // 2] if gaps else None
+
+
+def gpu_presence(
+    cfg: Config, client: PromClient, period: Period, notes: list[str], deltas: dict[str, dict[LabelKey, Decimal]]
+) -> dict[str, Decimal]:
+    """Seconds each GPU (by uuid) was present and read in the period: the basis of its cost.
+
+    Exact: Δ``chargeback_gpu_observed_seconds_total``. Busy + idle seconds are no substitute (busy
+    seconds are ∫ utilisation dt and idle seconds count only time at or below the idle threshold,
+    so a GPU at 50 % all month has neither). For a GPU whose exporter predates the observed-seconds
+    counter (no such series, or one that only appeared inside the period while the GPU was already
+    exported before it: an exporter upgraded mid-period), presence is estimated as the number of
+    ``chargeback_gpu_busy_seconds_total`` samples in (start, end] × the scrape interval (the median
+    spacing of those samples in the period's last 3 hours), at most the period; a note names it.
+    """
+    start, end = period.start_ts, period.end_ts
+    observed = sum_by(deltas["observed"], ("uuid",))
+    busy = sum_by(deltas["busy"], ("uuid",))
+    idle = sum_by(deltas["idle"], ("uuid",))
+    uuids = sorted(u for (u,) in set(busy) | set(idle) | set(observed))
+    if not uuids:
+        return {}
+    sel_obs, sel_busy = client.selector(contract.GPU_OBSERVED_SECONDS_TOTAL), client.selector(contract.GPU_BUSY_SECONDS_TOTAL)
+    w = BASELINE_WINDOW_SECONDS
+    obs_at_start = {d["uuid"] for d in map(dict, client.vector(f"last_over_time({sel_obs}[{w}s] @ {start})", end)) if "uuid" in d}
+    busy_at_start = {d["uuid"] for d in map(dict, client.vector(f"last_over_time({sel_busy}[{w}s] @ {start})", end)) if "uuid" in d}
+    out: dict[str, Decimal] = {}
+    estimate: list[str] = []
+    for uuid in uuids:
+        if (uuid,) in observed and (uuid in obs_at_start or uuid not in busy_at_start):
+            out[uuid] = observed[(uuid,)]
+        else:
+            estimate.append(uuid)
+    if not estimate:
+        return out
+    # (start, end]: a window of P − 1 ms ending at end excludes the sample at start whether the
+    # server's windows are closed (Prometheus 2) or left-open (Prometheus 3, VictoriaMetrics).
+    sel = client.selector(contract.GPU_BUSY_SECONDS_TOTAL, regex_matcher("uuid", estimate))
+    counts = sum_by(client.vector(f"count_over_time({sel}[{period.seconds * 1000 - 1}ms] @ {end})", end), ("uuid",))
+    step = _step_estimate(client, sel, end, min(3 * 3600, period.seconds))
+    for uuid in estimate:
+        lower = busy.get((uuid,), Decimal(0)) + idle.get((uuid,), Decimal(0))
+        if step is None:
+            out[uuid] = lower
+            notes.append(
+                f"GPU {uuid}: no {contract.GPU_OBSERVED_SECONDS_TOTAL} and no scrape interval measurable; "
+                f"priced by busy + idle seconds ({lower / HOUR:.2f} h), a lower bound of its presence"
+            )
+            continue
+        n = counts.get((uuid,), Decimal(0))
+        out[uuid] = min(n * step, Decimal(period.seconds))
+        why = "no such series" if (uuid,) not in observed else "the series starts inside the period (exporter upgraded?)"
+        notes.append(
+            f"GPU {uuid}: presence estimated from {n} samples × {step}s scrape interval = {out[uuid] / HOUR:.2f} h "
+            f"({contract.GPU_OBSERVED_SECONDS_TOTAL}: {why})"
+        )
+    return out
+
+
 def gather_pools(
     cfg: Config, client: PromClient, period: Period, notes: list[str], deltas: dict[str, dict[LabelKey, Decimal]]
 ) -> dict[str, PoolInput]:
+    """Per pool: cost = Σ over its GPUs of average hourly cost × seconds present / 3600; idle cost
+    the same with idle seconds; busy seconds summed. Pools without GPU data: from the config."""
     end = period.end_ts
     sel_cost = client.selector(contract.GPU_HOURLY_COST)
     hourly: dict[str, tuple[str, Decimal]] = {}
@@ -207,9 +290,10 @@ def gather_pools(
     )
     busy = sum_by(deltas["busy"], ("uuid",))
     idle = sum_by(deltas["idle"], ("uuid",))
+    present = gpu_presence(cfg, client, period, notes, deltas)
     per_pool: dict[str, dict[str, Decimal]] = {}
     gpus: dict[str, set[str]] = {}
-    for (uuid,) in sorted(set(busy) | set(idle)):
+    for uuid in sorted(present):
         pool, rate = hourly.get(uuid, (info_pool.get(uuid, ""), None))  # type: ignore[arg-type]
         if not pool:
             pool = cfg.gpu_exporter.pool_by_uuid.get(uuid) or cfg.gpu_exporter.default_pool or ""
@@ -224,9 +308,12 @@ def gather_pools(
             notes.append(f"GPU {uuid}: no chargeback_gpu_hourly_cost samples; config price {rate}/h used")
         b = busy.get((uuid,), Decimal(0))
         i = idle.get((uuid,), Decimal(0))
-        acc = per_pool.setdefault(pool, {"cost": Decimal(0), "idle_cost": Decimal(0), "busy": Decimal(0), "idle": Decimal(0)})
-        acc["cost"] += rate * (b + i) / HOUR
+        acc = per_pool.setdefault(
+            pool, {"cost": Decimal(0), "idle_cost": Decimal(0), "present": Decimal(0), "busy": Decimal(0), "idle": Decimal(0)}
+        )
+        acc["cost"] += rate * present[uuid] / HOUR
         acc["idle_cost"] += rate * i / HOUR
+        acc["present"] += present[uuid]
         acc["busy"] += b
         acc["idle"] += i
         gpus.setdefault(pool, set()).add(uuid)
@@ -244,16 +331,16 @@ def gather_pools(
             cost=acc["cost"],
             cost_source="prometheus",
             gpus=len(gpus[name]),
-            gpu_seconds=acc["busy"] + acc["idle"],
+            gpu_seconds=acc["present"],
             busy_seconds=acc["busy"],
             idle_seconds=acc["idle"],
             idle_cost=acc["idle_cost"],
             capacity_tokens_per_second=conf.capacity_tokens_per_second if conf else None,
         )
         expected = Decimal(period.seconds) * (conf.gpus if conf else len(gpus[name]))
-        if expected and acc["busy"] + acc["idle"] < expected:
+        if expected and acc["present"] < expected:
             notes.append(
-                f"pool {name!r}: GPUs observed {(acc['busy'] + acc['idle']) / HOUR:.2f} GPU-hours of "
+                f"pool {name!r}: GPUs observed {acc['present'] / HOUR:.2f} GPU-hours of "
                 f"{expected / HOUR:.2f} expected (exporter gaps or fewer GPUs than configured)"
             )
     return pools
@@ -269,6 +356,7 @@ def gather_prometheus(
     tasks = {name: (metric, "user") for name, metric in PROXY_COUNTERS.items()}
     tasks["busy"] = (contract.GPU_BUSY_SECONDS_TOTAL, "uuid")
     tasks["idle"] = (contract.GPU_IDLE_SECONDS_TOTAL, "uuid")
+    tasks["observed"] = (contract.GPU_OBSERVED_SECONDS_TOTAL, "uuid")
     dstats = {name: DeltaStats() for name in tasks}
     clients = {name: PromClient(client.url, client.timeout, client.extra) for name in tasks}
 
@@ -353,6 +441,7 @@ def gather_ledger(cfg: Config, client: PromClient, store: Any, period: Period, l
     deltas = {
         "busy": exact_deltas(client, contract.GPU_BUSY_SECONDS_TOTAL, period.start_ts, period.end_ts, "uuid", **kwargs),
         "idle": exact_deltas(client, contract.GPU_IDLE_SECONDS_TOTAL, period.start_ts, period.end_ts, "uuid", **kwargs),
+        "observed": exact_deltas(client, contract.GPU_OBSERVED_SECONDS_TOTAL, period.start_ts, period.end_ts, "uuid", **kwargs),
     }
     end = period.end_ts
     model_pools = _gauge_by(

@@ -110,10 +110,13 @@ class PromClient:
         return f"{metric}{{{','.join(parts)}}}" if parts else metric
 
     def _post(self, expr: str, at: float) -> dict[str, object]:
-        endpoint = f"{self.url}/api/v1/query"
+        return self._call("query", {"query": expr, "time": f"{at:.3f}"}, expr)  # type: ignore[return-value]
+
+    def _call(self, api: str, form: dict[str, str], expr: str) -> object:
+        endpoint = f"{self.url}/api/v1/{api}"
         started = time.monotonic()
         try:
-            r = self.session.post(endpoint, data={"query": expr, "time": f"{at:.3f}"}, timeout=self.timeout)
+            r = self.session.post(endpoint, data=form, timeout=self.timeout)
         except requests.Timeout:
             raise PromQLError(f"Prometheus at {self.url} timed out after {self.timeout:g}s on query: {expr}") from None
         except requests.RequestException as exc:
@@ -133,9 +136,18 @@ class PromClient:
             etype = body.get("errorType") if isinstance(body, dict) else ""
             raise PromQLError(f"Prometheus at {self.url} returned HTTP {r.status_code} {etype}: {err}; query: {expr}")
         data = body.get("data")
-        if not isinstance(data, dict):
+        if not isinstance(data, dict if api == "query" else list):
             raise PromQLError(f"Prometheus at {self.url} returned no data; query: {expr}")
         return data
+
+    def series(self, selector: str, start: float, end: float) -> list[LabelKey]:
+        """``/api/v1/series``: the series of ``selector`` with data in [start, end]. Answered from the
+        index and chunk metadata, no sample is decoded; the answer may include a series whose chunk
+        spans the range without a sample inside it (callers check with a query)."""
+        data = self._call("series", {"match[]": selector, "start": f"{start:.3f}", "end": f"{end:.3f}"}, f"series {selector}")
+        out = [label_key(m) for m in data]  # type: ignore[union-attr]
+        self.stats.series += len(out)
+        return out
 
     def vector(self, expr: str, at: float) -> dict[LabelKey, Decimal]:
         """Instant query → {labels: value}."""
@@ -218,16 +230,20 @@ class _Series:
     """Queries over one counter restricted to a set of its series (by a regex on ``split_label``
     when the set is small, else the whole metric filtered here)."""
 
-    def __init__(self, client: PromClient, metric: str, split_label: str, total: int) -> None:
+    def __init__(self, client: PromClient, metric: str, split_label: str, total: int, matchers: tuple[str, ...] = ()) -> None:
         self.client, self.metric, self.split_label, self.total = client, metric, split_label, total
+        self.matchers = matchers  # e.g. one scrape target's labels: every key of this set has them
 
     def selectors(self, keys: Iterable[LabelKey]) -> list[str]:
         keys = list(keys)
         values = sorted({dict(k).get(self.split_label, "") for k in keys})
         # Many series: one query on the whole metric (filtered here) beats many long regexes.
         if len(keys) * 4 >= self.total or len(values) > 2 * REGEX_CHUNK:
-            return [self.client.selector(self.metric)]
-        return [self.client.selector(self.metric, regex_matcher(self.split_label, c)) for c in _chunks(values, REGEX_CHUNK)]
+            return [self.client.selector(self.metric, *self.matchers)]
+        return [
+            self.client.selector(self.metric, *self.matchers, regex_matcher(self.split_label, c))
+            for c in _chunks(values, REGEX_CHUNK)
+        ]
 
     def vector(self, template: str, keys: Iterable[LabelKey], at_ms: int) -> dict[LabelKey, Decimal]:
         keys = set(keys)
