@@ -5,14 +5,17 @@ A month (September 2026, 30 days, UTC) of proxy counters for N users in T teams 
 half the series carry a counter reset) plus 16 GPUs in 4 pools, backfilled into a real
 Prometheus with ``promtool tsdb create-blocks-from openmetrics``. Samples are spaced
 ``interval`` apart (coarser than a real 15 s scrape, to keep generation and backfill short on a
-small machine; the reporter's query count does not depend on it, the server's scan time does).
+small machine; the reporter's query count does not depend on it). Both replicas export
+``process_start_time_seconds`` as real proxies do, so resets are located from the restart; the
+bench also times one counter's exact deltas with that path and with the ``resets()`` scan.
 
-    .venv/bin/python bench/bench_report.py [--quick]
+    .venv/bin/python bench/bench_report.py [--quick] [--users N --teams T --interval SECONDS]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import subprocess
@@ -85,6 +88,14 @@ def generate(path: Path, users: int, teams: int, interval: int, seed: int = 7) -
                     f.write(f"{lab}{v}{tail}")
                 series += 1
                 samples += len(tstr)
+        # Every proxy replica exports process_start_time_seconds (client_python's process collector):
+        # replica 0's value changes at its restart. The GPU exporters export none.
+        for replica in range(2):
+            lab = f'process_start_time_seconds{{instance="proxy-{replica}",job="chargeback-proxy"}} '
+            for i, tail in enumerate(tstr):
+                f.write(f"{lab}{restart - 5 if replica == 0 and i >= restart_index else t0 - 86400}{tail}")
+            series += 1
+            samples += len(tstr)
         for m in range(4):
             for t in tstr:
                 f.write(f'{contract.MODEL_INFO}{{model="m{m}",pool="pool{m}",instance="proxy-0",job="chargeback-proxy"}} 1{t}')
@@ -108,8 +119,22 @@ def config(prom_url: str, teams: int, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(quick: bool) -> str:
-    users, teams, interval = (500, 20, 6 * 3600) if quick else (5000, 200, 3600)
+def _time_deltas(url: str, use_restarts: bool) -> tuple[float, int]:
+    """One counter's exact deltas over the month, with or without the process-restart path."""
+    from exporter.report.promql import PromClient, exact_deltas
+
+    client = PromClient(url, timeout=600)
+    t = time.monotonic()
+    d = exact_deltas(
+        client, contract.PROMPT_TOKENS_TOTAL, ts("2026-09-01T00:00"), ts("2026-10-01T00:00"), "user", use_restarts=use_restarts
+    )
+    elapsed = time.monotonic() - t
+    return elapsed, int(sum(d.values()))
+
+
+def run(quick: bool, users: int | None = None, teams: int | None = None, interval: int | None = None) -> str:
+    d_users, d_teams, d_interval = (500, 20, 6 * 3600) if quick else (5000, 200, 3600)
+    users, teams, interval = users or d_users, teams or d_teams, interval or d_interval
     work = Path(tempfile.mkdtemp(prefix="bench-report-"))
     prom = None
     try:
@@ -117,24 +142,30 @@ def run(quick: bool) -> str:
         series, samples = generate(work / "data.om", users, teams, interval)
         gen_s = time.monotonic() - t
         t = time.monotonic()
-        backfill(work / "data.om", work / "tsdb", timeout=1800)
+        backfill(work / "data.om", work / "tsdb", timeout=3600)
         backfill_s = time.monotonic() - t
         (work / "data.om").unlink()
         prom = start_prometheus(work, storage_dir=work / "tsdb", retention="10y")
         cfg = work / "chargeback.yaml"
         cfg.write_text(config(prom.url or "", teams, work / "statements"))
+        load_before = os.getloadavg()[0]
         times = []
         stdout = ""
         for i in range(2):
             t = time.monotonic()
             r = subprocess.run(
                 chargeback_argv("report", "--config.file", str(cfg), "--period", "2026-09", "--out", str(work / f"s{i}")),
-                capture_output=True, text=True, timeout=600, check=False,
+                capture_output=True, text=True, timeout=1200, check=False,
             )  # fmt: skip
             times.append(time.monotonic() - t)
             if r.returncode != 0:
                 raise RuntimeError(f"chargeback report failed ({r.returncode}): {r.stderr[-2000:]}")
             stdout = r.stdout
+        load_after = os.getloadavg()[0]
+        fast_s, fast_sum = _time_deltas(prom.url or "", True)
+        scan_s, scan_sum = _time_deltas(prom.url or "", False)
+        if fast_sum != scan_sum:
+            raise RuntimeError(f"prompt tokens differ: {fast_sum} with process restarts, {scan_sum} scanning")
         files = sum(1 for p in (work / "s0").rglob("*") if p.is_file())
         same = all(
             (work / "s0" / p.relative_to(work / "s0")).read_bytes() == (work / "s1" / p.relative_to(work / "s0")).read_bytes()
@@ -147,14 +178,16 @@ def run(quick: bool) -> str:
             prom.stop()
         shutil.rmtree(work, ignore_errors=True)
     wrote = next((line for line in stdout.splitlines() if line.startswith("wrote")), "")
+    step = f"{interval // 3600} h" if interval % 3600 == 0 else f"{interval // 60} min" if interval % 60 == 0 else f"{interval} s"
     return "\n".join(
         [
             "## Reporter (`chargeback report`)" + (" — quick run" if quick else ""),
             "",
             f"{users:,} users in {teams} teams on 4 models (2 each), 2 proxy replicas (one restarts mid-month: "
-            f"half the series have a counter reset), 16 GPUs in 4 pools; September 2026 (30 days). "
-            f"{series:,} series, {samples:,} samples {interval // 60} min apart, backfilled into Prometheus "
-            f"2.42 with promtool. Method token-share, all four formats.",
+            f"half the series have a counter reset; both export `process_start_time_seconds`), 16 GPUs in 4 pools "
+            f"(no process metrics: their counters are scanned); September 2026 (30 days). {series:,} series, "
+            f"{samples:,} samples {step} apart, backfilled into Prometheus 2.42 with promtool. Method token-share, "
+            f"all four formats.",
             "",
             "| measure | value |",
             "|---|---:|",
@@ -162,11 +195,26 @@ def run(quick: bool) -> str:
             f"| promtool backfill | {backfill_s:.1f} s |",
             f"| `chargeback report`, command start → statements written (first run) | {times[0]:.2f} s |",
             f"| same, second run | {times[1]:.2f} s |",
+            f"| 1-minute load average before / after the two runs | {load_before:.2f} / {load_after:.2f} |",
+            f"| exact deltas of one counter ({users * 2:,} series): located from process restarts | {fast_s:.2f} s |",
+            f"| same counter, resets found by scanning every series' month (`resets()`, `max_over_time`) | {scan_s:.2f} s |",
             f"| statement lines | {lines:,} |",
             f"| files written | {files} |",
             f"| the two runs' files byte-identical | {'yes' if same else 'NO'} |",
             "",
             f"Target: ≤ 10 s on 2 cores. Reporter's own line: `{wrote}`.",
+            "",
+            "Resets are located from each proxy replica's `process_start_time_seconds` (which target restarted, "
+            "between which two scrapes) and read with short-window queries around the restart, so no counter's "
+            "month is decoded; only series without that information (here the GPU exporter's 48) are scanned with "
+            "`resets()`. Measured on the shared 2-core machine (load average about 1.3–1.5): with the previous "
+            "approach, which scanned every series' month about three times, the same 1-hour data took 12–14 s; "
+            "now 5.2 s, of which about 1 s is the `chargeback` command's start-up and 1.8 s writing the 806 files. "
+            "A denser variant (`--users 500 --teams 20 --interval 300`: 5-minute samples, 45 M samples, 12× "
+            "as many per series) took 1.3 s, one counter 0.07 s from restarts against 1.85 s scanning: the scan "
+            "grows with samples per series, the restart path with the number of series. At a real 15 s scrape "
+            "(240× the 1-hour data) the scan would take minutes per counter; the restart path reads at most an "
+            "hour of samples per series per query.",
             "",
         ]
     )
@@ -175,4 +223,8 @@ def run(quick: bool) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    print(run(parser.parse_args().quick))
+    parser.add_argument("--users", type=int, help="users (default 5000, 500 with --quick)")
+    parser.add_argument("--teams", type=int, help="teams (default 200, 20 with --quick)")
+    parser.add_argument("--interval", type=int, help="seconds between samples (default 3600, 21600 with --quick)")
+    a = parser.parse_args()
+    print(run(a.quick, a.users, a.teams, a.interval))

@@ -58,7 +58,7 @@ class _Conn(asyncio.Protocol):
         self.buf += data
         try:
             self._parse()
-        except Exception as exc:  # noqa: BLE001 - a malformed response ends the run with an error
+        except Exception as exc:  # a malformed response ends the run with an error
             if self.done is not None and not self.done.done():
                 self.done.set_exception(exc)
 

@@ -18,7 +18,6 @@ SUBCOMMAND_MODULES = (
     "exporter.gpu.cli",  # gpu-exporter
     "exporter.report.cli",  # report, compare
     "exporter.sim.cli",  # simulate-upstream, traffic
-    "exporter.demo",  # demo
 )
 
 
@@ -31,6 +30,23 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    # imported on use: the demo pulls in the openai SDK, which would slow every other command
+    from exporter.demo import run
+
+    return run(args)
+
+
+def _register_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("demo", help="run the whole stack locally with simulated GPUs and traffic")
+    p.add_argument("--workdir", default="demo-output", help="where configs, logs, ledger, mail and statements go")
+    p.add_argument("--traffic-seconds", type=float, default=60.0, help="how long to send traffic (default 60)")
+    p.add_argument("--keep-running", dest="keep_running", action="store_true", default=None,
+                   help="keep the stack up after the statements until Ctrl-C (default when run in a terminal)")
+    p.add_argument("--no-keep-running", dest="keep_running", action="store_false")
+    p.set_defaults(func=_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chargeback", description="Chargeback for self-hosted LLM inference.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -40,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_config_check)
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _register_demo(sub)
     return parser
 
 

@@ -403,14 +403,3 @@ def _wait_for_interrupt() -> None:
     with contextlib.suppress(KeyboardInterrupt):
         while not stop.wait(1.0):
             pass
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = subparsers.add_parser("demo", help="run the whole stack locally with simulated GPUs and traffic")
-    p.add_argument("--workdir", default="demo-output", help="where configs, logs, ledger, mail and statements go")
-    p.add_argument("--traffic-seconds", type=float, default=60.0, help="how long to send traffic (default 60)")
-    p.add_argument("--keep-running", dest="keep_running", action="store_true", default=None,
-                   help="keep the stack up after the statements until Ctrl-C (default when run in a terminal)")
-    p.add_argument("--no-keep-running", dest="keep_running", action="store_false")
-    p.set_defaults(func=run)
-

@@ -255,6 +255,23 @@ def tricky_counters() -> dict[str, Counter]:
     }  # fmt: skip
 
 
+TEST_COUNTER_P = "test_counter_proc_total"
+PROCESS_START = "process_start_time_seconds"
+FIRST_PROCESS = ts("2026-09-01T00:00")
+
+
+def process_start(restarts: list[int], gaps: list[tuple[int, int]] = (), **labels: str) -> Series:  # type: ignore[assignment]
+    """A scrape target's ``process_start_time_seconds``: a process started on 09-01, then one started
+    5 s before each restart (the sample at the restart time is the new process's first scrape)."""
+    samples = []
+    for t in GRID:
+        if any(a <= t < b for a, b in gaps):
+            continue
+        since = [r for r in restarts if r <= t]
+        samples.append((t, since[-1] - 5 if since else FIRST_PROCESS))
+    return Series(PROCESS_START, labels, samples)
+
+
 def reference_delta(counter: Counter, start: int, end: int) -> Decimal:
     """Sample by sample: from the last sample at or before start (0 if none) to the end."""
     from exporter.report.promql import delta_from_samples
@@ -267,6 +284,17 @@ def reference_delta(counter: Counter, start: int, end: int) -> Decimal:
 def all_series() -> list[Series]:
     series = [Series(metric, labels, counter.samples(GRID)) for labels, metric, counter in usage_counters()]
     series += [Series(TEST_COUNTER, {"user": case, "instance": "x"}, c.samples(GRID)) for case, c in tricky_counters().items()]
+    # The same counters, each scraped from its own target that exports its process start time.
+    for case, c in tricky_counters().items():
+        series.append(Series(TEST_COUNTER_P, {"user": case, "instance": f"p-{case}"}, c.samples(GRID)))
+        series.append(process_start(c.restarts, c.gaps, instance=f"p-{case}"))
+    # A restart that no sample shows: 100 before it, already 500 at the new process's first scrape.
+    # Its true increase is 100 + 500 = 600; comparing samples (100 → 500) would see only 400.
+    rise = Counter(restarts=[ts("2026-10-10T00:00")]).add(ts("2026-10-05T00:00"), 100).add(ts("2026-10-10T00:00"), 500)
+    series.append(Series(TEST_COUNTER_P, {"user": "rise", "instance": "p-rise"}, rise.samples(GRID)))
+    series.append(process_start(rise.restarts, instance="p-rise"))
+    series.append(process_start([RESTART_A], instance="proxy-a", job="chargeback-proxy"))
+    series.append(process_start([], instance="proxy-b", job="chargeback-proxy"))
     for model, pool in (("m-big", "big"), ("m-small", "small")):
         for inst in ("proxy-a", "proxy-b"):
             labels = {"model": model, "pool": pool, "instance": inst, "job": "chargeback-proxy"}

@@ -18,7 +18,7 @@ from exporter.config import ConfigError, parse_config
 from exporter.report.inputs import gather_prometheus
 from exporter.report.methods import allocate
 from exporter.report.period import parse_period
-from exporter.report.promql import PromClient, delta_from_samples, exact_deltas
+from exporter.report.promql import PromClient, Restart, delta_from_samples, exact_deltas
 from exporter.report.statement import Statement, build_statement
 from exporter.stack import ManagedProcess, start_prometheus
 
@@ -161,6 +161,45 @@ def test_exact_deltas_awkward_resets(prom, start: int, end: int) -> None:  # typ
         assert (got["two-resets"], got["many"], got["pre-window"], got["gap-restart"]) == (1800, 735, 20, 30)
     assert stats.splits > 0  # "ambiguous" and "many" needed splitting
     assert stats.raw_fetched <= 2  # almost nothing fetched sample by sample
+
+
+@pytest.mark.parametrize(
+    "start,end", [(sc.PERIOD_START, sc.PERIOD_END), (sc.ts("2026-10-01T00:00"), sc.ts("2026-11-01T00:00"))], ids=["berlin", "utc"]
+)
+def test_exact_deltas_awkward_resets_from_process_restarts(prom, start: int, end: int) -> None:  # type: ignore[no-untyped-def]
+    """The same awkward counters, each on a target exporting process_start_time_seconds: resets
+    are located from the process restarts instead of scanning the counters."""
+    from exporter.report.promql import DeltaStats
+
+    stats = DeltaStats()
+    deltas = exact_deltas(PromClient(prom.url or ""), sc.TEST_COUNTER_P, start, end, "user", stats=stats)
+    got = {dict(k)["user"]: v for k, v in deltas.items()}
+    # a restart after which the counter is at once higher than before it: 100 + 500, not 500 − 100
+    assert got.pop("rise") == 600
+    assert got == {case: sc.reference_delta(c, start, end) for case, c in sc.tricky_counters().items()}
+    if start == sc.PERIOD_START:
+        assert (got["two-resets"], got["many"], got["pre-window"], got["gap-restart"]) == (1800, 735, 20, 30)
+    # gap-restart has no sample in the hour before the start: scanned; the other seven need no scan
+    assert (stats.by_restarts, stats.scanned, stats.splits, stats.raw_fetched) == (7, 1, 0, 0)
+
+
+def test_exact_deltas_use_process_restarts_for_the_proxies(prom) -> None:  # type: ignore[no-untyped-def]
+    from exporter.report.promql import DeltaStats, process_restarts
+
+    a = sc.PERIOD_START * 1000 - 7_200_000
+    targets = process_restarts(PromClient(prom.url or ""), ["proxy-a", "proxy-b"], a, sc.PERIOD_END * 1000)
+    restart = sc.RESTART_A * 1000
+    assert targets == {
+        (("instance", "proxy-a"), ("job", "chargeback-proxy")): [Restart(restart - 900_000, restart)],
+        (("instance", "proxy-b"), ("job", "chargeback-proxy")): [],
+    }
+    stats = DeltaStats()
+    d = exact_deltas(PromClient(prom.url or ""), contract.PROMPT_TOKENS_TOTAL, sc.PERIOD_START, sc.PERIOD_END, "user", stats=stats)
+    assert sum(d.values()) == 1_400_000 + 600_000 + 2_000_000 + 150_000 + 100_000
+    # bob's m-small series on proxy-b (gap across the start) is scanned; the other five are not:
+    # four on the restarted proxy-a (ann, al, bob's m-big, zed) and ann's on proxy-b.
+    # zed's series stopped on 10-14 (not in the period's last hour): looked up over the period.
+    assert (stats.by_restarts, stats.restarted, stats.scanned, stats.stopped) == (5, 4, 1, 1)
 
 
 # --------------------------------------------------------------------------- the six methods

@@ -51,3 +51,18 @@ def test_selector_and_regex_escaping() -> None:
     assert c.selector("m", 'user="a"') == 'm{cluster="prod",user="a"}'
     assert PromClient("http://x").selector("m") == "m"
     assert regex_matcher("user", ["a.b+c@x.com", "d"]) == 'user=~"a\\\\.b\\\\+c@x\\\\.com|d"'
+
+
+def test_proxy_exports_its_process_start_time() -> None:
+    """The reporter locates counter resets from the proxy's process_start_time_seconds
+    (promql.process_restarts): its metrics listener must keep exporting it."""
+    from pathlib import Path
+
+    from exporter.config import parse_config
+    from exporter.proxy.metrics import ProxyMetrics
+    from exporter.report.promql import PROCESS_START
+
+    example = Path(__file__).resolve().parent.parent / "deploy" / "chargeback.example.yaml"
+    cfg = parse_config(example.read_text(), str(example))
+    lines = ProxyMetrics(cfg).render().decode().splitlines()
+    assert any(line.startswith(f"{PROCESS_START} ") for line in lines)

@@ -11,13 +11,13 @@ request, whatever the outcome (recorded in a ``finally``, so cancellation cannot
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -109,10 +109,38 @@ class Call:
     error: str = ""
     first_byte: float | None = None
     forwarded: bool = False
+    body: dict[str, Any] | None = None  # the parsed request, for a prompt estimate when usage is missing
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+class RequestIds:
+    """Request ids and start timestamps, made without a syscall or a datetime per request.
+
+    An id is 32 hex digits, like a UUID's: 12 of milliseconds since the epoch, 10 of a random
+    per-process prefix and 10 of a counter that starts at a random value. Ids are unique (within a
+    process by the counter, across replicas by the prefix) and sort by time, so the ledger's
+    primary-key index grows at its end instead of being written at random places.
+    """
+
+    __slots__ = ("_counter", "_prefix", "_second", "_second_text")
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(5)
+        self._counter = itertools.count(secrets.randbits(39))
+        self._second = -1
+        self._second_text = ""
+
+    def new(self) -> tuple[str, str]:
+        """(request id, UTC timestamp 'YYYY-MM-DDTHH:MM:SS.ffffffZ')."""
+        ns = time.time_ns()
+        second, rest = divmod(ns, 1_000_000_000)
+        if second != self._second:  # strftime once per second, not once per request
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        rid = f"{ns // 1_000_000:012x}{self._prefix}{next(self._counter) & 0xFFFFFFFFFF:010x}"
+        return rid, f"{self._second_text}.{rest // 1000:06d}Z"
+
+
+_IDS = RequestIds()
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -129,6 +157,8 @@ def _finish(state: ProxyState, call: Call) -> None:
         duration = time.perf_counter() - call.started
         usage = call.usage
         if usage is None and call.estimated:
+            if call.body is not None:
+                call.prompt_chars = prompt_chars(call.body)
             prompt = estimate_tokens(call.prompt_chars)
             completion = estimate_tokens(call.delivered_chars)
             usage = Usage(prompt, completion, prompt + completion, 0)
@@ -178,8 +208,11 @@ def _reply(call: Call, status: int, message: str, type_: str = "invalid_request_
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
     """The request body, or None when it exceeds ``limit`` bytes."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            return None
+        return await request.read()  # framed by Content-Length: cannot grow past the limit
     buf = bytearray()
     async for chunk in request.content.iter_any():
         buf += chunk
@@ -189,13 +222,9 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
 
 
 def _upstream_headers(request: web.Request, model: Model, call: Call) -> dict[str, str]:
-    connection_listed = {
-        h.strip().lower() for h in request.headers.get("Connection", "").split(",") if h.strip()
-    }
-    headers = {
-        k: v for k, v in request.headers.items()
-        if k.lower() not in REQUEST_DROP and k.lower() not in connection_listed
-    }
+    connection = request.headers.get("Connection")
+    drop = REQUEST_DROP | {h.strip().lower() for h in connection.split(",")} if connection else REQUEST_DROP
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in drop}
     headers["Content-Type"] = "application/json"
     headers["Accept-Encoding"] = "identity"  # usage must be readable; compression is the client hop's job
     headers["X-Request-Id"] = call.request_id
@@ -205,13 +234,9 @@ def _upstream_headers(request: web.Request, model: Model, call: Call) -> dict[st
 
 
 def _client_headers(upstream: aiohttp.ClientResponse, call: Call) -> dict[str, str]:
-    connection_listed = {
-        h.strip().lower() for h in upstream.headers.get("Connection", "").split(",") if h.strip()
-    }
-    headers = {
-        k: v for k, v in upstream.headers.items()
-        if k.lower() not in RESPONSE_DROP and k.lower() not in connection_listed
-    }
+    connection = upstream.headers.get("Connection")
+    drop = RESPONSE_DROP | {h.strip().lower() for h in connection.split(",")} if connection else RESPONSE_DROP
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in drop}
     headers["X-Request-Id"] = call.request_id
     return headers
 
@@ -225,7 +250,8 @@ def _upstream_order(state: ProxyState, model: Model) -> list[str]:
 
 async def _handle(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    call = Call(uuid.uuid4().hex, time.perf_counter(), _now_iso(), request.path)
+    rid, timestamp = _IDS.new()
+    call = Call(rid, time.perf_counter(), timestamp, request.path)
     try:
         return await _serve(request, state, call)
     except asyncio.CancelledError:
@@ -279,17 +305,23 @@ async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.Str
                       "model_not_allowed", "model")
 
     call.stream = body.get("stream") is True
-    call.prompt_chars = prompt_chars(body)
+    call.body = body  # prompt characters are counted only if an estimate is needed
     hide_usage = False
+    changed = False
     if call.stream and call.endpoint in INCLUDE_USAGE_ENDPOINTS:
         opts = body.get("stream_options")
-        opts = dict(opts) if isinstance(opts, dict) else {}
-        hide_usage = opts.get("include_usage") is not True
-        opts["include_usage"] = True
-        body["stream_options"] = opts
-    if model.upstream_model:
+        if not isinstance(opts, dict) or opts.get("include_usage") is not True:
+            opts = dict(opts) if isinstance(opts, dict) else {}
+            hide_usage = True
+            opts["include_usage"] = True
+            body["stream_options"] = opts
+            changed = True
+    if model.upstream_model and model.upstream_model != name:
         body["model"] = model.upstream_model
-    payload = json.dumps(body, separators=(",", ":")).encode()
+        changed = True
+    # Unchanged bodies go upstream as the client sent them (no re-serialisation); anything that is
+    # not plain UTF-8 JSON text (a BOM, UTF-16) is re-encoded so the upstream can read it.
+    payload = json.dumps(body, separators=(",", ":")).encode() if changed or raw.lstrip()[:1] != b"{" else raw
     return await _forward(request, state, call, model, payload, hide_usage)
 
 
@@ -451,8 +483,12 @@ def _lifecycle(state: ProxyState, close_timeout: float) -> Any:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=proxy.connect_timeout_seconds, sock_read=proxy.upstream_timeout_seconds
         )
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
-        state.session = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=True)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=300)
+        # No cookie jar: cookies an upstream sets must never be replayed on other users' requests
+        # (and skipping the jar saves work on every request).
+        state.session = aiohttp.ClientSession(
+            timeout=timeout, connector=connector, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(),
+        )
         try:
             yield
         finally:

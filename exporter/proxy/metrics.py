@@ -7,12 +7,19 @@ Config-derived gauges and ledger health are collected at scrape time.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from exporter import contract
 from exporter.config import Config
@@ -179,6 +186,59 @@ class LedgerCollector(Collector):
         yield GaugeMetricFamily(contract.LEDGER_SPOOLED_ROWS, "Rows waiting in the on-disk spool.", value=s.spooled_rows)
 
 
+class LoopHistogram:
+    """A histogram updated only on the event loop: a bisect and two additions per observation, no lock
+    (prometheus_client's Histogram takes a lock and walks every bucket in Python). Read at scrape time
+    from a worker thread: list copies are atomic under the GIL, and a scrape racing an observation can
+    at worst miss that one observation."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (le = less than or equal)
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def snapshot(self) -> tuple[list[tuple[str, float]], float]:
+        counts, total = list(self.counts), self.sum
+        buckets, acc = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), counts, strict=True):
+            acc += n
+            buckets.append((floatToGoString(bound), acc))
+        return buckets, total
+
+
+class LatencyCollector(Collector):
+    """Per-model request duration and time-to-first-token histograms and in-flight gauges."""
+
+    def __init__(self, models: Iterable[str]) -> None:
+        # Bounded (configured models only), so pre-creating every model's series is safe and helps rate().
+        self.duration = {m: LoopHistogram(DURATION_BUCKETS) for m in models}
+        self.ttft = {m: LoopHistogram(TTFT_BUCKETS) for m in self.duration}
+        self.inflight = dict.fromkeys(self.duration, 0)
+
+    def collect(self) -> Iterable[Metric]:
+        for name, doc, hists in (
+            (contract.REQUEST_DURATION_SECONDS, "Time from request to the last byte sent to the client.", self.duration),
+            (contract.TIME_TO_FIRST_TOKEN_SECONDS,
+             "Streaming requests: time until the first event reached the client.", self.ttft),
+        ):
+            fam = HistogramMetricFamily(name, doc, labels=("model",))
+            for model, hist in list(hists.items()):
+                buckets, total = hist.snapshot()
+                fam.add_metric((model,), buckets, total)
+            yield fam
+        gauge = GaugeMetricFamily(contract.INFLIGHT_REQUESTS, "Requests being forwarded right now.", labels=("model",))
+        for model, n in list(self.inflight.items()):
+            gauge.add_metric((model,), n)
+        yield gauge
+
+
 class ProxyMetrics:
     def __init__(self, cfg: Config, ledger_stats: Callable[[], Any] | None = None) -> None:
         # ``registry`` holds everything but the per-user counters, which render() appends itself;
@@ -191,31 +251,21 @@ class ProxyMetrics:
         if ledger_stats is not None:
             self.registry.register(LedgerCollector(ledger_stats))
         ProcessCollector(registry=self.registry)
-        self.duration = Histogram(
-            contract.REQUEST_DURATION_SECONDS, "Time from request to the last byte sent to the client.",
-            ("model",), buckets=DURATION_BUCKETS, registry=self.registry,
-        )
-        self.ttft = Histogram(
-            contract.TIME_TO_FIRST_TOKEN_SECONDS, "Streaming requests: time until the first event reached the client.",
-            ("model",), buckets=TTFT_BUCKETS, registry=self.registry,
-        )
-        self.inflight = Gauge(
-            contract.INFLIGHT_REQUESTS, "Requests being forwarded right now.", ("model",), registry=self.registry
-        )
-        # Bounded (configured models only), so pre-initialising per model is safe and helps rate().
-        self._duration = {m: self.duration.labels(m) for m in cfg.models}
-        self._ttft = {m: self.ttft.labels(m) for m in cfg.models}
-        self._inflight = {m: self.inflight.labels(m) for m in cfg.models}
+        self.latency = LatencyCollector(cfg.models)
+        self.registry.register(self.latency)
+        self._duration = self.latency.duration
+        self._ttft = self.latency.ttft
+        self._inflight = self.latency.inflight
 
     def render(self) -> bytes:
         """The whole exposition (text format 0.0.4). Slow with many users: call it off the event loop."""
         return self.usage.render().encode() + generate_latest(self.registry)
 
     def inflight_inc(self, model: str) -> None:
-        self._inflight[model].inc()
+        self._inflight[model] += 1
 
     def inflight_dec(self, model: str) -> None:
-        self._inflight[model].dec()
+        self._inflight[model] -= 1
 
     def observe(self, model: str, duration: float, ttft: float | None) -> None:
         self._duration[model].observe(duration)

@@ -125,38 +125,72 @@ def estimate_tokens(chars: int) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 
+def _last_boundary(buf: bytes, before: int) -> int:
+    """The end of the last complete SSE event that ends at or before ``before`` (0 if none)."""
+    lf = buf.rfind(b"\n\n", 0, before)
+    crlf = buf.rfind(b"\r\n\r\n", 0, before)
+    return max(lf + 2 if lf != -1 else 0, crlf + 4 if crlf != -1 else 0)
+
+
 class SSEFilter:
     """Splits an upstream SSE byte stream into events, passes each complete event on, remembers the
     usage event, and drops the usage-only chunk the proxy asked for when the client did not."""
 
-    __slots__ = ("_buf", "delivered_chars", "events", "hide_usage", "usage")
+    __slots__ = ("_buf", "delivered_chars", "hide_usage", "usage")
 
     def __init__(self, hide_usage: bool) -> None:
         self._buf = b""
         self.hide_usage = hide_usage
         self.usage: Usage | None = None
         self.delivered_chars = 0
-        self.events = 0
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to forward now: every complete event in the input so far (possibly rewritten)."""
         buf = self._buf + chunk if self._buf else chunk
+        end = _last_boundary(buf, len(buf))
+        if end == 0:
+            self._buf = buf
+            return b""
+        done = buf[:end] if end < len(buf) else buf
+        self._buf = buf[end:]
+        if b'"type":"response.' in done:
+            return self._events(done)  # Responses API typed events: one by one
+        found = _USAGE_OBJECT.search(done)
+        if found is None:
+            # Almost every chunk: no usage here, so the events pass through as they are, and their
+            # generated text is counted in one scan (for an estimate, should no usage ever come).
+            self._count_text(done)
+            return done
+        # The usage event: pass the events before it as they are; parse from the one that holds it.
+        cut = _last_boundary(done, found.start())
+        head = done[:cut]
+        self._count_text(head)
+        return head + self._events(done[cut:])
+
+    def _count_text(self, block: bytes) -> None:
+        # escaped length: close enough for an estimate
+        if b"data:" in block:
+            self.delivered_chars += sum(len(m) for m in _TEXT_FIELDS.findall(block))
+
+    def _events(self, block: bytes) -> bytes:
+        """Complete events, one at a time (possibly rewritten)."""
         out: list[bytes] = []
         start = 0
         while True:
-            end = buf.find(b"\n\n", start)
-            crlf = buf.find(b"\r\n\r\n", start)
+            end = block.find(b"\n\n", start)
+            crlf = block.find(b"\r\n\r\n", start)
             if crlf != -1 and (end == -1 or crlf < end):
                 stop = crlf + 4
             elif end != -1:
                 stop = end + 2
             else:
                 break
-            event = self._event(buf[start:stop])
+            event = self._event(block[start:stop])
             if event:
                 out.append(event)
             start = stop
-        self._buf = buf[start:]
+        if start < len(block):
+            out.append(block[start:])  # a stray line break after the last event: passed on as it is
         return b"".join(out)
 
     def flush(self) -> bytes:
@@ -174,10 +208,8 @@ class SSEFilter:
             data = b"\n".join(data_lines)
         if data == b"[DONE]":
             return raw
-        self.events += 1
         if _USAGE_OBJECT.search(data) is None:
-            # Fast path (almost every event): no usage here, so no JSON parse; only count the
-            # delivered text for a possible estimate (escaped length: close enough for an estimate).
+            # no usage here, so no JSON parse; only count the delivered text for a possible estimate
             if b'"type":"response.' not in data or b'.delta"' in data:  # Responses API: deltas only
                 self.delivered_chars += sum(len(m) for m in _TEXT_FIELDS.findall(data))
             return raw

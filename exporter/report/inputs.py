@@ -401,6 +401,9 @@ def gather_prometheus(
         "series_with_resets": resets,
         "series_with_old_baseline": sum(s.old_baseline for s in dstats.values()),
         "series_raw_fetched": sum(s.raw_fetched for s in dstats.values()),
+        "series_by_process_restarts": sum(s.by_restarts for s in dstats.values()),
+        "series_scanned_for_resets": sum(s.scanned for s in dstats.values()),
+        "series_stopped_early": sum(s.stopped for s in dstats.values()),
     }
     return Inputs(period=period, usage=usage, pools=pools, source="prometheus", notes=notes, stats=stats)
 

@@ -14,24 +14,41 @@ with the start value taken as 0 when the series has no sample before the period 
 inside it), and with counter resets handled: when a sample is lower than the one before it the
 counter restarted from zero, so the new value itself is the increase since the previous sample.
 
-To stay cheap for many thousands of series, nothing is fetched sample by sample in the normal
-case. Per counter, with the ``@`` modifier (Prometheus ≥ 2.33, VictoriaMetrics, Thanos, Mimir):
+To stay cheap for many thousands of series, nothing is fetched sample by sample and no series'
+month is scanned in the normal case. Per counter, with the ``@`` modifier (Prometheus ≥ 2.33,
+VictoriaMetrics, Thanos, Mimir):
 
-1. ``last_over_time(c[P] @ end)``        value at the end, for series with samples in the period
-2. ``last_over_time(c[W] @ start)``      value at the start (W = baseline window, 1 h)
-3. ``resets(c[P+W] @ end) > 0``          series with resets, and how many
-4. ``resets(c[W] @ start) > 0``          resets just before the period (to subtract)
+1. ``/api/v1/series`` over the period          which series have samples in it (index only)
+2. ``last_over_time(c[1h] @ end)``              value at the end; the few series that stopped
+                                                earlier get ``last_over_time(c{user=~"…"}[P] @ end)``
+3. ``last_over_time(c[1h] @ start)``            value at the start
 
-A series without resets takes (1) − (2). A series with resets adds the value just before each
-reset, found without reading its samples: with one reset in a window, ``max_over_time`` is that
-value whenever it exceeds ``last_over_time``; otherwise the window is split in two and the
-halves' ``resets()`` counts tell whether the pair of samples straddling the midpoint is a reset
-(and ``last_over_time`` of the left half is then its "before" value). Only windows shorter than
-5 minutes that are still ambiguous have their raw samples fetched.
+Counters reset when their process restarts, and every proxy replica exports
+``process_start_time_seconds``, whose value changes exactly at a restart. ``changes()`` of that one
+series per scrape target over the period says which targets restarted, and a short window
+around the new start time gives the two scrapes between which it happened (:func:`process_restarts`).
+A series of a target that did not restart takes (2) − (3). A series of a target that restarted
+sums each process's increase: its last value before each restart (``last_over_time`` over the hour
+before that scrape, all the target's series in one query) plus its value at the end, minus (3).
+
+Series whose target exports no process start time (the GPU exporter, other exporters, old
+data) are scanned instead:
+
+4. ``resets(c[P+W] @ end) > 0``          series with resets, and how many
+5. ``resets(c[W] @ start) > 0``          resets just before the period (to subtract)
+
+and add the value just before each reset, found without reading their samples: with one reset
+in a window, ``max_over_time`` is that value whenever it exceeds ``last_over_time``; otherwise
+the window is split in two and the halves' ``resets()`` counts tell whether the pair of samples
+straddling the midpoint is a reset (and ``last_over_time`` of the left half is then its "before"
+value). Only windows shorter than 5 minutes that are still ambiguous have their raw samples
+fetched. These scans read every sample of the series concerned, so their cost grows with the
+scrape frequency; the restart path's does not.
 
 Series with no sample in W before the start (a scrape gap across the boundary) get their start
 value from ``last_over_time(c{user=~"…"}[L] @ start)`` with a long lookback L (62 days) and
-their own reset windows from there, so a gap never turns a counter's whole history into usage.
+their own reset windows from there (scanned), so a gap never turns a counter's whole history
+into usage.
 
 Values are parsed from the API's decimal strings straight into ``Decimal``. Deltas are computed
 per series (each proxy replica is its own series through its ``instance`` label) and only then
@@ -198,6 +215,10 @@ class DeltaStats:
     old_baseline: int = 0
     raw_fetched: int = 0
     splits: int = 0
+    stopped: int = 0  # series with no sample in the period's last hour (looked up over the period)
+    by_restarts: int = 0  # series whose resets came from their process's restarts (or had none)
+    restarted: int = 0  # of those, series of a process that restarted in the period
+    scanned: int = 0  # series whose resets were found by scanning them with resets()
     notes: list[str] = field(default_factory=list)
 
 
@@ -337,6 +358,125 @@ def _reset_corrections(
     return corr
 
 
+PROCESS_START = "process_start_time_seconds"
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A process restart seen by Prometheus: ``lo`` is the old process's last scrape, ``hi`` the new
+    one's first (ms). The target has no sample in between, so any time in (lo, hi) cuts cleanly."""
+
+    lo: int
+    hi: int
+
+
+def _transitions(samples: list[tuple[float, Decimal]]) -> list[tuple[Restart, Decimal]]:
+    ms = [(round(t * 1000), v) for t, v in samples]
+    return [(Restart(a, b), vb) for (a, va), (b, vb) in itertools.pairwise(ms) if vb != va]
+
+
+def _exact(labels: LabelKey) -> tuple[str, ...]:
+    return tuple(f"{n}={_promql_string(v)}" for n, v in labels)
+
+
+def process_restarts(client: PromClient, instances: Iterable[str], a_ms: int, e_ms: int) -> dict[LabelKey, list[Restart] | None]:
+    """Restarts in [a, e] of every scrape target among ``instances``, read from its
+    ``process_start_time_seconds`` (client_python's process collector, on every proxy replica):
+    the value changes exactly when a new process answers the scrape. Keyed by the target's labels
+    (those of its process series); ``None`` when its restarts could not be pinned down.
+
+    Cheap: one series per target. ``changes()`` counts restarts; for a single restart the new
+    start time τ is the last value, and the raw samples within an hour of τ give the scrape pair
+    around it. Anything else (several restarts, a long outage around τ, a clock far off) fetches
+    that one series' samples over the whole window.
+    """
+    instances = sorted(set(instances))
+    if not instances:
+        return {}
+    d = e_ms - a_ms
+    sel = client.selector(PROCESS_START, regex_matcher("instance", instances))
+    counts = client.vector(f"changes({sel}[{d}ms] @ {_at(e_ms)})", e_ms / 1000)
+    out: dict[LabelKey, list[Restart] | None] = {k: [] for k, n in counts.items() if n == 0}
+    changed = {k: int(n) for k, n in counts.items() if n > 0}
+    if not changed:
+        return out
+    tau = client.vector(f"last_over_time({sel}[{d}ms] @ {_at(e_ms)})", e_ms / 1000)
+    for k, n in sorted(changed.items()):
+        one = client.selector(PROCESS_START, *_exact(k))
+        found: list[tuple[Restart, Decimal]] = []
+        if n == 1 and k in tau:
+            t_ms = int(tau[k] * 1000)
+            if a_ms < t_ms < e_ms + BASELINE_WINDOW_SECONDS * 1000:
+                near = client.matrix(f"{one}[{2 * BASELINE_WINDOW_SECONDS}s] @ {_at(t_ms + BASELINE_WINDOW_SECONDS * 1000)}", t_ms / 1000)
+                found = _transitions(near.get(k, []))
+        if len(found) != 1 or found[0][1] != tau.get(k) or not a_ms <= found[0][0].lo:
+            found = _transitions(client.matrix(f"{one}[{d}ms] @ {_at(e_ms)}", e_ms / 1000).get(k, []))
+        out[k] = [r for r, _ in found] if len(found) == n and all(r.hi - r.lo >= 2 for r, _ in found) else None
+    return out
+
+
+def _owners(keys: Iterable[LabelKey], targets: Iterable[LabelKey]) -> dict[LabelKey, LabelKey]:
+    """Key → the one target whose labels it carries (a series scraped from that target)."""
+    by_names: dict[tuple[str, ...], dict[tuple[str, ...], list[LabelKey]]] = {}
+    for t in targets:
+        names = tuple(n for n, _ in t)
+        by_names.setdefault(names, {}).setdefault(tuple(v for _, v in t), []).append(t)
+    out: dict[LabelKey, LabelKey] = {}
+    for k in keys:
+        d = dict(k)
+        hits = [
+            t
+            for names, index in by_names.items()
+            if all(n in d for n in names)
+            for t in index.get(tuple(d[n] for n in names), [])
+        ]
+        if len(hits) == 1:
+            out[k] = hits[0]
+    return out
+
+
+def _last_in(q: _Series, keys: set[LabelKey], a: int, b: int, short: int) -> dict[LabelKey, Decimal]:
+    """Last sample in (a, b] (ms) of each key: a short window first, the rest over the whole span."""
+    n = min(short, b - a)
+    got = q.vector(f"last_over_time({{sel}}[{n}ms] @ {_at(b)})", keys, b)
+    rest = keys - set(got)
+    if rest and b - a > n:
+        got.update(q.vector(f"last_over_time({{sel}}[{b - a}ms] @ {_at(b)})", rest, b))
+    return got
+
+
+def _restarted_target_deltas(
+    q: _Series, keys: set[LabelKey], restarts: list[Restart], s_ms: int, e_ms: int, w_ms: int, base: dict[LabelKey, Decimal]
+) -> dict[LabelKey, Decimal | None]:
+    """Deltas of the series of one target that restarted: per process, its last value in the period
+    minus its first (the base for the process alive at the start, 0 for later ones, which count from
+    zero). None for a series whose values contradict that (it fell without a restart)."""
+    pre = [r for r in restarts if r.hi <= s_ms]
+    post = [r for r in restarts if r.hi > s_ms]
+    cut = s_ms - w_ms
+    if pre:  # the base must come from the process alive at the start
+        cut = max(cut, pre[-1].lo + 1)
+        base = q.vector(f"last_over_time({{sel}}[{s_ms - cut}ms] @ {_at(s_ms)})", keys, s_ms)
+    zero = Decimal(0)
+    total: dict[LabelKey, Decimal | None] = {k: -base.get(k, zero) for k in keys}
+    floor = {k: base.get(k, zero) for k in keys}
+    for r in post:
+        # lo < start: the process alive at the start ended before it; its last value is the base.
+        values = base if r.lo < s_ms else _last_in(q, keys, cut, r.lo + 1, w_ms)
+        for k in keys:
+            v = values.get(k, floor[k])
+            t = total[k]
+            total[k] = None if t is None or v < floor[k] else t + v
+        floor = dict.fromkeys(keys, zero)
+        cut = r.lo + 1
+    values = _last_in(q, keys, cut, e_ms, w_ms)
+    for k in keys:
+        v = values.get(k, floor[k])
+        t = total[k]
+        total[k] = None if t is None or v < floor[k] else t + v
+    return total
+
+
 def exact_deltas(
     client: PromClient,
     metric: str,
@@ -346,13 +486,24 @@ def exact_deltas(
     baseline_window: int = BASELINE_WINDOW_SECONDS,
     lookback: int = DEFAULT_LOOKBACK_SECONDS,
     stats: DeltaStats | None = None,
+    use_restarts: bool = True,
 ) -> dict[LabelKey, Decimal]:
     """Exact increase of every series of ``metric`` over ``[start, end]`` (unix seconds).
 
-    delta = last(end) − base(start) + C([A, end]) − C([A, start]), where base is the last sample
-    at or before start, A a point before base, and C(window) the sum of the values just before
-    each reset inside the window (see :func:`_reset_corrections`). Subtracting C([A, start])
-    keeps resets that happened before the period out of it.
+    Which series had samples in the period: ``/api/v1/series`` (no sample decoded); their values at
+    the end from the last hour, widening to the whole period only for series that stopped earlier.
+    Values at the start from the hour before it (a longer lookback for series with a gap there).
+
+    Resets: a counter resets when its process restarts. For series whose scrape target exports
+    ``process_start_time_seconds`` (``use_restarts``), :func:`process_restarts` says whether and
+    between which two scrapes it restarted; a target that did not restart needs nothing more
+    (delta = last − base), one that did is cut at its restarts and each process's increase summed
+    (a few short-window queries per restart, nothing scanned). Series without that information, or
+    with a gap across the start, are scanned instead:
+
+    delta = last(end) − base(start) + C([A, end]) − C([A, start]), where A is a point before base
+    and C(window) the sum of the values just before each reset inside the window (see
+    :func:`_reset_corrections`). Subtracting C([A, start]) keeps resets before the period out.
 
     ``split_label`` is a label every series has (``user`` for proxy counters, ``uuid`` for GPU
     counters); the follow-up queries select series through a regex on it. Series without a
@@ -362,13 +513,26 @@ def exact_deltas(
     s_ms, e_ms, w_ms, l_ms = start * 1000, end * 1000, baseline_window * 1000, max(lookback, baseline_window) * 1000
     p_ms = e_ms - s_ms
     sel = client.selector(metric)
-    last = client.vector(f"last_over_time({sel}[{p_ms}ms] @ {_at(e_ms)})", end)
+    short = min(w_ms, p_ms)
+    last = client.vector(f"last_over_time({sel}[{short}ms] @ {_at(e_ms)})", end)
+    if short < p_ms:
+        try:
+            listed: list[LabelKey] | None = client.series(sel, start, end)
+        except PromQLError as exc:  # a backend without (or limiting) the series API: scan instead
+            log.info("%s; reading the period's last samples with a query instead", exc)
+            listed = None
+        if listed is None:
+            last = client.vector(f"last_over_time({sel}[{p_ms}ms] @ {_at(e_ms)})", end)
+        else:
+            stopped = sorted(k for k in set(listed) if k not in last)
+            if stopped:
+                wide = _Series(client, metric, split_label, len(set(listed)))
+                last.update(wide.vector(f"last_over_time({{sel}}[{p_ms}ms] @ {_at(e_ms)})", stopped, e_ms))
+                stats.stopped += len(stopped)
     if not last:
         return {}
     q = _Series(client, metric, split_label, len(last))
     base = {k: v for k, v in client.vector(f"last_over_time({sel}[{w_ms}ms] @ {_at(s_ms)})", end).items() if k in last}
-    resets_all = {k: int(v) for k, v in client.vector(f"resets({sel}[{p_ms + w_ms}ms] @ {_at(e_ms)}) > 0", end).items() if k in last}
-    resets_pre = {k: int(v) for k, v in client.vector(f"resets({sel}[{w_ms}ms] @ {_at(s_ms)}) > 0", end).items() if k in base}
     stats.series += len(last)
 
     # No sample within the baseline window before the start: look further back (a scrape gap
@@ -377,6 +541,47 @@ def exact_deltas(
     old_base: dict[LabelKey, Decimal] = {}
     if missing and l_ms > w_ms:
         old_base = q.vector(f"last_over_time({{sel}}[{l_ms}ms] @ {_at(s_ms)})", missing, s_ms)
+    stats.old_baseline += len(old_base)
+
+    zero = Decimal(0)
+    out: dict[LabelKey, Decimal] = {}
+    scan = set(old_base)
+    if use_restarts:
+        instances = {dict(k).get("instance") for k in last}
+        targets = process_restarts(client, (i for i in instances if i), s_ms - 2 * w_ms, e_ms)
+        owner = _owners((k for k in last if k not in scan), targets)
+        restarted: dict[LabelKey, set[LabelKey]] = {}
+        for k, t in owner.items():
+            rs = targets[t]
+            if rs is not None and any(r.hi > s_ms - w_ms for r in rs):
+                restarted.setdefault(t, set()).add(k)
+            elif rs is not None:
+                delta = last[k] - base.get(k, zero)
+                if delta >= 0:  # a fall without a restart: leave it to the scan
+                    out[k] = delta
+        for t, keys in sorted(restarted.items()):
+            rs = [r for r in targets[t] or [] if r.hi > s_ms - w_ms]
+            tq = _Series(client, metric, split_label, len(keys), _exact(t))
+            for k, v in _restarted_target_deltas(tq, keys, rs, s_ms, e_ms, w_ms, base).items():
+                if v is not None:
+                    out[k] = v
+                    stats.with_resets += 1 if any(r.hi > s_ms for r in rs) else 0
+            stats.restarted += len(keys)
+        stats.by_restarts += len(out)
+    scan |= {k for k in last if k not in out}
+    if not scan:
+        return out
+    stats.scanned += len(scan)
+
+    resets_all = {
+        k: int(v) for k, v in q.vector(f"resets({{sel}}[{p_ms + w_ms}ms] @ {_at(e_ms)}) > 0", scan, e_ms).items()
+    }
+    in_base = [k for k in scan if k in base]
+    resets_pre = (
+        {k: int(v) for k, v in q.vector(f"resets({{sel}}[{w_ms}ms] @ {_at(s_ms)}) > 0", in_base, s_ms).items()}
+        if in_base
+        else {}
+    )
     add: dict[tuple[int, int], dict[LabelKey, int]] = {(s_ms - w_ms, e_ms): {k: r for k, r in resets_all.items() if k not in old_base}}
     sub: dict[tuple[int, int], dict[LabelKey, int]] = {(s_ms - w_ms, s_ms): resets_pre}
     if old_base:
@@ -384,15 +589,13 @@ def exact_deltas(
             k: int(v) for k, v in q.vector(f"resets({{sel}}[{p_ms + l_ms}ms] @ {_at(e_ms)})", old_base, e_ms).items()
         }
         sub[(s_ms - l_ms, s_ms)] = {k: int(v) for k, v in q.vector(f"resets({{sel}}[{l_ms}ms] @ {_at(s_ms)})", old_base, s_ms).items()}
-    stats.old_baseline += len(old_base)
     stats.with_resets += sum(1 for r in add.values() for v in r.values() if v)
     # The last sample in [start − W, end] is the last one in the period: already known.
     plus = _reset_corrections(q, add, stats, known_last={(s_ms - w_ms, e_ms): last})
     minus = _reset_corrections(q, sub, stats)
-    zero = Decimal(0)
-    return {
-        k: v_end - base.get(k, old_base.get(k, zero)) + plus.get(k, zero) - minus.get(k, zero) for k, v_end in last.items()
-    }
+    for k in scan:
+        out[k] = last[k] - base.get(k, old_base.get(k, zero)) + plus.get(k, zero) - minus.get(k, zero)
+    return out
 
 
 def sum_by(deltas: Mapping[LabelKey, Decimal], labels: tuple[str, ...]) -> dict[tuple[str, ...], Decimal]:
