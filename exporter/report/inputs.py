@@ -45,7 +45,11 @@ log = logging.getLogger(__name__)
 
 UNASSIGNED = "unassigned"
 UNKNOWN_POOL = "unknown"
+# Samples are float64, and backends keep them to different precision (VictoriaMetrics stores about
+# 15 significant digits): quantities from them are rounded to a millisecond and hourly prices to a
+# millionth of the currency, so every PromQL backend yields the same statement.
 SECONDS_QUANTUM = Decimal("0.001")
+PRICE_QUANTUM = Decimal("0.000001")
 HOUR = Decimal(3600)
 
 
@@ -306,14 +310,16 @@ def gather_pools(
                 continue
             rate = cfg.pools[pool].gpu_hourly_cost
             notes.append(f"GPU {uuid}: no chargeback_gpu_hourly_cost samples; config price {rate}/h used")
-        b = busy.get((uuid,), Decimal(0))
-        i = idle.get((uuid,), Decimal(0))
+        rate = rate.quantize(PRICE_QUANTUM)
+        b = busy.get((uuid,), Decimal(0)).quantize(SECONDS_QUANTUM)
+        i = idle.get((uuid,), Decimal(0)).quantize(SECONDS_QUANTUM)
+        seconds = present[uuid].quantize(SECONDS_QUANTUM)
         acc = per_pool.setdefault(
             pool, {"cost": Decimal(0), "idle_cost": Decimal(0), "present": Decimal(0), "busy": Decimal(0), "idle": Decimal(0)}
         )
-        acc["cost"] += rate * present[uuid] / HOUR
+        acc["cost"] += rate * seconds / HOUR
         acc["idle_cost"] += rate * i / HOUR
-        acc["present"] += present[uuid]
+        acc["present"] += seconds
         acc["busy"] += b
         acc["idle"] += i
         gpus.setdefault(pool, set()).add(uuid)
