@@ -168,6 +168,10 @@ def demo_config(
             "idle_handling": "spread",
             "output_dir": str(workdir / "statements"),
             "finance_recipients": [FINANCE],
+            # parameters of the other methods, scaled to a demo that runs for minutes
+            "hybrid": {"weights": {"token_share": 0.6, "time_share": 0.2, "equal_split": 0.2}},
+            "tiers": [{"up_to_tokens": 20000, "price_per_million": 2.0}, {"price_per_million": 1.0}],
+            "flat_fee": {"default": {"monthly_fee": 0.02, "included_tokens": 10000, "overage_per_million": 1.5}},
         },
         "smtp": {"host": "127.0.0.1", "port": int(smtp.rsplit(":", 1)[1]), "security": "none", "from": "chargeback@demo.example"},
     }
@@ -379,8 +383,14 @@ def run(args: argparse.Namespace) -> int:
             wait_for_next_minute()
             print("\nledger summary (chargeback ledger query ... FROM public.http_analytics):")
             print(ledger_summary(stack))
-            rep = write_statements(stack)
-            print(rep.stdout.strip() or rep.stderr.strip())
+            rep = write_statements(stack, "--email")
+            print(rep.stdout.strip(), rep.stderr.strip(), sep="\n")
+            cmp = subprocess.run(
+                chargeback_argv("compare", "--config.file", str(stack.config_path), "--period", "month-to-date"),
+                capture_output=True, text=True, timeout=120,
+            )
+            print("\nwhat each allocation method would charge (chargeback compare):")
+            print(cmp.stdout.strip() or cmp.stderr.strip())
             print(f"\nstatements: {workdir / 'statements'}")
             for path in sorted((workdir / "statements").glob("**/*"))[:20]:
                 if path.is_file():

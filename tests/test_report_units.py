@@ -66,3 +66,26 @@ def test_proxy_exports_its_process_start_time() -> None:
     cfg = parse_config(example.read_text(), str(example))
     lines = ProxyMetrics(cfg).render().decode().splitlines()
     assert any(line.startswith(f"{PROCESS_START} ") for line in lines)
+
+
+def test_proxy_price_uses_the_time_the_pool_was_priced_for() -> None:
+    """C_p covers only the hours its GPUs were present, so the capacity it is divided by does too."""
+    from zoneinfo import ZoneInfo
+
+    from exporter.config import parse_config
+    from exporter.report.inputs import Inputs, PoolInput, Usage
+    from exporter.report.methods import allocate
+    from exporter.report.period import month_period
+
+    cfg = parse_config(
+        "pools: {p: {gpu_hourly_cost: 3, gpus: 2, capacity_tokens_per_second: 100}}\n"
+        "teams: {t: {}}\nmodels: {m: {upstreams: ['http://x/v1'], pool: p}}\n"
+    )
+    period = month_period(2026, 10, ZoneInfo("UTC"))  # 31 days
+    # two GPUs, each present for 10 hours of the month: cost 2 × 3 × 10 = 60
+    pool = PoolInput("p", Decimal(60), "prometheus", 2, Decimal(72000), Decimal(0), Decimal(0), Decimal(0), Decimal(100))
+    usage = [Usage("t", "u@x.example", "m", "p", requests=1, weighted_tokens=Decimal(1_800_000))]
+    alloc = allocate(Inputs(period, usage, {"p": pool}, "prometheus"), cfg, "proxy-price-per-token")
+    # price = 60 / (100 tokens/s × 36,000 s) = 60 / 3,600,000 per token; 1.8 M tokens → 30, 30 unrecovered
+    assert sum(c.amount for c in alloc.charges) == Decimal(30)
+    assert sum(c.amount for c in alloc.central) == Decimal(30)

@@ -253,10 +253,12 @@ def proxy_price_per_token(inputs: Inputs, cfg: Config) -> Allocation:
     notes: list[str] = []
     lines_by_pool = _pool_lines(inputs)
     _unknown_pool_note(lines_by_pool, notes)
-    seconds = Decimal(inputs.period.seconds)
     prices: dict[str, object] = {}
     for pool, p in sorted(inputs.pools.items()):
         lines = lines_by_pool.get(pool, [])
+        # C_p covers the time its GPUs were present, so capacity does too: the average GPU's
+        # presence (= the whole period when the exporter saw every GPU throughout).
+        seconds = p.gpu_seconds / p.gpus if p.cost_source == "prometheus" and p.gpus else Decimal(inputs.period.seconds)
         k = p.capacity_tokens_per_second
         if k is None or k <= 0:
             if any(u.weighted_tokens for u in lines):
@@ -267,7 +269,11 @@ def proxy_price_per_token(inputs: Inputs, cfg: Config) -> Allocation:
             book.add_central(UNRECOVERED, pool, p.cost, f"pool {pool}: no capacity configured and no usage")
             continue
         price = p.cost / (k * seconds) if seconds else Decimal(0)
-        prices[pool] = {"price_per_million_tokens": str(price * MILLION), "capacity_tokens_per_second": str(k)}
+        prices[pool] = {
+            "price_per_million_tokens": str(price * MILLION),
+            "capacity_tokens_per_second": str(k),
+            "capacity_seconds": str(seconds),
+        }
         recovered = Decimal(0)
         for u in lines:
             a = u.weighted_tokens * price
