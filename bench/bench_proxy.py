@@ -138,11 +138,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def drive(url: str, token: str, body: dict, concurrency: int, total: int, cpus: set[int] | None,
-          proxy_pid: int | None = None, warmup: int = 200) -> Result:
+          proxy_pid: int | None = None, warmup: int = 200, stagger: float = 0.0) -> Result:
     """Run the load generator (its own process) and collect its measurements. ``cpu_seconds`` covers
     the warm-up requests too."""
     argv = [sys.executable, str(LOADGEN), "--url", url, "--token", token, "--body", json.dumps(body),
-            "--concurrency", str(concurrency), "--requests", str(total), "--warmup", str(warmup)]
+            "--concurrency", str(concurrency), "--requests", str(total), "--warmup", str(warmup),
+            "--stagger", str(stagger)]
     before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
     out = subprocess.run(argv, capture_output=True, timeout=600, check=False,
                          preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
@@ -166,7 +167,7 @@ class Scenario:
 
 
 def compare(stack: Stack, where: Placement, counts: Callable[[int, bool], int], body: dict, stream_body: dict,
-            name: str, warmup: int) -> Scenario:
+            name: str, warmup: int, stagger: Callable[[bool], float] = lambda stream: 0.0) -> Scenario:
     token = next(iter(stack.tokens.values()))
     proxy_pid = stack.proxy.process.proc.pid  # type: ignore[union-attr]
     direct = (f"{stack.sim_url}/v1/chat/completions", UPSTREAM_API_KEY)
@@ -175,8 +176,8 @@ def compare(stack: Stack, where: Placement, counts: Callable[[int, bool], int], 
     for conc in CONCURRENCY:
         for stream, b in ((False, body), (True, stream_body)):
             n = counts(conc, stream)
-            d = drive(*direct, b, conc, n, where.loadgen, warmup=warmup)
-            p = drive(*proxied, b, conc, n, where.loadgen, proxy_pid, warmup=warmup)
+            d = drive(*direct, b, conc, n, where.loadgen, warmup=warmup, stagger=stagger(stream))
+            p = drive(*proxied, b, conc, n, where.loadgen, proxy_pid, warmup=warmup, stagger=stagger(stream))
             cpu_us = p.cpu_seconds / (n + warmup) * 1e6
             if not stream:
                 sc.ns[conc] = (d, p)
@@ -213,8 +214,9 @@ def tables(sc: Scenario) -> list[str]:
 
 
 def start(tmp: Path, name: str, users: dict[str, str], where: Placement, **sim: float):  # type: ignore[no-untyped-def]
-    # key_refresh_seconds at its production default (the test harness polls far more often)
-    cm = proxy_stack(tmp / name, users=users, models=MODELS, ledger={"batch_size": 1000},
+    # key refresh and ledger flush at their production defaults (the test harness polls far more often)
+    cm = proxy_stack(tmp / name, users=users, models=MODELS,
+                     ledger={"batch_size": 1000, "flush_interval_seconds": 0.5, "retry_seconds": 2.0},
                      proxy={"upstream_timeout_seconds": 60, "key_refresh_seconds": 2.0}, **sim)
     stack = cm.__enter__()
     pin(stack.proxy.process.proc.pid, where.proxy)
@@ -272,10 +274,14 @@ def bench(quick: bool) -> str:
         n = {1: 300, 16: 2000, 64: 3000}[conc] if quick else {1: 1500, 16: 10000, 64: 12000}[conc]
         return n // 2 if stream else n
 
+    def real_seconds(stream: bool) -> float:
+        """How long one request takes on the realistic simulator."""
+        body = REAL_STREAM_BODY if stream else REAL_BODY
+        return REAL_LATENCY_MS / 1000 + expected_usage("chat/completions", body)["completion_tokens"] / REAL_TOKENS_PER_SECOND
+
     def real_counts(conc: int, stream: bool) -> int:
-        # about 4 s (quick: 1.5 s) of load per run: requests take ~0.37 s (16 tokens) / ~0.69 s (32)
-        per_request = (REAL_LATENCY_MS / 1000 + (32 if stream else 16) / REAL_TOKENS_PER_SECOND)
-        return max(conc * 2, round(conc * (1.5 if quick else 4.0) / per_request))
+        # about 4 s (quick: 1.5 s) of load per run
+        return max(conc * 2, round(conc * (1.5 if quick else 4.0) / real_seconds(stream)))
 
     users = {f"bench{i:05d}@corp.example": ("research", "support")[i % 2] for i in range(n_users)}
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmpdir:
@@ -283,7 +289,8 @@ def bench(quick: bool) -> str:
         cm, stack = start(tmp, "real", dict(list(users.items())[:10]), where, latency_ms=REAL_LATENCY_MS,
                           tokens_per_second=REAL_TOKENS_PER_SECOND)
         try:
-            real = compare(stack, where, real_counts, REAL_BODY, REAL_STREAM_BODY, "realistic", warmup=8)
+            real = compare(stack, where, real_counts, REAL_BODY, REAL_STREAM_BODY, "realistic", warmup=8,
+                           stagger=real_seconds)
         finally:
             cm.__exit__(None, None, None)
 
@@ -341,13 +348,17 @@ def bench(quick: bool) -> str:
         "Method: the proxy and the OpenAI-compatible simulator run as separate processes; the load comes from "
         "`bench/loadgen.py`, a minimal keep-alive HTTP/1.1 client in a process of its own (closed loop: each "
         "of N connections sends the next request when the previous answer is complete; latency is measured "
-        "from the request's write to the answer's last byte, TTFT to its first body byte). Every "
+        "from the request's write to the answer's last byte, TTFT to its first body byte; in the realistic "
+        "scenario the connections start staggered over one request's duration, like independent users — "
+        "otherwise a fixed-latency upstream answers all of them at the same instant and the proxy sees "
+        "bursts of N simultaneous answers that no real server produces). Every "
         "configuration is measured directly against the simulator and through the proxy, in the same run. "
         f"CPU placement ({os.cpu_count()} CPUs): {where.describe()} — in the direct and the proxied runs alike, "
         "so the simulator and the load generator get the same CPU either way and the proxy runs on a CPU "
         "of its own, like a sidecar. `proxy CPU µs/req` is the proxy process's CPU time (all threads, "
-        f"ledger writer included) divided by the requests it served. Load average at start: {load:.2f} "
-        "(other work on the machine adds noise, mostly to p99).",
+        "ledger writer included) divided by the requests it served (in the realistic runs, where the proxy "
+        "idles, it includes the background ticks of the ledger writer and the key refresh). "
+        f"Load average at start: {load:.2f} (other work on the machine adds noise, mostly to p99).",
         "",
         f"- **realistic**: the simulator waits {REAL_LATENCY_MS:.0f} ms before the first token and then sends "
         f"{REAL_TOKENS_PER_SECOND:.0f} tokens/s per request ({REAL_BODY['max_tokens']} tokens non-streaming, "
@@ -357,7 +368,9 @@ def bench(quick: bool) -> str:
         f"{STREAM_BODY['max_tokens']} streaming, one SSE event per token, written as fast as it can): this "
         "measures the proxy's own cost. The direct baseline is a simulator that costs about as little per "
         "request as the proxy itself, so the ratios here compare two programs' speeds, not what users of a "
-        "GPU-bound server would see. Stack start-up with "
+        "GPU-bound server would see (streaming ratios above 1 there are a placement effect: the proxy passes "
+        "events on in fewer, larger chunks than the simulator writes, so the load generator, sharing a CPU "
+        "with the simulator, leaves it more time). Stack start-up with "
         f"{n_users} keys: {setup:.1f} s.",
         "",
         "### Realistic upstream",

@@ -114,9 +114,11 @@ class _Conn(asyncio.Protocol):
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
 
-    async def run(self) -> None:
+    async def run(self, delay: float = 0.0) -> None:
         gen = self.gen
         loop = asyncio.get_running_loop()
+        if delay:
+            await asyncio.sleep(delay)
         while gen.remaining > 0:
             gen.remaining -= 1
             self._reset()
@@ -154,7 +156,7 @@ class LoadGen:
         self.ttfts: list[float] = []
         self.statuses: dict[int, int] = {}
 
-    async def phase(self, concurrency: int, requests: int) -> float:
+    async def phase(self, concurrency: int, requests: int, stagger: float = 0.0) -> float:
         loop = asyncio.get_running_loop()
         conns = []
         for _ in range(concurrency):
@@ -162,7 +164,9 @@ class LoadGen:
             conns.append(proto)
         self.remaining = requests
         started = time.perf_counter()
-        await asyncio.gather(*(c.run() for c in conns))
+        # Staggered starts spread the connections' requests over time, like independent users; without
+        # it, an upstream with a fixed latency answers all of them at the same instant, every time.
+        await asyncio.gather(*(c.run(stagger * i / concurrency) for i, c in enumerate(conns)))
         seconds = time.perf_counter() - started
         for c in conns:
             if c.transport is not None:
@@ -176,7 +180,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         gen.recording = False
         await gen.phase(min(args.concurrency, 8), args.warmup)
         gen.recording = True
-    seconds = await gen.phase(args.concurrency, args.requests)
+    seconds = await gen.phase(args.concurrency, args.requests, args.stagger)
     errors = sum(n for s, n in gen.statuses.items() if s >= 400)
     return {"latencies": gen.latencies, "ttfts": gen.ttfts, "seconds": seconds, "errors": errors,
             "statuses": {str(k): v for k, v in gen.statuses.items()}}
@@ -190,6 +194,8 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--requests", type=int, default=100)
     p.add_argument("--warmup", type=int, default=0, help="requests sent (and not measured) before the run")
+    p.add_argument("--stagger", type=float, default=0.0,
+                   help="spread the connections' first requests evenly over this many seconds")
     args = p.parse_args()
     try:
         import uvloop
