@@ -7,6 +7,7 @@ The schema is created or migrated when a store is opened.
 
 from __future__ import annotations
 
+import abc
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -197,18 +198,20 @@ def check_ident(value: str, what: str) -> str:
     return value
 
 
-class StoreOpsMixin:
+class StoreOpsMixin(abc.ABC):
     """Operations shared by both backends: API keys, the row count and the summary. Internal SQL uses
     '?' placeholders; a backend provides ``_exec_write`` (one transaction, returns fetched rows),
     ``_exec_read``, and the ``LedgerStore`` members ``placeholder``, ``timestamp_param`` and ``query``."""
 
     placeholder: str
 
+    @abc.abstractmethod
     def _exec_write(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _exec_read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        ...
 
     _KEY_COLUMNS = "key_id, user_email, team, created_at, revoked_at, prefix"
 
@@ -270,11 +273,13 @@ class StoreOpsMixin:
     def count_rows(self) -> int:
         return int(self._exec_read("SELECT COUNT(*) FROM http_analytics", ())[0][0])
 
+    @abc.abstractmethod
     def timestamp_param(self, value: str | datetime) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
-        raise NotImplementedError
+        ...
 
     def summary(self, since: datetime | None, until: datetime | None) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Requests and tokens per (user, team, model) in [since, until); counts as int on both backends
