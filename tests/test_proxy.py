@@ -16,14 +16,10 @@ import pytest
 import requests
 
 from exporter import contract
+from exporter.ledger.testing import VERBATIM_SQL
 from exporter.sim.harness import Stack, ledger_rows, metric, read_metrics, wait_for_rows
 from exporter.sim.traffic import run_traffic
 from exporter.sim.upstream import expected_usage
-
-VERBATIM_SQL = """SELECT user_email, model, SUM(total_tokens) as total_tokens_sum, SUM(prompt_tokens) as prompt_tokens_sum, SUM(completion_tokens) as output_tokens_sum
-FROM public.http_analytics
-GROUP BY model, user_email
-ORDER BY total_tokens_sum DESC;"""
 
 
 def client(stack: Stack, user: str) -> openai.OpenAI:

@@ -16,18 +16,13 @@ import pytest
 import requests
 
 from exporter import contract
+from exporter.ledger.testing import VERBATIM_SQL
 from exporter.sim.harness import ledger_rows, metric, proxy_stack, read_metrics, wait_for_rows
 from exporter.sim.relay import TcpRelay
 from exporter.sim.traffic import Totals, TrafficResult, run_traffic
 from exporter.sim.upstream import expected_usage
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-VERBATIM_SQL = """SELECT user_email, model, SUM(total_tokens) as total_tokens_sum, SUM(prompt_tokens) as prompt_tokens_sum, SUM(completion_tokens) as output_tokens_sum
-FROM public.http_analytics
-GROUP BY model, user_email
-ORDER BY total_tokens_sum DESC;"""
-
-
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, quote
 
 from exporter.ledger.row import COLUMNS, LedgerRow
 from exporter.ledger.store import (
+    TS_FORMAT,
     QueryError,
     ReadOnlyError,
     StoreError,
@@ -161,7 +162,7 @@ class SqliteStore(StoreOpsMixin):
         params = []
         for row in rows:
             v = list(row_values(row))
-            v[1] = canonical_timestamp(v[1])
+            v[1] = v[1].strftime(TS_FORMAT)  # row_values already made it an aware UTC datetime
             v[11] = int(v[11])
             v[12] = int(v[12])
             params.append(v)

@@ -100,7 +100,7 @@ def redact_url(url: str) -> str:
 
 # --------------------------------------------------------------------------- shared helpers
 
-_TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def parse_timestamp(value: str | datetime) -> datetime:
@@ -119,7 +119,7 @@ def parse_timestamp(value: str | datetime) -> datetime:
 
 def canonical_timestamp(value: str | datetime) -> str:
     """UTC, microseconds and 'Z': the one text form the SQLite ledger stores, so text order = time order."""
-    return parse_timestamp(value).strftime(_TS_FORMAT)
+    return parse_timestamp(value).strftime(TS_FORMAT)
 
 
 def utc_now_iso() -> str:
