@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := prometheus prometheus-alertmanager victoria-metrics
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint dashboards generate deps venv clean
+.PHONY: demo test bench lint fmt dashboards generate deps venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,11 @@ deps:
 demo: deps venv
 	$(VENV)/bin/chargeback demo
 
+LINT_PATHS := exporter tests bench dashboards rules deploy
+
 test: deps venv
-	$(VENV)/bin/ruff check exporter tests bench dashboards rules deploy
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(PY) dashboards/build.py --check
 	$(PY) -m pytest -q -p no:cacheprovider
 
@@ -40,8 +43,13 @@ bench: deps venv
 	$(PY) bench/run_all.py --out docs/performance.md
 
 lint: venv
-	$(VENV)/bin/ruff check exporter tests bench dashboards rules deploy
-	$(VENV)/bin/ruff format --check exporter tests bench dashboards || true
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+# Apply the formatter and the linter's safe fixes in place.
+fmt: venv
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 
 dashboards: venv
 	$(PY) dashboards/build.py

@@ -85,7 +85,9 @@ async def _run(quick: bool) -> str:
             with temp_pg_database("cb_bench") as pg:
                 pg_rate, _ = await _through_writer(pg, rows, base)
             results.append(("PostgreSQL (local, executemany pipeline)", f"{pg_rate:,.0f}", _verdict(pg_rate)))
-        replay_rate = await _replay(f"sqlite:///{tmp}/replay.db", rows, replace(base, spool_dir=str(tmp / "spool2")))
+        replay_rate = await _replay(
+            f"sqlite:///{tmp}/replay.db", rows, replace(base, spool_dir=str(tmp / "spool2"))
+        )
         results.append(("Spool replay into SQLite after an outage", f"{replay_rate:,.0f}", "—"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

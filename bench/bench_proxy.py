@@ -103,8 +103,10 @@ class Placement:
     def describe(self) -> str:
         if self.proxy is None:
             return "one CPU: no pinning, everything shares it"
-        return (f"proxy on CPU {_cpus(self.proxy)}, simulator on CPU {_cpus(self.sim)}, "
-                f"load generator on CPU {_cpus(self.loadgen)}")
+        return (
+            f"proxy on CPU {_cpus(self.proxy)}, simulator on CPU {_cpus(self.sim)}, "
+            f"load generator on CPU {_cpus(self.loadgen)}"
+        )
 
 
 def _cpus(cpus: set[int] | None) -> str:
@@ -137,16 +139,45 @@ def cpu_seconds(pid: int) -> float:
 # --------------------------------------------------------------------------- load
 
 
-def drive(url: str, token: str, body: dict, concurrency: int, total: int, cpus: set[int] | None,
-          proxy_pid: int | None = None, warmup: int = 200, stagger: float = 0.0) -> Result:
+def drive(
+    url: str,
+    token: str,
+    body: dict,
+    concurrency: int,
+    total: int,
+    cpus: set[int] | None,
+    proxy_pid: int | None = None,
+    warmup: int = 200,
+    stagger: float = 0.0,
+) -> Result:
     """Run the load generator (its own process) and collect its measurements. ``cpu_seconds`` covers
     the warm-up requests too."""
-    argv = [sys.executable, str(LOADGEN), "--url", url, "--token", token, "--body", json.dumps(body),
-            "--concurrency", str(concurrency), "--requests", str(total), "--warmup", str(warmup),
-            "--stagger", str(stagger)]
+    argv = [
+        sys.executable,
+        str(LOADGEN),
+        "--url",
+        url,
+        "--token",
+        token,
+        "--body",
+        json.dumps(body),
+        "--concurrency",
+        str(concurrency),
+        "--requests",
+        str(total),
+        "--warmup",
+        str(warmup),
+        "--stagger",
+        str(stagger),
+    ]
     before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
-    out = subprocess.run(argv, capture_output=True, timeout=600, check=False,
-                         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+    out = subprocess.run(
+        argv,
+        capture_output=True,
+        timeout=600,
+        check=False,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+    )
     used = cpu_seconds(proxy_pid) - before if proxy_pid else 0.0
     if out.returncode != 0:
         raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr.decode()[-2000:]}")
@@ -166,8 +197,16 @@ class Scenario:
     s: dict[int, tuple[Result, Result]]
 
 
-def compare(stack: Stack, where: Placement, counts: Callable[[int, bool], int], body: dict, stream_body: dict,
-            name: str, warmup: int, stagger: Callable[[bool], float] = lambda stream: 0.0) -> Scenario:
+def compare(
+    stack: Stack,
+    where: Placement,
+    counts: Callable[[int, bool], int],
+    body: dict,
+    stream_body: dict,
+    name: str,
+    warmup: int,
+    stagger: Callable[[bool], float] = lambda stream: 0.0,
+) -> Scenario:
     token = next(iter(stack.tokens.values()))
     proxy_pid = stack.proxy.process.proc.pid  # type: ignore[union-attr]
     direct = (f"{stack.sim_url}/v1/chat/completions", UPSTREAM_API_KEY)
@@ -184,14 +223,16 @@ def compare(stack: Stack, where: Placement, counts: Callable[[int, bool], int], 
                 sc.ns_rows.append(
                     f"| {conc} | {n} | {ms(d.median)} / {ms(d.p99)} | {ms(p.median)} / {ms(p.p99)} | "
                     f"{ms(p.median - d.median)} / {ms(p.p99 - d.p99)} | {d.rps:.0f} | {p.rps:.0f} | "
-                    f"{p.rps / d.rps:.2f} | {cpu_us:.0f} |")
+                    f"{p.rps / d.rps:.2f} | {cpu_us:.0f} |"
+                )
             else:
                 sc.s[conc] = (d, p)
                 dt, pt = statistics.median(d.ttfts), statistics.median(p.ttfts)
                 sc.s_rows.append(
                     f"| {conc} | {n} | {ms(dt)} / {ms(pct(d.ttfts, 0.99))} | {ms(pt)} / {ms(pct(p.ttfts, 0.99))} | "
                     f"{ms(pt - dt)} | {d.tokens_per_second:.0f} | {p.tokens_per_second:.0f} | "
-                    f"{p.tokens_per_second / d.tokens_per_second:.2f} | {cpu_us:.0f} |")
+                    f"{p.tokens_per_second / d.tokens_per_second:.2f} | {cpu_us:.0f} |"
+                )
     return sc
 
 
@@ -215,9 +256,14 @@ def tables(sc: Scenario) -> list[str]:
 
 def start(tmp: Path, name: str, users: dict[str, str], where: Placement, **sim: float):  # type: ignore[no-untyped-def]
     # key refresh and ledger flush at their production defaults (the test harness polls far more often)
-    cm = proxy_stack(tmp / name, users=users, models=MODELS,
-                     ledger={"batch_size": 1000, "flush_interval_seconds": 0.5, "retry_seconds": 2.0},
-                     proxy={"upstream_timeout_seconds": 60, "key_refresh_seconds": 2.0}, **sim)
+    cm = proxy_stack(
+        tmp / name,
+        users=users,
+        models=MODELS,
+        ledger={"batch_size": 1000, "flush_interval_seconds": 0.5, "retry_seconds": 2.0},
+        proxy={"upstream_timeout_seconds": 60, "key_refresh_seconds": 2.0},
+        **sim,
+    )
     stack = cm.__enter__()
     pin(stack.proxy.process.proc.pid, where.proxy)
     pin(stack.sim.proc.pid, where.sim)
@@ -233,12 +279,14 @@ async def populate(api_url: str, tokens: dict[str, str], concurrency: int = 64) 
     started = time.perf_counter()
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def worker() -> None:
             while jobs:
                 token, model = jobs.pop()
                 body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-                async with session.post(f"{api_url}/v1/chat/completions", json=body,
-                                        headers={"Authorization": f"Bearer {token}"}) as resp:
+                async with session.post(
+                    f"{api_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}
+                ) as resp:
                     await resp.read()
                     if resp.status != 200:
                         raise RuntimeError(f"populate: HTTP {resp.status}")
@@ -277,7 +325,10 @@ def bench(quick: bool) -> str:
     def real_seconds(stream: bool) -> float:
         """How long one request takes on the realistic simulator."""
         body = REAL_STREAM_BODY if stream else REAL_BODY
-        return REAL_LATENCY_MS / 1000 + expected_usage("chat/completions", body)["completion_tokens"] / REAL_TOKENS_PER_SECOND
+        return (
+            REAL_LATENCY_MS / 1000
+            + expected_usage("chat/completions", body)["completion_tokens"] / REAL_TOKENS_PER_SECOND
+        )
 
     def real_counts(conc: int, stream: bool) -> int:
         # about 4 s (quick: 1.5 s) of load per run
@@ -286,11 +337,25 @@ def bench(quick: bool) -> str:
     users = {f"bench{i:05d}@corp.example": ("research", "support")[i % 2] for i in range(n_users)}
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmpdir:
         tmp = Path(tmpdir)
-        cm, stack = start(tmp, "real", dict(list(users.items())[:10]), where, latency_ms=REAL_LATENCY_MS,
-                          tokens_per_second=REAL_TOKENS_PER_SECOND)
+        cm, stack = start(
+            tmp,
+            "real",
+            dict(list(users.items())[:10]),
+            where,
+            latency_ms=REAL_LATENCY_MS,
+            tokens_per_second=REAL_TOKENS_PER_SECOND,
+        )
         try:
-            real = compare(stack, where, real_counts, REAL_BODY, REAL_STREAM_BODY, "realistic", warmup=8,
-                           stagger=real_seconds)
+            real = compare(
+                stack,
+                where,
+                real_counts,
+                REAL_BODY,
+                REAL_STREAM_BODY,
+                "realistic",
+                warmup=8,
+                stagger=real_seconds,
+            )
         finally:
             cm.__exit__(None, None, None)
 
@@ -317,7 +382,9 @@ def bench(quick: bool) -> str:
             wait_ledger_idle(stack)
             token = next(iter(stack.tokens.values()))
             n16 = overhead_counts(16, False)
-            d16 = drive(f"{stack.sim_url}/v1/chat/completions", UPSTREAM_API_KEY, BODY, 16, n16, where.loadgen)
+            d16 = drive(
+                f"{stack.sim_url}/v1/chat/completions", UPSTREAM_API_KEY, BODY, 16, n16, where.loadgen
+            )
             p16 = drive(f"{stack.api_url}/v1/chat/completions", token, BODY, 16, n16, where.loadgen, pid)
             after = p16.median - d16.median
             after_cpu = p16.cpu_seconds / (n16 + 200) * 1e6
@@ -338,9 +405,13 @@ def bench(quick: bool) -> str:
 
     rows = []
     for sc in (real, over):
-        rows += [f"| {name} | {sc.name} | {value} | {'yes' if ok else 'no'} |" for name, ok, value in targets(sc)]
-    rows.append(f"| /metrics scrape with 5,000 users × 4 models ≤ 1 s | overhead | {scrape:.3f} s | "
-                f"{'yes' if scrape <= 1.0 else 'no'} |")
+        rows += [
+            f"| {name} | {sc.name} | {value} | {'yes' if ok else 'no'} |" for name, ok, value in targets(sc)
+        ]
+    rows.append(
+        f"| /metrics scrape with 5,000 users × 4 models ≤ 1 s | overhead | {scrape:.3f} s | "
+        f"{'yes' if scrape <= 1.0 else 'no'} |"
+    )
     over_cpu = over.ns[16][1].cpu_seconds / (overhead_counts(16, False) + 200) * 1e6
     lines = [
         "## Proxy overhead" + (" (quick run)" if quick else ""),

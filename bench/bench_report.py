@@ -71,7 +71,12 @@ def generate(path: Path, users: int, teams: int, interval: int, seed: int = 7) -
                     f.writelines(out)
                     series += 1
                     samples += len(out)
-        gpu_metrics = (contract.GPU_BUSY_SECONDS_TOTAL, contract.GPU_IDLE_SECONDS_TOTAL, contract.GPU_OBSERVED_SECONDS_TOTAL, contract.GPU_HOURLY_COST)
+        gpu_metrics = (
+            contract.GPU_BUSY_SECONDS_TOTAL,
+            contract.GPU_IDLE_SECONDS_TOTAL,
+            contract.GPU_OBSERVED_SECONDS_TOTAL,
+            contract.GPU_HOURLY_COST,
+        )
         for metric in gpu_metrics:
             for g in range(16):
                 pool = f"pool{g // 4}"
@@ -98,7 +103,9 @@ def generate(path: Path, users: int, teams: int, interval: int, seed: int = 7) -
             samples += len(tstr)
         for m in range(4):
             for t in tstr:
-                f.write(f'{contract.MODEL_INFO}{{model="m{m}",pool="pool{m}",instance="proxy-0",job="chargeback-proxy"}} 1{t}')
+                f.write(
+                    f'{contract.MODEL_INFO}{{model="m{m}",pool="pool{m}",instance="proxy-0",job="chargeback-proxy"}} 1{t}'
+                )
         f.write("# EOF\n")
     return series, samples
 
@@ -108,11 +115,20 @@ def config(prom_url: str, teams: int, out: Path) -> str:
         "currency: EUR",
         "timezone: UTC",
         "pools:",
-        *[f"  pool{p}: {{gpu_hourly_cost: 2.5, gpus: 4, capacity_tokens_per_second: 5000}}" for p in range(4)],
+        *[
+            f"  pool{p}: {{gpu_hourly_cost: 2.5, gpus: 4, capacity_tokens_per_second: 5000}}"
+            for p in range(4)
+        ],
         "models:",
-        *[f"  m{m}: {{upstreams: [http://127.0.0.1:1/v1], pool: pool{m}, token_weights: {{prompt: 1, completion: 3}}}}" for m in range(4)],
+        *[
+            f"  m{m}: {{upstreams: [http://127.0.0.1:1/v1], pool: pool{m}, token_weights: {{prompt: 1, completion: 3}}}}"
+            for m in range(4)
+        ],
         "teams:",
-        *[f"  team{t:03d}: {{budget: 1000, billing_contacts: [lead{t:03d}@corp.example]}}" for t in range(teams)],
+        *[
+            f"  team{t:03d}: {{budget: 1000, billing_contacts: [lead{t:03d}@corp.example]}}"
+            for t in range(teams)
+        ],
         f"prometheus: {{url: '{prom_url}', timeout_seconds: 120}}",
         f"report: {{method: token-share, output_dir: '{out}', finance_recipients: [finops@corp.example]}}",
     ]
@@ -126,7 +142,12 @@ def _time_deltas(url: str, use_restarts: bool) -> tuple[float, int]:
     client = PromClient(url, timeout=600)
     t = time.monotonic()
     d = exact_deltas(
-        client, contract.PROMPT_TOKENS_TOTAL, ts("2026-09-01T00:00"), ts("2026-10-01T00:00"), "user", use_restarts=use_restarts
+        client,
+        contract.PROMPT_TOKENS_TOTAL,
+        ts("2026-09-01T00:00"),
+        ts("2026-10-01T00:00"),
+        "user",
+        use_restarts=use_restarts,
     )
     elapsed = time.monotonic() - t
     return elapsed, int(sum(d.values()))
@@ -168,7 +189,8 @@ def run(quick: bool, users: int | None = None, teams: int | None = None, interva
             raise RuntimeError(f"prompt tokens differ: {fast_sum} with process restarts, {scan_sum} scanning")
         files = sum(1 for p in (work / "s0").rglob("*") if p.is_file())
         same = all(
-            (work / "s0" / p.relative_to(work / "s0")).read_bytes() == (work / "s1" / p.relative_to(work / "s0")).read_bytes()
+            (work / "s0" / p.relative_to(work / "s0")).read_bytes()
+            == (work / "s1" / p.relative_to(work / "s0")).read_bytes()
             for p in (work / "s0").rglob("*")
             if p.is_file()
         )
@@ -178,7 +200,13 @@ def run(quick: bool, users: int | None = None, teams: int | None = None, interva
             prom.stop()
         shutil.rmtree(work, ignore_errors=True)
     wrote = next((line for line in stdout.splitlines() if line.startswith("wrote")), "")
-    step = f"{interval // 3600} h" if interval % 3600 == 0 else f"{interval // 60} min" if interval % 60 == 0 else f"{interval} s"
+    step = (
+        f"{interval // 3600} h"
+        if interval % 3600 == 0
+        else f"{interval // 60} min"
+        if interval % 60 == 0
+        else f"{interval} s"
+    )
     return "\n".join(
         [
             "## Reporter (`chargeback report`)" + (" — quick run" if quick else ""),
@@ -225,6 +253,8 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--users", type=int, help="users (default 5000, 500 with --quick)")
     parser.add_argument("--teams", type=int, help="teams (default 200, 20 with --quick)")
-    parser.add_argument("--interval", type=int, help="seconds between samples (default 3600, 21600 with --quick)")
+    parser.add_argument(
+        "--interval", type=int, help="seconds between samples (default 3600, 21600 with --quick)"
+    )
     a = parser.parse_args()
     print(run(a.quick, a.users, a.teams, a.interval))

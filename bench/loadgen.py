@@ -144,8 +144,11 @@ class LoadGen:
         self.port = parts.port or 80
         path = parts.path or "/"
         headers = [
-            f"POST {path} HTTP/1.1", f"Host: {self.host}:{self.port}", "Content-Type: application/json",
-            f"Content-Length: {len(body)}", "Accept: */*",
+            f"POST {path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            "Accept: */*",
         ]
         if token:
             headers.append(f"Authorization: Bearer {token}")
@@ -182,8 +185,13 @@ async def main_async(args: argparse.Namespace) -> dict:
         gen.recording = True
     seconds = await gen.phase(args.concurrency, args.requests, args.stagger)
     errors = sum(n for s, n in gen.statuses.items() if s >= 400)
-    return {"latencies": gen.latencies, "ttfts": gen.ttfts, "seconds": seconds, "errors": errors,
-            "statuses": {str(k): v for k, v in gen.statuses.items()}}
+    return {
+        "latencies": gen.latencies,
+        "ttfts": gen.ttfts,
+        "seconds": seconds,
+        "errors": errors,
+        "statuses": {str(k): v for k, v in gen.statuses.items()},
+    }
 
 
 def main() -> int:
@@ -194,8 +202,12 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--requests", type=int, default=100)
     p.add_argument("--warmup", type=int, default=0, help="requests sent (and not measured) before the run")
-    p.add_argument("--stagger", type=float, default=0.0,
-                   help="spread the connections' first requests evenly over this many seconds")
+    p.add_argument(
+        "--stagger",
+        type=float,
+        default=0.0,
+        help="spread the connections' first requests evenly over this many seconds",
+    )
     args = p.parse_args()
     try:
         import uvloop

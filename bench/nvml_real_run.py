@@ -37,12 +37,16 @@ PER_GPU = [
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scrapes", type=int, default=4)
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--out", default=".")
     args = parser.parse_args()
-    cfg = parse_config("pools: {gpu: {gpu_hourly_cost: 1}}\ngpu_exporter: {default_pool: gpu}\n", "nvml-run.yaml")
+    cfg = parse_config(
+        "pools: {gpu: {gpu_hourly_cost: 1}}\ngpu_exporter: {default_pool: gpu}\n", "nvml-run.yaml"
+    )
     collector = GpuCollector(NvmlBackend(), cfg.gpu_exporter, cfg.pools)
     registry = CollectorRegistry()
     registry.register(collector)
@@ -59,11 +63,32 @@ def main() -> int:
     report = ["# Real NVML run", "", f"{len(infos)} GPU(s):", "", *[f"    {line}" for line in infos], ""]
     for info in infos:
         uuid = info.split('uuid="', 1)[1].split('"', 1)[0]
-        present = [m for m in PER_GPU if any(s.startswith(m + "{") and f'uuid="{uuid}"' in s for s in samples)]
+        present = [
+            m for m in PER_GPU if any(s.startswith(m + "{") and f'uuid="{uuid}"' in s for s in samples)
+        ]
         absent = [m for m in PER_GPU if m not in present]
-        report += [f"## {uuid}", "", f"- present: {', '.join(present)}", f"- absent (not supported): {', '.join(absent) or 'none'}", ""]
-    errors = [s for s in samples if s.startswith(contract.NVML_ERRORS_TOTAL) or s.startswith(contract.NVML_UP)]
-    report += ["## Health", "", *[f"    {s}" for s in errors], "", "## Last exposition", "", "```", text.decode().rstrip(), "```", ""]
+        report += [
+            f"## {uuid}",
+            "",
+            f"- present: {', '.join(present)}",
+            f"- absent (not supported): {', '.join(absent) or 'none'}",
+            "",
+        ]
+    errors = [
+        s for s in samples if s.startswith(contract.NVML_ERRORS_TOTAL) or s.startswith(contract.NVML_UP)
+    ]
+    report += [
+        "## Health",
+        "",
+        *[f"    {s}" for s in errors],
+        "",
+        "## Last exposition",
+        "",
+        "```",
+        text.decode().rstrip(),
+        "```",
+        "",
+    ]
     out = Path(args.out) / "nvml-run.md"
     out.write_text("\n".join(report))
     print(f"wrote {out}")

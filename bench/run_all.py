@@ -51,7 +51,11 @@ def main() -> int:
         print(f"== bench {name}: {time.monotonic() - started:.1f}s", flush=True)
     cpu = "unknown"
     with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
 
     header = (
         "# Performance\n\n"

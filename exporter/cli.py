@@ -39,16 +39,27 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _register_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="run the whole stack locally with simulated GPUs and traffic")
-    p.add_argument("--workdir", default="demo-output", help="where configs, logs, ledger, mail and statements go")
-    p.add_argument("--traffic-seconds", type=float, default=60.0, help="how long to send traffic (default 60)")
-    p.add_argument("--keep-running", dest="keep_running", action="store_true", default=None,
-                   help="keep the stack up after the statements until Ctrl-C (default when run in a terminal)")
+    p.add_argument(
+        "--workdir", default="demo-output", help="where configs, logs, ledger, mail and statements go"
+    )
+    p.add_argument(
+        "--traffic-seconds", type=float, default=60.0, help="how long to send traffic (default 60)"
+    )
+    p.add_argument(
+        "--keep-running",
+        dest="keep_running",
+        action="store_true",
+        default=None,
+        help="keep the stack up after the statements until Ctrl-C (default when run in a terminal)",
+    )
     p.add_argument("--no-keep-running", dest="keep_running", action="store_false")
     p.set_defaults(func=_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chargeback", description="Chargeback for self-hosted LLM inference.")
+    parser = argparse.ArgumentParser(
+        prog="chargeback", description="Chargeback for self-hosted LLM inference."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     check = sub.add_parser("check-config", help="validate a configuration file and exit")

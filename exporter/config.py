@@ -275,7 +275,12 @@ class _Reader:
         return str(value)
 
     def decimal(
-        self, value: Any, path: str, default: Decimal | None = None, required: bool = False, minimum: Decimal | None = Decimal(0)
+        self,
+        value: Any,
+        path: str,
+        default: Decimal | None = None,
+        required: bool = False,
+        minimum: Decimal | None = Decimal(0),
     ) -> Decimal | None:
         if value is None:
             if required:
@@ -294,7 +299,9 @@ class _Reader:
             raise self.error(path, f"must be at least {minimum}, got {value}")
         return number
 
-    def number(self, value: Any, path: str, default: float, minimum: float = 0.0, maximum: float | None = None) -> float:
+    def number(
+        self, value: Any, path: str, default: float, minimum: float = 0.0, maximum: float | None = None
+    ) -> float:
         dec = self.decimal(value, path, None)
         if dec is None:
             return default
@@ -330,7 +337,9 @@ class _Reader:
 def substitute_env(value: Any, path: str, reader: _Reader, environ: dict[str, str]) -> Any:
     """Replace ${NAME} / ${NAME:-default} in every string of the parsed document."""
     if isinstance(value, dict):
-        return {k: substitute_env(v, f"{path}.{k}" if path else str(k), reader, environ) for k, v in value.items()}
+        return {
+            k: substitute_env(v, f"{path}.{k}" if path else str(k), reader, environ) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [substitute_env(v, f"{path}[{i}]", reader, environ) for i, v in enumerate(value)]
     if isinstance(value, str) and "${" in value:
@@ -365,7 +374,9 @@ def parse_config(text: str, filename: str = "<config>", environ: dict[str, str] 
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise reader.error("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    raw = substitute_env(raw if raw is not None else {}, "", reader, dict(os.environ if environ is None else environ))
+    raw = substitute_env(
+        raw if raw is not None else {}, "", reader, dict(os.environ if environ is None else environ)
+    )
     top = reader.mapping(
         raw,
         "",
@@ -434,7 +445,9 @@ def _pools(r: _Reader, value: Any) -> dict[str, Pool]:
     for name, body in r.mapping(value, "pools").items():
         p = f"pools.{name}"
         r.name(name, p)
-        b = r.mapping(body, p, {"gpu_hourly_cost", "gpus", "gpu_uuids", "gpu_indexes", "capacity_tokens_per_second"})
+        b = r.mapping(
+            body, p, {"gpu_hourly_cost", "gpus", "gpu_uuids", "gpu_indexes", "capacity_tokens_per_second"}
+        )
         cost = r.decimal(b.get("gpu_hourly_cost"), f"{p}.gpu_hourly_cost", required=True)
         assert cost is not None
         indexes_raw = b.get("gpu_indexes") or []
@@ -491,7 +504,9 @@ def _models(r: _Reader, value: Any, pools: dict[str, Pool], teams: dict[str, Tea
                 raise r.error(f"{p}.upstreams[{i}]", f"expected an http(s) URL, got {_describe(u)}")
         pool = r.string(b.get("pool"), f"{p}.pool", required=True)
         if pool not in pools:
-            raise r.error(f"{p}.pool", f"unknown pool {_describe(pool)} (configured: {', '.join(pools) or 'none'})")
+            raise r.error(
+                f"{p}.pool", f"unknown pool {_describe(pool)} (configured: {', '.join(pools) or 'none'})"
+            )
         allowed = None
         if "teams" in b and b["teams"] is not None:
             allowed = r.list_of_str(b["teams"], f"{p}.teams")
@@ -501,7 +516,8 @@ def _models(r: _Reader, value: Any, pools: dict[str, Pool], teams: dict[str, Tea
         w = r.mapping(b.get("token_weights"), f"{p}.token_weights", {"prompt", "completion"})
         weights = TokenWeights(
             prompt=r.decimal(w.get("prompt"), f"{p}.token_weights.prompt", Decimal(1)) or Decimal(0),
-            completion=r.decimal(w.get("completion"), f"{p}.token_weights.completion", Decimal(1)) or Decimal(0),
+            completion=r.decimal(w.get("completion"), f"{p}.token_weights.completion", Decimal(1))
+            or Decimal(0),
         )
         models[name] = Model(
             name=name,
@@ -532,16 +548,26 @@ def _users(r: _Reader, value: Any, teams: dict[str, Team]) -> dict[str, User]:
 
 
 def _ledger(r: _Reader, value: Any) -> LedgerConfig:
-    b = r.mapping(value, "ledger", {"url", "batch_size", "flush_interval_seconds", "max_queue_rows", "spool_dir", "retry_seconds"})
+    b = r.mapping(
+        value,
+        "ledger",
+        {"url", "batch_size", "flush_interval_seconds", "max_queue_rows", "spool_dir", "retry_seconds"},
+    )
     d = LedgerConfig()
     url = r.string(b.get("url"), "ledger.url", d.url) or d.url
     if not re.match(r"^(sqlite:///|sqlite://:memory:|postgres(ql)?://)", url):
         raise r.error("ledger.url", f"expected sqlite:///PATH or postgresql://..., got {_describe(url)}")
     return LedgerConfig(
         url=url,
-        batch_size=r.integer(b.get("batch_size"), "ledger.batch_size", d.batch_size, minimum=1) or d.batch_size,
-        flush_interval_seconds=r.number(b.get("flush_interval_seconds"), "ledger.flush_interval_seconds", d.flush_interval_seconds),
-        max_queue_rows=r.integer(b.get("max_queue_rows"), "ledger.max_queue_rows", d.max_queue_rows, minimum=1) or d.max_queue_rows,
+        batch_size=r.integer(b.get("batch_size"), "ledger.batch_size", d.batch_size, minimum=1)
+        or d.batch_size,
+        flush_interval_seconds=r.number(
+            b.get("flush_interval_seconds"), "ledger.flush_interval_seconds", d.flush_interval_seconds
+        ),
+        max_queue_rows=r.integer(
+            b.get("max_queue_rows"), "ledger.max_queue_rows", d.max_queue_rows, minimum=1
+        )
+        or d.max_queue_rows,
         spool_dir=r.string(b.get("spool_dir"), "ledger.spool_dir", d.spool_dir) or d.spool_dir,
         retry_seconds=r.number(b.get("retry_seconds"), "ledger.retry_seconds", d.retry_seconds),
     )
@@ -574,16 +600,27 @@ def _proxy(r: _Reader, value: Any) -> ProxyConfig:
     listen = r.list_of_str(b.get("listen"), "proxy.listen") or d.listen
     for i, item in enumerate(listen):
         parse_listen(item, f"proxy.listen[{i}]", r.filename)
-    metrics_listen = r.string(b.get("metrics_listen"), "proxy.metrics_listen", d.metrics_listen) or d.metrics_listen
+    metrics_listen = (
+        r.string(b.get("metrics_listen"), "proxy.metrics_listen", d.metrics_listen) or d.metrics_listen
+    )
     parse_listen(metrics_listen, "proxy.metrics_listen", r.filename)
     return ProxyConfig(
         listen=listen,
         metrics_listen=metrics_listen,
-        max_body_bytes=r.integer(b.get("max_body_bytes"), "proxy.max_body_bytes", d.max_body_bytes, minimum=1) or d.max_body_bytes,
-        connect_timeout_seconds=r.number(b.get("connect_timeout_seconds"), "proxy.connect_timeout_seconds", d.connect_timeout_seconds),
-        upstream_timeout_seconds=r.number(b.get("upstream_timeout_seconds"), "proxy.upstream_timeout_seconds", d.upstream_timeout_seconds),
-        shutdown_grace_seconds=r.number(b.get("shutdown_grace_seconds"), "proxy.shutdown_grace_seconds", d.shutdown_grace_seconds),
-        key_refresh_seconds=r.number(b.get("key_refresh_seconds"), "proxy.key_refresh_seconds", d.key_refresh_seconds, minimum=0.1),
+        max_body_bytes=r.integer(b.get("max_body_bytes"), "proxy.max_body_bytes", d.max_body_bytes, minimum=1)
+        or d.max_body_bytes,
+        connect_timeout_seconds=r.number(
+            b.get("connect_timeout_seconds"), "proxy.connect_timeout_seconds", d.connect_timeout_seconds
+        ),
+        upstream_timeout_seconds=r.number(
+            b.get("upstream_timeout_seconds"), "proxy.upstream_timeout_seconds", d.upstream_timeout_seconds
+        ),
+        shutdown_grace_seconds=r.number(
+            b.get("shutdown_grace_seconds"), "proxy.shutdown_grace_seconds", d.shutdown_grace_seconds
+        ),
+        key_refresh_seconds=r.number(
+            b.get("key_refresh_seconds"), "proxy.key_refresh_seconds", d.key_refresh_seconds, minimum=0.1
+        ),
     )
 
 
@@ -591,7 +628,14 @@ def _gpu_exporter(r: _Reader, value: Any, pools: dict[str, Pool]) -> GpuExporter
     b = r.mapping(
         value,
         "gpu_exporter",
-        {"listen", "idle_threshold_ratio", "default_pool", "pool_by_uuid", "pool_by_index", "nvml_call_timeout_seconds"},
+        {
+            "listen",
+            "idle_threshold_ratio",
+            "default_pool",
+            "pool_by_uuid",
+            "pool_by_index",
+            "nvml_call_timeout_seconds",
+        },
     )
     d = GpuExporterConfig()
     listen = r.string(b.get("listen"), "gpu_exporter.listen", d.listen) or d.listen
@@ -621,11 +665,22 @@ def _gpu_exporter(r: _Reader, value: Any, pools: dict[str, Pool]) -> GpuExporter
         by_index[idx] = check_pool(pool_name, f"gpu_exporter.pool_by_index.{idx}")
     return GpuExporterConfig(
         listen=listen,
-        idle_threshold_ratio=r.number(b.get("idle_threshold_ratio"), "gpu_exporter.idle_threshold_ratio", d.idle_threshold_ratio, 0.0, 1.0),
+        idle_threshold_ratio=r.number(
+            b.get("idle_threshold_ratio"),
+            "gpu_exporter.idle_threshold_ratio",
+            d.idle_threshold_ratio,
+            0.0,
+            1.0,
+        ),
         default_pool=default_pool,
         pool_by_uuid=by_uuid,
         pool_by_index=by_index,
-        nvml_call_timeout_seconds=r.number(b.get("nvml_call_timeout_seconds"), "gpu_exporter.nvml_call_timeout_seconds", d.nvml_call_timeout_seconds, 0.01),
+        nvml_call_timeout_seconds=r.number(
+            b.get("nvml_call_timeout_seconds"),
+            "gpu_exporter.nvml_call_timeout_seconds",
+            d.nvml_call_timeout_seconds,
+            0.01,
+        ),
     )
 
 
@@ -638,7 +693,9 @@ def _prometheus(r: _Reader, value: Any) -> PrometheusConfig:
     selector = r.string(b.get("selector"), "prometheus.selector", "") or ""
     return PrometheusConfig(
         url=url.rstrip("/"),
-        timeout_seconds=r.number(b.get("timeout_seconds"), "prometheus.timeout_seconds", d.timeout_seconds, 0.1),
+        timeout_seconds=r.number(
+            b.get("timeout_seconds"), "prometheus.timeout_seconds", d.timeout_seconds, 0.1
+        ),
         selector=selector,
     )
 
@@ -648,7 +705,10 @@ def _flat_fee(r: _Reader, value: Any, path: str) -> FlatFee:
     return FlatFee(
         monthly_fee=r.decimal(b.get("monthly_fee"), f"{path}.monthly_fee", required=True) or Decimal(0),
         included_tokens=r.integer(b.get("included_tokens"), f"{path}.included_tokens", 0) or 0,
-        overage_per_million=r.decimal(b.get("overage_per_million"), f"{path}.overage_per_million", required=True) or Decimal(0),
+        overage_per_million=r.decimal(
+            b.get("overage_per_million"), f"{path}.overage_per_million", required=True
+        )
+        or Decimal(0),
     )
 
 
@@ -656,11 +716,22 @@ def _report(r: _Reader, value: Any, teams: dict[str, Team]) -> ReportConfig:
     b = r.mapping(
         value,
         "report",
-        {"method", "realtime_method", "idle_handling", "output_dir", "hybrid", "tiers", "flat_fee", "finance_recipients"},
+        {
+            "method",
+            "realtime_method",
+            "idle_handling",
+            "output_dir",
+            "hybrid",
+            "tiers",
+            "flat_fee",
+            "finance_recipients",
+        },
     )
     d = ReportConfig()
     method = r.choice(b.get("method"), "report.method", METHODS, d.method)
-    realtime = r.choice(b.get("realtime_method"), "report.realtime_method", REALTIME_METHODS, d.realtime_method)
+    realtime = r.choice(
+        b.get("realtime_method"), "report.realtime_method", REALTIME_METHODS, d.realtime_method
+    )
     idle = r.choice(b.get("idle_handling"), "report.idle_handling", IDLE_HANDLING, d.idle_handling)
 
     # hybrid: component weights must sum to exactly 1
@@ -670,7 +741,10 @@ def _report(r: _Reader, value: Any, teams: dict[str, Team]) -> ReportConfig:
         weights: dict[str, Decimal] = {}
         for comp, w in r.mapping(hb.get("weights"), "report.hybrid.weights").items():
             if comp not in HYBRID_COMPONENTS:
-                raise r.error(f"report.hybrid.weights.{comp}", f"unknown component (expected one of: {', '.join(HYBRID_COMPONENTS)})")
+                raise r.error(
+                    f"report.hybrid.weights.{comp}",
+                    f"unknown component (expected one of: {', '.join(HYBRID_COMPONENTS)})",
+                )
             weights[comp] = r.decimal(w, f"report.hybrid.weights.{comp}", required=True) or Decimal(0)
         if not weights:
             raise r.error("report.hybrid.weights", "at least one component weight is required")
@@ -683,9 +757,13 @@ def _report(r: _Reader, value: Any, teams: dict[str, Team]) -> ReportConfig:
                 raise r.error(f"report.hybrid.fixed_shares.{team}", f"unknown team {_describe(team)}")
             fixed[team] = r.decimal(share, f"report.hybrid.fixed_shares.{team}", required=True) or Decimal(0)
         if weights.get("fixed_share") and not fixed:
-            raise r.error("report.hybrid.fixed_shares", "required when the fixed_share component has a weight")
+            raise r.error(
+                "report.hybrid.fixed_shares", "required when the fixed_share component has a weight"
+            )
         if fixed and sum(fixed.values(), Decimal(0)) != 1:
-            raise r.error("report.hybrid.fixed_shares", f"shares must sum to 1, got {sum(fixed.values(), Decimal(0))}")
+            raise r.error(
+                "report.hybrid.fixed_shares", f"shares must sum to 1, got {sum(fixed.values(), Decimal(0))}"
+            )
         hybrid = HybridConfig(weights=weights, fixed_shares=fixed)
 
     # tiered: ascending upper bounds, last one open-ended
@@ -701,14 +779,26 @@ def _report(r: _Reader, value: Any, teams: dict[str, Team]) -> ReportConfig:
         if up_to is None and i != len(raw_tiers) - 1:
             raise r.error(f"{p}.up_to_tokens", "only the last tier may be open-ended")
         if up_to is not None and up_to <= previous:
-            raise r.error(f"{p}.up_to_tokens", f"tiers out of order: {up_to} is not above the previous bound {previous}")
+            raise r.error(
+                f"{p}.up_to_tokens", f"tiers out of order: {up_to} is not above the previous bound {previous}"
+            )
         previous = up_to or previous
-        tiers.append(Tier(up_to_tokens=up_to, price_per_million=r.decimal(tb.get("price_per_million"), f"{p}.price_per_million", required=True) or Decimal(0)))
+        tiers.append(
+            Tier(
+                up_to_tokens=up_to,
+                price_per_million=r.decimal(
+                    tb.get("price_per_million"), f"{p}.price_per_million", required=True
+                )
+                or Decimal(0),
+            )
+        )
     if method == "tiered" and not tiers:
         raise r.error("report.tiers", "required when report.method is tiered")
 
     fb = r.mapping(b.get("flat_fee"), "report.flat_fee", {"default", "teams"})
-    flat_default = _flat_fee(r, fb["default"], "report.flat_fee.default") if fb.get("default") is not None else None
+    flat_default = (
+        _flat_fee(r, fb["default"], "report.flat_fee.default") if fb.get("default") is not None else None
+    )
     flat_teams: dict[str, FlatFee] = {}
     for team, body in r.mapping(fb.get("teams"), "report.flat_fee.teams").items():
         if team not in teams:
@@ -735,7 +825,9 @@ def _report(r: _Reader, value: Any, teams: dict[str, Team]) -> ReportConfig:
 
 
 def _smtp(r: _Reader, value: Any) -> SmtpConfig:
-    b = r.mapping(value, "smtp", {"host", "port", "security", "username", "password", "from", "timeout_seconds"})
+    b = r.mapping(
+        value, "smtp", {"host", "port", "security", "username", "password", "from", "timeout_seconds"}
+    )
     d = SmtpConfig()
     port = r.integer(b.get("port"), "smtp.port", None, minimum=1)
     security = r.choice(b.get("security"), "smtp.security", ("none", "starttls", "ssl"), d.security)

@@ -43,7 +43,9 @@ GPU_UTILIZATION_RATIO = "chargeback_gpu_utilization_ratio"
 GPU_BUSY_SECONDS_TOTAL = "chargeback_gpu_busy_seconds_total"
 GPU_IDLE_SECONDS_TOTAL = "chargeback_gpu_idle_seconds_total"
 GPU_IDLE = "chargeback_gpu_idle"
-GPU_OBSERVED_SECONDS_TOTAL = "chargeback_gpu_observed_seconds_total"  # wall time present: × hourly cost = cost
+GPU_OBSERVED_SECONDS_TOTAL = (
+    "chargeback_gpu_observed_seconds_total"  # wall time present: × hourly cost = cost
+)
 GPU_MEMORY_USED_BYTES = "chargeback_gpu_memory_used_bytes"
 GPU_MEMORY_TOTAL_BYTES = "chargeback_gpu_memory_total_bytes"
 GPU_POWER_WATTS = "chargeback_gpu_power_watts"

@@ -125,7 +125,14 @@ def _body(msg: EmailMessage) -> str:
 
 
 def demo_config(
-    *, sim_url: str, workdir: Path, api_port: int, metrics_port: int, gpu_port: int, prometheus_url: str, smtp: str
+    *,
+    sim_url: str,
+    workdir: Path,
+    api_port: int,
+    metrics_port: int,
+    gpu_port: int,
+    prometheus_url: str,
+    smtp: str,
 ) -> dict[str, Any]:
     return {
         "currency": "EUR",
@@ -171,9 +178,16 @@ def demo_config(
             # parameters of the other methods, scaled to a demo that runs for minutes
             "hybrid": {"weights": {"token_share": 0.6, "time_share": 0.2, "equal_split": 0.2}},
             "tiers": [{"up_to_tokens": 20000, "price_per_million": 2.0}, {"price_per_million": 1.0}],
-            "flat_fee": {"default": {"monthly_fee": 0.02, "included_tokens": 10000, "overage_per_million": 1.5}},
+            "flat_fee": {
+                "default": {"monthly_fee": 0.02, "included_tokens": 10000, "overage_per_million": 1.5}
+            },
         },
-        "smtp": {"host": "127.0.0.1", "port": int(smtp.rsplit(":", 1)[1]), "security": "none", "from": "chargeback@demo.example"},
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": int(smtp.rsplit(":", 1)[1]),
+            "security": "none",
+            "from": "chargeback@demo.example",
+        },
     }
 
 
@@ -228,7 +242,9 @@ def demo_stack(
     try:
         smtp = SmtpSink(workdir / "mail").start()
         started.append(smtp)
-        sim = start_simulator(workdir, tokens_per_second=tokens_per_second, latency_ms=20, models=list(MODELS))
+        sim = start_simulator(
+            workdir, tokens_per_second=tokens_per_second, latency_ms=20, models=list(MODELS)
+        )
         started.append(sim)
         api_port, metrics_port, gpu_port, prom_port = free_port(), free_port(), free_port(), free_port()
         prometheus_url = f"http://127.0.0.1:{prom_port}"
@@ -263,13 +279,22 @@ def demo_stack(
             smtp.address,
             receiver_email=OPS,
             sender="alertmanager@demo.example",
-            routes=[{"receiver": "finance", "matchers": ['alertname=~"ChargebackTeamBudget.*"'], "continue": False}],
+            routes=[
+                {
+                    "receiver": "finance",
+                    "matchers": ['alertname=~"ChargebackTeamBudget.*"'],
+                    "continue": False,
+                }
+            ],
             extra_receivers=[{"name": "finance", "email_configs": [{"to": FINANCE, "send_resolved": False}]}],
         )
         started.append(am)
         prom = start_prometheus(
             workdir,
-            {"chargeback-proxy": [f"127.0.0.1:{metrics_port}"], "chargeback-gpu-exporter": [f"127.0.0.1:{gpu_port}"]},
+            {
+                "chargeback-proxy": [f"127.0.0.1:{metrics_port}"],
+                "chargeback-gpu-exporter": [f"127.0.0.1:{gpu_port}"],
+            },
             rule_files=rule_files(),
             scrape_interval="1s",
             evaluation_interval="1s",
@@ -306,8 +331,15 @@ def drive_traffic(stack: DemoStack, seconds: float, seed: int = 7) -> TrafficRes
         for team, per_user in REQUESTS_PER_ROUND.items():
             users = {u: stack.tokens[u] for u, t in USERS.items() if t == team}
             result = asyncio.run(
-                run_traffic(stack.api_url, users, list(MODELS), requests_per_user=per_user, stream_ratio=0.5,
-                            seed=seed * 1000 + round_no * 10 + list(REQUESTS_PER_ROUND).index(team), concurrency=8)
+                run_traffic(
+                    stack.api_url,
+                    users,
+                    list(MODELS),
+                    requests_per_user=per_user,
+                    stream_ratio=0.5,
+                    seed=seed * 1000 + round_no * 10 + list(REQUESTS_PER_ROUND).index(team),
+                    concurrency=8,
+                )
             )
             stack.add_traffic(result)
         if time.monotonic() >= deadline:
@@ -333,19 +365,34 @@ def wait_for_next_minute(margin: float = 3.0) -> None:
 def write_statements(stack: DemoStack, *extra: str) -> subprocess.CompletedProcess[str]:
     out_dir = stack.workdir / "statements"
     argv = chargeback_argv(
-        "report", "--config.file", str(stack.config_path), "--period", "month-to-date",
-        "--format", "html,csv,json,md", "--out", str(out_dir), *extra,
+        "report",
+        "--config.file",
+        str(stack.config_path),
+        "--period",
+        "month-to-date",
+        "--format",
+        "html,csv,json,md",
+        "--out",
+        str(out_dir),
+        *extra,
     )
     return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
 
 def ledger_summary(stack: DemoStack) -> str:
     out = subprocess.run(
-        chargeback_argv("ledger", "query", "--config.file", str(stack.config_path),
-                        "SELECT user_email, team, model, COUNT(*) AS requests, SUM(prompt_tokens) AS prompt, "
-                        "SUM(completion_tokens) AS completion, SUM(total_tokens) AS total "
-                        "FROM public.http_analytics GROUP BY user_email, team, model ORDER BY team, user_email, model"),
-        capture_output=True, text=True, timeout=60,
+        chargeback_argv(
+            "ledger",
+            "query",
+            "--config.file",
+            str(stack.config_path),
+            "SELECT user_email, team, model, COUNT(*) AS requests, SUM(prompt_tokens) AS prompt, "
+            "SUM(completion_tokens) AS completion, SUM(total_tokens) AS total "
+            "FROM public.http_analytics GROUP BY user_email, team, model ORDER BY team, user_email, model",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return out.stdout if out.returncode == 0 else out.stderr
 
@@ -362,32 +409,50 @@ def run(args: argparse.Namespace) -> int:
     print(f"llm-chargeback demo: working directory {workdir}", flush=True)
     try:
         with demo_stack(workdir) as stack:
-            print(f"  proxy API         {stack.api_url}/v1   (OpenAI-compatible; personal tokens in {workdir}/tokens.json)")
+            print(
+                f"  proxy API         {stack.api_url}/v1   (OpenAI-compatible; personal tokens in {workdir}/tokens.json)"
+            )
             print(f"  proxy metrics     {stack.metrics_url}/metrics")
             print(f"  GPU exporter      {stack.gpu_url}/metrics   (4 simulated GPUs)")
             print(f"  Prometheus        {stack.prometheus_url}   (rules loaded from rules/)")
             print(f"  Alertmanager      {stack.alertmanager.url}")
             print(f"  SMTP sink         {stack.smtp.address} → {workdir / 'mail'}", flush=True)
             (workdir / "tokens.json").write_text(json.dumps(stack.tokens, indent=2) + "\n")
-            print(f"\nsending traffic from {len(USERS)} users in {len(TEAMS)} teams for {args.traffic_seconds:.0f}s ...", flush=True)
+            print(
+                f"\nsending traffic from {len(USERS)} users in {len(TEAMS)} teams for {args.traffic_seconds:.0f}s ...",
+                flush=True,
+            )
             traffic = drive_traffic(stack, args.traffic_seconds)
-            print(f"  {traffic.requests} requests ({traffic.streamed} streamed), {len(traffic.errors)} errors, "
-                  f"{traffic.total_for().total_tokens} tokens", flush=True)
-            print(f"\nwaiting for {BUDGET_ALERT} (research's budget is {TEAMS['research'][2]} EUR) ...", flush=True)
+            print(
+                f"  {traffic.requests} requests ({traffic.streamed} streamed), {len(traffic.errors)} errors, "
+                f"{traffic.total_for().total_tokens} tokens",
+                flush=True,
+            )
+            print(
+                f"\nwaiting for {BUDGET_ALERT} (research's budget is {TEAMS['research'][2]} EUR) ...",
+                flush=True,
+            )
             try:
                 msg = wait_for_budget_email(stack)
                 print(f"  alert email delivered to {msg['To']}: {msg['Subject']}", flush=True)
             except StackError as exc:
                 print(f"  {exc}", flush=True)
-            print("\nwaiting for the next full minute (month-to-date statements end at a minute) ...", flush=True)
+            print(
+                "\nwaiting for the next full minute (month-to-date statements end at a minute) ...",
+                flush=True,
+            )
             wait_for_next_minute()
             print("\nledger summary (chargeback ledger query ... FROM public.http_analytics):")
             print(ledger_summary(stack))
             rep = write_statements(stack, "--email")
             print(rep.stdout.strip(), rep.stderr.strip(), sep="\n")
             cmp = subprocess.run(
-                chargeback_argv("compare", "--config.file", str(stack.config_path), "--period", "month-to-date"),
-                capture_output=True, text=True, timeout=120,
+                chargeback_argv(
+                    "compare", "--config.file", str(stack.config_path), "--period", "month-to-date"
+                ),
+                capture_output=True,
+                text=True,
+                timeout=120,
             )
             print("\nwhat each allocation method would charge (chargeback compare):")
             print(cmp.stdout.strip() or cmp.stderr.strip())

@@ -99,8 +99,12 @@ class KeyCache:
             self.refresh_errors += 1
             msg = f"{type(exc).__name__}: {exc}"
             if msg != self.last_error:  # log each distinct failure once, not every refresh
-                log.error("API key refresh from %s failed (keeping %d known keys): %s",
-                          _redact(self.ledger_url), len(self._by_hash), msg)
+                log.error(
+                    "API key refresh from %s failed (keeping %d known keys): %s",
+                    _redact(self.ledger_url),
+                    len(self._by_hash),
+                    msg,
+                )
             self.last_error = msg
             return False
         if self.last_error is not None:

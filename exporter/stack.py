@@ -53,12 +53,16 @@ BINARY_ALIASES = {"alertmanager": ("alertmanager", "prometheus-alertmanager")}
 def find_binary(name: str) -> str:
     path = None
     for candidate in BINARY_ALIASES.get(name, (name,)):
-        path = shutil.which(candidate) or (f"/usr/bin/{candidate}" if os.access(f"/usr/bin/{candidate}", os.X_OK) else None)
+        path = shutil.which(candidate) or (
+            f"/usr/bin/{candidate}" if os.access(f"/usr/bin/{candidate}", os.X_OK) else None
+        )
         if path:
             break
     if not path:
         package = BINARY_PACKAGES.get(name, name)
-        raise StackError(f"{name} not found: install the Debian package '{package}' (apt-get install {package})")
+        raise StackError(
+            f"{name} not found: install the Debian package '{package}' (apt-get install {package})"
+        )
     return path
 
 
@@ -93,7 +97,12 @@ class ManagedProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            self.argv, cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            self.argv,
+            cwd=self.workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
         )
         if self.url and self.ready_path is not None:
             self.wait_ready(timeout)
@@ -105,7 +114,9 @@ class ManagedProcess:
         last = ""
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise StackError(f"{self.name} exited with {self.proc.returncode} during start-up:\n{self.log_tail()}")
+                raise StackError(
+                    f"{self.name} exited with {self.proc.returncode} during start-up:\n{self.log_tail()}"
+                )
             try:
                 r = requests.get(self.url + (self.ready_path or "/"), timeout=1)
                 if r.status_code < 500:
@@ -114,7 +125,9 @@ class ManagedProcess:
             except requests.RequestException as exc:
                 last = type(exc).__name__
             time.sleep(0.1)
-        raise StackError(f"{self.name} not ready at {self.url}{self.ready_path} after {timeout:.0f}s ({last}):\n{self.log_tail()}")
+        raise StackError(
+            f"{self.name} not ready at {self.url}{self.ready_path} after {timeout:.0f}s ({last}):\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -170,10 +183,15 @@ def prometheus_config(
     remote_write_url: str | None = None,
 ) -> dict[str, object]:
     cfg: dict[str, object] = {
-        "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval, "scrape_timeout": scrape_interval},
+        "global": {
+            "scrape_interval": scrape_interval,
+            "evaluation_interval": evaluation_interval,
+            "scrape_timeout": scrape_interval,
+        },
         "rule_files": [str(p) for p in rule_files],
         "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": list(targets)}]} for job, targets in scrape_targets.items()
+            {"job_name": job, "static_configs": [{"targets": list(targets)}]}
+            for job, targets in scrape_targets.items()
         ],
     }
     if alertmanager:
@@ -207,7 +225,14 @@ def start_prometheus(
     cfg_path = workdir / f"{name}.yml"
     cfg_path.write_text(
         yaml.safe_dump(
-            prometheus_config(scrape_targets or {}, rule_files, scrape_interval, evaluation_interval, alertmanager, remote_write_url),
+            prometheus_config(
+                scrape_targets or {},
+                rule_files,
+                scrape_interval,
+                evaluation_interval,
+                alertmanager,
+                remote_write_url,
+            ),
             sort_keys=False,
         )
     )
@@ -252,7 +277,10 @@ def start_alertmanager(
             "repeat_interval": repeat_interval,
             "routes": list(routes),
         },
-        "receivers": [{"name": "email", "email_configs": [{"to": receiver_email, "send_resolved": False}]}, *extra_receivers],
+        "receivers": [
+            {"name": "email", "email_configs": [{"to": receiver_email, "send_resolved": False}]},
+            *extra_receivers,
+        ],
     }
     cfg_path = workdir / "alertmanager.yml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -290,13 +318,17 @@ def start_victoria_metrics(
     ]
     if scrape_targets:
         cfg_path = workdir / "vm-scrape.yml"
-        cfg_path.write_text(yaml.safe_dump(prometheus_config(scrape_targets, (), scrape_interval), sort_keys=False))
+        cfg_path.write_text(
+            yaml.safe_dump(prometheus_config(scrape_targets, (), scrape_interval), sort_keys=False)
+        )
         argv.append(f"-promscrape.config={cfg_path}")
     argv.extend(extra_args)
     return ManagedProcess("victoria-metrics", argv, workdir, f"http://127.0.0.1:{port}", "/health").start()
 
 
-def wait_for(predicate: object, timeout: float = 30.0, interval: float = 0.2, what: str = "condition") -> object:
+def wait_for(
+    predicate: object, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"
+) -> object:
     """Poll ``predicate()`` until it returns something truthy; raise StackError naming ``what`` on timeout."""
     assert callable(predicate)
     deadline = time.monotonic() + timeout
@@ -309,10 +341,15 @@ def wait_for(predicate: object, timeout: float = 30.0, interval: float = 0.2, wh
         except Exception as exc:  # keep polling; report the last failure
             last_exc = exc
         time.sleep(interval)
-    raise StackError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+    raise StackError(
+        f"timed out after {timeout:.0f}s waiting for {what}"
+        + (f" (last error: {last_exc})" if last_exc else "")
+    )
 
 
-def prom_query(base_url: str, query: str, at: float | None = None, timeout: float = 10.0) -> list[dict[str, object]]:
+def prom_query(
+    base_url: str, query: str, at: float | None = None, timeout: float = 10.0
+) -> list[dict[str, object]]:
     """Instant query → the result list; raises StackError with the query on any error."""
     params: dict[str, str] = {"query": query}
     if at is not None:

@@ -335,7 +335,9 @@ def alert(
 
 def query_value(promql: str) -> str:
     """Alert template snippet: the humanized value of a one-series PromQL query (labels via printf)."""
-    return "{{ with printf `" + promql + "` $labels.team | query }}{{ . | first | value | humanize }}{{ end }}"
+    return (
+        "{{ with printf `" + promql + "` $labels.team | query }}{{ . | first | value | humanize }}{{ end }}"
+    )
 
 
 def alerting_groups(p: str, g: str) -> list[dict[str, object]]:
@@ -349,7 +351,9 @@ def alerting_groups(p: str, g: str) -> list[dict[str, object]]:
             BUDGET_EXCEEDED_FOR,
             "critical",
             "Team {{ $labels.team }} is over its monthly budget",
-            "Team {{ $labels.team }} has spent " + mtd + " this calendar month (UTC), {{ $value | humanizePercentage }}"
+            "Team {{ $labels.team }} has spent "
+            + mtd
+            + " this calendar month (UTC), {{ $value | humanizePercentage }}"
             " of its monthly budget of " + budget + ".",
         ),
         alert(
@@ -361,7 +365,11 @@ team:chargeback_budget_consumption:ratio > 1""",
             "warning",
             "Team {{ $labels.team }} will exceed its monthly budget at its current spend rate",
             "At its current spend rate team {{ $labels.team }} will spend {{ $value | humanizePercentage }} of its"
-            " monthly budget of " + budget + " by the end of the month (UTC); it has spent " + mtd + " so far.",
+            " monthly budget of "
+            + budget
+            + " by the end of the month (UTC); it has spent "
+            + mtd
+            + " so far.",
         ),
     ]
     gpu_rules = [
@@ -444,8 +452,8 @@ label_replace(
             "5m",
             "warning",
             "Ledger rows are not reaching the database on {{ $labels.instance }}",
-            "Proxy {{ $labels.instance }}: {{ if eq $labels.reason \"spooled\" }}{{ $value | humanize }} rows wait in"
-            " the on-disk spool{{ else if eq $labels.reason \"queued\" }}at least {{ $value | humanize }} rows have"
+            'Proxy {{ $labels.instance }}: {{ if eq $labels.reason "spooled" }}{{ $value | humanize }} rows wait in'
+            ' the on-disk spool{{ else if eq $labels.reason "queued" }}at least {{ $value | humanize }} rows have'
             " waited in memory for 5 minutes{{ else }}{{ $value | humanize }} ledger writes failed in the last 10"
             " minutes{{ end }}. The ledger database is down, slow or refusing writes.",
         ),
@@ -476,7 +484,9 @@ def render(proxy_selector: str = PROXY_SELECTOR, gpu_selector: str = GPU_SELECTO
     def dump(doc: object) -> str:
         return header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
 
-    recording = {"groups": [{"name": "chargeback-recording", "rules": recording_rules(proxy_selector, gpu_selector)}]}
+    recording = {
+        "groups": [{"name": "chargeback-recording", "rules": recording_rules(proxy_selector, gpu_selector)}]
+    }
     alerts = {"groups": alerting_groups(proxy_selector, gpu_selector)}
     return {RECORDING_FILE: dump(recording), ALERTS_FILE: dump(alerts)}
 
@@ -484,9 +494,21 @@ def render(proxy_selector: str = PROXY_SELECTOR, gpu_selector: str = GPU_SELECTO
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parent)
-    ap.add_argument("--proxy-selector", default=PROXY_SELECTOR, help=f"label matchers of the proxy job (default: {PROXY_SELECTOR})")
-    ap.add_argument("--gpu-selector", default=GPU_SELECTOR, help=f"label matchers of the GPU exporter job (default: {GPU_SELECTOR})")
-    ap.add_argument("--check", action="store_true", help="do not write; exit 1 if a file differs from what would be written")
+    ap.add_argument(
+        "--proxy-selector",
+        default=PROXY_SELECTOR,
+        help=f"label matchers of the proxy job (default: {PROXY_SELECTOR})",
+    )
+    ap.add_argument(
+        "--gpu-selector",
+        default=GPU_SELECTOR,
+        help=f"label matchers of the GPU exporter job (default: {GPU_SELECTOR})",
+    )
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="do not write; exit 1 if a file differs from what would be written",
+    )
     args = ap.parse_args(argv)
     stale = []
     for name, text in render(args.proxy_selector, args.gpu_selector).items():

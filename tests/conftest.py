@@ -42,7 +42,11 @@ def proxy_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         workdir,
         users={**pool_users(), "override@corp.example": "research"},
         models=("sim-small", "sim-large"),
-        extra_upstreams={"sim-restricted": ["{sim}"], "sim-rr": ["{sim}", dead, "{sim1}"], "sim-dead": [dead]},
+        extra_upstreams={
+            "sim-restricted": ["{sim}"],
+            "sim-rr": ["{sim}", dead, "{sim1}"],
+            "sim-dead": [dead],
+        },
         allowed_teams={"sim-restricted": ["research"]},
         config_users={"override@corp.example": "support"},  # the config's team wins over the key's
         proxy={"max_body_bytes": 65536, "upstream_timeout_seconds": 1},

@@ -103,7 +103,13 @@ def config_text(
     ledger_url: str = "sqlite:///ledger.db",
 ) -> str:
     return CONFIG.format(
-        prom_url=prom_url, method=method, idle=idle, timezone=timezone, out=out, smtp_port=smtp_port, ledger_url=ledger_url
+        prom_url=prom_url,
+        method=method,
+        idle=idle,
+        timezone=timezone,
+        out=out,
+        smtp_port=smtp_port,
+        ledger_url=ledger_url,
     )
 
 
@@ -126,7 +132,9 @@ def usage_counters() -> list[tuple[dict[str, str], str, Counter]]:
         for key, counter in metrics.items():
             counter.restarts = restarts
             if key.startswith("requests_"):
-                out.append(({**labels, "code": key.removeprefix("requests_")}, contract.REQUESTS_TOTAL, counter))
+                out.append(
+                    ({**labels, "code": key.removeprefix("requests_")}, contract.REQUESTS_TOTAL, counter)
+                )
             else:
                 out.append((labels, names[key], counter))
 
@@ -136,8 +144,12 @@ def usage_counters() -> list[tuple[dict[str, str], str, Counter]]:
     a = _proxy("ann@corp.test", "alpha", "m-big", "proxy-a")
     series(
         a,
-        prompt=Counter().add(ts("2026-09-30T21:45"), 500_000).add(ts("2026-09-30T22:15"), 300_000)
-        .add(ts("2026-10-15T06:00"), 500_000).add(ts("2026-10-31T22:45"), 200_000).add(ts("2026-10-31T23:15"), 400_000),
+        prompt=Counter()
+        .add(ts("2026-09-30T21:45"), 500_000)
+        .add(ts("2026-09-30T22:15"), 300_000)
+        .add(ts("2026-10-15T06:00"), 500_000)
+        .add(ts("2026-10-31T22:45"), 200_000)
+        .add(ts("2026-10-31T23:15"), 400_000),
         completion=Counter().add(ts("2026-10-02T10:00"), 150_000).add(ts("2026-10-20T10:00"), 50_000),
         cached=Counter().add(ts("2026-10-02T10:00"), 100_000),
         seconds=Counter().add(ts("2026-10-02T10:00"), "600.5").add(ts("2026-10-20T10:00"), "399.5"),
@@ -201,7 +213,10 @@ def gpu_series() -> list[Series]:
     """
     out: list[Series] = []
     restart = ts("2026-10-20T00:00")
-    for uuid, busy_per_step, restarts, observed_from in (("GPU-b0", 225, [], T0), ("GPU-b1", 90, [restart], restart)):
+    for uuid, busy_per_step, restarts, observed_from in (
+        ("GPU-b0", 225, [], T0),
+        ("GPU-b1", 90, [restart], restart),
+    ):
         labels = {"uuid": uuid, "instance": "gpu-node", "job": "chargeback-gpu-exporter"}
         busy, idle, observed = [], [], []
         for t in GRID:
@@ -216,7 +231,13 @@ def gpu_series() -> list[Series]:
         out.append(Series(contract.GPU_IDLE_SECONDS_TOTAL, labels, idle))
         out.append(Series(contract.GPU_OBSERVED_SECONDS_TOTAL, labels, observed))
         out.append(Series(contract.GPU_HOURLY_COST, {**labels, "pool": "big"}, [(t, "2") for t in GRID]))
-        out.append(Series(contract.GPU_INFO, {**labels, "pool": "big", "index": uuid[-1], "name": "NVIDIA H100"}, [(t, 1) for t in GRID]))
+        out.append(
+            Series(
+                contract.GPU_INFO,
+                {**labels, "pool": "big", "index": uuid[-1], "name": "NVIDIA H100"},
+                [(t, 1) for t in GRID],
+            )
+        )
     return out
 
 
@@ -278,19 +299,28 @@ def reference_delta(counter: Counter, start: int, end: int) -> Decimal:
 
     samples = counter.samples(GRID)
     before = [v for t, v in samples if t <= start]
-    return delta_from_samples(before[-1] if before else Decimal(0), [(t, v) for t, v in samples if start < t <= end])[0]
+    return delta_from_samples(
+        before[-1] if before else Decimal(0), [(t, v) for t, v in samples if start < t <= end]
+    )[0]
 
 
 def all_series() -> list[Series]:
     series = [Series(metric, labels, counter.samples(GRID)) for labels, metric, counter in usage_counters()]
-    series += [Series(TEST_COUNTER, {"user": case, "instance": "x"}, c.samples(GRID)) for case, c in tricky_counters().items()]
+    series += [
+        Series(TEST_COUNTER, {"user": case, "instance": "x"}, c.samples(GRID))
+        for case, c in tricky_counters().items()
+    ]
     # The same counters, each scraped from its own target that exports its process start time.
     for case, c in tricky_counters().items():
         series.append(Series(TEST_COUNTER_P, {"user": case, "instance": f"p-{case}"}, c.samples(GRID)))
         series.append(process_start(c.restarts, c.gaps, instance=f"p-{case}"))
     # A restart that no sample shows: 100 before it, already 500 at the new process's first scrape.
     # Its true increase is 100 + 500 = 600; comparing samples (100 → 500) would see only 400.
-    rise = Counter(restarts=[ts("2026-10-10T00:00")]).add(ts("2026-10-05T00:00"), 100).add(ts("2026-10-10T00:00"), 500)
+    rise = (
+        Counter(restarts=[ts("2026-10-10T00:00")])
+        .add(ts("2026-10-05T00:00"), 100)
+        .add(ts("2026-10-10T00:00"), 500)
+    )
     series.append(Series(TEST_COUNTER_P, {"user": "rise", "instance": "p-rise"}, rise.samples(GRID)))
     series.append(process_start(rise.restarts, instance="p-rise"))
     series.append(process_start([RESTART_A], instance="proxy-a", job="chargeback-proxy"))
@@ -314,7 +344,14 @@ def build_tsdb(workdir: Path) -> Path:
 
 EXPECTED_USAGE = {
     # (team, user, model): (requests, prompt, completion, cached, seconds, weighted)
-    ("alpha", "ann@corp.test", "m-big"): (155, 1_400_000, 300_000, 100_000, Decimal("1500.000"), Decimal(2_300_000)),
+    ("alpha", "ann@corp.test", "m-big"): (
+        155,
+        1_400_000,
+        300_000,
+        100_000,
+        Decimal("1500.000"),
+        Decimal(2_300_000),
+    ),
     ("alpha", "al@corp.test", "m-small"): (80, 600_000, 150_000, 0, Decimal("1500.000"), Decimal(750_000)),
     ("beta", "bob@corp.test", "m-big"): (200, 2_000_000, 500_000, 0, Decimal("3000.000"), Decimal(3_500_000)),
     ("beta", "bob@corp.test", "m-small"): (20, 150_000, 100_000, 0, Decimal("250.000"), Decimal(250_000)),

@@ -69,15 +69,22 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
     try:
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
         assert vm.url
-        with demo_stack(workdir / "stack", remote_write_url=vm.url + "/api/v1/write", budgets={"research": "10"},
-                        gpu_hourly_costs={p: str(price) for p, (_, price) in POOLS.items()}) as stack:
+        with demo_stack(
+            workdir / "stack",
+            remote_write_url=vm.url + "/api/v1/write",
+            budgets={"research": "10"},
+            gpu_hourly_costs={p: str(price) for p, (_, price) in POOLS.items()},
+        ) as stack:
             drive_traffic(stack, seconds=12)
             assert not stack.traffic.errors, stack.traffic.errors[:5]
             want = stack.traffic.total_for().prompt_tokens
             # every request is scraped (1 s interval) and remote-written before the period ends
             for url in (stack.prometheus_url, vm.url):
-                wait_for(lambda u=url: _prom_total(u, "sum(chargeback_prompt_tokens_total)") == want,
-                         timeout=60, what=f"all prompt tokens in {url}")
+                wait_for(
+                    lambda u=url: _prom_total(u, "sum(chargeback_prompt_tokens_total)") == want,
+                    timeout=60,
+                    what=f"all prompt tokens in {url}",
+                )
             wait_for_budget_email(stack, timeout=120)
             time.sleep(2)
             end = datetime.now(UTC).replace(microsecond=0)
@@ -90,10 +97,26 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
 def report(e: E2E, url: str, out: Path, *extra: str) -> dict[str, Any]:
     proc = subprocess.run(
         chargeback_argv(
-            "report", "--config.file", str(e.stack.config_path), "--from", _iso(e.start), "--to", _iso(e.end),
-            "--prometheus.url", url, "--method", "token-share", "--format", "json,csv,html", "--out", str(out), *extra,
+            "report",
+            "--config.file",
+            str(e.stack.config_path),
+            "--from",
+            _iso(e.start),
+            "--to",
+            _iso(e.end),
+            "--prometheus.url",
+            url,
+            "--method",
+            "token-share",
+            "--format",
+            "json,csv,html",
+            "--out",
+            str(out),
+            *extra,
         ),
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     files = list(out.glob("*/token-share/statement.json"))
@@ -123,7 +146,9 @@ def test_statement_tokens_equal_traffic_ledger_and_prometheus(e2e: E2E) -> None:
     for (user, model), t in traffic.totals.items():
         line = lines[(user, model)]
         assert (line["requests"], line["prompt_tokens"], line["completion_tokens"]) == (
-            t.requests, t.prompt_tokens, t.completion_tokens,
+            t.requests,
+            t.prompt_tokens,
+            t.completion_tokens,
         ), (user, model)
         rows = [r for r in ledger if r["user_email"] == user and r["model"] == model]
         assert len(rows) == t.requests
@@ -160,7 +185,9 @@ def _largest_remainder(amounts: dict[str, Decimal]) -> dict[str, Decimal]:
 
 def test_amounts_follow_token_share_formula(e2e: E2E) -> None:
     st = report(e2e, e2e.stack.prometheus_url, e2e.out / "prom")
-    observed = _delta_from_samples(e2e.stack.prometheus_url, "chargeback_gpu_observed_seconds_total", e2e.start, e2e.end)
+    observed = _delta_from_samples(
+        e2e.stack.prometheus_url, "chargeback_gpu_observed_seconds_total", e2e.start, e2e.end
+    )
     cost = {
         pool: sum((price * observed[simulated_uuid(i)] / 3600 for i in indexes), Decimal(0))
         for pool, (indexes, price) in POOLS.items()
@@ -194,7 +221,9 @@ def test_budget_alert_delivered_through_alertmanager(e2e: E2E) -> None:
     msg = messages[0]
     assert msg["To"] == FINANCE
     assert "research" in msg["Subject"]
-    firing = prom_query(e2e.stack.prometheus_url, f'ALERTS{{alertname="{BUDGET_ALERT}", alertstate="firing"}}')
+    firing = prom_query(
+        e2e.stack.prometheus_url, f'ALERTS{{alertname="{BUDGET_ALERT}", alertstate="firing"}}'
+    )
     assert {r["metric"]["team"] for r in firing} == {"research"}  # the other teams are well inside budget
 
 

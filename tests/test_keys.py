@@ -23,7 +23,7 @@ def test_tokens_are_prefixed_random_and_hashed():
     assert len(tokens) == 1000
     for t in list(tokens)[:20]:
         assert t.startswith(TOKEN_PREFIX)
-        body = t[len(TOKEN_PREFIX):]
+        body = t[len(TOKEN_PREFIX) :]
         assert len(body) == 43  # 32 bytes, base64url without padding = 256 bits
         assert hash_token(t) == hashlib.sha256(t.encode()).hexdigest()
 
@@ -39,7 +39,12 @@ async def test_cache_sees_new_and_revoked_keys_without_restart(ledger_url):
         assert cache.lookup(new_token) is None  # not yet refreshed
         await async_wait_for(lambda: cache.lookup(new_token) is not None, what="the new key")
         rec = cache.lookup(new_token)
-        assert (rec.key_id, rec.user_email, rec.team, rec.revoked_at) == (new.key_id, "bob@corp.example", "support", None)
+        assert (rec.key_id, rec.user_email, rec.team, rec.revoked_at) == (
+            new.key_id,
+            "bob@corp.example",
+            "support",
+            None,
+        )
         store.revoke_key(old.key_id)
         await async_wait_for(lambda: cache.lookup(old_token) is None, what="the revocation")
         assert cache.lookup(new_token) is not None and len(cache) == 1
@@ -57,8 +62,16 @@ async def test_lookup_rejects_unknown_and_malformed_tokens(tmp_path):
     await cache.start()
     try:
         assert cache.lookup(token) is not None
-        for bad in ("", "Bearer " + token, token[:-1], token + "x", token.upper(), generate_token(),
-                    hash_token(token), token[len(TOKEN_PREFIX):]):
+        for bad in (
+            "",
+            "Bearer " + token,
+            token[:-1],
+            token + "x",
+            token.upper(),
+            generate_token(),
+            hash_token(token),
+            token[len(TOKEN_PREFIX) :],
+        ):
             assert cache.lookup(bad) is None, bad
     finally:
         await cache.close()

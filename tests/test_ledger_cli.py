@@ -56,7 +56,9 @@ def cfg_file(tmp_path):
 
 
 def test_keys_create_list_revoke(run, cfg_file, tmp_path):
-    code, out, err = run("keys", "create", "--user", "alice@corp.example", "--team", "research", "--config.file", cfg_file)
+    code, out, err = run(
+        "keys", "create", "--user", "alice@corp.example", "--team", "research", "--config.file", cfg_file
+    )
     assert code == 0, err
     fields = dict(line.split(":", 1) for line in out.strip().splitlines())
     token, key_id = fields["token"].strip(), fields["key id"].strip()
@@ -64,7 +66,9 @@ def test_keys_create_list_revoke(run, cfg_file, tmp_path):
     assert "shown only this once" in err
 
     # --team defaults to the user's team in the config; --token-only prints just the token
-    code, out2, _ = run("keys", "create", "--user", "bob@corp.example", "--token-only", "--config.file", cfg_file)
+    code, out2, _ = run(
+        "keys", "create", "--user", "bob@corp.example", "--token-only", "--config.file", cfg_file
+    )
     assert code == 0 and out2.strip().startswith(TOKEN_PREFIX) and len(out2.strip().splitlines()) == 1
     bob_token = out2.strip()
 
@@ -72,7 +76,9 @@ def test_keys_create_list_revoke(run, cfg_file, tmp_path):
     active = {h: k for h, k in store.load_active_keys()}
     assert active[hash_token(token)].user_email == "alice@corp.example"
     assert active[hash_token(bob_token)].team == "support"
-    raw = (tmp_path / "ledger.db").read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("ledger.db-*"))
+    raw = (tmp_path / "ledger.db").read_bytes() + b"".join(
+        p.read_bytes() for p in tmp_path.glob("ledger.db-*")
+    )
     assert token.encode() not in raw and bob_token.encode() not in raw  # only hashes are stored
 
     code, out, _ = run("keys", "list", "--config.file", cfg_file)
@@ -104,7 +110,10 @@ def test_keys_create_list_revoke(run, cfg_file, tmp_path):
     ("argv", "message"),
     [
         (["--user", "alice@corp.example", "--team", "marketing"], "unknown team 'marketing' (teams in"),
-        (["--user", "alice@corp.example", "--team", "support"], "alice@corp.example belongs to team 'research'"),
+        (
+            ["--user", "alice@corp.example", "--team", "support"],
+            "alice@corp.example belongs to team 'research'",
+        ),
         (["--user", "carol@corp.example", "--team", "support"], "unknown user 'carol@corp.example'"),
         (["--user", "carol@corp.example"], "--team is required"),
         (["--user", "not-an-email", "--team", "support"], "is not an email address"),
@@ -117,8 +126,19 @@ def test_keys_create_validates_against_config(run, cfg_file, argv, message):
 
 def test_keys_without_config_file_need_ledger_url(run, tmp_path):
     url = f"sqlite:///{tmp_path}/x.db"
-    code, out, _ = run("keys", "create", "--user", "z@corp.example", "--team", "any", "--token-only",
-                       "--ledger.url", url, "--config.file", str(tmp_path / "absent.yaml"))
+    code, out, _ = run(
+        "keys",
+        "create",
+        "--user",
+        "z@corp.example",
+        "--team",
+        "any",
+        "--token-only",
+        "--ledger.url",
+        url,
+        "--config.file",
+        str(tmp_path / "absent.yaml"),
+    )
     assert code == 0 and out.startswith(TOKEN_PREFIX)
     with pytest.raises(SystemExit) as exc:
         run("keys", "list", "--config.file", str(tmp_path / "absent.yaml"))
@@ -128,8 +148,17 @@ def test_keys_without_config_file_need_ledger_url(run, tmp_path):
 def test_ledger_query_verbatim_table_and_csv(run, ledger_url, tmp_path):
     store = open_store(ledger_url)
     # 3 users × 2 models with distinct totals so the order is fully determined
-    rows = [make_row(i, prompt_tokens=100 * (i % 6 + 1), completion_tokens=i % 6 + 1, total_tokens=101 * (i % 6 + 1),
-                     user_email=f"u{i % 3}@corp.example", model=f"m{i % 2}") for i in range(60)]
+    rows = [
+        make_row(
+            i,
+            prompt_tokens=100 * (i % 6 + 1),
+            completion_tokens=i % 6 + 1,
+            total_tokens=101 * (i % 6 + 1),
+            user_email=f"u{i % 3}@corp.example",
+            model=f"m{i % 2}",
+        )
+        for i in range(60)
+    ]
     store.insert_rows(rows)
     store.close()
     absent = str(tmp_path / "absent.yaml")
@@ -146,15 +175,28 @@ def test_ledger_query_verbatim_table_and_csv(run, ledger_url, tmp_path):
         "u0@corp.example  m0                 1010               1000                 10\n"
         "(6 rows)\n"
     )
-    code, out, _ = run("ledger", "query", VERBATIM_SQL, "--csv", "--ledger.url", ledger_url, "--config.file", absent)
-    assert out.splitlines()[:2] == ["user_email,model,total_tokens_sum,prompt_tokens_sum,output_tokens_sum",
-                                    "u2@corp.example,m1,6060,6000,60"]
+    code, out, _ = run(
+        "ledger", "query", VERBATIM_SQL, "--csv", "--ledger.url", ledger_url, "--config.file", absent
+    )
+    assert out.splitlines()[:2] == [
+        "user_email,model,total_tokens_sum,prompt_tokens_sum,output_tokens_sum",
+        "u2@corp.example,m1,6060,6000,60",
+    ]
     assert len(out.splitlines()) == 7
 
-    code, out, err = run("ledger", "query", "DELETE FROM http_analytics", "--ledger.url", ledger_url, "--config.file", absent)
+    code, out, err = run(
+        "ledger", "query", "DELETE FROM http_analytics", "--ledger.url", ledger_url, "--config.file", absent
+    )
     assert code == 1 and out == "" and "read-only" in err
-    code, _, err = run("ledger", "query", "SELECT nope FROM public.http_analytics", "--ledger.url", ledger_url,
-                       "--config.file", absent)
+    code, _, err = run(
+        "ledger",
+        "query",
+        "SELECT nope FROM public.http_analytics",
+        "--ledger.url",
+        ledger_url,
+        "--config.file",
+        absent,
+    )
     assert code == 1 and "query failed" in err and "nope" in err
     assert open_store(ledger_url).count_rows() == 60
 
@@ -163,25 +205,45 @@ def test_ledger_summary(run, cfg_file, tmp_path):
     store = open_store(f"sqlite:///{tmp_path}/ledger.db")
     store.insert_rows([make_row(i) for i in range(56)])  # days 1..28, twice
     store.close()
-    code, out, err = run("ledger", "summary", "--since", "2024-05-01", "--until", "2024-05-03", "--config.file", cfg_file)
+    code, out, err = run(
+        "ledger", "summary", "--since", "2024-05-01", "--until", "2024-05-03", "--config.file", cfg_file
+    )
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["user_email", "team", "model", "requests", "prompt_tokens", "completion_tokens",
-                                "total_tokens", "cached_tokens", "estimated"]
+    assert lines[0].split() == [
+        "user_email",
+        "team",
+        "model",
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cached_tokens",
+        "estimated",
+    ]
     # rows 0, 1, 28, 29 fall on May 1st and 2nd
     want = [make_row(i) for i in (0, 1, 28, 29)]
     total = lines[-2].split()
     assert total[0] == "TOTAL"
     assert [int(x) for x in total[1:]] == [
-        4, sum(r.prompt_tokens for r in want), sum(r.completion_tokens for r in want),
-        sum(r.total_tokens for r in want), sum(r.cached_tokens for r in want), sum(r.estimated for r in want),
+        4,
+        sum(r.prompt_tokens for r in want),
+        sum(r.completion_tokens for r in want),
+        sum(r.total_tokens for r in want),
+        sum(r.cached_tokens for r in want),
+        sum(r.estimated for r in want),
     ]
     code, out, _ = run("ledger", "summary", "--csv", "--config.file", cfg_file)
     data = list(csv.DictReader(io.StringIO(out)))
-    assert sum(int(r["requests"]) for r in data) == 56 and {r["team"] for r in data} == {"research", "support"}
+    assert sum(int(r["requests"]) for r in data) == 56 and {r["team"] for r in data} == {
+        "research",
+        "support",
+    }
     code, _, err = run("ledger", "summary", "--since", "yesterday", "--config.file", cfg_file)
     assert code == 2 and "--since 'yesterday' is not an ISO date" in err
-    code, _, err = run("ledger", "summary", "--since", "2024-05-02", "--until", "2024-05-01", "--config.file", cfg_file)
+    code, _, err = run(
+        "ledger", "summary", "--since", "2024-05-02", "--until", "2024-05-01", "--config.file", cfg_file
+    )
     assert code == 2 and "must be after" in err
 
 
@@ -190,10 +252,20 @@ def test_cli_binary_end_to_end(tmp_path):
     exe = Path(sys.executable).parent / "chargeback"
     url = f"sqlite:///{tmp_path}/ledger.db"
     env = {**os.environ, "CHARGEBACK_CONFIG": str(tmp_path / "none.yaml")}
-    p = subprocess.run([str(exe), "keys", "create", "--user", "a@corp.example", "--team", "t", "--ledger.url", url],
-                       capture_output=True, text=True, env=env, timeout=60)
+    p = subprocess.run(
+        [str(exe), "keys", "create", "--user", "a@corp.example", "--team", "t", "--ledger.url", url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
-    p = subprocess.run([str(exe), "ledger", "query", VERBATIM_SQL, "--ledger.url", url],
-                       capture_output=True, text=True, env=env, timeout=60)
+    p = subprocess.run(
+        [str(exe), "ledger", "query", VERBATIM_SQL, "--ledger.url", url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[-1] == "(0 rows)"

@@ -34,9 +34,19 @@ def test_schema_is_created_with_indexes_and_version(store, ledger_url):
     if store.backend == "sqlite":
         names = {r[0] for r in store.query("SELECT name FROM public.sqlite_master")[1]}
     else:
-        names = {r[0] for r in store.query("SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace")[1]}
-    assert {"http_analytics", "api_keys", "schema_version", "http_analytics_timestamp",
-            "http_analytics_user_model"} <= names
+        names = {
+            r[0]
+            for r in store.query("SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace")[
+                1
+            ]
+        }
+    assert {
+        "http_analytics",
+        "api_keys",
+        "schema_version",
+        "http_analytics_timestamp",
+        "http_analytics_user_model",
+    } <= names
     assert store.query("SELECT version FROM schema_version")[1] == [(1,)]
     cols = store.query("SELECT * FROM http_analytics")[0]
     from exporter.ledger.row import COLUMNS
@@ -83,8 +93,12 @@ def test_row_values_round_trip(store):
 
 
 def test_timestamps_are_normalised_to_utc(store):
-    store.insert_rows([make_row(1, timestamp="2024-05-02T12:00:00+02:00"), make_row(2, timestamp="2024-05-02T10:00:00.5")])
-    _, rows = store.summary(datetime(2024, 5, 2, 10, 0, tzinfo=UTC), datetime(2024, 5, 2, 10, 0, 1, tzinfo=UTC))
+    store.insert_rows(
+        [make_row(1, timestamp="2024-05-02T12:00:00+02:00"), make_row(2, timestamp="2024-05-02T10:00:00.5")]
+    )
+    _, rows = store.summary(
+        datetime(2024, 5, 2, 10, 0, tzinfo=UTC), datetime(2024, 5, 2, 10, 0, 1, tzinfo=UTC)
+    )
     assert sum(r[3] for r in rows) == 2
 
 
@@ -131,15 +145,25 @@ def test_summary_exact_per_user_team_model(store):
     store.insert_rows(rows)
     since, until = datetime(2024, 5, 3, tzinfo=UTC), datetime(2024, 5, 10, tzinfo=UTC)
     cols, result = store.summary(since, until)
-    assert cols == ["user_email", "team", "model", "requests", "prompt_tokens", "completion_tokens",
-                    "total_tokens", "cached_tokens", "estimated"]
+    assert cols == [
+        "user_email",
+        "team",
+        "model",
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cached_tokens",
+        "estimated",
+    ]
     want = defaultdict(lambda: [0] * 6)
     for r in rows:
         ts = datetime.fromisoformat(r.timestamp)
         if since <= ts < until:
             w = want[(r.user_email, r.team, r.model)]
-            for j, v in enumerate((1, r.prompt_tokens, r.completion_tokens, r.total_tokens, r.cached_tokens,
-                                   int(r.estimated))):
+            for j, v in enumerate(
+                (1, r.prompt_tokens, r.completion_tokens, r.total_tokens, r.cached_tokens, int(r.estimated))
+            ):
                 w[j] += v
     assert {tuple(r[:3]): list(r[3:]) for r in result} == dict(want)
     assert sum(r[3] for r in result) == 7 * 22  # days 3..9 of a 28-day cycle over 600 rows

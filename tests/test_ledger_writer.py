@@ -28,8 +28,14 @@ from exporter.ledger.writer import LedgerWriter
 
 
 def config(tmp_path, url, **kw):
-    base = LedgerConfig(url=url, batch_size=50, flush_interval_seconds=0.02, max_queue_rows=100,
-                        spool_dir=str(tmp_path / "spool"), retry_seconds=0.1)
+    base = LedgerConfig(
+        url=url,
+        batch_size=50,
+        flush_interval_seconds=0.02,
+        max_queue_rows=100,
+        spool_dir=str(tmp_path / "spool"),
+        retry_seconds=0.1,
+    )
     return replace(base, **kw)
 
 
@@ -89,8 +95,11 @@ class RecordingStore:
 
 async def test_rows_are_written_in_batches(tmp_path, sqlite_url):
     sizes: list[int] = []
-    w = LedgerWriter(sqlite_url, config(tmp_path, sqlite_url, batch_size=100, max_queue_rows=10_000),
-                     store_factory=lambda u: RecordingStore(u, sizes))
+    w = LedgerWriter(
+        sqlite_url,
+        config(tmp_path, sqlite_url, batch_size=100, max_queue_rows=10_000),
+        store_factory=lambda u: RecordingStore(u, sizes),
+    )
     await w.start()
     rows = [make_row(i) for i in range(1050)]
     for r in rows:
@@ -99,14 +108,22 @@ async def test_rows_are_written_in_batches(tmp_path, sqlite_url):
     await w.close()
     assert sum(sizes) == 1050 and max(sizes) <= 100 and len(sizes) >= 11
     s = w.stats()
-    assert (s.rows_written, s.rows_submitted, s.write_errors, s.queue_rows, s.spooled_rows) == (1050, 1050, 0, 0, 0)
+    assert (s.rows_written, s.rows_submitted, s.write_errors, s.queue_rows, s.spooled_rows) == (
+        1050,
+        1050,
+        0,
+        0,
+        0,
+    )
     assert count(sqlite_url) == 1050
     assert token_total(sqlite_url) == sum(r.total_tokens for r in rows)
 
 
 async def test_close_flushes_everything(tmp_path, sqlite_url):
-    w = LedgerWriter(sqlite_url, config(tmp_path, sqlite_url, batch_size=10_000, flush_interval_seconds=60,
-                                        max_queue_rows=10_000))
+    w = LedgerWriter(
+        sqlite_url,
+        config(tmp_path, sqlite_url, batch_size=10_000, flush_interval_seconds=60, max_queue_rows=10_000),
+    )
     await w.start()
     for i in range(123):
         w.submit(make_row(i))
@@ -123,7 +140,7 @@ async def test_sqlite_outage_queue_overflow_spools_then_recovers(tmp_path, sqlit
         w.submit(make_row(i))
     assert await w.flush()
     # Outage: another process holds the write lock (what a stuck writer or a long VACUUM does).
-    path = sqlite_url[len("sqlite:///"):].split("?")[0]
+    path = sqlite_url[len("sqlite:///") :].split("?")[0]
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
@@ -131,8 +148,13 @@ async def test_sqlite_outage_queue_overflow_spools_then_recovers(tmp_path, sqlit
             w.submit(make_row(i))
         await async_wait_for(lambda: w.stats().write_errors >= 1, what="a failed write")
         # Memory stays bounded (queue ≤ max_queue_rows + the batch being retried); the rest is on disk.
-        await async_wait_for(lambda: w.stats().queue_rows + w.stats().spooled_rows == 1000
-                             and w.stats().queue_rows <= cfg.max_queue_rows + cfg.batch_size, what="spooling")
+        await async_wait_for(
+            lambda: (
+                w.stats().queue_rows + w.stats().spooled_rows == 1000
+                and w.stats().queue_rows <= cfg.max_queue_rows + cfg.batch_size
+            ),
+            what="spooling",
+        )
         s = w.stats()
         assert s.spooled_rows == spool_lines(tmp_path) >= 1000 - cfg.max_queue_rows - cfg.batch_size
         assert not s.database_up and s.rows_written == 40
@@ -160,7 +182,9 @@ async def test_postgres_outage_and_recovery(tmp_path, pg_url):
         for i in range(100, 700):
             w.submit(make_row(i))
         await async_wait_for(lambda: w.stats().write_errors >= 1, what="a failed write")
-        await async_wait_for(lambda: w.stats().spooled_rows >= 600 - cfg.max_queue_rows - cfg.batch_size, what="spooling")
+        await async_wait_for(
+            lambda: w.stats().spooled_rows >= 600 - cfg.max_queue_rows - cfg.batch_size, what="spooling"
+        )
         assert w.stats().rows_written == 100 and not w.stats().database_up
     finally:
         unblock_pg_database(pg_url)
@@ -189,7 +213,7 @@ async def test_postgres_down_at_start(tmp_path, pg_url):
 
 
 async def test_restart_replays_spool_exactly_once(tmp_path, sqlite_url):
-    path = sqlite_url[len("sqlite:///"):].split("?")[0]
+    path = sqlite_url[len("sqlite:///") :].split("?")[0]
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
@@ -228,8 +252,11 @@ async def test_restart_replays_spool_exactly_once(tmp_path, sqlite_url):
 async def test_close_with_a_hung_database_spools_the_batch_in_flight(tmp_path, sqlite_url):
     gate = threading.Event()
     sizes: list[int] = []
-    w = LedgerWriter(sqlite_url, config(tmp_path, sqlite_url, max_queue_rows=10_000),
-                     store_factory=lambda u: RecordingStore(u, sizes, gate))
+    w = LedgerWriter(
+        sqlite_url,
+        config(tmp_path, sqlite_url, max_queue_rows=10_000),
+        store_factory=lambda u: RecordingStore(u, sizes, gate),
+    )
     await w.start()
     for i in range(120):
         w.submit(make_row(i))
@@ -263,7 +290,9 @@ async def test_torn_spool_line_is_rejected_not_dropped(tmp_path, sqlite_url):
     spool = tmp_path / "spool"
     spool.mkdir()
     good = [json.dumps(make_row(i).as_dict()) for i in range(3)]
-    (spool / "ledger-spool-20240101T000000-1-0001.jsonl").write_text("\n".join(good) + '\n{"request_id": "req-0')
+    (spool / "ledger-spool-20240101T000000-1-0001.jsonl").write_text(
+        "\n".join(good) + '\n{"request_id": "req-0'
+    )
     w = LedgerWriter(sqlite_url, config(tmp_path, sqlite_url))
     await w.start()
     assert await w.flush()

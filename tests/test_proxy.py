@@ -23,7 +23,9 @@ from exporter.sim.upstream import expected_usage
 
 
 def client(stack: Stack, user: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.api_url + "/v1", api_key=stack.tokens[user], max_retries=0, timeout=30)
+    return openai.OpenAI(
+        base_url=stack.api_url + "/v1", api_key=stack.tokens[user], max_retries=0, timeout=30
+    )
 
 
 def usage_of(stack: Stack, user: str, model: str) -> dict[str, float]:
@@ -38,7 +40,9 @@ def usage_of(stack: Stack, user: str, model: str) -> dict[str, float]:
     }
 
 
-def post(stack: Stack, token: str | None, body: Any, path: str = "/v1/chat/completions", **kw: Any) -> requests.Response:
+def post(
+    stack: Stack, token: str | None, body: Any, path: str = "/v1/chat/completions", **kw: Any
+) -> requests.Response:
     headers = kw.pop("headers", {})
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -65,11 +69,20 @@ def assert_openai_error(resp: requests.Response, status: int, code: str | None =
 # --------------------------------------------------------------------------- exact accounting
 
 
-async def test_traffic_counters_and_ledger_are_exact(proxy_env: Stack, fresh_users: Callable[..., list[str]]) -> None:
+async def test_traffic_counters_and_ledger_are_exact(
+    proxy_env: Stack, fresh_users: Callable[..., list[str]]
+) -> None:
     users = fresh_users(2, "research") + fresh_users(2, "support")
     models = ["sim-small", "sim-large"]
-    result = await run_traffic(proxy_env.api_url, {u: proxy_env.tokens[u] for u in users}, models,
-                               requests_per_user=6, stream_ratio=0.5, seed=7, concurrency=6)
+    result = await run_traffic(
+        proxy_env.api_url,
+        {u: proxy_env.tokens[u] for u in users},
+        models,
+        requests_per_user=6,
+        stream_ratio=0.5,
+        seed=7,
+        concurrency=6,
+    )
     assert result.errors == []
     assert result.requests == 24 and 0 < result.streamed < 24
     samples = read_metrics(proxy_env.metrics_url)
@@ -106,14 +119,21 @@ async def test_traffic_counters_and_ledger_are_exact(proxy_env: Stack, fresh_use
         store.close()
     assert cols == ["user_email", "model", "total_tokens_sum", "prompt_tokens_sum", "output_tokens_sum"]
     got = {(r[0], r[1]): tuple(r[2:]) for r in out if r[0] in users}
-    want = {(u, m): (t.total_tokens, t.prompt_tokens, t.completion_tokens) for (u, m), t in result.totals.items()}
+    want = {
+        (u, m): (t.total_tokens, t.prompt_tokens, t.completion_tokens) for (u, m), t in result.totals.items()
+    }
     assert got == want
 
 
-def test_stream_without_include_usage_hides_usage_chunk(proxy_env: Stack, fresh_users: Callable[..., list[str]]) -> None:
+def test_stream_without_include_usage_hides_usage_chunk(
+    proxy_env: Stack, fresh_users: Callable[..., list[str]]
+) -> None:
     (user,) = fresh_users(1)
     c = client(proxy_env, user)
-    messages = [{"role": "system", "content": "be brief and kind"}, {"role": "user", "content": "stream me a story"}]
+    messages = [
+        {"role": "system", "content": "be brief and kind"},
+        {"role": "user", "content": "stream me a story"},
+    ]
     chunks = list(c.chat.completions.create(model="sim-small", messages=messages, stream=True, seed=3))  # type: ignore[arg-type]
     assert chunks and all(ch.usage is None for ch in chunks)
     assert all(ch.choices for ch in chunks), "the usage-only chunk (empty choices) must not reach the client"
@@ -121,8 +141,15 @@ def test_stream_without_include_usage_hides_usage_chunk(proxy_env: Stack, fresh_
     want = expected_usage("chat/completions", {"messages": messages, "seed": 3})
     assert len(text.split()) == want["completion_tokens"]
 
-    with_usage = list(c.chat.completions.create(model="sim-small", messages=messages, stream=True, seed=3,  # type: ignore[arg-type]
-                                                stream_options={"include_usage": True}))
+    with_usage = list(
+        c.chat.completions.create(
+            model="sim-small",
+            messages=messages,
+            stream=True,
+            seed=3,  # type: ignore[arg-type]
+            stream_options={"include_usage": True},
+        )
+    )
     usage_chunks = [ch for ch in with_usage if ch.usage is not None]
     assert len(usage_chunks) == 1 and usage_chunks[0].choices == []
     assert usage_chunks[0].usage.completion_tokens == want["completion_tokens"]
@@ -131,14 +158,24 @@ def test_stream_without_include_usage_hides_usage_chunk(proxy_env: Stack, fresh_
     rows = wait_for_rows(proxy_env.ledger_url, 2, user_email=user)
     for r in rows:
         assert (r["prompt_tokens"], r["completion_tokens"], r["cached_tokens"]) == (
-            want["prompt_tokens"], want["completion_tokens"], want["cached_tokens"])
+            want["prompt_tokens"],
+            want["completion_tokens"],
+            want["cached_tokens"],
+        )
         assert r["stream"] and r["status_code"] == 200 and not r["estimated"] and r["ttft_ms"] is not None
     u = usage_of(proxy_env, user, "sim-small")
-    assert u == {"requests": 2, "prompt": 2 * want["prompt_tokens"], "completion": 2 * want["completion_tokens"],
-                 "cached": 2 * want["cached_tokens"], "estimated": 0}
+    assert u == {
+        "requests": 2,
+        "prompt": 2 * want["prompt_tokens"],
+        "completion": 2 * want["completion_tokens"],
+        "cached": 2 * want["cached_tokens"],
+        "estimated": 0,
+    }
 
 
-def test_completions_embeddings_and_responses(proxy_env: Stack, fresh_users: Callable[..., list[str]]) -> None:
+def test_completions_embeddings_and_responses(
+    proxy_env: Stack, fresh_users: Callable[..., list[str]]
+) -> None:
     (user,) = fresh_users(1)
     c = client(proxy_env, user)
     comp = c.completions.create(model="sim-large", prompt="once upon a time in a data center", max_tokens=5)
@@ -165,8 +202,12 @@ def test_completions_embeddings_and_responses(proxy_env: Stack, fresh_users: Cal
     assert small["completion"] == resp.usage.output_tokens + completed[0].response.usage.output_tokens
     rows = wait_for_rows(proxy_env.ledger_url, 5, user_email=user)
     assert sorted(r["endpoint"] for r in rows) == sorted(
-        ["/v1/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/responses"])
-    assert sum(r["total_tokens"] for r in rows) == large["prompt"] + large["completion"] + small["prompt"] + small["completion"]
+        ["/v1/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/responses"]
+    )
+    assert (
+        sum(r["total_tokens"] for r in rows)
+        == large["prompt"] + large["completion"] + small["prompt"] + small["completion"]
+    )
 
 
 def test_no_usage_from_upstream_is_estimated(proxy_env: Stack, fresh_users: Callable[..., list[str]]) -> None:
@@ -177,8 +218,14 @@ def test_no_usage_from_upstream_is_estimated(proxy_env: Stack, fresh_users: Call
     r = c.chat.completions.create(model="sim-small", messages=msgs, extra_headers={"X-Sim-Fault": "no-usage"})  # type: ignore[arg-type]
     assert r.usage is None
     text = r.choices[0].message.content
-    chunks = list(c.chat.completions.create(model="sim-small", messages=msgs, stream=True,  # type: ignore[arg-type]
-                                            extra_headers={"X-Sim-Fault": "no-usage"}))
+    chunks = list(
+        c.chat.completions.create(
+            model="sim-small",
+            messages=msgs,
+            stream=True,  # type: ignore[arg-type]
+            extra_headers={"X-Sim-Fault": "no-usage"},
+        )
+    )
     streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     rows = wait_for_rows(proxy_env.ledger_url, 2, user_email=user)
     want_completion = {math.ceil(len(text) / 4), math.ceil(len(streamed) / 4)}
@@ -193,7 +240,9 @@ def test_no_usage_from_upstream_is_estimated(proxy_env: Stack, fresh_users: Call
 
 def test_config_team_overrides_key_team(proxy_env: Stack) -> None:
     user = "override@corp.example"  # key created for research, config says support
-    client(proxy_env, user).chat.completions.create(model="sim-small", messages=[{"role": "user", "content": "hi"}])
+    client(proxy_env, user).chat.completions.create(
+        model="sim-small", messages=[{"role": "user", "content": "hi"}]
+    )
     rows = wait_for_rows(proxy_env.ledger_url, 1, user_email=user)
     assert rows[0]["team"] == "support"
     samples = read_metrics(proxy_env.metrics_url)
@@ -211,11 +260,15 @@ def test_auth_errors(proxy_env: Stack, fresh_users: Callable[..., list[str]]) ->
     assert_openai_error(post(proxy_env, "cbk_not-a-real-token", body), 401, "invalid_api_key")
     assert_openai_error(requests.get(proxy_env.api_url + "/v1/models", timeout=5), 401)
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=proxy_env.api_url + "/v1", api_key="sk-wrong", max_retries=0).chat.completions.create(
-            model="sim-small", messages=[{"role": "user", "content": "hi"}])
+        openai.OpenAI(
+            base_url=proxy_env.api_url + "/v1", api_key="sk-wrong", max_retries=0
+        ).chat.completions.create(model="sim-small", messages=[{"role": "user", "content": "hi"}])
     after = read_metrics(proxy_env.metrics_url)
-    assert metric(after, contract.REJECTED_REQUESTS_TOTAL, code="401") - metric(
-        before, contract.REJECTED_REQUESTS_TOTAL, code="401") == 4
+    assert (
+        metric(after, contract.REJECTED_REQUESTS_TOTAL, code="401")
+        - metric(before, contract.REJECTED_REQUESTS_TOTAL, code="401")
+        == 4
+    )
     # unauthenticated requests never create per-user series
     assert not any(n == contract.REQUESTS_TOTAL and ("user", "") in ls for (n, ls) in after)
 
@@ -225,15 +278,20 @@ def test_request_errors(proxy_env: Stack, fresh_users: Callable[..., list[str]])
     tok = proxy_env.tokens[research]
     sim_before = proxy_env.sim_stats()["requests"]
     msgs = [{"role": "user", "content": "hi"}]
-    err = assert_openai_error(post(proxy_env, tok, {"model": "gpt-unknown", "messages": msgs}), 404, "model_not_found")
+    err = assert_openai_error(
+        post(proxy_env, tok, {"model": "gpt-unknown", "messages": msgs}), 404, "model_not_found"
+    )
     assert err["param"] == "model"
     assert_openai_error(post(proxy_env, tok, b'{"model": "sim-small", "messages": ['), 400, "invalid_json")
     assert_openai_error(post(proxy_env, tok, b"[1, 2]"), 400, "invalid_json")
     assert_openai_error(post(proxy_env, tok, {"messages": msgs}), 400)
     big = {"model": "sim-small", "messages": [{"role": "user", "content": "x" * 70000}]}
     assert_openai_error(post(proxy_env, tok, big), 413, "request_too_large")
-    assert_openai_error(post(proxy_env, proxy_env.tokens[support], {"model": "sim-restricted", "messages": msgs}),
-                        403, "model_not_allowed")
+    assert_openai_error(
+        post(proxy_env, proxy_env.tokens[support], {"model": "sim-restricted", "messages": msgs}),
+        403,
+        "model_not_allowed",
+    )
     assert proxy_env.sim_stats()["requests"] == sim_before, "rejected requests must not reach the upstream"
     assert post(proxy_env, tok, {"model": "sim-restricted", "messages": msgs}).status_code == 200
 
@@ -246,7 +304,9 @@ def test_request_errors(proxy_env: Stack, fresh_users: Callable[..., list[str]])
     assert metric(samples, contract.REQUESTS_TOTAL, user=support, model="sim-restricted", code="403") == 2
     assert metric(samples, contract.REQUESTS_TOTAL, user=research, model="sim-restricted", code="200") == 1
     # the model label only ever holds configured models
-    models = {dict(ls).get("model") for (n, ls) in samples if n.startswith("chargeback_") and "model" in dict(ls)}
+    models = {
+        dict(ls).get("model") for (n, ls) in samples if n.startswith("chargeback_") and "model" in dict(ls)
+    }
     assert models <= {"sim-small", "sim-large", "sim-restricted", "sim-rr", "sim-dead"}
     rows = wait_for_rows(proxy_env.ledger_url, 7, user_email=research)
     assert sorted(r["status_code"] for r in rows) == [200, 400, 400, 400, 404, 404, 413]
@@ -262,8 +322,11 @@ def test_upstream_errors(proxy_env: Stack, fresh_users: Callable[..., list[str]]
     r429 = post(proxy_env, tok, body, headers={"X-Sim-Fault": "429"})
     assert r429.status_code == 429
     with pytest.raises(openai.RateLimitError):
-        client(proxy_env, user).chat.completions.create(model="sim-small", messages=body["messages"],  # type: ignore[arg-type]
-                                                        extra_headers={"X-Sim-Fault": "429"})
+        client(proxy_env, user).chat.completions.create(
+            model="sim-small",
+            messages=body["messages"],  # type: ignore[arg-type]
+            extra_headers={"X-Sim-Fault": "429"},
+        )
     assert_openai_error(post(proxy_env, tok, {**body, "model": "sim-dead"}), 502, "upstream_unreachable")
     slow = post(proxy_env, tok, body, headers={"X-Sim-Fault": "slow", "X-Sim-Slow-Seconds": "3"})
     assert_openai_error(slow, 504, "upstream_timeout")
@@ -283,8 +346,12 @@ def test_upstream_drop_mid_stream(proxy_env: Stack, fresh_users: Callable[..., l
     msgs = [{"role": "user", "content": "this stream will break"}]
     received = []
     with pytest.raises(openai.APIError) as info:
-        for ch in c.chat.completions.create(model="sim-small", messages=msgs, stream=True,  # type: ignore[arg-type]
-                                            extra_headers={"X-Sim-Fault": "drop"}):
+        for ch in c.chat.completions.create(
+            model="sim-small",
+            messages=msgs,
+            stream=True,  # type: ignore[arg-type]
+            extra_headers={"X-Sim-Fault": "drop"},
+        ):
             received.append(ch)
     assert "mid-stream" in str(info.value)
     assert received, "the chunks before the drop reached the client"
@@ -301,11 +368,17 @@ def test_upstream_drop_mid_stream(proxy_env: Stack, fresh_users: Callable[..., l
     assert metric(samples, contract.INFLIGHT_REQUESTS, model="sim-small") == 0
 
 
-async def test_client_disconnect_cancels_upstream(proxy_env: Stack, fresh_users: Callable[..., list[str]]) -> None:
+async def test_client_disconnect_cancels_upstream(
+    proxy_env: Stack, fresh_users: Callable[..., list[str]]
+) -> None:
     (user,) = fresh_users(1)
     before = proxy_env.sim_stats()["cancelled"]
-    body = {"model": "sim-large", "messages": [{"role": "user", "content": "a long answer please"}], "stream": True,
-            "max_tokens": 40}
+    body = {
+        "model": "sim-large",
+        "messages": [{"role": "user", "content": "a long answer please"}],
+        "stream": True,
+        "max_tokens": 40,
+    }
     headers = {"Authorization": f"Bearer {proxy_env.tokens[user]}", "X-Sim-Tokens-Per-Second": "20"}
     got = b""
     async with aiohttp.ClientSession() as session:
@@ -332,13 +405,17 @@ async def test_client_disconnect_cancels_upstream(proxy_env: Stack, fresh_users:
 def test_round_robin_skips_refused_upstream(proxy_env: Stack, fresh_users: Callable[..., list[str]]) -> None:
     (user,) = fresh_users(1)
     sim1 = proxy_env.extra_sims[0]
-    before = (proxy_env.sim_stats()["models"].get("sim-rr", {}).get("requests", 0),
-              proxy_env.sim_stats(sim1)["models"].get("sim-rr", {}).get("requests", 0))
+    before = (
+        proxy_env.sim_stats()["models"].get("sim-rr", {}).get("requests", 0),
+        proxy_env.sim_stats(sim1)["models"].get("sim-rr", {}).get("requests", 0),
+    )
     c = client(proxy_env, user)
     for _ in range(6):
         c.chat.completions.create(model="sim-rr", messages=[{"role": "user", "content": "spread me"}])
-    after = (proxy_env.sim_stats()["models"]["sim-rr"]["requests"],
-             proxy_env.sim_stats(sim1)["models"]["sim-rr"]["requests"])
+    after = (
+        proxy_env.sim_stats()["models"]["sim-rr"]["requests"],
+        proxy_env.sim_stats(sim1)["models"]["sim-rr"]["requests"],
+    )
     # rotation [sim, dead→sim1, sim1] twice: the dead upstream is skipped, never fails a request
     assert (after[0] - before[0], after[1] - before[1]) == (2, 4)
     rows = wait_for_rows(proxy_env.ledger_url, 6, user_email=user)
@@ -349,16 +426,26 @@ def test_round_robin_skips_refused_upstream(proxy_env: Stack, fresh_users: Calla
 def test_credentials_never_cross(proxy_env: Stack, fresh_users: Callable[..., list[str]]) -> None:
     (user,) = fresh_users(1)
     token = proxy_env.tokens[user]
-    r = post(proxy_env, token, {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]},
-             headers={"Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "1"})
+    r = post(
+        proxy_env,
+        token,
+        {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "1"},
+    )
     assert r.status_code == 200
     stats = proxy_env.sim_stats()
-    assert set(stats["auth"]) == {"Bearer sk-upstream-secret"}, "only the model's credential may reach the upstream"
-    assert "sk-upstream-secret" not in r.text and all("sk-upstream-secret" not in v for v in r.headers.values())
+    assert set(stats["auth"]) == {"Bearer sk-upstream-secret"}, (
+        "only the model's credential may reach the upstream"
+    )
+    assert "sk-upstream-secret" not in r.text and all(
+        "sk-upstream-secret" not in v for v in r.headers.values()
+    )
     assert r.headers["X-Request-Id"]
 
 
-def test_models_route_and_separate_metrics_listener(proxy_env: Stack, fresh_users: Callable[..., list[str]]) -> None:
+def test_models_route_and_separate_metrics_listener(
+    proxy_env: Stack, fresh_users: Callable[..., list[str]]
+) -> None:
     research, support = fresh_users(1, "research")[0], fresh_users(1, "support")[0]
     ids_r = {m.id for m in client(proxy_env, research).models.list()}
     ids_s = {m.id for m in client(proxy_env, support).models.list()}
@@ -367,14 +454,34 @@ def test_models_route_and_separate_metrics_listener(proxy_env: Stack, fresh_user
     assert requests.get(proxy_env.api_url + "/metrics", timeout=5).status_code == 404
     assert requests.get(proxy_env.api_url + "/healthz", timeout=5).text == "ok\n"
     text = requests.get(proxy_env.metrics_url + "/metrics", timeout=5).text
-    for name in (contract.TEAM_INFO, contract.TEAM_BUDGET, contract.MODEL_INFO, contract.POOL_CAPACITY_TOKENS_PER_SECOND,
-                 contract.MODEL_PROMPT_TOKEN_WEIGHT, contract.MODEL_COMPLETION_TOKEN_WEIGHT, contract.REALTIME_METHOD_INFO,
-                 contract.LEDGER_ROWS_WRITTEN_TOTAL, contract.LEDGER_QUEUE_ROWS, contract.LEDGER_SPOOLED_ROWS,
-                 contract.LEDGER_WRITE_ERRORS_TOTAL, contract.INFLIGHT_REQUESTS, contract.REQUEST_DURATION_SECONDS):
+    for name in (
+        contract.TEAM_INFO,
+        contract.TEAM_BUDGET,
+        contract.MODEL_INFO,
+        contract.POOL_CAPACITY_TOKENS_PER_SECOND,
+        contract.MODEL_PROMPT_TOKEN_WEIGHT,
+        contract.MODEL_COMPLETION_TOKEN_WEIGHT,
+        contract.REALTIME_METHOD_INFO,
+        contract.LEDGER_ROWS_WRITTEN_TOTAL,
+        contract.LEDGER_QUEUE_ROWS,
+        contract.LEDGER_SPOOLED_ROWS,
+        contract.LEDGER_WRITE_ERRORS_TOTAL,
+        contract.INFLIGHT_REQUESTS,
+        contract.REQUEST_DURATION_SECONDS,
+    ):
         assert f"\n{name}" in text, name
     samples = read_metrics(proxy_env.metrics_url)
     assert metric(samples, contract.TEAM_BUDGET, team="research") == 5000
-    assert metric(samples, contract.TEAM_INFO, team="support", business_unit="Customer Operations", cost_center="CC-2300") == 1
+    assert (
+        metric(
+            samples,
+            contract.TEAM_INFO,
+            team="support",
+            business_unit="Customer Operations",
+            cost_center="CC-2300",
+        )
+        == 1
+    )
     assert metric(samples, contract.MODEL_COMPLETION_TOKEN_WEIGHT, model="sim-large") == 2
     assert metric(samples, contract.REALTIME_METHOD_INFO, method="token-share") == 1
     # no zero series for users that never sent a request
@@ -402,17 +509,24 @@ def test_key_revocation_takes_effect(proxy_env: Stack) -> None:
     assert ledger_rows(proxy_env.ledger_url, user_email="revoked@corp.example")
 
 
-async def test_client_disconnect_before_answer(proxy_env: Stack, fresh_users: Callable[..., list[str]]) -> None:
+async def test_client_disconnect_before_answer(
+    proxy_env: Stack, fresh_users: Callable[..., list[str]]
+) -> None:
     (user,) = fresh_users(1)
     before = proxy_env.sim_stats()["cancelled"]
     prompt = "a slow non-streaming answer"
     body = {"model": "sim-small", "messages": [{"role": "user", "content": prompt}], "max_tokens": 20}
     headers = {"Authorization": f"Bearer {proxy_env.tokens[user]}", "X-Sim-Tokens-Per-Second": "10"}  # 2 s
     async with aiohttp.ClientSession() as session:
-        task = asyncio.create_task(session.post(proxy_env.api_url + "/v1/chat/completions", json=body, headers=headers))
+        task = asyncio.create_task(
+            session.post(proxy_env.api_url + "/v1/chat/completions", json=body, headers=headers)
+        )
 
         def waiting() -> bool:
-            return metric(read_metrics(proxy_env.metrics_url), contract.INFLIGHT_REQUESTS, model="sim-small") == 1
+            return (
+                metric(read_metrics(proxy_env.metrics_url), contract.INFLIGHT_REQUESTS, model="sim-small")
+                == 1
+            )
 
         await asyncio.to_thread(wait_until, waiting)
         task.cancel()  # the client gives up while the upstream is still working

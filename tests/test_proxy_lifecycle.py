@@ -23,6 +23,8 @@ from exporter.sim.traffic import Totals, TrafficResult, run_traffic
 from exporter.sim.upstream import expected_usage
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -34,8 +36,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str =
 async def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
     users = {f"drain{i}@corp.example": ("research", "support")[i % 2] for i in range(4)}
     with proxy_stack(tmp_path, users=users, proxy={"shutdown_grace_seconds": 20}) as stack:
-        clients = {u: openai.AsyncOpenAI(base_url=stack.api_url + "/v1", api_key=t, max_retries=0, timeout=60)
-                   for u, t in stack.tokens.items()}
+        clients = {
+            u: openai.AsyncOpenAI(base_url=stack.api_url + "/v1", api_key=t, max_retries=0, timeout=60)
+            for u, t in stack.tokens.items()
+        }
         slow = {"X-Sim-Tokens-Per-Second": "15"}  # 8..30 tokens: 0.5-2 s per request
         plan = [(u, i) for u in users for i in range(4)]  # 16 requests, half streaming
 
@@ -45,15 +49,29 @@ async def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
             if i % 2:
                 usage = None
                 async for ch in await c.chat.completions.create(
-                        model="sim-small", messages=msgs, max_tokens=30, stream=True,  # type: ignore[arg-type]
-                        stream_options={"include_usage": True}, extra_headers=slow):
+                    model="sim-small",
+                    messages=msgs,
+                    max_tokens=30,
+                    stream=True,  # type: ignore[arg-type]
+                    stream_options={"include_usage": True},
+                    extra_headers=slow,
+                ):
                     usage = ch.usage or usage
             else:
-                usage = (await c.chat.completions.create(model="sim-small", messages=msgs, max_tokens=30,  # type: ignore[arg-type]
-                                                         extra_headers=slow)).usage
+                usage = (
+                    await c.chat.completions.create(
+                        model="sim-small",
+                        messages=msgs,
+                        max_tokens=30,  # type: ignore[arg-type]
+                        extra_headers=slow,
+                    )
+                ).usage
             assert usage is not None
             want = expected_usage("chat/completions", {"messages": msgs, "max_tokens": 30})
-            assert (usage.prompt_tokens, usage.completion_tokens) == (want["prompt_tokens"], want["completion_tokens"])
+            assert (usage.prompt_tokens, usage.completion_tokens) == (
+                want["prompt_tokens"],
+                want["completion_tokens"],
+            )
             return user, usage.prompt_tokens, usage.completion_tokens
 
         tasks = [asyncio.create_task(one(u, i)) for u, i in plan]
@@ -72,7 +90,9 @@ async def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
             return False
 
         await asyncio.to_thread(wait_until, refused, 10, "the proxy to stop accepting connections")
-        assert not all(t.done() for t in tasks), "in-flight requests were still running when listening stopped"
+        assert not all(t.done() for t in tasks), (
+            "in-flight requests were still running when listening stopped"
+        )
         results = await asyncio.gather(*tasks)
         for c in clients.values():
             await c.close()
@@ -118,27 +138,39 @@ async def test_postgres_outage_restart_and_recovery(tmp_path: Path, pg_database:
     direct = f"postgresql://postgres@127.0.0.1:5432/{pg_database}"
     relay = TcpRelay("127.0.0.1", 5432).start()
     via_relay = f"postgresql://postgres@127.0.0.1:{relay.port}/{pg_database}?connect_timeout=2"
-    users = {"pg-alice@corp.example": "research", "pg-bob@corp.example": "support", "pg-carol@corp.example": "research"}
+    users = {
+        "pg-alice@corp.example": "research",
+        "pg-bob@corp.example": "support",
+        "pg-carol@corp.example": "research",
+    }
     models = ["sim-small", "sim-large"]
     try:
         with proxy_stack(tmp_path, users=users, ledger_url=via_relay, ledger={"max_queue_rows": 10}) as stack:
             tokens = stack.tokens
-            first = await run_traffic(stack.api_url, tokens, models, requests_per_user=4, stream_ratio=0.5, seed=11)
+            first = await run_traffic(
+                stack.api_url, tokens, models, requests_per_user=4, stream_ratio=0.5, seed=11
+            )
             assert first.errors == []
             await asyncio.to_thread(wait_for_rows, direct, 12)
 
             relay.cut()  # the database goes away; requests must keep working
-            second = await run_traffic(stack.api_url, tokens, models, requests_per_user=8, stream_ratio=0.5, seed=12)
+            second = await run_traffic(
+                stack.api_url, tokens, models, requests_per_user=8, stream_ratio=0.5, seed=12
+            )
             assert second.errors == []
 
             def buffered() -> bool:
                 m = read_metrics(stack.metrics_url)
-                return (metric(m, contract.LEDGER_QUEUE_ROWS) + metric(m, contract.LEDGER_SPOOLED_ROWS) == 24
-                        and metric(m, contract.LEDGER_WRITE_ERRORS_TOTAL) > 0)
+                return (
+                    metric(m, contract.LEDGER_QUEUE_ROWS) + metric(m, contract.LEDGER_SPOOLED_ROWS) == 24
+                    and metric(m, contract.LEDGER_WRITE_ERRORS_TOTAL) > 0
+                )
 
             await asyncio.to_thread(wait_until, buffered, 20, "24 rows queued/spooled during the outage")
             m = read_metrics(stack.metrics_url)
-            assert metric(m, contract.LEDGER_SPOOLED_ROWS) > 0, "beyond max_queue_rows rows go to the disk spool"
+            assert metric(m, contract.LEDGER_SPOOLED_ROWS) > 0, (
+                "beyond max_queue_rows rows go to the disk spool"
+            )
             assert len(ledger_rows(direct)) == 12
 
             # restart while the database is still down: nothing acknowledged may be lost
@@ -146,7 +178,9 @@ async def test_postgres_outage_restart_and_recovery(tmp_path: Path, pg_database:
             relay.restore()
             stack.restart_proxy()
             await asyncio.to_thread(wait_for_rows, direct, 36)
-            third = await run_traffic(stack.api_url, tokens, models, requests_per_user=2, stream_ratio=0.5, seed=13)
+            third = await run_traffic(
+                stack.api_url, tokens, models, requests_per_user=2, stream_ratio=0.5, seed=13
+            )
             assert third.errors == []
             rows = await asyncio.to_thread(wait_for_rows, direct, 42)
             assert len(rows) == 42 and len({r["request_id"] for r in rows}) == 42
@@ -158,9 +192,18 @@ async def test_postgres_outage_restart_and_recovery(tmp_path: Path, pg_database:
                 cols, out = store.query(VERBATIM_SQL)
             finally:
                 store.close()
-            assert cols == ["user_email", "model", "total_tokens_sum", "prompt_tokens_sum", "output_tokens_sum"]
+            assert cols == [
+                "user_email",
+                "model",
+                "total_tokens_sum",
+                "prompt_tokens_sum",
+                "output_tokens_sum",
+            ]
             got = {(r[0], r[1]): tuple(int(v) for v in r[2:]) for r in out}
-            want = {k: (t.total_tokens, t.prompt_tokens, t.completion_tokens) for k, t in merge(first, second, third).items()}
+            want = {
+                k: (t.total_tokens, t.prompt_tokens, t.completion_tokens)
+                for k, t in merge(first, second, third).items()
+            }
             assert got == want
             totals = [int(r[2]) for r in out]
             assert totals == sorted(totals, reverse=True)
@@ -169,7 +212,10 @@ async def test_postgres_outage_restart_and_recovery(tmp_path: Path, pg_database:
 
 
 def test_expected_usage_is_deterministic() -> None:
-    body = {"messages": [{"role": "system", "content": "a b"}, {"role": "user", "content": "c d e"}], "seed": 5}
+    body = {
+        "messages": [{"role": "system", "content": "a b"}, {"role": "user", "content": "c d e"}],
+        "seed": 5,
+    }
     u = expected_usage("chat/completions", body)
     assert u == expected_usage("chat/completions", dict(body))
     assert u["prompt_tokens"] == 5 + 2 * 3 and u["cached_tokens"] == 2

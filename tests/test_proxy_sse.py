@@ -17,8 +17,12 @@ def event(obj: object, sep: bytes = b"\n\n", name: str | None = None) -> bytes:
 
 
 WORDS = ["hello ", 'qu"ote ', "back\\slash ", "usage "]
-USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7,
-         "prompt_tokens_details": {"cached_tokens": 2}}
+USAGE = {
+    "prompt_tokens": 3,
+    "completion_tokens": 4,
+    "total_tokens": 7,
+    "prompt_tokens_details": {"cached_tokens": 2},
+}
 
 
 def chat(sep: bytes) -> tuple[bytes, bytes]:
@@ -56,17 +60,22 @@ def test_usage_on_a_content_chunk_is_stripped_only_when_hidden() -> None:
     data = event({"choices": [{"delta": {"content": "a"}}]}) + event(last)
     sse = SSEFilter(True)
     assert sse.feed(data) == event({"choices": [{"delta": {"content": "a"}}]}) + event(
-        {"choices": [{"delta": {"content": "z"}}]})
+        {"choices": [{"delta": {"content": "z"}}]}
+    )
     assert sse.usage == Usage(3, 4, 7, 2)
     sse = SSEFilter(False)
     assert sse.feed(data) == data
 
 
 def test_responses_api_counts_deltas_only() -> None:
-    deltas = [event({"type": "response.output_text.delta", "delta": w}, name="response.output_text.delta")
-              for w in ("ab", "cd")]
-    completed = event({"type": "response.completed", "response": {"output": [{"content": [{"text": "abcd"}]}]}},
-                      name="response.completed")
+    deltas = [
+        event({"type": "response.output_text.delta", "delta": w}, name="response.output_text.delta")
+        for w in ("ab", "cd")
+    ]
+    completed = event(
+        {"type": "response.completed", "response": {"output": [{"content": [{"text": "abcd"}]}]}},
+        name="response.completed",
+    )
     sse = SSEFilter(False)
     data = b"".join(deltas) + completed
     assert sse.feed(data) == data

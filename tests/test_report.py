@@ -85,7 +85,14 @@ def test_period_boundaries_in_berlin() -> None:
 
 def test_exact_quantities_replicas_resets_gaps_and_unknown_team(inputs) -> None:  # type: ignore[no-untyped-def]
     got = {
-        u.key: (u.requests, u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.request_seconds, u.weighted_tokens)
+        u.key: (
+            u.requests,
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            u.request_seconds,
+            u.weighted_tokens,
+        )
         for u in inputs.usage
     }
     assert got == sc.EXPECTED_USAGE
@@ -106,9 +113,17 @@ def test_pool_costs_from_gpu_exporter_and_config_fallback(inputs) -> None:  # ty
     #   GPU-b0: Δobserved 2,682,000 s (exact, across nothing: no restart)
     #   GPU-b1: observed only since its exporter's upgrade on 10-20 (Δ 1,034,100 s = 287.25 h would
     #           give 574.50); estimated as 2980 busy-counter samples in (start, end] × 900 s
-    assert (big.cost_source, big.cost, big.gpu_seconds) == ("prometheus", Decimal("2980"), Decimal(2 * 2_682_000))
+    assert (big.cost_source, big.cost, big.gpu_seconds) == (
+        "prometheus",
+        Decimal("2980"),
+        Decimal(2 * 2_682_000),
+    )
     # idle: 450 of every 900 s on each GPU = 1,341,000 s each; cost 2.00 × (372.5 h + 372.5 h) = 1490.00
-    assert (big.idle_seconds, big.idle_cost, big.busy_cost) == (Decimal(2_682_000), Decimal(1490), Decimal(1490))
+    assert (big.idle_seconds, big.idle_cost, big.busy_cost) == (
+        Decimal(2_682_000),
+        Decimal(1490),
+        Decimal(1490),
+    )
     # busy: GPU-b0 225/900 × 2,682,000 = 670,500 s; GPU-b1 90/900 × 2,682,000 = 268,200 s
     assert big.busy_seconds == Decimal(938_700)
     assert any("GPU-b1: presence estimated from 2980 samples × 900" in n for n in inputs.notes)
@@ -147,13 +162,20 @@ def test_exact_deltas_per_replica(prom) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(
-    "start,end", [(sc.PERIOD_START, sc.PERIOD_END), (sc.ts("2026-10-01T00:00"), sc.ts("2026-11-01T00:00"))], ids=["berlin", "utc"]
+    "start,end",
+    [(sc.PERIOD_START, sc.PERIOD_END), (sc.ts("2026-10-01T00:00"), sc.ts("2026-11-01T00:00"))],
+    ids=["berlin", "utc"],
 )
 def test_exact_deltas_awkward_resets(prom, start: int, end: int) -> None:  # type: ignore[no-untyped-def]
     from exporter.report.promql import DeltaStats
 
     stats = DeltaStats()
-    got = {dict(k)["user"]: v for k, v in exact_deltas(PromClient(prom.url or ""), sc.TEST_COUNTER, start, end, "user", stats=stats).items()}
+    got = {
+        dict(k)["user"]: v
+        for k, v in exact_deltas(
+            PromClient(prom.url or ""), sc.TEST_COUNTER, start, end, "user", stats=stats
+        ).items()
+    }
     expected = {case: sc.reference_delta(c, start, end) for case, c in sc.tricky_counters().items()}
     assert got == expected
     # hand check of two cases (Berlin): two-resets = 1000 + 500 + 300; many = Σ_{i=0..29} (10 + i) = 735
@@ -164,7 +186,9 @@ def test_exact_deltas_awkward_resets(prom, start: int, end: int) -> None:  # typ
 
 
 @pytest.mark.parametrize(
-    "start,end", [(sc.PERIOD_START, sc.PERIOD_END), (sc.ts("2026-10-01T00:00"), sc.ts("2026-11-01T00:00"))], ids=["berlin", "utc"]
+    "start,end",
+    [(sc.PERIOD_START, sc.PERIOD_END), (sc.ts("2026-10-01T00:00"), sc.ts("2026-11-01T00:00"))],
+    ids=["berlin", "utc"],
 )
 def test_exact_deltas_awkward_resets_from_process_restarts(prom, start: int, end: int) -> None:  # type: ignore[no-untyped-def]
     """The same awkward counters, each on a target exporting process_start_time_seconds: resets
@@ -194,7 +218,14 @@ def test_exact_deltas_use_process_restarts_for_the_proxies(prom) -> None:  # typ
         (("instance", "proxy-b"), ("job", "chargeback-proxy")): [],
     }
     stats = DeltaStats()
-    d = exact_deltas(PromClient(prom.url or ""), contract.PROMPT_TOKENS_TOTAL, sc.PERIOD_START, sc.PERIOD_END, "user", stats=stats)
+    d = exact_deltas(
+        PromClient(prom.url or ""),
+        contract.PROMPT_TOKENS_TOTAL,
+        sc.PERIOD_START,
+        sc.PERIOD_END,
+        "user",
+        stats=stats,
+    )
     assert sum(d.values()) == 1_400_000 + 600_000 + 2_000_000 + 150_000 + 100_000
     # bob's m-small series on proxy-b (gap across the start) is scanned; the other five are not:
     # four on the restarted proxy-a (ann, al, bob's m-big, zed) and ann's on proxy-b.
@@ -213,7 +244,13 @@ def test_token_share(prom, inputs) -> None:  # type: ignore[no-untyped-def]
     #   zed   745 × 100/1100   =   67.727272…
     # teams: alpha 1689.678683…, beta 1967.594043…, unassigned 67.727272…  (sum 3725)
     # floors 1689.67 + 1967.59 + 67.72 = 3724.98 → 2 cents to the largest remainders: alpha (.868), unassigned (.727)
-    assert totals(st) == {"alpha": "1689.68", "beta": "1967.59", "gamma": "0.00", "unassigned": "67.73", "central-it": "0.00"}
+    assert totals(st) == {
+        "alpha": "1689.68",
+        "beta": "1967.59",
+        "gamma": "0.00",
+        "unassigned": "67.73",
+        "central-it": "0.00",
+    }
     # alpha lines: floors 1181.72 + 507.95 = 1689.67, one cent to al (.45 > .41)
     # beta lines: floors 1798.27 + 169.31 = 1967.58, one cent to bob-small (.818 > .586)
     assert charges(st) == {
@@ -224,11 +261,18 @@ def test_token_share(prom, inputs) -> None:  # type: ignore[no-untyped-def]
         ("unassigned", "usage", "zed@corp.test", "m-small"): "67.73",
     }
     assert_reconciles(st)
-    assert (st.money(st.total_pool_cost), st.money(st.recovered), st.money(st.unrecovered)) == ("3725.00", "3725.00", "0.00")
+    assert (st.money(st.total_pool_cost), st.money(st.recovered), st.money(st.unrecovered)) == (
+        "3725.00",
+        "3725.00",
+        "0.00",
+    )
     # spread: alpha's idle share = 1490.00 × 2.3/5.8 = 590.862068… → 590.86
     assert st.money(st.team("alpha").idle_share) == "590.86"
     # budgets: alpha 1689.68 / 3000 = 56.3 %, beta 1967.59 / 1000 = 196.8 %
-    assert (str(st.team("alpha").budget_used_percent), str(st.team("beta").budget_used_percent)) == ("56.3", "196.8")
+    assert (str(st.team("alpha").budget_used_percent), str(st.team("beta").budget_used_percent)) == (
+        "56.3",
+        "196.8",
+    )
 
 
 def test_token_share_idle_absorbed_and_even(prom, inputs) -> None:  # type: ignore[no-untyped-def]
@@ -237,7 +281,13 @@ def test_token_share_idle_absorbed_and_even(prom, inputs) -> None:  # type: igno
     # small unchanged (idle unknown): al 507.954545…, bob 169.318181…, zed 67.727272…
     # alpha 1098.816613…, beta 1068.456112…, unassigned 67.727272… (sum 2235.00 = 1490 + 745)
     # floors 1098.81 + 1068.45 + 67.72 = 2234.98 → 2 cents to unassigned (.727) and alpha (.661) before beta (.611)
-    assert totals(st) == {"alpha": "1098.82", "beta": "1068.45", "gamma": "0.00", "unassigned": "67.73", "central-it": "1490.00"}
+    assert totals(st) == {
+        "alpha": "1098.82",
+        "beta": "1068.45",
+        "gamma": "0.00",
+        "unassigned": "67.73",
+        "central-it": "1490.00",
+    }
     assert charges(st)[("central-it", "idle-absorbed", "big", "")] == "1490.00"
     assert_reconciles(st)
 
@@ -245,7 +295,13 @@ def test_token_share_idle_absorbed_and_even(prom, inputs) -> None:  # type: igno
     # idle 1490.00 split between the two teams using pool big: 745.00 each
     # alpha 1098.816613 + 745 = 1843.816613…, beta 1068.456112 + 745 = 1813.456112…, unassigned 67.727272…
     # floors 1843.81 + 1813.45 + 67.72 = 3724.98 → 2 cents to unassigned (.727) and alpha (.661)
-    assert totals(st) == {"alpha": "1843.82", "beta": "1813.45", "gamma": "0.00", "unassigned": "67.73", "central-it": "0.00"}
+    assert totals(st) == {
+        "alpha": "1843.82",
+        "beta": "1813.45",
+        "gamma": "0.00",
+        "unassigned": "67.73",
+        "central-it": "0.00",
+    }
     assert charges(st)[("alpha", "idle-share", "big", "")] == "745.00"
     assert_reconciles(st)
 
@@ -256,10 +312,19 @@ def test_time_based(prom, inputs) -> None:  # type: ignore[no-untyped-def]
     # small (al 1500, bob 250, zed 250 of 2000): al 558.75, bob 93.125, zed 93.125
     # alpha 1552.083…, beta 2079.791…, unassigned 93.125; floors 1552.08+2079.79+93.12 = 3724.99
     # → 1 cent to unassigned (.5 > .333 > .166)
-    assert totals(st) == {"alpha": "1552.08", "beta": "2079.79", "gamma": "0.00", "unassigned": "93.13", "central-it": "0.00"}
+    assert totals(st) == {
+        "alpha": "1552.08",
+        "beta": "2079.79",
+        "gamma": "0.00",
+        "unassigned": "93.13",
+        "central-it": "0.00",
+    }
     # beta lines: floors 1986.66 + 93.12 = 2079.78 → 1 cent to bob-m-big (.666 > .5)
     c = charges(st)
-    assert (c[("beta", "usage", "bob@corp.test", "m-big")], c[("beta", "usage", "bob@corp.test", "m-small")]) == ("1986.67", "93.12")
+    assert (
+        c[("beta", "usage", "bob@corp.test", "m-big")],
+        c[("beta", "usage", "bob@corp.test", "m-small")],
+    ) == ("1986.67", "93.12")
     assert_reconciles(st)
 
 
@@ -270,10 +335,19 @@ def test_proxy_price_per_token(prom, inputs) -> None:  # type: ignore[no-untyped
     # alpha (2.3M + 0.75M)/3600 = 847.222…, beta 3.75M/3600 = 1041.666…, unassigned 0.1M/3600 = 27.777…
     # recovered exact 6.9M/3600 = 1916.666… → 1916.67: floors 847.22+1041.66+27.77 = 1916.65,
     # 2 cents to unassigned (.777) and beta (.666)
-    assert totals(st) == {"alpha": "847.22", "beta": "1041.67", "gamma": "0.00", "unassigned": "27.78", "central-it": "1808.33"}
+    assert totals(st) == {
+        "alpha": "847.22",
+        "beta": "1041.67",
+        "gamma": "0.00",
+        "unassigned": "27.78",
+        "central-it": "1808.33",
+    }
     # unrecovered: big 2980 − 5.8M/3600 = 1368.888…, small 745 − 1.1M/3600 = 439.444… (sum 1808.33)
     c = charges(st)
-    assert (c[("central-it", "unrecovered", "big", "")], c[("central-it", "unrecovered", "small", "")]) == ("1368.89", "439.44")
+    assert (c[("central-it", "unrecovered", "big", "")], c[("central-it", "unrecovered", "small", "")]) == (
+        "1368.89",
+        "439.44",
+    )
     assert_reconciles(st)
 
 
@@ -288,7 +362,13 @@ def test_hybrid(prom, inputs) -> None:  # type: ignore[no-untyped-def]
     # unassigned = 33.863636 + 49.666666 = 83.530303…  (sum 3725.00)
     # floors 1863.00 + 1778.46 + 83.53 = 3724.99 → 1 cent to the largest remainder in cents:
     # alpha 0.60 (…3.0060) > beta 0.37 (…8.4637) > unassigned 0.03 (…3.5303)
-    assert totals(st) == {"alpha": "1863.01", "beta": "1778.46", "gamma": "0.00", "unassigned": "83.53", "central-it": "0.00"}
+    assert totals(st) == {
+        "alpha": "1863.01",
+        "beta": "1778.46",
+        "gamma": "0.00",
+        "unassigned": "83.53",
+        "central-it": "0.00",
+    }
     c = charges(st)
     assert c[("alpha", "fixed-share", "big", "")] == "536.40"
     assert c[("beta", "equal-split", "big", "")] == "298.00"
@@ -302,10 +382,22 @@ def test_tiered(prom, inputs) -> None:  # type: ignore[no-untyped-def]
     #   lines by tokens: ann 201 × 2.3/3.05 = 151.573770…, al 201 × 0.75/3.05 = 49.426229…
     # beta 3.75M: 100 + 100 + 0.75M×20 = 215.00; bob-big 215 × 3.5/3.75 = 200.666…, bob-small 14.333…
     # unassigned 0.1M × 100 = 10.00; central: 3725 − 426 = 3299.00
-    assert totals(st) == {"alpha": "201.00", "beta": "215.00", "gamma": "0.00", "unassigned": "10.00", "central-it": "3299.00"}
+    assert totals(st) == {
+        "alpha": "201.00",
+        "beta": "215.00",
+        "gamma": "0.00",
+        "unassigned": "10.00",
+        "central-it": "3299.00",
+    }
     c = charges(st)
-    assert (c[("alpha", "usage", "ann@corp.test", "m-big")], c[("alpha", "usage", "al@corp.test", "m-small")]) == ("151.57", "49.43")
-    assert (c[("beta", "usage", "bob@corp.test", "m-big")], c[("beta", "usage", "bob@corp.test", "m-small")]) == ("200.67", "14.33")
+    assert (
+        c[("alpha", "usage", "ann@corp.test", "m-big")],
+        c[("alpha", "usage", "al@corp.test", "m-small")],
+    ) == ("151.57", "49.43")
+    assert (
+        c[("beta", "usage", "bob@corp.test", "m-big")],
+        c[("beta", "usage", "bob@corp.test", "m-small")],
+    ) == ("200.67", "14.33")
     assert_reconciles(st)
 
 
@@ -316,9 +408,18 @@ def test_flat_fee_with_overages(prom, inputs) -> None:  # type: ignore[no-untype
     #   overage by tokens: bob-big 27.5 × 3.5/3.75 = 25.666…, bob-small 1.833…
     # gamma: no usage, still pays its fee: 100.00; unassigned (default plan): 100.00 (0.1M < 1M)
     # central: 3725 − 827.50 = 2897.50
-    assert totals(st) == {"alpha": "500.00", "beta": "127.50", "gamma": "100.00", "unassigned": "100.00", "central-it": "2897.50"}
+    assert totals(st) == {
+        "alpha": "500.00",
+        "beta": "127.50",
+        "gamma": "100.00",
+        "unassigned": "100.00",
+        "central-it": "2897.50",
+    }
     c = charges(st)
-    assert (c[("beta", "usage", "bob@corp.test", "m-big")], c[("beta", "usage", "bob@corp.test", "m-small")]) == ("25.67", "1.83")
+    assert (
+        c[("beta", "usage", "bob@corp.test", "m-big")],
+        c[("beta", "usage", "bob@corp.test", "m-small")],
+    ) == ("25.67", "1.83")
     assert c[("alpha", "monthly-fee", "", "")] == "500.00"
     assert_reconciles(st)
 
@@ -355,4 +456,3 @@ def test_same_inputs_byte_identical(prom, inputs) -> None:  # type: ignore[no-un
     b = render_json(statement(prom, again, "hybrid"))
     assert a == b
     assert json.loads(a)["summary"]["total_pool_cost"] == "3725.00"
-

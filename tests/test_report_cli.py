@@ -75,7 +75,11 @@ def write_config(tmp_path: Path, prom_url: str, smtp_port: int = 25, **kw: str) 
 
 def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        chargeback_argv(*args, "--config.file", str(config)), capture_output=True, text=True, timeout=120, check=False
+        chargeback_argv(*args, "--config.file", str(config)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -92,19 +96,33 @@ def test_report_files_all_formats_and_byte_identical(prom: ManagedProcess, tmp_p
     a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
     assert a == b  # same inputs → byte-identical statements
     assert sorted(a) == sorted(
-        [f"2026-10/token-share/{n}" for n in ("statement.json", "lines.csv", "teams.csv", "pools.csv", "summary.html", "summary.md")]
-        + [f"2026-10/token-share/teams/{t}.{ext}" for t in ("alpha", "beta", "gamma", "unassigned") for ext in ("csv", "json", "html", "md")]
+        [
+            f"2026-10/token-share/{n}"
+            for n in ("statement.json", "lines.csv", "teams.csv", "pools.csv", "summary.html", "summary.md")
+        ]
+        + [
+            f"2026-10/token-share/teams/{t}.{ext}"
+            for t in ("alpha", "beta", "gamma", "unassigned")
+            for ext in ("csv", "json", "html", "md")
+        ]
     )
     alpha = a["2026-10/token-share/teams/alpha.csv"].decode().splitlines()
     assert alpha[0].startswith("period,period_start,period_end,currency,method,team,")
     # period start in Berlin time; the two alpha lines (token-share amounts from test_report.test_token_share)
-    assert alpha[1].startswith("2026-10,2026-10-01T00:00:00+02:00,2026-11-01T00:00:00+01:00,EUR,token-share,alpha,R&D,CC-1,usage,")
+    assert alpha[1].startswith(
+        "2026-10,2026-10-01T00:00:00+02:00,2026-11-01T00:00:00+01:00,EUR,token-share,alpha,R&D,CC-1,usage,"
+    )
     assert [row.rsplit(",", 1)[1] for row in alpha[1:]] == ["507.96", "1181.72"]
     assert "al@corp.test,m-small,small,,80,600000,150000,0,750000,1500.000,507.96" in alpha[1]
     html = a["2026-10/token-share/summary.html"].decode()
     assert "<svg" in html and "<script" not in html and "3725.00" in html
     summary = json.loads(a["2026-10/token-share/statement.json"])
-    assert summary["summary"]["teams"] == {"alpha": "1689.68", "beta": "1967.59", "gamma": "0.00", "unassigned": "67.73"}
+    assert summary["summary"]["teams"] == {
+        "alpha": "1689.68",
+        "beta": "1967.59",
+        "gamma": "0.00",
+        "unassigned": "67.73",
+    }
     assert "pool cost 3725.00 EUR" in r1.stdout
 
 
@@ -115,7 +133,13 @@ def test_email_statements_to_billing_contacts_and_finance(prom: ManagedProcess, 
     assert r.returncode == 0, r.stderr
     got = box.by_recipient()
     # every team to its billing contacts, the summary to finance; unassigned has nobody to send to
-    assert sorted(got) == ["alpha-lead@corp.test", "b1@corp.test", "b2@corp.test", "finops@corp.test", "gamma@corp.test"]
+    assert sorted(got) == [
+        "alpha-lead@corp.test",
+        "b1@corp.test",
+        "b2@corp.test",
+        "finops@corp.test",
+        "gamma@corp.test",
+    ]
     (alpha,) = got["alpha-lead@corp.test"]
     assert alpha["Subject"] == "Chargeback statement 2026-10: alpha — 1689.68 EUR"
     html = alpha.get_body(("html",)).get_content()
@@ -145,7 +169,12 @@ def test_one_recipient_failing(prom: ManagedProcess, tmp_path: Path, smtp) -> No
     assert "email to b2@corp.test (team beta) failed: 550" in r.stderr
     assert "1 recipients failed" in r.stderr
     # the others were delivered, b1 included (same message as b2)
-    assert sorted(box.by_recipient()) == ["alpha-lead@corp.test", "b1@corp.test", "finops@corp.test", "gamma@corp.test"]
+    assert sorted(box.by_recipient()) == [
+        "alpha-lead@corp.test",
+        "b1@corp.test",
+        "finops@corp.test",
+        "gamma@corp.test",
+    ]
 
 
 def test_dry_run_sends_nothing(prom: ManagedProcess, tmp_path: Path, smtp) -> None:  # type: ignore[no-untyped-def]
@@ -174,7 +203,9 @@ def test_prometheus_down_nothing_written_nothing_sent(tmp_path: Path, smtp) -> N
 
 def test_prometheus_query_error_names_query(prom: ManagedProcess, tmp_path: Path) -> None:
     cfg = write_config(tmp_path, prom.url or "")
-    cfg.write_text(cfg.read_text().replace("timeout_seconds: 20", "timeout_seconds: 20\n  selector: 'cluster=~\"(\"'"))
+    cfg.write_text(
+        cfg.read_text().replace("timeout_seconds: 20", "timeout_seconds: 20\n  selector: 'cluster=~\"(\"'")
+    )
     r = run(cfg, "report", "--period", "2026-10")
     assert r.returncode == 3
     assert f"Prometheus at {prom.url} returned HTTP 400 bad_data" in r.stderr
@@ -197,7 +228,11 @@ def test_compare_every_method(prom: ManagedProcess, tmp_path: Path) -> None:
 
 def test_bad_method_parameters_exit_2(prom: ManagedProcess, tmp_path: Path) -> None:
     cfg = write_config(tmp_path, prom.url or "")
-    cfg.write_text(cfg.read_text().replace("price_per_million: 50}", "price_per_million: 50}\n    - {up_to_tokens: 10, price_per_million: 1}"))
+    cfg.write_text(
+        cfg.read_text().replace(
+            "price_per_million: 50}", "price_per_million: 50}\n    - {up_to_tokens: 10, price_per_million: 1}"
+        )
+    )
     r = run(cfg, "report", "--period", "2026-10")
     assert r.returncode == 2
     assert "report.tiers[2].up_to_tokens" in r.stderr
@@ -247,12 +282,28 @@ def test_reconcile_with_ledger_and_source_ledger(prom: ManagedProcess, tmp_path:
     assert [d["cause"] for d in rec["drifts"]] == ["prometheus_lower"]
 
     # --source ledger: the same statement built from the ledger's (complete) quantities
-    r = run(cfg, "report", "--period", "2026-10", "--source", "ledger", "--format", "json", "--out", str(tmp_path / "led"))
+    r = run(
+        cfg,
+        "report",
+        "--period",
+        "2026-10",
+        "--source",
+        "ledger",
+        "--format",
+        "json",
+        "--out",
+        str(tmp_path / "led"),
+    )
     assert r.returncode == 0, r.stderr
     st = json.loads((tmp_path / "led/2026-10/token-share/statement.json").read_text())
     assert st["source"] == "ledger"
     al = next(line for t in st["teams"] for line in t["lines"] if line["user"] == "al@corp.test")
-    assert (al["requests"], al["prompt_tokens"], al["weighted_tokens"], al["request_seconds"]) == (82, 601000, "751000", "1500.000")
+    assert (al["requests"], al["prompt_tokens"], al["weighted_tokens"], al["request_seconds"]) == (
+        82,
+        601000,
+        "751000",
+        "1500.000",
+    )
     # pool cost unchanged (from the GPU exporter / config); totals still reconcile to it
     assert st["summary"]["total_pool_cost"] == "3725.00"
     assert sum(float(v) for v in st["summary"]["teams"].values()) == pytest.approx(3725.00)

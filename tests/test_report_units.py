@@ -16,7 +16,10 @@ def test_month_to_date_and_explicit_ranges() -> None:
     now = datetime(2026, 11, 29, 12, 30, 45, tzinfo=UTC)
     mtd = parse_period("month-to-date", "Europe/Berlin", now=now)
     # November starts at 2026-10-31T23:00Z in Berlin; ends at now (13:30 CET) truncated to the minute
-    assert (mtd.start.isoformat(), mtd.end.isoformat()) == ("2026-11-01T00:00:00+01:00", "2026-11-29T13:30:00+01:00")
+    assert (mtd.start.isoformat(), mtd.end.isoformat()) == (
+        "2026-11-01T00:00:00+01:00",
+        "2026-11-29T13:30:00+01:00",
+    )
     assert mtd.label == "2026-11-to-29T1330"
     rng = parse_period(None, "Europe/Berlin", start="2026-10-01", end="2026-10-16")
     assert (rng.label, rng.seconds) == ("2026-10-01_2026-10-16", 15 * 86400)
@@ -33,7 +36,11 @@ def test_month_to_date_and_explicit_ranges() -> None:
 def test_largest_remainder_sums_exactly() -> None:
     # three equal thirds of 100.00: 33.33 each + 1 cent to the first (ties go to the earlier key)
     thirds = {k: Decimal(100) / 3 for k in "abc"}
-    assert largest_remainder(thirds, 2) == {"a": Decimal("33.34"), "b": Decimal("33.33"), "c": Decimal("33.33")}
+    assert largest_remainder(thirds, 2) == {
+        "a": Decimal("33.34"),
+        "b": Decimal("33.33"),
+        "c": Decimal("33.33"),
+    }
     # an imposed target within one cent of the exact sum
     got = largest_remainder({"x": Decimal("1.005"), "y": Decimal("2.005")}, 2, Decimal("3.00"))
     assert got == {"x": Decimal("1.00"), "y": Decimal("2.00")}
@@ -41,7 +48,10 @@ def test_largest_remainder_sums_exactly() -> None:
     got = largest_remainder({"p": Decimal("-1.234"), "q": Decimal("5.111")}, 2)
     assert sum(got.values()) == Decimal("3.88") and got == {"p": Decimal("-1.23"), "q": Decimal("5.11")}
     # zero minor units (e.g. JPY)
-    assert largest_remainder({"a": Decimal("0.5"), "b": Decimal("0.5")}, 0) == {"a": Decimal(1), "b": Decimal(0)}
+    assert largest_remainder({"a": Decimal("0.5"), "b": Decimal("0.5")}, 0) == {
+        "a": Decimal(1),
+        "b": Decimal(0),
+    }
     assert largest_remainder({}, 2) == {}
 
 
@@ -83,7 +93,9 @@ def test_proxy_price_uses_the_time_the_pool_was_priced_for() -> None:
     )
     period = month_period(2026, 10, ZoneInfo("UTC"))  # 31 days
     # two GPUs, each present for 10 hours of the month: cost 2 × 3 × 10 = 60
-    pool = PoolInput("p", Decimal(60), "prometheus", 2, Decimal(72000), Decimal(0), Decimal(0), Decimal(0), Decimal(100))
+    pool = PoolInput(
+        "p", Decimal(60), "prometheus", 2, Decimal(72000), Decimal(0), Decimal(0), Decimal(0), Decimal(100)
+    )
     usage = [Usage("t", "u@x.example", "m", "p", requests=1, weighted_tokens=Decimal(1_800_000))]
     alloc = allocate(Inputs(period, usage, {"p": pool}, "prometheus"), cfg, "proxy-price-per-token")
     # price = 60 / (100 tokens/s × 36,000 s) = 60 / 3,600,000 per token; 1.8 M tokens → 30, 30 unrecovered

@@ -41,7 +41,10 @@ pytestmark = pytest.mark.slow
 USERS = {"alice@corp.example": "research", "carol@corp.example": "research", "bob@corp.example": "support"}
 # pool → (GPU hourly cost, capacity in weighted tokens/s); GPU 0 is "big", GPU 1 "small"
 POOLS = {"big": (3.6, 1000), "small": (1.8, 500)}
-MODELS = {"big-model": ("big", 1, 3), "small-model": ("small", 1, 2)}  # pool, prompt weight, completion weight
+MODELS = {
+    "big-model": ("big", 1, 3),
+    "small-model": ("small", 1, 2),
+}  # pool, prompt weight, completion weight
 # (user, model, prompt words): the batch every user sends, twice
 BATCH = [
     ("alice@corp.example", "big-model", 40),
@@ -69,7 +72,10 @@ def _send_batch(api_url: str, tokens: dict[str, str]) -> dict[tuple[str, str], l
 
 
 def _values(prom_url: str, query: str, at: float, *labels: str) -> dict[tuple[str, ...], float]:
-    return {tuple(r["metric"].get(k, "") for k in labels): float(r["value"][1]) for r in prom_query(prom_url, query, at)}
+    return {
+        tuple(r["metric"].get(k, "") for k in labels): float(r["value"][1])
+        for r in prom_query(prom_url, query, at)
+    }
 
 
 def _close(a: float, b: float) -> bool:
@@ -88,9 +94,14 @@ def stack(tmp_path: Path):
         procs.append(sim)
         ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
         doc = proxy_config(
-            upstreams={m: [f"{sim.url}/v1"] for m in MODELS}, ledger_url=ledger_url, spool_dir=str(tmp_path / "spool")
+            upstreams={m: [f"{sim.url}/v1"] for m in MODELS},
+            ledger_url=ledger_url,
+            spool_dir=str(tmp_path / "spool"),
         )
-        doc["pools"] = {p: {"gpu_hourly_cost": c, "gpus": 1, "capacity_tokens_per_second": cap} for p, (c, cap) in POOLS.items()}
+        doc["pools"] = {
+            p: {"gpu_hourly_cost": c, "gpus": 1, "capacity_tokens_per_second": cap}
+            for p, (c, cap) in POOLS.items()
+        }
         for m, (pool, wp, wc) in MODELS.items():
             doc["models"][m].update(pool=pool, token_weights={"prompt": wp, "completion": wc})
         gpu_port = free_port()
@@ -101,9 +112,18 @@ def stack(tmp_path: Path):
         procs.append(proxy)
         gpu = ManagedProcess(
             "gpu-exporter",
-            chargeback_argv("gpu-exporter", "--config.file", str(config), "--simulate", "2",
-                            "--simulate-pattern", "period=2,duty=0.5,levels=0.8/0.4"),
-            tmp_path, f"http://127.0.0.1:{gpu_port}", "/metrics",
+            chargeback_argv(
+                "gpu-exporter",
+                "--config.file",
+                str(config),
+                "--simulate",
+                "2",
+                "--simulate-pattern",
+                "period=2,duty=0.5,levels=0.8/0.4",
+            ),
+            tmp_path,
+            f"http://127.0.0.1:{gpu_port}",
+            "/metrics",
         ).start()
         procs.append(gpu)
         yield tmp_path, proxy, gpu, tokens
@@ -117,7 +137,10 @@ def test_recorded_series_match_the_traffic(stack):
     _send_batch(proxy.url, tokens)  # warm-up: every counter exists before Prometheus' first scrape
     prom = start_prometheus(
         workdir,
-        {"chargeback-proxy": [proxy.metrics_url.removeprefix("http://")], "chargeback-gpu-exporter": [gpu.url.removeprefix("http://")]},
+        {
+            "chargeback-proxy": [proxy.metrics_url.removeprefix("http://")],
+            "chargeback-gpu-exporter": [gpu.url.removeprefix("http://")],
+        },
         rule_files=rule_files(),
         scrape_interval="1s",
         evaluation_interval="1s",
@@ -133,19 +156,29 @@ def test_recorded_series_match_the_traffic(stack):
 
 def _check(prom_url: str, proxy, tokens) -> None:
     wait_for(
-        lambda: all(float(r["value"][1]) >= 3 for r in prom_query(prom_url, "count_over_time(up[1m])"))
-        and len(prom_query(prom_url, "up == 1")) == 2,
-        timeout=30, what="three scrapes of both targets",
+        lambda: (
+            all(float(r["value"][1]) >= 3 for r in prom_query(prom_url, "count_over_time(up[1m])"))
+            and len(prom_query(prom_url, "up == 1")) == 2
+        ),
+        timeout=30,
+        what="three scrapes of both targets",
     )
     used = _send_batch(proxy.url, tokens)  # the measured batch
     final = read_metrics(proxy.metrics_url)
     total_prompt = sum(v for (n, _), v in final.items() if n == "chargeback_prompt_tokens_total")
     wait_for(
-        lambda: _values(prom_url, 'sum(chargeback_prompt_tokens_total{job="chargeback-proxy"})', time.time()) == {(): total_prompt},
-        timeout=20, what="Prometheus to scrape the final counters",
+        lambda: (
+            _values(prom_url, 'sum(chargeback_prompt_tokens_total{job="chargeback-proxy"})', time.time())
+            == {(): total_prompt}
+        ),
+        timeout=20,
+        what="Prometheus to scrape the final counters",
     )
     time.sleep(2.5)  # at least two rule evaluations over the final samples
-    at = max(float(r["value"][1]) for r in prom_query(prom_url, "timestamp(team_pool:chargeback_token_share:ratio5m)"))
+    at = max(
+        float(r["value"][1])
+        for r in prom_query(prom_url, "timestamp(team_pool:chargeback_token_share:ratio5m)")
+    )
 
     # --- tokens: increases equal the measured batch, so ratios are the batch's token ratios
     weighted: dict[tuple[str, str, str], float] = {}  # (user, team, pool) → weighted tokens of the batch
@@ -162,7 +195,9 @@ def _check(prom_url: str, proxy, tokens) -> None:
     assert set(shares) == set(team_pool)
     for key, v in team_pool.items():
         assert _close(shares[key], v / pool_total[key[1]]), (key, shares[key], v / pool_total[key[1]])
-    user_shares = _values(prom_url, "user_team_pool:chargeback_token_share:ratio5m", at, "user", "team", "pool")
+    user_shares = _values(
+        prom_url, "user_team_pool:chargeback_token_share:ratio5m", at, "user", "team", "pool"
+    )
     assert set(user_shares) == set(weighted)
     for key, v in weighted.items():
         assert _close(user_shares[key], v / pool_total[key[2]])

@@ -26,14 +26,21 @@ USERS = {
 
 
 def test_two_proxies_one_postgresql_exact_totals(tmp_path: Path) -> None:
-    with temp_pg_database("cb_scaleout") as pg_url, proxy_stack(tmp_path, users=USERS, ledger_url=pg_url) as stack:
+    with (
+        temp_pg_database("cb_scaleout") as pg_url,
+        proxy_stack(tmp_path, users=USERS, ledger_url=pg_url) as stack,
+    ):
         second = start_proxy(tmp_path, stack.config_path, name="proxy-2")
         try:
             half = sorted(USERS)
             first_users = {u: stack.tokens[u] for u in half[:2] + half[2:3]}
             second_users = {u: stack.tokens[u] for u in half[1:2] + half[3:]}  # ben uses both replicas
-            r1 = asyncio.run(run_traffic(stack.api_url, first_users, ["sim-small", "sim-large"], 8, 0.5, seed=11))
-            r2 = asyncio.run(run_traffic(second.url, second_users, ["sim-small", "sim-large"], 8, 0.5, seed=12))
+            r1 = asyncio.run(
+                run_traffic(stack.api_url, first_users, ["sim-small", "sim-large"], 8, 0.5, seed=11)
+            )
+            r2 = asyncio.run(
+                run_traffic(second.url, second_users, ["sim-small", "sim-large"], 8, 0.5, seed=12)
+            )
             assert not r1.errors and not r2.errors
             expected_requests = r1.requests + r2.requests
             rows = wait_for_rows(pg_url, expected_requests)
@@ -43,9 +50,17 @@ def test_two_proxies_one_postgresql_exact_totals(tmp_path: Path) -> None:
             for user in USERS:
                 for model in ("sim-small", "sim-large"):
                     want_p = r1.total_for(user, model).prompt_tokens + r2.total_for(user, model).prompt_tokens
-                    want_c = r1.total_for(user, model).completion_tokens + r2.total_for(user, model).completion_tokens
-                    got_p = sum(metric(m, "chargeback_prompt_tokens_total", user=user, model=model) for m in (m1, m2))
-                    got_c = sum(metric(m, "chargeback_completion_tokens_total", user=user, model=model) for m in (m1, m2))
+                    want_c = (
+                        r1.total_for(user, model).completion_tokens
+                        + r2.total_for(user, model).completion_tokens
+                    )
+                    got_p = sum(
+                        metric(m, "chargeback_prompt_tokens_total", user=user, model=model) for m in (m1, m2)
+                    )
+                    got_c = sum(
+                        metric(m, "chargeback_completion_tokens_total", user=user, model=model)
+                        for m in (m1, m2)
+                    )
                     assert (got_p, got_c) == (want_p, want_c), (user, model)
                     user_rows = [r for r in ledger_rows(pg_url, user_email=user, model=model)]
                     assert sum(r["prompt_tokens"] for r in user_rows) == want_p

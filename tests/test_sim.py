@@ -11,7 +11,10 @@ from typing import Any
 from exporter.sim.upstream import SimOptions, create_sim_app, expected_usage
 
 AUTH = {"Authorization": "Bearer k"}
-BODY = {"model": "m", "messages": [{"role": "system", "content": "one two"}, {"role": "user", "content": "three"}]}
+BODY = {
+    "model": "m",
+    "messages": [{"role": "system", "content": "one two"}, {"role": "user", "content": "three"}],
+}
 
 
 async def sim(aiohttp_client: Any, **opts: Any) -> Any:
@@ -42,7 +45,9 @@ async def test_non_streaming_usage_is_deterministic(aiohttp_client: Any) -> None
 
 async def test_streaming_usage_chunk_only_when_asked(aiohttp_client: Any) -> None:
     client = await sim(aiohttp_client)
-    plain = events(await (await client.post("/v1/chat/completions", json={**BODY, "stream": True}, headers=AUTH)).text())
+    plain = events(
+        await (await client.post("/v1/chat/completions", json={**BODY, "stream": True}, headers=AUTH)).text()
+    )
     assert plain[-1] == "[DONE]" and all("usage" not in e for e in plain[:-1])
     n = expected_usage("chat/completions", BODY)["completion_tokens"]
     assert sum(1 for e in plain[:-1] if e["choices"][0]["delta"].get("content")) == n
@@ -62,21 +67,29 @@ async def test_faults_credentials_and_stats(aiohttp_client: Any) -> None:
     codes = [(await client.post("/v1/chat/completions", json=BODY, headers=AUTH)).status for _ in range(3)]
     assert codes == [429, 429, 200]
     assert (await client.post("/sim/fault", json={"fault": "bogus"})).status == 400
-    nousage = await client.post("/v1/chat/completions", json=BODY, headers={**AUTH, "X-Sim-Fault": "no-usage"})
+    nousage = await client.post(
+        "/v1/chat/completions", json=BODY, headers={**AUTH, "X-Sim-Fault": "no-usage"}
+    )
     assert "usage" not in await nousage.json()
     stats = await (await client.get("/sim/stats")).json()
     assert stats["faults"] == {"500": 1, "429": 2, "no-usage": 1}
     assert stats["auth"] == {"": 1, "Bearer k": 5}
     assert stats["models"]["m"]["requests"] == 2
-    assert stats["models"]["m"]["reported_prompt_tokens"] == expected_usage("chat/completions", BODY)["prompt_tokens"]
+    assert (
+        stats["models"]["m"]["reported_prompt_tokens"]
+        == expected_usage("chat/completions", BODY)["prompt_tokens"]
+    )
     await client.post("/sim/reset")
     assert (await (await client.get("/sim/stats")).json())["requests"] == 0
 
 
 async def test_embeddings_base64_and_models(aiohttp_client: Any) -> None:
     client = await sim(aiohttp_client)
-    r = await client.post("/v1/embeddings", json={"model": "m", "input": ["a b", "c"], "encoding_format": "base64"},
-                          headers=AUTH)
+    r = await client.post(
+        "/v1/embeddings",
+        json={"model": "m", "input": ["a b", "c"], "encoding_format": "base64"},
+        headers=AUTH,
+    )
     out = await r.json()
     assert out["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
     vec = struct.unpack("<8f", base64.b64decode(out["data"][0]["embedding"]))

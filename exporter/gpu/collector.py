@@ -306,7 +306,8 @@ class GpuCollector:
             contract.GPU_IDLE_SECONDS_TOTAL, "Seconds at or below the idle utilisation threshold."
         )
         observed = counter(
-            contract.GPU_OBSERVED_SECONDS_TOTAL, "Wall-clock seconds the GPU was present and read (basis of its cost)."
+            contract.GPU_OBSERVED_SECONDS_TOTAL,
+            "Wall-clock seconds the GPU was present and read (basis of its cost).",
         )
         idle = gauge(contract.GPU_IDLE, "1 when the GPU was idle over the last interval, else 0.")
         mem_used = gauge(contract.GPU_MEMORY_USED_BYTES, "GPU memory in use, bytes.")

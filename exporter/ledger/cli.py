@@ -57,13 +57,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = lsub.add_parser("query", help="run one read-only SQL statement and print the result")
     _common(p)
-    p.add_argument("sql", metavar="SQL", help="e.g. 'SELECT user_email, SUM(total_tokens) FROM public.http_analytics GROUP BY 1'")
+    p.add_argument(
+        "sql",
+        metavar="SQL",
+        help="e.g. 'SELECT user_email, SUM(total_tokens) FROM public.http_analytics GROUP BY 1'",
+    )
     p.add_argument("--csv", action="store_true", help="CSV instead of a table")
     p.set_defaults(func=cmd_ledger_query)
 
     p = lsub.add_parser("summary", help="requests and tokens per user, team and model")
     _common(p)
-    p.add_argument("--since", metavar="ISO", help="start (inclusive), e.g. 2024-05-01 or 2024-05-01T08:00:00Z")
+    p.add_argument(
+        "--since", metavar="ISO", help="start (inclusive), e.g. 2024-05-01 or 2024-05-01T08:00:00Z"
+    )
     p.add_argument("--until", metavar="ISO", help="end (exclusive)")
     p.add_argument("--csv", action="store_true", help="CSV instead of a table")
     p.set_defaults(func=cmd_ledger_summary)
@@ -71,8 +77,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _common(p: argparse.ArgumentParser) -> None:
     add_config_flag(p)
-    p.add_argument("--ledger.url", dest="ledger_url", metavar="URL",
-                   help="ledger database (default: ledger.url from the config)")
+    p.add_argument(
+        "--ledger.url",
+        dest="ledger_url",
+        metavar="URL",
+        help="ledger database (default: ledger.url from the config)",
+    )
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -151,8 +161,10 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         print(f"user:   {rec.user_email}")
         print(f"team:   {rec.team}")
         print(f"token:  {token}")
-        print("The token is shown only this once; only its hash is stored. Give it to the user as their API key.",
-              file=sys.stderr)
+        print(
+            "The token is shown only this once; only its hash is stored. Give it to the user as their API key.",
+            file=sys.stderr,
+        )
         return 0
 
     return _run(args, body)
@@ -166,7 +178,9 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         keys = store.list_keys(include_revoked=not args.active)
         if args.user:
             keys = [k for k in keys if k.user_email == args.user]
-        rows = [(k.key_id, k.prefix + "…", k.user_email, k.team, k.created_at, k.revoked_at or "") for k in keys]
+        rows = [
+            (k.key_id, k.prefix + "…", k.user_email, k.team, k.created_at, k.revoked_at or "") for k in keys
+        ]
         print_result(KEY_LIST_COLUMNS, rows, csv_out=args.csv)
         return 0
 
@@ -181,7 +195,9 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         revoked = store.revoke_user_keys(args.user) if args.user else store.revoke_key(args.key)
         if not revoked:
             what = f"user {args.user}" if args.user else repr(args.key)
-            known = [k for k in store.list_keys() if args.key in (k.key_id, k.prefix) or k.user_email == args.user]
+            known = [
+                k for k in store.list_keys() if args.key in (k.key_id, k.prefix) or k.user_email == args.user
+            ]
             if known:
                 return _fail(f"no active key for {what}: already revoked")
             return _fail(f"no key matches {what}")
@@ -214,7 +230,9 @@ def parse_when(value: str | None, tz: ZoneInfo, flag: str) -> datetime | None:
         else:
             dt = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"{flag} {value!r} is not an ISO date or date-time (e.g. 2024-05-01 or 2024-05-01T08:00:00Z)") from None
+        raise ValueError(
+            f"{flag} {value!r} is not an ISO date or date-time (e.g. 2024-05-01 or 2024-05-01T08:00:00Z)"
+        ) from None
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=tz)
 
 
@@ -259,8 +277,9 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
 
 
-def print_result(columns: Sequence[str], rows: Sequence[Sequence[Any]], csv_out: bool = False,
-                 out: TextIO | None = None) -> None:
+def print_result(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], csv_out: bool = False, out: TextIO | None = None
+) -> None:
     out = out or sys.stdout
     if csv_out:
         w = csv.writer(out, lineterminator="\n")
@@ -273,11 +292,16 @@ def print_result(columns: Sequence[str], rows: Sequence[Sequence[Any]], csv_out:
         return
     cells = [[_cell(v) for v in r] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    right = [any(_numeric(r[i]) for r in rows) and all(_numeric(r[i]) or r[i] is None for r in rows)
-             for i in range(len(columns))]
+    right = [
+        any(_numeric(r[i]) for r in rows) and all(_numeric(r[i]) or r[i] is None for r in rows)
+        for i in range(len(columns))
+    ]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if right[i] else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
+        return "  ".join(
+            v.rjust(w) if right[i] else v.ljust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ).rstrip()
 
     print(line(list(columns)), file=out)
     print("  ".join("-" * w for w in widths), file=out)

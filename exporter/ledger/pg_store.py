@@ -81,7 +81,7 @@ class PostgresStore(StoreOpsMixin):
 
     def __init__(self, url: str, connect_timeout: int = 5) -> None:
         if url.startswith("postgres://"):
-            url = "postgresql://" + url[len("postgres://"):]
+            url = "postgresql://" + url[len("postgres://") :]
         self.url = url
         self.connect_timeout = connect_timeout
         self._lock = threading.Lock()
@@ -98,7 +98,9 @@ class PostgresStore(StoreOpsMixin):
         try:
             return psycopg.connect(self.url, **kwargs)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to PostgreSQL ledger {redact_url(self.url)}: {exc}".strip()) from exc
+            raise StoreError(
+                f"cannot connect to PostgreSQL ledger {redact_url(self.url)}: {exc}".strip()
+            ) from exc
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:

@@ -81,7 +81,7 @@ def _read_only_authorizer(action: int, *_: Any) -> int:
 
 def parse_sqlite_url(url: str) -> tuple[str, bool, dict[str, str]]:
     """(path or shared-memory URI, is_memory, options) from sqlite:///rel.db, sqlite:////abs.db, sqlite://:memory:."""
-    rest = url[len("sqlite:"):]
+    rest = url[len("sqlite:") :]
     query = ""
     if "?" in rest:
         rest, query = rest.split("?", 1)
@@ -89,7 +89,9 @@ def parse_sqlite_url(url: str) -> tuple[str, bool, dict[str, str]]:
     if rest in ("//:memory:", "///:memory:"):
         return "file:chargeback-ledger-memory?mode=memory&cache=shared", True, opts
     if not rest.startswith("///") or len(rest) <= 3:
-        raise StoreError(f"bad SQLite ledger URL {url!r}: expected sqlite:///relative.db or sqlite:////absolute.db")
+        raise StoreError(
+            f"bad SQLite ledger URL {url!r}: expected sqlite:///relative.db or sqlite:////absolute.db"
+        )
     return rest[3:], False, opts
 
 
@@ -100,7 +102,9 @@ class SqliteStore(StoreOpsMixin):
     def __init__(self, url: str, busy_timeout_ms: int | None = None) -> None:
         self.url = url
         path, self._memory, opts = parse_sqlite_url(url)
-        self.busy_timeout_ms = int(opts.get("busy_timeout_ms", busy_timeout_ms if busy_timeout_ms is not None else 5000))
+        self.busy_timeout_ms = int(
+            opts.get("busy_timeout_ms", busy_timeout_ms if busy_timeout_ms is not None else 5000)
+        )
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._read: sqlite3.Connection | None = None
@@ -116,7 +120,10 @@ class SqliteStore(StoreOpsMixin):
             self._target = str(self.path)
         try:
             self._conn = sqlite3.connect(
-                self._target, uri=self._memory, isolation_level=None, check_same_thread=False,
+                self._target,
+                uri=self._memory,
+                isolation_level=None,
+                check_same_thread=False,
                 timeout=self.busy_timeout_ms / 1000,
             )
             self._conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
@@ -215,7 +222,10 @@ class SqliteStore(StoreOpsMixin):
                 cur = self._reader().execute(sql, tuple(params))
                 rows = cur.fetchall()
             except sqlite3.DatabaseError as exc:
-                if any(s in str(exc) for s in ("not authorized", "authorization denied", "readonly", "query_only")):
+                if any(
+                    s in str(exc)
+                    for s in ("not authorized", "authorization denied", "readonly", "query_only")
+                ):
                     raise ReadOnlyError(f"the ledger query is read-only; refused: {exc}") from None
                 raise QueryError(str(exc)) from None
             except sqlite3.Warning as exc:

@@ -51,7 +51,9 @@ class LedgerStore(Protocol):
         """Run one read-only statement; returns (column names, rows)."""
         ...
 
-    def summary(self, since: datetime | None, until: datetime | None) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+    def summary(
+        self, since: datetime | None, until: datetime | None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
 
     def count_rows(self) -> int: ...
 
@@ -82,7 +84,9 @@ def open_store(url: str, **options: Any) -> LedgerStore:
         from exporter.ledger.pg_store import PostgresStore
 
         return PostgresStore(url, **options)
-    raise StoreError(f"unsupported ledger URL {redact_url(url)!r}: expected sqlite:///PATH or postgresql://...")
+    raise StoreError(
+        f"unsupported ledger URL {redact_url(url)!r}: expected sqlite:///PATH or postgresql://..."
+    )
 
 
 def redact_url(url: str) -> str:
@@ -206,20 +210,22 @@ class StoreOpsMixin(abc.ABC):
     placeholder: str
 
     @abc.abstractmethod
-    def _exec_write(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        ...
+    def _exec_write(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
 
     @abc.abstractmethod
-    def _exec_read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        ...
+    def _exec_read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
 
     _KEY_COLUMNS = "key_id, user_email, team, created_at, revoked_at, prefix"
 
     @staticmethod
     def _record(r: tuple[Any, ...]) -> KeyRecord:
         return KeyRecord(
-            key_id=r[0], user_email=r[1], team=r[2], created_at=iso_seconds(r[3]) or "",
-            revoked_at=iso_seconds(r[4]), prefix=r[5],
+            key_id=r[0],
+            user_email=r[1],
+            team=r[2],
+            created_at=iso_seconds(r[3]) or "",
+            revoked_at=iso_seconds(r[4]),
+            prefix=r[5],
         )
 
     def create_key(self, user_email: str, team: str) -> tuple[str, KeyRecord]:
@@ -274,14 +280,14 @@ class StoreOpsMixin(abc.ABC):
         return int(self._exec_read("SELECT COUNT(*) FROM http_analytics", ())[0][0])
 
     @abc.abstractmethod
-    def timestamp_param(self, value: str | datetime) -> Any:
-        ...
+    def timestamp_param(self, value: str | datetime) -> Any: ...
 
     @abc.abstractmethod
-    def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
-        ...
+    def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]: ...
 
-    def summary(self, since: datetime | None, until: datetime | None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def summary(
+        self, since: datetime | None, until: datetime | None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Requests and tokens per (user, team, model) in [since, until); counts as int on both backends
         (PostgreSQL's SUM over BIGINT is NUMERIC, i.e. Decimal)."""
         params = [self.timestamp_param(t) for t in (since, until) if t is not None]

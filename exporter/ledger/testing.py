@@ -28,7 +28,9 @@ GROUP BY model, user_email
 ORDER BY total_tokens_sum DESC;"""
 
 
-async def async_wait_for(predicate: Callable[[], object], limit: float = 20.0, what: str = "condition") -> None:
+async def async_wait_for(
+    predicate: Callable[[], object], limit: float = 20.0, what: str = "condition"
+) -> None:
     """Poll until predicate() is true; the deadline only guards against hanging, it asserts no timing."""
     deadline = time.monotonic() + limit
     while not predicate():

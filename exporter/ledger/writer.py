@@ -103,8 +103,11 @@ class LedgerWriter:
         with self._cond:
             self._spool_counts.update(counts)
         if counts:
-            log.info("ledger: %d rows in %d spool files from an earlier run will be replayed",
-                     sum(counts.values()), len(counts))
+            log.info(
+                "ledger: %d rows in %d spool files from an earlier run will be replayed",
+                sum(counts.values()),
+                len(counts),
+            )
 
     def submit(self, row: LedgerRow) -> None:
         """Queue one row. Never blocks on I/O and never raises."""
@@ -169,7 +172,9 @@ class LedgerWriter:
             if self._worker.is_alive():
                 # Stuck in a database call: spool everything still queued, including the batch in
                 # flight (if that write completes after all, the replay skips the duplicates).
-                log.error("ledger: database did not answer within %.1fs at shutdown; spooling the queue", timeout)
+                log.error(
+                    "ledger: database did not answer within %.1fs at shutdown; spooling the queue", timeout
+                )
                 await asyncio.to_thread(self._abandon)
         if self._spooler is not None:
             await asyncio.to_thread(self._spooler.join, 5.0)
@@ -178,7 +183,11 @@ class LedgerWriter:
         self._closed = True
         self._spool.close()
         s = self.stats()
-        log.info("ledger writer closed: %d rows written, %d rows waiting in the spool", s.rows_written, s.spooled_rows)
+        log.info(
+            "ledger writer closed: %d rows written, %d rows waiting in the spool",
+            s.rows_written,
+            s.spooled_rows,
+        )
 
     # ------------------------------------------------------------------ worker thread
 
@@ -290,8 +299,13 @@ class LedgerWriter:
         msg = f"{type(exc).__name__}: {exc}".strip()
         now = time.monotonic()
         if msg != self._last_error or now - self._last_error_log > _ERROR_LOG_INTERVAL:
-            log.error("ledger write to %s failed (%d rows waiting, retrying every %.1fs): %s",
-                      redact_url(self.url), queued, self.cfg.retry_seconds, msg)
+            log.error(
+                "ledger write to %s failed (%d rows waiting, retrying every %.1fs): %s",
+                redact_url(self.url),
+                queued,
+                self.cfg.retry_seconds,
+                msg,
+            )
             self._last_error_log = now
         self._last_error = msg
         store, self._store = self._store, None  # reconnect on the next attempt
@@ -365,7 +379,9 @@ class LedgerWriter:
         except OSError as exc:
             with self._cond:
                 self._errors += 1
-            log.error("ledger: cannot write %d rows to the spool in %s: %s", len(rows), self.cfg.spool_dir, exc)
+            log.error(
+                "ledger: cannot write %d rows to the spool in %s: %s", len(rows), self.cfg.spool_dir, exc
+            )
             return False
         with self._cond:
             self._spooled_total += len(rows)

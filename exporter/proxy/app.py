@@ -43,14 +43,36 @@ log = logging.getLogger("chargeback.proxy")
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Proxy-Connection",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Proxy-Connection",
     )
 )
-REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "api-key", "x-api-key", "accept-encoding",
-                             "content-encoding", "cookie"}
-RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date", "set-cookie",
-                              "www-authenticate", "authorization"}
+REQUEST_DROP = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "accept-encoding",
+    "content-encoding",
+    "cookie",
+}
+RESPONSE_DROP = HOP_BY_HOP | {
+    "content-length",
+    "content-encoding",
+    "server",
+    "date",
+    "set-cookie",
+    "www-authenticate",
+    "authorization",
+}
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 # endpoints where stream_options.include_usage exists (the Responses API always sends usage)
@@ -188,8 +210,15 @@ def _finish(state: ProxyState, call: Call) -> None:
         m = state.metrics
         if call.user and call.model is not None:
             m.usage.record(
-                call.user, call.team, call.model.name, call.status, usage.prompt_tokens, usage.completion_tokens,
-                usage.cached_tokens, duration, call.estimated,
+                call.user,
+                call.team,
+                call.model.name,
+                call.status,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens,
+                duration,
+                call.estimated,
             )
             if call.forwarded:
                 m.observe(call.model.name, duration, ttft if call.stream else None)
@@ -199,8 +228,14 @@ def _finish(state: ProxyState, call: Call) -> None:
         log.exception("failed to record request %s", call.request_id)
 
 
-def _reply(call: Call, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-           param: str | None = None) -> web.Response:
+def _reply(
+    call: Call,
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+) -> web.Response:
     call.status = status
     call.error = message
     return error_response(status, message, type_, code, param, headers={"X-Request-Id": call.request_id})
@@ -273,19 +308,30 @@ async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.Str
     token = _bearer(request)
     record = state.keys.lookup(token) if token else None
     if record is None:
-        msg = "missing API key (send Authorization: Bearer <token>)" if token is None else "invalid or revoked API key"
+        msg = (
+            "missing API key (send Authorization: Bearer <token>)"
+            if token is None
+            else "invalid or revoked API key"
+        )
         return _reply(call, 401, msg, "invalid_request_error", "invalid_api_key")
     call.user = record.user_email
     call.team = cfg.team_of(record.user_email) or record.team
     call.api_key_id = str(record.key_id)
 
     if request.content_type not in ("application/json", "", "application/octet-stream", "text/plain"):
-        return _reply(call, 400, f"expected a JSON body, got Content-Type {request.content_type}", code="invalid_json")
+        return _reply(
+            call, 400, f"expected a JSON body, got Content-Type {request.content_type}", code="invalid_json"
+        )
     if request.headers.get("Content-Encoding", "identity").lower() != "identity":
         return _reply(call, 400, "compressed request bodies are not supported", code="unsupported_encoding")
     raw = await _read_body(request, cfg.proxy.max_body_bytes)
     if raw is None:
-        return _reply(call, 413, f"request body is larger than {cfg.proxy.max_body_bytes} bytes", code="request_too_large")
+        return _reply(
+            call,
+            413,
+            f"request body is larger than {cfg.proxy.max_body_bytes} bytes",
+            code="request_too_large",
+        )
     try:
         body = json.loads(raw)
     except ValueError as exc:
@@ -294,15 +340,23 @@ async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.Str
         return _reply(call, 400, "the JSON body must be an object", code="invalid_json")
     name = body.get("model")
     if not isinstance(name, str) or not name:
-        return _reply(call, 400, "'model' is required and must be a string", code="invalid_request", param="model")
+        return _reply(
+            call, 400, "'model' is required and must be a string", code="invalid_request", param="model"
+        )
     call.model_name = name
     model = cfg.models.get(name)
     if model is None:
         return _reply(call, 404, f"The model '{name}' does not exist", code="model_not_found", param="model")
     call.model = model
     if model.allowed_teams is not None and call.team not in model.allowed_teams:
-        return _reply(call, 403, f"team '{call.team}' may not use model '{name}'", "permission_error",
-                      "model_not_allowed", "model")
+        return _reply(
+            call,
+            403,
+            f"team '{call.team}' may not use model '{name}'",
+            "permission_error",
+            "model_not_allowed",
+            "model",
+        )
 
     call.stream = body.get("stream") is True
     call.body = body  # prompt characters are counted only if an estimate is needed
@@ -342,12 +396,29 @@ async def _open_upstream(
             log.warning("upstream %s unreachable for %s: %s", base, model.name, exc)
             continue
         except aiohttp.SocketTimeoutError:
-            return _reply(call, 504, f"upstream for model '{model.name}' timed out", "upstream_error", "upstream_timeout")
+            return _reply(
+                call,
+                504,
+                f"upstream for model '{model.name}' timed out",
+                "upstream_error",
+                "upstream_timeout",
+            )
         except (aiohttp.ClientError, OSError) as exc:
-            return _reply(call, 502, f"upstream for model '{model.name}' failed: {exc}", "upstream_error", "upstream_error")
+            return _reply(
+                call,
+                502,
+                f"upstream for model '{model.name}' failed: {exc}",
+                "upstream_error",
+                "upstream_error",
+            )
     call.upstream = ""
-    return _reply(call, 502, f"no upstream for model '{model.name}' is reachable ({last_error})", "upstream_error",
-                  "upstream_unreachable")
+    return _reply(
+        call,
+        502,
+        f"no upstream for model '{model.name}' is reachable ({last_error})",
+        "upstream_error",
+        "upstream_unreachable",
+    )
 
 
 async def _forward(
@@ -385,11 +456,19 @@ async def _relay_body(call: Call, upstream: aiohttp.ClientResponse) -> web.Strea
         data = await upstream.read()
     except aiohttp.SocketTimeoutError:
         upstream.close()
-        return _reply(call, 504, "upstream timed out while sending the response", "upstream_error", "upstream_timeout")
+        return _reply(
+            call, 504, "upstream timed out while sending the response", "upstream_error", "upstream_timeout"
+        )
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         upstream.close()
         call.estimated = True
-        return _reply(call, 502, f"upstream failed while sending the response: {exc}", "upstream_error", "upstream_error")
+        return _reply(
+            call,
+            502,
+            f"upstream failed while sending the response: {exc}",
+            "upstream_error",
+            "upstream_error",
+        )
     call.status = upstream.status
     if upstream.status < 300:
         try:
@@ -426,12 +505,18 @@ async def _relay_stream(
             tail = sse.flush()
             if tail:
                 await response.write(tail)
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.SocketTimeoutError) as exc:
+        except (
+            aiohttp.ClientPayloadError,
+            aiohttp.ServerDisconnectedError,
+            aiohttp.SocketTimeoutError,
+        ) as exc:
             timeout = isinstance(exc, aiohttp.SocketTimeoutError)
             call.status = 504 if timeout else 502
             call.error = "upstream timed out mid-stream" if timeout else f"upstream dropped mid-stream: {exc}"
             upstream.close()
-            event = error_body(call.error, "upstream_error", "upstream_timeout" if timeout else "upstream_disconnected")
+            event = error_body(
+                call.error, "upstream_error", "upstream_timeout" if timeout else "upstream_disconnected"
+            )
             await response.write(b"data: " + event + b"\n\n")
         await response.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
@@ -487,7 +572,10 @@ def _lifecycle(state: ProxyState, close_timeout: float) -> Any:
         # No cookie jar: cookies an upstream sets must never be replayed on other users' requests
         # (and skipping the jar saves work on every request).
         state.session = aiohttp.ClientSession(
-            timeout=timeout, connector=connector, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=timeout,
+            connector=connector,
+            auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         try:
             yield

@@ -20,11 +20,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_config_flag(p)
     add_log_flag(p)
     p.add_argument(
-        "--web.listen-address", dest="listen", action="append", metavar="HOST:PORT",
+        "--web.listen-address",
+        dest="listen",
+        action="append",
+        metavar="HOST:PORT",
         help="API address (repeatable; overrides proxy.listen)",
     )
     p.add_argument(
-        "--web.metrics-address", dest="metrics_listen", metavar="HOST:PORT",
+        "--web.metrics-address",
+        dest="metrics_listen",
+        metavar="HOST:PORT",
         help="metrics address (overrides proxy.metrics_listen)",
     )
     p.set_defaults(func=_run)

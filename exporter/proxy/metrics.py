@@ -32,7 +32,11 @@ _PROMPT, _COMPLETION, _CACHED, _SECONDS, _ESTIMATED, _LABELS = range(6)
 
 _USAGE_SPECS = (
     (contract.PROMPT_TOKENS_TOTAL, "Prompt tokens reported by the upstream (or estimated).", _PROMPT),
-    (contract.COMPLETION_TOKENS_TOTAL, "Completion tokens reported by the upstream (or estimated).", _COMPLETION),
+    (
+        contract.COMPLETION_TOKENS_TOTAL,
+        "Completion tokens reported by the upstream (or estimated).",
+        _COMPLETION,
+    ),
     (contract.CACHED_PROMPT_TOKENS_TOTAL, "Prompt tokens served from the upstream's prefix cache.", _CACHED),
     (contract.REQUEST_SECONDS_TOTAL, "Summed wall time of requests, for time-based allocation.", _SECONDS),
     (contract.USAGE_ESTIMATED_TOTAL, "Requests whose usage the proxy had to estimate.", _ESTIMATED),
@@ -115,7 +119,9 @@ class UsageCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         requests = self.requests.copy()
         usage = self.usage.copy()
-        fam = CounterMetricFamily(contract.REQUESTS_TOTAL, _REQUESTS_HELP, labels=("user", "team", "model", "code"))
+        fam = CounterMetricFamily(
+            contract.REQUESTS_TOTAL, _REQUESTS_HELP, labels=("user", "team", "model", "code")
+        )
         for labels, (value, _) in requests.items():
             fam.add_metric(labels, value)
         yield fam
@@ -138,16 +144,24 @@ class ConfigCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         cfg = self.cfg
-        info = GaugeMetricFamily(contract.TEAM_INFO, "Team metadata (always 1).", labels=("team", "business_unit", "cost_center"))
-        budget = GaugeMetricFamily(contract.TEAM_BUDGET, f"Monthly team budget in {cfg.currency}.", labels=("team",))
+        info = GaugeMetricFamily(
+            contract.TEAM_INFO, "Team metadata (always 1).", labels=("team", "business_unit", "cost_center")
+        )
+        budget = GaugeMetricFamily(
+            contract.TEAM_BUDGET, f"Monthly team budget in {cfg.currency}.", labels=("team",)
+        )
         for team in cfg.teams.values():
             info.add_metric((team.name, team.business_unit, team.cost_center), 1)
             if team.budget is not None:
                 budget.add_metric((team.name,), float(team.budget))
         yield info
         yield budget
-        model_info = GaugeMetricFamily(contract.MODEL_INFO, "Model to GPU pool (always 1).", labels=("model", "pool"))
-        pw = GaugeMetricFamily(contract.MODEL_PROMPT_TOKEN_WEIGHT, "Cost weight of one prompt token.", labels=("model",))
+        model_info = GaugeMetricFamily(
+            contract.MODEL_INFO, "Model to GPU pool (always 1).", labels=("model", "pool")
+        )
+        pw = GaugeMetricFamily(
+            contract.MODEL_PROMPT_TOKEN_WEIGHT, "Cost weight of one prompt token.", labels=("model",)
+        )
         cw = GaugeMetricFamily(
             contract.MODEL_COMPLETION_TOKEN_WEIGHT, "Cost weight of one completion token.", labels=("model",)
         )
@@ -159,14 +173,18 @@ class ConfigCollector(Collector):
         yield pw
         yield cw
         cap = GaugeMetricFamily(
-            contract.POOL_CAPACITY_TOKENS_PER_SECOND, "Configured weighted-token capacity of a GPU pool.", labels=("pool",)
+            contract.POOL_CAPACITY_TOKENS_PER_SECOND,
+            "Configured weighted-token capacity of a GPU pool.",
+            labels=("pool",),
         )
         for pool in cfg.pools.values():
             if pool.capacity_tokens_per_second is not None:
                 cap.add_metric((pool.name,), float(pool.capacity_tokens_per_second))
         yield cap
         method = GaugeMetricFamily(
-            contract.REALTIME_METHOD_INFO, "Allocation method used for real-time spend (always 1).", labels=("method",)
+            contract.REALTIME_METHOD_INFO,
+            "Allocation method used for real-time spend (always 1).",
+            labels=("method",),
         )
         method.add_metric((cfg.report.realtime_method,), 1)
         yield method
@@ -180,10 +198,18 @@ class LedgerCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         s = self.stats()
-        yield CounterMetricFamily(contract.LEDGER_ROWS_WRITTEN_TOTAL, "Rows written to the ledger database.", value=s.rows_written)
-        yield CounterMetricFamily(contract.LEDGER_WRITE_ERRORS_TOTAL, "Failed ledger write attempts.", value=s.write_errors)
-        yield GaugeMetricFamily(contract.LEDGER_QUEUE_ROWS, "Rows waiting in memory for the ledger.", value=s.queue_rows)
-        yield GaugeMetricFamily(contract.LEDGER_SPOOLED_ROWS, "Rows waiting in the on-disk spool.", value=s.spooled_rows)
+        yield CounterMetricFamily(
+            contract.LEDGER_ROWS_WRITTEN_TOTAL, "Rows written to the ledger database.", value=s.rows_written
+        )
+        yield CounterMetricFamily(
+            contract.LEDGER_WRITE_ERRORS_TOTAL, "Failed ledger write attempts.", value=s.write_errors
+        )
+        yield GaugeMetricFamily(
+            contract.LEDGER_QUEUE_ROWS, "Rows waiting in memory for the ledger.", value=s.queue_rows
+        )
+        yield GaugeMetricFamily(
+            contract.LEDGER_SPOOLED_ROWS, "Rows waiting in the on-disk spool.", value=s.spooled_rows
+        )
 
 
 class LoopHistogram:
@@ -224,16 +250,25 @@ class LatencyCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         for name, doc, hists in (
-            (contract.REQUEST_DURATION_SECONDS, "Time from request to the last byte sent to the client.", self.duration),
-            (contract.TIME_TO_FIRST_TOKEN_SECONDS,
-             "Streaming requests: time until the first event reached the client.", self.ttft),
+            (
+                contract.REQUEST_DURATION_SECONDS,
+                "Time from request to the last byte sent to the client.",
+                self.duration,
+            ),
+            (
+                contract.TIME_TO_FIRST_TOKEN_SECONDS,
+                "Streaming requests: time until the first event reached the client.",
+                self.ttft,
+            ),
         ):
             fam = HistogramMetricFamily(name, doc, labels=("model",))
             for model, hist in list(hists.items()):
                 buckets, total = hist.snapshot()
                 fam.add_metric((model,), buckets, total)
             yield fam
-        gauge = GaugeMetricFamily(contract.INFLIGHT_REQUESTS, "Requests being forwarded right now.", labels=("model",))
+        gauge = GaugeMetricFamily(
+            contract.INFLIGHT_REQUESTS, "Requests being forwarded right now.", labels=("model",)
+        )
         for model, n in list(self.inflight.items()):
             gauge.add_metric((model,), n)
         yield gauge

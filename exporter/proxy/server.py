@@ -41,9 +41,14 @@ async def serve(
 
     api = web.AppRunner(
         create_app(state, ledger_close_timeout=max(grace, 5.0)),
-        handle_signals=False, access_log=None, shutdown_timeout=grace, handler_cancellation=True,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=grace,
+        handler_cancellation=True,
     )
-    metrics = web.AppRunner(create_metrics_app(state), handle_signals=False, access_log=None, shutdown_timeout=2)
+    metrics = web.AppRunner(
+        create_metrics_app(state), handle_signals=False, access_log=None, shutdown_timeout=2
+    )
     await api.setup()
     await metrics.setup()
     try:
@@ -67,8 +72,12 @@ async def serve(
         state.draining = True
         await api.cleanup()  # stops listening, waits for in-flight (≤ grace), then flushes the ledger
         stats = state.ledger.stats()
-        log.info("ledger flushed: %d rows written, %d queued, %d spooled",
-                 stats.rows_written, stats.queue_rows, stats.spooled_rows)
+        log.info(
+            "ledger flushed: %d rows written, %d queued, %d spooled",
+            stats.rows_written,
+            stats.queue_rows,
+            stats.spooled_rows,
+        )
         await metrics.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -18,7 +18,9 @@ CHARS_PER_TOKEN = 4
 # a usage object (not "usage": null) somewhere in an event, e.g. the final chunk or response.completed
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 # generated text in stream events: chat deltas, completions text, Responses API deltas, tool arguments
-_TEXT_FIELDS = re.compile(rb'"(?:content|text|delta|reasoning_content|refusal|arguments)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_TEXT_FIELDS = re.compile(
+    rb'"(?:content|text|delta|reasoning_content|refusal|arguments)"\s*:\s*"((?:[^"\\]|\\.)*)"'
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,33 +47,72 @@ def parse_duration(text: str) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     add_config_flag(p)
     add_log_flag(p)
-    p.add_argument("--period", help="YYYY-MM, last-month (default) or month-to-date, in the configured time zone")
-    p.add_argument("--from", dest="start", metavar="DATE", help="start of an explicit period (YYYY-MM-DD or ISO date-time)")
+    p.add_argument(
+        "--period", help="YYYY-MM, last-month (default) or month-to-date, in the configured time zone"
+    )
+    p.add_argument(
+        "--from",
+        dest="start",
+        metavar="DATE",
+        help="start of an explicit period (YYYY-MM-DD or ISO date-time)",
+    )
     p.add_argument("--to", dest="end", metavar="DATE", help="end (exclusive) of an explicit period")
-    p.add_argument("--source", choices=("prometheus", "ledger"), default="prometheus",
-                   help="where billed quantities come from (pool costs always come from Prometheus or the config)")
-    p.add_argument("--prometheus.url", dest="prometheus_url", metavar="URL", help="override prometheus.url from the config")
-    p.add_argument("--ledger.url", dest="ledger_url", metavar="URL", help="override ledger.url from the config")
-    p.add_argument("--lookback", type=parse_duration, default=None, metavar="DURATION",
-                   help="how far before the period start to look for a counter's last sample (default 62d)")
+    p.add_argument(
+        "--source",
+        choices=("prometheus", "ledger"),
+        default="prometheus",
+        help="where billed quantities come from (pool costs always come from Prometheus or the config)",
+    )
+    p.add_argument(
+        "--prometheus.url",
+        dest="prometheus_url",
+        metavar="URL",
+        help="override prometheus.url from the config",
+    )
+    p.add_argument(
+        "--ledger.url", dest="ledger_url", metavar="URL", help="override ledger.url from the config"
+    )
+    p.add_argument(
+        "--lookback",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="how far before the period start to look for a counter's last sample (default 62d)",
+    )
 
 
 def register(subparsers: Any) -> None:
-    rp = subparsers.add_parser("report", help="write chargeback statements for a period (and email them)",
-                               description="Write chargeback statements for a billing period.")
+    rp = subparsers.add_parser(
+        "report",
+        help="write chargeback statements for a period (and email them)",
+        description="Write chargeback statements for a billing period.",
+    )
     _common(rp)
     rp.add_argument("--method", choices=METHODS, help="allocation method (default: report.method)")
-    rp.add_argument("--format", default="csv,json,html,md", help=f"comma-separated: {', '.join(FORMATS)} (default: all)")
+    rp.add_argument(
+        "--format", default="csv,json,html,md", help=f"comma-separated: {', '.join(FORMATS)} (default: all)"
+    )
     rp.add_argument("--out", metavar="DIR", help="output directory (default: report.output_dir)")
-    rp.add_argument("--email", action="store_true", help="email each team its statement and finance the summary")
-    rp.add_argument("--dry-run", action="store_true", help="print what would be emailed instead of sending it")
-    rp.add_argument("--reconcile", action="store_true", help="also compare Prometheus with the ledger per user × model")
+    rp.add_argument(
+        "--email", action="store_true", help="email each team its statement and finance the summary"
+    )
+    rp.add_argument(
+        "--dry-run", action="store_true", help="print what would be emailed instead of sending it"
+    )
+    rp.add_argument(
+        "--reconcile", action="store_true", help="also compare Prometheus with the ledger per user × model"
+    )
     rp.set_defaults(func=cmd_report)
 
-    cp = subparsers.add_parser("compare", help="what every method would charge each team, side by side",
-                               description="Compare the six allocation methods for a period, per team.")
+    cp = subparsers.add_parser(
+        "compare",
+        help="what every method would charge each team, side by side",
+        description="Compare the six allocation methods for a period, per team.",
+    )
     _common(cp)
-    cp.add_argument("--format", choices=("md", "csv", "json"), default="md", help="output format (default: md)")
+    cp.add_argument(
+        "--format", choices=("md", "csv", "json"), default="md", help="output format (default: md)"
+    )
     cp.add_argument("--out", metavar="FILE", help="write the comparison to FILE instead of standard output")
     cp.set_defaults(func=cmd_compare)
 
@@ -213,7 +252,9 @@ def _email(cfg: Config, st: Statement, dry_run: bool) -> int:
         print(describe(messages), end="")
         return 0
     delivered, failures = send_messages(messages, cfg.smtp)
-    print(f"emailed {len(delivered)} recipients in {len(messages)} messages through {cfg.smtp.host}:{cfg.smtp.port}")
+    print(
+        f"emailed {len(delivered)} recipients in {len(messages)} messages through {cfg.smtp.host}:{cfg.smtp.port}"
+    )
     if failures:
         for f in failures:
             print(f"chargeback: email to {f.recipient} ({f.message}) failed: {f.error}", file=sys.stderr)
@@ -246,10 +287,24 @@ def _team_order(table: dict[str, dict[str, str]]) -> list[str]:
     return sorted(t for t in table if t not in special) + [t for t in special if t in table]
 
 
-def render_compare(fmt: str, period: Period, currency: str, methods: list[str], table: dict[str, dict[str, str]], skipped: dict[str, str]) -> str:
+def render_compare(
+    fmt: str,
+    period: Period,
+    currency: str,
+    methods: list[str],
+    table: dict[str, dict[str, str]],
+    skipped: dict[str, str],
+) -> str:
     teams = _team_order(table)
     if fmt == "json":
-        return json.dumps({"period": period.label, "currency": currency, "teams": table, "skipped": skipped}, sort_keys=True, indent=2) + "\n"
+        return (
+            json.dumps(
+                {"period": period.label, "currency": currency, "teams": table, "skipped": skipped},
+                sort_keys=True,
+                indent=2,
+            )
+            + "\n"
+        )
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -257,7 +312,12 @@ def render_compare(fmt: str, period: Period, currency: str, methods: list[str], 
         for t in teams:
             w.writerow([period.label, currency, t, *(table[t].get(m, "") for m in methods)])
         return buf.getvalue()
-    out = [f"# Method comparison {period.label} ({currency})", "", "| team | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    out = [
+        f"# Method comparison {period.label} ({currency})",
+        "",
+        "| team | " + " | ".join(methods) + " |",
+        "|---|" + "---:|" * len(methods),
+    ]
     for t in teams:
         out.append(f"| {t} | " + " | ".join(table[t].get(m, "n/a") for m in methods) + " |")
     if skipped:

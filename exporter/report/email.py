@@ -67,7 +67,9 @@ def build_messages(st: Statement) -> tuple[list[Outgoing], list[str]]:
                 subject=f"Chargeback statement {label}: {t.team} — {st.money(t.total)} {st.currency}",
                 html=render_team_html(st, t),
                 text=render_team_md(st, t),
-                attachments=[(f"chargeback-{safe_name(label)}-{safe_name(t.team)}.csv", render_team_csv(st, t))],
+                attachments=[
+                    (f"chargeback-{safe_name(label)}-{safe_name(t.team)}.csv", render_team_csv(st, t))
+                ],
             )
         )
     if st.central.billing_contacts:
@@ -94,7 +96,9 @@ def build_messages(st: Statement) -> tuple[list[Outgoing], list[str]]:
 
 def _connect(cfg: SmtpConfig) -> smtplib.SMTP:
     if cfg.security == "ssl":
-        smtp: smtplib.SMTP = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout_seconds, context=ssl.create_default_context())
+        smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+            cfg.host, cfg.port, timeout=cfg.timeout_seconds, context=ssl.create_default_context()
+        )
     else:
         smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout_seconds)
         if cfg.security == "starttls":
@@ -113,20 +117,37 @@ def send_messages(messages: list[Outgoing], cfg: SmtpConfig) -> tuple[list[str],
         try:
             smtp = _connect(cfg)
         except (OSError, smtplib.SMTPException) as exc:
-            failures += [Failure(r, where, f"cannot reach SMTP server {cfg.host}:{cfg.port}: {exc}") for r in m.recipients]
+            failures += [
+                Failure(r, where, f"cannot reach SMTP server {cfg.host}:{cfg.port}: {exc}")
+                for r in m.recipients
+            ]
             continue
         try:
-            refused = smtp.send_message(m.message(cfg.from_address), from_addr=cfg.from_address, to_addrs=list(m.recipients))
+            refused = smtp.send_message(
+                m.message(cfg.from_address), from_addr=cfg.from_address, to_addrs=list(m.recipients)
+            )
             for r in m.recipients:
                 if r in refused:
                     code, text = refused[r]
-                    failures.append(Failure(r, where, f"{code} {text.decode(errors='replace') if isinstance(text, bytes) else text}"))
+                    failures.append(
+                        Failure(
+                            r,
+                            where,
+                            f"{code} {text.decode(errors='replace') if isinstance(text, bytes) else text}",
+                        )
+                    )
                 else:
                     delivered.append(r)
         except smtplib.SMTPRecipientsRefused as exc:
             for r in m.recipients:
                 code, text = exc.recipients.get(r, (0, b"refused"))
-                failures.append(Failure(r, where, f"{code} {text.decode(errors='replace') if isinstance(text, bytes) else text}"))
+                failures.append(
+                    Failure(
+                        r,
+                        where,
+                        f"{code} {text.decode(errors='replace') if isinstance(text, bytes) else text}",
+                    )
+                )
         except (OSError, smtplib.SMTPException) as exc:
             failures += [Failure(r, where, f"{type(exc).__name__}: {exc}") for r in m.recipients]
         finally:

@@ -159,7 +159,9 @@ def build_usage(
         u.request_seconds += r.request_seconds
         u.weighted_tokens += Decimal(r.prompt_tokens) * wp + Decimal(r.completion_tokens) * wc
     for t in sorted(unknown_teams):
-        notes.append(f"team {t!r} is in the data but not in the config: its usage is billed to team {UNASSIGNED!r}")
+        notes.append(
+            f"team {t!r} is in the data but not in the config: its usage is billed to team {UNASSIGNED!r}"
+        )
     for model in sorted(unknown_models):
         pool = model_pools.get(model, UNKNOWN_POOL)
         notes.append(
@@ -183,7 +185,9 @@ PROXY_COUNTERS = {
 USAGE_LABELS = ("team", "user", "model")
 
 
-def _gauge_by(client: PromClient, expr: str, at: int, label: str, value_label: str | None = None) -> dict[str, Any]:
+def _gauge_by(
+    client: PromClient, expr: str, at: int, label: str, value_label: str | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in client.vector(expr, at).items():
         d = dict(k)
@@ -221,7 +225,11 @@ def _step_estimate(client: PromClient, sel: str, end: int, window: int) -> Decim
 
 
 def gpu_presence(
-    cfg: Config, client: PromClient, period: Period, notes: list[str], deltas: dict[str, dict[LabelKey, Decimal]]
+    cfg: Config,
+    client: PromClient,
+    period: Period,
+    notes: list[str],
+    deltas: dict[str, dict[LabelKey, Decimal]],
 ) -> dict[str, Decimal]:
     """Seconds each GPU (by uuid) was present and read in the period: the basis of its cost.
 
@@ -240,10 +248,21 @@ def gpu_presence(
     uuids = sorted(u for (u,) in set(busy) | set(idle) | set(observed))
     if not uuids:
         return {}
-    sel_obs, sel_busy = client.selector(contract.GPU_OBSERVED_SECONDS_TOTAL), client.selector(contract.GPU_BUSY_SECONDS_TOTAL)
+    sel_obs, sel_busy = (
+        client.selector(contract.GPU_OBSERVED_SECONDS_TOTAL),
+        client.selector(contract.GPU_BUSY_SECONDS_TOTAL),
+    )
     w = BASELINE_WINDOW_SECONDS
-    obs_at_start = {d["uuid"] for d in map(dict, client.vector(f"last_over_time({sel_obs}[{w}s] @ {start})", end)) if "uuid" in d}
-    busy_at_start = {d["uuid"] for d in map(dict, client.vector(f"last_over_time({sel_busy}[{w}s] @ {start})", end)) if "uuid" in d}
+    obs_at_start = {
+        d["uuid"]
+        for d in map(dict, client.vector(f"last_over_time({sel_obs}[{w}s] @ {start})", end))
+        if "uuid" in d
+    }
+    busy_at_start = {
+        d["uuid"]
+        for d in map(dict, client.vector(f"last_over_time({sel_busy}[{w}s] @ {start})", end))
+        if "uuid" in d
+    }
     out: dict[str, Decimal] = {}
     estimate: list[str] = []
     for uuid in uuids:
@@ -256,7 +275,9 @@ def gpu_presence(
     # (start, end]: a window of P − 1 ms ending at end excludes the sample at start whether the
     # server's windows are closed (Prometheus 2) or left-open (Prometheus 3, VictoriaMetrics).
     sel = client.selector(contract.GPU_BUSY_SECONDS_TOTAL, regex_matcher("uuid", estimate))
-    counts = sum_by(client.vector(f"count_over_time({sel}[{period.seconds * 1000 - 1}ms] @ {end})", end), ("uuid",))
+    counts = sum_by(
+        client.vector(f"count_over_time({sel}[{period.seconds * 1000 - 1}ms] @ {end})", end), ("uuid",)
+    )
     step = _step_estimate(client, sel, end, min(3 * 3600, period.seconds))
     for uuid in estimate:
         lower = busy.get((uuid,), Decimal(0)) + idle.get((uuid,), Decimal(0))
@@ -269,7 +290,11 @@ def gpu_presence(
             continue
         n = counts.get((uuid,), Decimal(0))
         out[uuid] = min(n * step, Decimal(period.seconds))
-        why = "no such series" if (uuid,) not in observed else "the series starts inside the period (exporter upgraded?)"
+        why = (
+            "no such series"
+            if (uuid,) not in observed
+            else "the series starts inside the period (exporter upgraded?)"
+        )
         notes.append(
             f"GPU {uuid}: presence estimated from {n} samples × {step}s scrape interval = {out[uuid] / HOUR:.2f} h "
             f"({contract.GPU_OBSERVED_SECONDS_TOTAL}: {why})"
@@ -278,7 +303,11 @@ def gpu_presence(
 
 
 def gather_pools(
-    cfg: Config, client: PromClient, period: Period, notes: list[str], deltas: dict[str, dict[LabelKey, Decimal]]
+    cfg: Config,
+    client: PromClient,
+    period: Period,
+    notes: list[str],
+    deltas: dict[str, dict[LabelKey, Decimal]],
 ) -> dict[str, PoolInput]:
     """Per pool: cost = Σ over its GPUs of average hourly cost × seconds present / 3600; idle cost
     the same with idle seconds; busy seconds summed. Pools without GPU data: from the config."""
@@ -290,7 +319,11 @@ def gather_pools(
         if "uuid" in d:
             hourly[d["uuid"]] = (d.get("pool", ""), v)
     info_pool = _gauge_by(
-        client, f"last_over_time({client.selector(contract.GPU_INFO)}[{period.seconds}s] @ {end})", end, "uuid", "pool"
+        client,
+        f"last_over_time({client.selector(contract.GPU_INFO)}[{period.seconds}s] @ {end})",
+        end,
+        "uuid",
+        "pool",
     )
     busy = sum_by(deltas["busy"], ("uuid",))
     idle = sum_by(deltas["idle"], ("uuid",))
@@ -302,11 +335,15 @@ def gather_pools(
         if not pool:
             pool = cfg.gpu_exporter.pool_by_uuid.get(uuid) or cfg.gpu_exporter.default_pool or ""
         if not pool:
-            notes.append(f"GPU {uuid}: no pool known (no chargeback_gpu_hourly_cost/chargeback_gpu_info pool label); left out")
+            notes.append(
+                f"GPU {uuid}: no pool known (no chargeback_gpu_hourly_cost/chargeback_gpu_info pool label); left out"
+            )
             continue
         if rate is None:
             if pool not in cfg.pools:
-                notes.append(f"GPU {uuid}: no hourly cost exported and pool {pool!r} is not in the config; left out")
+                notes.append(
+                    f"GPU {uuid}: no hourly cost exported and pool {pool!r} is not in the config; left out"
+                )
                 continue
             rate = cfg.pools[pool].gpu_hourly_cost
             notes.append(f"GPU {uuid}: no chargeback_gpu_hourly_cost samples; config price {rate}/h used")
@@ -315,7 +352,14 @@ def gather_pools(
         i = idle.get((uuid,), Decimal(0)).quantize(SECONDS_QUANTUM)
         seconds = present[uuid].quantize(SECONDS_QUANTUM)
         acc = per_pool.setdefault(
-            pool, {"cost": Decimal(0), "idle_cost": Decimal(0), "present": Decimal(0), "busy": Decimal(0), "idle": Decimal(0)}
+            pool,
+            {
+                "cost": Decimal(0),
+                "idle_cost": Decimal(0),
+                "present": Decimal(0),
+                "busy": Decimal(0),
+                "idle": Decimal(0),
+            },
         )
         acc["cost"] += rate * seconds / HOUR
         acc["idle_cost"] += rate * i / HOUR
@@ -329,7 +373,9 @@ def gather_pools(
         acc = per_pool.get(name)
         if acc is None:
             pools[name] = _config_pool(cfg, name, period)
-            notes.append(f"pool {name!r}: no GPU exporter data in the period; cost from the config (gpus × gpu_hourly_cost × hours)")
+            notes.append(
+                f"pool {name!r}: no GPU exporter data in the period; cost from the config (gpus × gpu_hourly_cost × hours)"
+            )
             continue
         conf = cfg.pools.get(name)
         pools[name] = PoolInput(
@@ -383,16 +429,33 @@ def gather_prometheus(
                 r.request_seconds += value
             else:
                 setattr(r, name, getattr(r, name) + _as_int(value, f"{PROXY_COUNTERS[name]}{key}", notes))
-    raw = {k: v for k, v in raw.items() if any((v.requests, v.prompt_tokens, v.completion_tokens, v.cached_tokens, v.request_seconds))}
+    raw = {
+        k: v
+        for k, v in raw.items()
+        if any((v.requests, v.prompt_tokens, v.completion_tokens, v.cached_tokens, v.request_seconds))
+    }
 
     model_pools = _gauge_by(
-        client, f"max by (model, pool) (last_over_time({client.selector(contract.MODEL_INFO)}[{period.seconds}s] @ {end}))",
-        end, "model", "pool",
+        client,
+        f"max by (model, pool) (last_over_time({client.selector(contract.MODEL_INFO)}[{period.seconds}s] @ {end}))",
+        end,
+        "model",
+        "pool",
     )
     weights: dict[str, tuple[Decimal, Decimal]] = {}
     if any(k[2] not in cfg.models for k in raw):
-        wp = _gauge_by(client, f"max by (model) (last_over_time({client.selector(contract.MODEL_PROMPT_TOKEN_WEIGHT)}[{period.seconds}s] @ {end}))", end, "model")
-        wc = _gauge_by(client, f"max by (model) (last_over_time({client.selector(contract.MODEL_COMPLETION_TOKEN_WEIGHT)}[{period.seconds}s] @ {end}))", end, "model")
+        wp = _gauge_by(
+            client,
+            f"max by (model) (last_over_time({client.selector(contract.MODEL_PROMPT_TOKEN_WEIGHT)}[{period.seconds}s] @ {end}))",
+            end,
+            "model",
+        )
+        wc = _gauge_by(
+            client,
+            f"max by (model) (last_over_time({client.selector(contract.MODEL_COMPLETION_TOKEN_WEIGHT)}[{period.seconds}s] @ {end}))",
+            end,
+            "model",
+        )
         weights = {m: (wp.get(m, Decimal(1)), wc.get(m, Decimal(1))) for m in set(wp) | set(wc)}
     usage = build_usage(cfg, raw, model_pools, weights, notes)
     pools = gather_pools(cfg, client, period, notes, deltas)
@@ -442,21 +505,41 @@ def ledger_usage(store: Any, period: Period) -> dict[tuple[str, str, str], RawUs
     return out
 
 
-def gather_ledger(cfg: Config, client: PromClient, store: Any, period: Period, lookback: int | None = None) -> Inputs:
+def gather_ledger(
+    cfg: Config, client: PromClient, store: Any, period: Period, lookback: int | None = None
+) -> Inputs:
     """Billed quantities from the ledger (complete across proxy restarts); pool costs from PromQL."""
-    notes: list[str] = ["billed quantities taken from the ledger (requests by start time); pool costs from Prometheus"]
+    notes: list[str] = [
+        "billed quantities taken from the ledger (requests by start time); pool costs from Prometheus"
+    ]
     raw = ledger_usage(store, period)
     kwargs: dict[str, Any] = {} if lookback is None else {"lookback": lookback}
     deltas = {
-        "busy": exact_deltas(client, contract.GPU_BUSY_SECONDS_TOTAL, period.start_ts, period.end_ts, "uuid", **kwargs),
-        "idle": exact_deltas(client, contract.GPU_IDLE_SECONDS_TOTAL, period.start_ts, period.end_ts, "uuid", **kwargs),
-        "observed": exact_deltas(client, contract.GPU_OBSERVED_SECONDS_TOTAL, period.start_ts, period.end_ts, "uuid", **kwargs),
+        "busy": exact_deltas(
+            client, contract.GPU_BUSY_SECONDS_TOTAL, period.start_ts, period.end_ts, "uuid", **kwargs
+        ),
+        "idle": exact_deltas(
+            client, contract.GPU_IDLE_SECONDS_TOTAL, period.start_ts, period.end_ts, "uuid", **kwargs
+        ),
+        "observed": exact_deltas(
+            client, contract.GPU_OBSERVED_SECONDS_TOTAL, period.start_ts, period.end_ts, "uuid", **kwargs
+        ),
     }
     end = period.end_ts
     model_pools = _gauge_by(
-        client, f"max by (model, pool) (last_over_time({client.selector(contract.MODEL_INFO)}[{period.seconds}s] @ {end}))",
-        end, "model", "pool",
+        client,
+        f"max by (model, pool) (last_over_time({client.selector(contract.MODEL_INFO)}[{period.seconds}s] @ {end}))",
+        end,
+        "model",
+        "pool",
     )
     usage = build_usage(cfg, raw, model_pools, {}, notes)
     pools = gather_pools(cfg, client, period, notes, deltas)
-    return Inputs(period=period, usage=usage, pools=pools, source="ledger", notes=notes, stats={"queries": client.stats.queries})
+    return Inputs(
+        period=period,
+        usage=usage,
+        pools=pools,
+        source="ledger",
+        notes=notes,
+        stats={"queries": client.stats.queries},
+    )

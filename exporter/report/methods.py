@@ -77,7 +77,10 @@ class _Book:
     """Collects exact amounts: one usage line per Usage, extra lines by (team, kind, pool)."""
 
     def __init__(self, inputs: Inputs) -> None:
-        self.usage = {u.key: Charge(team=u.team, kind=USAGE, user=u.user, model=u.model, pool=u.pool, usage=u) for u in inputs.usage}
+        self.usage = {
+            u.key: Charge(team=u.team, kind=USAGE, user=u.user, model=u.model, pool=u.pool, usage=u)
+            for u in inputs.usage
+        }
         self.extra: dict[tuple[str, str, str], Charge] = {}
         self.central: dict[tuple[str, str], Charge] = {}
 
@@ -86,17 +89,23 @@ class _Book:
         c.amount += amount
         c.idle_amount += idle
 
-    def add_extra(self, team: str, kind: str, pool: str, amount: Decimal, description: str, idle: Decimal = Decimal(0)) -> None:
+    def add_extra(
+        self, team: str, kind: str, pool: str, amount: Decimal, description: str, idle: Decimal = Decimal(0)
+    ) -> None:
         c = self.extra.get((team, kind, pool))
         if c is None:
-            c = self.extra[(team, kind, pool)] = Charge(team=team, kind=kind, pool=pool, description=description)
+            c = self.extra[(team, kind, pool)] = Charge(
+                team=team, kind=kind, pool=pool, description=description
+            )
         c.amount += amount
         c.idle_amount += idle
 
     def add_central(self, kind: str, pool: str, amount: Decimal, description: str) -> None:
         c = self.central.get((kind, pool))
         if c is None:
-            c = self.central[(kind, pool)] = Charge(team=CENTRAL, kind=kind, pool=pool, description=description)
+            c = self.central[(kind, pool)] = Charge(
+                team=CENTRAL, kind=kind, pool=pool, description=description
+            )
         c.amount += amount
 
     def result(self, method: str, params: dict[str, object], notes: list[str]) -> Allocation:
@@ -106,7 +115,9 @@ class _Book:
         return Allocation(method, params, charges, central, notes)
 
 
-def _spread(amount: Decimal, lines: list[Usage], weight: Callable[[Usage], Decimal]) -> list[tuple[Usage, Decimal]] | None:
+def _spread(
+    amount: Decimal, lines: list[Usage], weight: Callable[[Usage], Decimal]
+) -> list[tuple[Usage, Decimal]] | None:
     """amount × w(u) / Σw over ``lines``; None when Σw is 0 (nothing to share by)."""
     total = sum((weight(u) for u in lines), Decimal(0))
     if total <= 0:
@@ -135,7 +146,9 @@ def _pool_params(inputs: Inputs) -> dict[str, object]:
             "cost_exact": str(p.cost),
             "cost_source": p.cost_source,
             "idle_cost_exact": str(p.idle_cost),
-            "capacity_tokens_per_second": None if p.capacity_tokens_per_second is None else str(p.capacity_tokens_per_second),
+            "capacity_tokens_per_second": None
+            if p.capacity_tokens_per_second is None
+            else str(p.capacity_tokens_per_second),
         }
         for name, p in sorted(inputs.pools.items())
     }
@@ -160,7 +173,14 @@ def _idle_side(book: _Book, inputs: Inputs, pool: str, lines: list[Usage], idle_
         teams = sorted({u.team for u in lines})
         for t in teams:
             share = idle / len(teams)
-            book.add_extra(t, IDLE_SHARE, pool, share, f"even share of idle GPU time in pool {pool} (1/{len(teams)})", idle=share)
+            book.add_extra(
+                t,
+                IDLE_SHARE,
+                pool,
+                share,
+                f"even share of idle GPU time in pool {pool} (1/{len(teams)})",
+                idle=share,
+            )
 
 
 def _share_method(inputs: Inputs, idle_handling: str, parts: list[tuple[Decimal, str]], cfg: Config) -> _Book:
@@ -193,18 +213,34 @@ def _share_method(inputs: Inputs, idle_handling: str, parts: list[tuple[Decimal,
                     continue
                 for t in teams:
                     a = amount / len(teams)
-                    book.add_extra(t, EQUAL_SPLIT, pool, a, f"equal split of pool {pool} (1/{len(teams)}, weight {weight})", a * idle_ratio)
+                    book.add_extra(
+                        t,
+                        EQUAL_SPLIT,
+                        pool,
+                        a,
+                        f"equal split of pool {pool} (1/{len(teams)}, weight {weight})",
+                        a * idle_ratio,
+                    )
             elif comp == "fixed_share":
                 for t, f in sorted(cfg.report.hybrid.fixed_shares.items()):
                     a = amount * f
-                    book.add_extra(t, FIXED_SHARE, pool, a, f"fixed share {f} of pool {pool} (weight {weight})", a * idle_ratio)
+                    book.add_extra(
+                        t,
+                        FIXED_SHARE,
+                        pool,
+                        a,
+                        f"fixed share {f} of pool {pool} (weight {weight})",
+                        a * idle_ratio,
+                    )
             any_allocated = True
         if not any_allocated and lines == []:
             # Nobody used the pool: its whole cost (idle included) stays with central IT.
             book.add_central(UNALLOCATED, pool, p.cost, f"pool {pool} had no usage in the period")
             continue
         if unallocated:
-            book.add_central(UNALLOCATED, pool, unallocated, f"part of pool {pool} with nothing to share it by")
+            book.add_central(
+                UNALLOCATED, pool, unallocated, f"part of pool {pool} with nothing to share it by"
+            )
         if not spread_idle:
             _idle_side(book, inputs, pool, lines, idle_handling)
     return book
@@ -258,7 +294,11 @@ def proxy_price_per_token(inputs: Inputs, cfg: Config) -> Allocation:
         lines = lines_by_pool.get(pool, [])
         # C_p covers the time its GPUs were present, so capacity does too: the average GPU's
         # presence (= the whole period when the exporter saw every GPU throughout).
-        seconds = p.gpu_seconds / p.gpus if p.cost_source == "prometheus" and p.gpus else Decimal(inputs.period.seconds)
+        seconds = (
+            p.gpu_seconds / p.gpus
+            if p.cost_source == "prometheus" and p.gpus
+            else Decimal(inputs.period.seconds)
+        )
         k = p.capacity_tokens_per_second
         if k is None or k <= 0:
             if any(u.weighted_tokens for u in lines):
@@ -304,7 +344,9 @@ def _team_tokens(inputs: Inputs) -> dict[str, list[Usage]]:
 def _rate_card_central(book: _Book, inputs: Inputs) -> None:
     cost = sum((p.cost for p in inputs.pools.values()), Decimal(0))
     charged = sum((c.amount for c in [*book.usage.values(), *book.extra.values()]), Decimal(0))
-    book.add_central(UNRECOVERED, "", cost - charged, "pool cost not covered by the rate card (negative: surplus)")
+    book.add_central(
+        UNRECOVERED, "", cost - charged, "pool cost not covered by the rate card (negative: surplus)"
+    )
 
 
 def tier_charge(tokens: Decimal, cfg: Config) -> tuple[Decimal, list[tuple[str, Decimal, Decimal]]]:
@@ -337,7 +379,8 @@ def tiered(inputs: Inputs, cfg: Config) -> Allocation:
     _rate_card_central(book, inputs)
     params = {
         "tiers": [
-            {"up_to_tokens": t.up_to_tokens, "price_per_million": str(t.price_per_million)} for t in cfg.report.tiers
+            {"up_to_tokens": t.up_to_tokens, "price_per_million": str(t.price_per_million)}
+            for t in cfg.report.tiers
         ],
         "basis": "cumulative weighted tokens per team in the period; marginal (each tier's price applies inside it)",
         "pools": _pool_params(inputs),
@@ -363,7 +406,9 @@ def flat_fee_with_overages(inputs: Inputs, cfg: Config) -> Allocation:
         lines = by_team.get(team, [])
         if plan is None:
             if lines:
-                notes.append(f"team {team!r} has usage but no flat-fee plan (no report.flat_fee.default): not charged")
+                notes.append(
+                    f"team {team!r} has usage but no flat-fee plan (no report.flat_fee.default): not charged"
+                )
             continue
         plans[team] = {
             "monthly_fee": str(plan.monthly_fee),
@@ -371,7 +416,13 @@ def flat_fee_with_overages(inputs: Inputs, cfg: Config) -> Allocation:
             "overage_per_million": str(plan.overage_per_million),
         }
         if plan.monthly_fee:
-            book.add_extra(team, FEE, "", plan.monthly_fee, f"monthly fee, includes {plan.included_tokens:,} weighted tokens")
+            book.add_extra(
+                team,
+                FEE,
+                "",
+                plan.monthly_fee,
+                f"monthly fee, includes {plan.included_tokens:,} weighted tokens",
+            )
         w = sum((u.weighted_tokens for u in lines), Decimal(0))
         overage = max(Decimal(0), w - plan.included_tokens) * plan.overage_per_million / MILLION
         for u, a in _spread(overage, lines, _tokens) or []:

@@ -33,7 +33,9 @@ def round_money(amount: Decimal, minor_units: int) -> Decimal:
     return amount.quantize(quantum(minor_units), rounding=ROUND_HALF_EVEN)
 
 
-def largest_remainder(amounts: Mapping[K, Decimal], minor_units: int, target: Decimal | None = None) -> dict[K, Decimal]:
+def largest_remainder(
+    amounts: Mapping[K, Decimal], minor_units: int, target: Decimal | None = None
+) -> dict[K, Decimal]:
     """Round ``amounts`` to ``minor_units`` so they sum exactly to ``target`` (default: the exact
     sum rounded half-even). ``target`` must lie within one minor unit of the exact sum."""
     q = quantum(minor_units)
@@ -49,7 +51,9 @@ def largest_remainder(amounts: Mapping[K, Decimal], minor_units: int, target: De
     units = int(((target - sum(floors.values(), Decimal(0))) / q).to_integral_value())
     n = len(amounts)
     # Order: largest remainder first, then insertion order (callers pass sorted keys) for ties.
-    order = [k for _, k in sorted(enumerate(amounts), key=lambda ik: (-(amounts[ik[1]] - floors[ik[1]]), ik[0]))]
+    order = [
+        k for _, k in sorted(enumerate(amounts), key=lambda ik: (-(amounts[ik[1]] - floors[ik[1]]), ik[0]))
+    ]
     out = dict(floors)
     # With a target within one unit of the exact sum, 0 <= units <= n and this is one pass; a
     # farther target (never produced here) is spread evenly rather than refused.

@@ -30,7 +30,9 @@ def parse_formats(text: str) -> tuple[str, ...]:
     formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ValueError(f"--format: unknown format {', '.join(bad) or '(none)'} (expected a comma-separated list of {', '.join(FORMATS)})")
+        raise ValueError(
+            f"--format: unknown format {', '.join(bad) or '(none)'} (expected a comma-separated list of {', '.join(FORMATS)})"
+        )
     return formats
 
 

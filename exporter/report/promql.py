@@ -114,7 +114,9 @@ class QueryStats:
 class PromClient:
     """Synchronous PromQL client; errors become :class:`PromQLError` naming URL and query."""
 
-    def __init__(self, url: str, timeout: float = 30.0, selector: str = "", session: requests.Session | None = None):
+    def __init__(
+        self, url: str, timeout: float = 30.0, selector: str = "", session: requests.Session | None = None
+    ):
         self.url = url.rstrip("/")
         self.timeout = timeout
         # Extra matchers from the config ('{cluster="prod"}' or 'cluster="prod"'), added to every selector.
@@ -135,9 +137,13 @@ class PromClient:
         try:
             r = self.session.post(endpoint, data=form, timeout=self.timeout)
         except requests.Timeout:
-            raise PromQLError(f"Prometheus at {self.url} timed out after {self.timeout:g}s on query: {expr}") from None
+            raise PromQLError(
+                f"Prometheus at {self.url} timed out after {self.timeout:g}s on query: {expr}"
+            ) from None
         except requests.RequestException as exc:
-            raise PromQLError(f"Prometheus at {self.url} is unreachable ({type(exc).__name__}: {exc}); query: {expr}") from None
+            raise PromQLError(
+                f"Prometheus at {self.url} is unreachable ({type(exc).__name__}: {exc}); query: {expr}"
+            ) from None
         finally:
             self.stats.queries += 1
             self.stats.seconds += time.monotonic() - started
@@ -151,7 +157,9 @@ class PromClient:
         if not isinstance(body, dict) or body.get("status") != "success":
             err = body.get("error") if isinstance(body, dict) else body
             etype = body.get("errorType") if isinstance(body, dict) else ""
-            raise PromQLError(f"Prometheus at {self.url} returned HTTP {r.status_code} {etype}: {err}; query: {expr}")
+            raise PromQLError(
+                f"Prometheus at {self.url} returned HTTP {r.status_code} {etype}: {err}; query: {expr}"
+            )
         data = body.get("data")
         if not isinstance(data, dict if api == "query" else list):
             raise PromQLError(f"Prometheus at {self.url} returned no data; query: {expr}")
@@ -161,7 +169,11 @@ class PromClient:
         """``/api/v1/series``: the series of ``selector`` with data in [start, end]. Answered from the
         index and chunk metadata, no sample is decoded; the answer may include a series whose chunk
         spans the range without a sample inside it (callers check with a query)."""
-        data = self._call("series", {"match[]": selector, "start": f"{start:.3f}", "end": f"{end:.3f}"}, f"series {selector}")
+        data = self._call(
+            "series",
+            {"match[]": selector, "start": f"{start:.3f}", "end": f"{end:.3f}"},
+            f"series {selector}",
+        )
         out = [label_key(m) for m in data]  # type: ignore[union-attr]
         self.stats.series += len(out)
         return out
@@ -172,7 +184,9 @@ class PromClient:
         if data.get("resultType") == "scalar":
             return {(): _to_decimal(data["result"][1])}  # type: ignore[index]
         if data.get("resultType") != "vector":
-            raise PromQLError(f"Prometheus at {self.url}: expected an instant vector, got {data.get('resultType')}; query: {expr}")
+            raise PromQLError(
+                f"Prometheus at {self.url}: expected an instant vector, got {data.get('resultType')}; query: {expr}"
+            )
         out: dict[LabelKey, Decimal] = {}
         for item in data.get("result", []):  # type: ignore[union-attr]
             out[label_key(item["metric"])] = _to_decimal(item["value"][1])
@@ -187,7 +201,9 @@ class PromClient:
         """Range-vector selector evaluated at ``at`` → {labels: [(t, value), ...]} (raw samples)."""
         data = self._post(expr, at)
         if data.get("resultType") != "matrix":
-            raise PromQLError(f"Prometheus at {self.url}: expected a range vector, got {data.get('resultType')}; query: {expr}")
+            raise PromQLError(
+                f"Prometheus at {self.url}: expected a range vector, got {data.get('resultType')}; query: {expr}"
+            )
         out: dict[LabelKey, list[tuple[float, Decimal]]] = {}
         for item in data.get("result", []):  # type: ignore[union-attr]
             out[label_key(item["metric"])] = [(float(t), _to_decimal(v)) for t, v in item["values"]]
@@ -251,7 +267,9 @@ class _Series:
     """Queries over one counter restricted to a set of its series (by a regex on ``split_label``
     when the set is small, else the whole metric filtered here)."""
 
-    def __init__(self, client: PromClient, metric: str, split_label: str, total: int, matchers: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, client: PromClient, metric: str, split_label: str, total: int, matchers: tuple[str, ...] = ()
+    ) -> None:
         self.client, self.metric, self.split_label, self.total = client, metric, split_label, total
         self.matchers = matchers  # e.g. one scrape target's labels: every key of this set has them
 
@@ -270,14 +288,28 @@ class _Series:
         keys = set(keys)
         out: dict[LabelKey, Decimal] = {}
         for sel in self.selectors(keys):
-            out.update({k: v for k, v in self.client.vector(template.format(sel=sel), at_ms / 1000).items() if k in keys})
+            out.update(
+                {
+                    k: v
+                    for k, v in self.client.vector(template.format(sel=sel), at_ms / 1000).items()
+                    if k in keys
+                }
+            )
         return out
 
-    def matrix(self, template: str, keys: Iterable[LabelKey], at_ms: int) -> dict[LabelKey, list[tuple[float, Decimal]]]:
+    def matrix(
+        self, template: str, keys: Iterable[LabelKey], at_ms: int
+    ) -> dict[LabelKey, list[tuple[float, Decimal]]]:
         keys = set(keys)
         out: dict[LabelKey, list[tuple[float, Decimal]]] = {}
         for sel in self.selectors(keys):
-            out.update({k: v for k, v in self.client.matrix(template.format(sel=sel), at_ms / 1000).items() if k in keys})
+            out.update(
+                {
+                    k: v
+                    for k, v in self.client.matrix(template.format(sel=sel), at_ms / 1000).items()
+                    if k in keys
+                }
+            )
         return out
 
 
@@ -319,7 +351,11 @@ def _reset_corrections(
             if ones:
                 mx = q.vector(f"max_over_time({{sel}}[{d}ms] @ {_at(b)})", ones, b)
                 known = (known_last or {}).get((a, b))
-                ls = known if known is not None else q.vector(f"last_over_time({{sel}}[{d}ms] @ {_at(b)})", ones, b)
+                ls = (
+                    known
+                    if known is not None
+                    else q.vector(f"last_over_time({{sel}}[{d}ms] @ {_at(b)})", ones, b)
+                )
                 for k in ones:
                     if k in mx and k in ls and mx[k] > ls[k]:
                         corr[k] = corr.get(k, Decimal(0)) + mx[k]
@@ -379,7 +415,9 @@ def _exact(labels: LabelKey) -> tuple[str, ...]:
     return tuple(f"{n}={_promql_string(v)}" for n, v in labels)
 
 
-def process_restarts(client: PromClient, instances: Iterable[str], a_ms: int, e_ms: int) -> dict[LabelKey, list[Restart] | None]:
+def process_restarts(
+    client: PromClient, instances: Iterable[str], a_ms: int, e_ms: int
+) -> dict[LabelKey, list[Restart] | None]:
     """Restarts in [a, e] of every scrape target among ``instances``, read from its
     ``process_start_time_seconds`` (client_python's process collector, on every proxy replica):
     the value changes exactly when a new process answers the scrape. Keyed by the target's labels
@@ -407,11 +445,16 @@ def process_restarts(client: PromClient, instances: Iterable[str], a_ms: int, e_
         if n == 1 and k in tau:
             t_ms = int(tau[k] * 1000)
             if a_ms < t_ms < e_ms + BASELINE_WINDOW_SECONDS * 1000:
-                near = client.matrix(f"{one}[{2 * BASELINE_WINDOW_SECONDS}s] @ {_at(t_ms + BASELINE_WINDOW_SECONDS * 1000)}", t_ms / 1000)
+                near = client.matrix(
+                    f"{one}[{2 * BASELINE_WINDOW_SECONDS}s] @ {_at(t_ms + BASELINE_WINDOW_SECONDS * 1000)}",
+                    t_ms / 1000,
+                )
                 found = _transitions(near.get(k, []))
         if len(found) != 1 or found[0][1] != tau.get(k) or not a_ms <= found[0][0].lo:
             found = _transitions(client.matrix(f"{one}[{d}ms] @ {_at(e_ms)}", e_ms / 1000).get(k, []))
-        out[k] = [r for r, _ in found] if len(found) == n and all(r.hi - r.lo >= 2 for r, _ in found) else None
+        out[k] = (
+            [r for r, _ in found] if len(found) == n and all(r.hi - r.lo >= 2 for r, _ in found) else None
+        )
     return out
 
 
@@ -446,7 +489,13 @@ def _last_in(q: _Series, keys: set[LabelKey], a: int, b: int, short: int) -> dic
 
 
 def _restarted_target_deltas(
-    q: _Series, keys: set[LabelKey], restarts: list[Restart], s_ms: int, e_ms: int, w_ms: int, base: dict[LabelKey, Decimal]
+    q: _Series,
+    keys: set[LabelKey],
+    restarts: list[Restart],
+    s_ms: int,
+    e_ms: int,
+    w_ms: int,
+    base: dict[LabelKey, Decimal],
 ) -> dict[LabelKey, Decimal | None]:
     """Deltas of the series of one target that restarted: per process, its last value in the period
     minus its first (the base for the process alive at the start, 0 for later ones, which count from
@@ -510,7 +559,12 @@ def exact_deltas(
     sample in the period are left out (their delta is 0).
     """
     stats = stats if stats is not None else DeltaStats()
-    s_ms, e_ms, w_ms, l_ms = start * 1000, end * 1000, baseline_window * 1000, max(lookback, baseline_window) * 1000
+    s_ms, e_ms, w_ms, l_ms = (
+        start * 1000,
+        end * 1000,
+        baseline_window * 1000,
+        max(lookback, baseline_window) * 1000,
+    )
     p_ms = e_ms - s_ms
     sel = client.selector(metric)
     short = min(w_ms, p_ms)
@@ -532,7 +586,11 @@ def exact_deltas(
     if not last:
         return {}
     q = _Series(client, metric, split_label, len(last))
-    base = {k: v for k, v in client.vector(f"last_over_time({sel}[{w_ms}ms] @ {_at(s_ms)})", end).items() if k in last}
+    base = {
+        k: v
+        for k, v in client.vector(f"last_over_time({sel}[{w_ms}ms] @ {_at(s_ms)})", end).items()
+        if k in last
+    }
     stats.series += len(last)
 
     # No sample within the baseline window before the start: look further back (a scrape gap
@@ -574,21 +632,30 @@ def exact_deltas(
     stats.scanned += len(scan)
 
     resets_all = {
-        k: int(v) for k, v in q.vector(f"resets({{sel}}[{p_ms + w_ms}ms] @ {_at(e_ms)}) > 0", scan, e_ms).items()
+        k: int(v)
+        for k, v in q.vector(f"resets({{sel}}[{p_ms + w_ms}ms] @ {_at(e_ms)}) > 0", scan, e_ms).items()
     }
     in_base = [k for k in scan if k in base]
     resets_pre = (
-        {k: int(v) for k, v in q.vector(f"resets({{sel}}[{w_ms}ms] @ {_at(s_ms)}) > 0", in_base, s_ms).items()}
+        {
+            k: int(v)
+            for k, v in q.vector(f"resets({{sel}}[{w_ms}ms] @ {_at(s_ms)}) > 0", in_base, s_ms).items()
+        }
         if in_base
         else {}
     )
-    add: dict[tuple[int, int], dict[LabelKey, int]] = {(s_ms - w_ms, e_ms): {k: r for k, r in resets_all.items() if k not in old_base}}
+    add: dict[tuple[int, int], dict[LabelKey, int]] = {
+        (s_ms - w_ms, e_ms): {k: r for k, r in resets_all.items() if k not in old_base}
+    }
     sub: dict[tuple[int, int], dict[LabelKey, int]] = {(s_ms - w_ms, s_ms): resets_pre}
     if old_base:
         add[(s_ms - l_ms, e_ms)] = {
-            k: int(v) for k, v in q.vector(f"resets({{sel}}[{p_ms + l_ms}ms] @ {_at(e_ms)})", old_base, e_ms).items()
+            k: int(v)
+            for k, v in q.vector(f"resets({{sel}}[{p_ms + l_ms}ms] @ {_at(e_ms)})", old_base, e_ms).items()
         }
-        sub[(s_ms - l_ms, s_ms)] = {k: int(v) for k, v in q.vector(f"resets({{sel}}[{l_ms}ms] @ {_at(s_ms)})", old_base, s_ms).items()}
+        sub[(s_ms - l_ms, s_ms)] = {
+            k: int(v) for k, v in q.vector(f"resets({{sel}}[{l_ms}ms] @ {_at(s_ms)})", old_base, s_ms).items()
+        }
     stats.with_resets += sum(1 for r in add.values() for v in r.values() if v)
     # The last sample in [start − W, end] is the last one in the period: already known.
     plus = _reset_corrections(q, add, stats, known_last={(s_ms - w_ms, e_ms): last})

@@ -98,7 +98,9 @@ def reconcile(inputs: Inputs, ledger: dict[tuple[str, str, str], RawUsage]) -> R
             cause = "only_ledger"
         elif lg is None:
             cause = "only_prometheus"
-        elif p["requests"] < lg["requests"] or (p["requests"] == lg["requests"] and sum(p.values()) < sum(lg.values())):
+        elif p["requests"] < lg["requests"] or (
+            p["requests"] == lg["requests"] and sum(p.values()) < sum(lg.values())
+        ):
             cause = "prometheus_lower"
         else:
             cause = "ledger_lower"
@@ -115,13 +117,21 @@ def reconcile(inputs: Inputs, ledger: dict[tuple[str, str, str], RawUsage]) -> R
 def render_reconcile_md(rec: Reconciliation) -> str:
     out = [f"# Reconciliation {rec.period}: Prometheus vs ledger", ""]
     out.append(f"{rec.compared} user × model pairs compared, {len(rec.drifts)} differ.")
-    out.append(f"Request seconds: Prometheus {rec.seconds_prometheus:.3f}, ledger {rec.seconds_ledger:.3f} (timed differently; not compared).")
+    out.append(
+        f"Request seconds: Prometheus {rec.seconds_prometheus:.3f}, ledger {rec.seconds_ledger:.3f} (timed differently; not compared)."
+    )
     if rec.drifts:
-        out += ["", "| user | model | field | prometheus | ledger | difference |", "|---|---|---|---:|---:|---:|"]
+        out += [
+            "",
+            "| user | model | field | prometheus | ledger | difference |",
+            "|---|---|---|---:|---:|---:|",
+        ]
         for d in rec.drifts:
             for f in FIELDS:
                 if d.prometheus[f] != d.ledger[f]:
-                    out.append(f"| {d.user} | {d.model} | {f} | {d.prometheus[f]} | {d.ledger[f]} | {d.differences[f]:+d} |")
+                    out.append(
+                        f"| {d.user} | {d.model} | {f} | {d.prometheus[f]} | {d.ledger[f]} | {d.differences[f]:+d} |"
+                    )
         out += ["", "Likely causes:", ""]
         for cause in sorted({d.cause for d in rec.drifts}):
             who = ", ".join(f"{d.user}/{d.model}" for d in rec.drifts if d.cause == cause)
@@ -133,7 +143,10 @@ def render_reconcile_json(rec: Reconciliation) -> str:
     body = {
         "period": rec.period,
         "compared": rec.compared,
-        "request_seconds": {"prometheus": f"{rec.seconds_prometheus:.3f}", "ledger": f"{rec.seconds_ledger:.3f}"},
+        "request_seconds": {
+            "prometheus": f"{rec.seconds_prometheus:.3f}",
+            "ledger": f"{rec.seconds_ledger:.3f}",
+        },
         "drifts": [
             {
                 "user": d.user,
@@ -157,5 +170,7 @@ def render_reconcile_csv(rec: Reconciliation) -> str:
     for d in rec.drifts:
         for f in FIELDS:
             if d.prometheus[f] != d.ledger[f]:
-                w.writerow([rec.period, d.user, d.model, f, d.prometheus[f], d.ledger[f], d.differences[f], d.cause])
+                w.writerow(
+                    [rec.period, d.user, d.model, f, d.prometheus[f], d.ledger[f], d.differences[f], d.cause]
+                )
     return buf.getvalue()

@@ -75,9 +75,18 @@ def render_pools_csv(st: Statement) -> str:
     m = st.minor_units
     rows = [
         [
-            st.period.label, st.currency, p.name, fmt_money(p.cost, m), p.cost_source, str(p.gpus),
-            fmt_decimal(p.gpu_hours, 3), fmt_decimal(p.busy_hours, 3), fmt_decimal(p.idle_hours, 3),
-            fmt_money(p.idle_cost, m) if p.idle_known else "", fmt_qty(p.weighted_tokens), fmt_money(p.recovered, m),
+            st.period.label,
+            st.currency,
+            p.name,
+            fmt_money(p.cost, m),
+            p.cost_source,
+            str(p.gpus),
+            fmt_decimal(p.gpu_hours, 3),
+            fmt_decimal(p.busy_hours, 3),
+            fmt_decimal(p.idle_hours, 3),
+            fmt_money(p.idle_cost, m) if p.idle_known else "",
+            fmt_qty(p.weighted_tokens),
+            fmt_money(p.recovered, m),
         ]
         for p in st.pools
     ]

@@ -50,7 +50,12 @@ def bar_chart(title: str, items: list[tuple[str, Decimal]], currency: str, minor
 def _table(header: list[str], rows: list[list[str]], numeric: set[int]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f'<td class="n">{escape(c)}</td>' if i in numeric else f"<td>{escape(c)}</td>" for i, c in enumerate(r)) + "</tr>"
+        "<tr>"
+        + "".join(
+            f'<td class="n">{escape(c)}</td>' if i in numeric else f"<td>{escape(c)}</td>"
+            for i, c in enumerate(r)
+        )
+        + "</tr>"
         for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -83,7 +88,9 @@ def render_team_html(st: Statement, t: TeamStatement) -> str:
     m = st.money
     parts = [f"<h1>Chargeback statement: {escape(t.team)}</h1>", _period_line(st)]
     if t.business_unit or t.cost_center:
-        parts.append(f"<p>Business unit: {escape(t.business_unit or '-')} · cost center: {escape(t.cost_center or '-')}</p>")
+        parts.append(
+            f"<p>Business unit: {escape(t.business_unit or '-')} · cost center: {escape(t.cost_center or '-')}</p>"
+        )
     parts.append(f'<p class="total">Total: {m(t.total)} {escape(st.currency)}</p>')
     if t.budget is not None:
         parts.append(f"<p>Budget {m(t.budget)} {escape(st.currency)}: {t.budget_used_percent} % used</p>")
@@ -93,19 +100,46 @@ def render_team_html(st: Statement, t: TeamStatement) -> str:
     for line in t.lines:
         key = line.user or line.description
         by_user[key] = by_user.get(key, Decimal(0)) + line.charge
-    parts.append(bar_chart("Spend by user", sorted(by_user.items(), key=lambda kv: (-kv[1], kv[0])), st.currency, st.minor_units))
+    parts.append(
+        bar_chart(
+            "Spend by user",
+            sorted(by_user.items(), key=lambda kv: (-kv[1], kv[0])),
+            st.currency,
+            st.minor_units,
+        )
+    )
     rows = [
         [
-            line.user or line.description, line.model, line.pool, line.kind, str(line.requests), str(line.prompt_tokens),
-            str(line.completion_tokens), str(line.cached_tokens), fmt_qty(line.weighted_tokens),
-            fmt_decimal(line.request_seconds, 3), m(line.charge),
+            line.user or line.description,
+            line.model,
+            line.pool,
+            line.kind,
+            str(line.requests),
+            str(line.prompt_tokens),
+            str(line.completion_tokens),
+            str(line.cached_tokens),
+            fmt_qty(line.weighted_tokens),
+            fmt_decimal(line.request_seconds, 3),
+            m(line.charge),
         ]
         for line in t.lines
     ]
     if rows:
         parts.append(
             _table(
-                ["user / item", "model", "pool", "kind", "requests", "prompt", "completion", "cached", "weighted", "seconds", "charge"],
+                [
+                    "user / item",
+                    "model",
+                    "pool",
+                    "kind",
+                    "requests",
+                    "prompt",
+                    "completion",
+                    "cached",
+                    "weighted",
+                    "seconds",
+                    "charge",
+                ],
                 rows,
                 set(range(4, 11)),
             )
@@ -127,7 +161,12 @@ def render_summary_html(st: Statement) -> str:
         f"<li>Recovered from teams: {m(st.recovered)} {cur}</li>"
         f"<li>Kept by central IT (unrecovered): {m(st.unrecovered)} {cur}</li>"
         f"<li>Idle GPU cost: {m(st.idle_cost)} {cur}</li></ul>",
-        bar_chart("Spend by team", sorted(((t.team, t.total) for t in st.teams), key=lambda kv: (-kv[1], kv[0])), st.currency, st.minor_units),
+        bar_chart(
+            "Spend by team",
+            sorted(((t.team, t.total) for t in st.teams), key=lambda kv: (-kv[1], kv[0])),
+            st.currency,
+            st.minor_units,
+        ),
     ]
     rows = []
     for t in [*st.teams, st.central]:
@@ -138,19 +177,64 @@ def render_summary_html(st: Statement) -> str:
             "" if t.budget_used_percent is None else f"{t.budget_used_percent} %",
         ])  # fmt: skip
     parts.append("<h2>Teams</h2>")
-    parts.append(_table(["team", "business unit", "cost center", "requests", "weighted tokens", "idle share", "total", "budget", "used"], rows, {3, 4, 5, 6, 7, 8}))
+    parts.append(
+        _table(
+            [
+                "team",
+                "business unit",
+                "cost center",
+                "requests",
+                "weighted tokens",
+                "idle share",
+                "total",
+                "budget",
+                "used",
+            ],
+            rows,
+            {3, 4, 5, 6, 7, 8},
+        )
+    )
     prows = [
         [
-            p.name, m(p.cost), p.cost_source, str(p.gpus), fmt_decimal(p.gpu_hours, 1), fmt_decimal(p.idle_hours, 1),
-            m(p.idle_cost) if p.idle_known else "n/a", fmt_qty(p.weighted_tokens), m(p.recovered),
+            p.name,
+            m(p.cost),
+            p.cost_source,
+            str(p.gpus),
+            fmt_decimal(p.gpu_hours, 1),
+            fmt_decimal(p.idle_hours, 1),
+            m(p.idle_cost) if p.idle_known else "n/a",
+            fmt_qty(p.weighted_tokens),
+            m(p.recovered),
         ]
         for p in st.pools
     ]
     parts.append("<h2>Pools</h2>")
-    parts.append(_table(["pool", "cost", "source", "GPUs", "GPU hours", "idle hours", "idle cost", "weighted tokens", "recovered"], prows, {1, 3, 4, 5, 6, 7, 8}))
+    parts.append(
+        _table(
+            [
+                "pool",
+                "cost",
+                "source",
+                "GPUs",
+                "GPU hours",
+                "idle hours",
+                "idle cost",
+                "weighted tokens",
+                "recovered",
+            ],
+            prows,
+            {1, 3, 4, 5, 6, 7, 8},
+        )
+    )
     if st.central.lines:
         parts.append("<h2>Central IT</h2>")
-        parts.append(_table(["item", "pool", "amount"], [[line.description, line.pool, m(line.charge)] for line in st.central.lines], {2}))
+        parts.append(
+            _table(
+                ["item", "pool", "amount"],
+                [[line.description, line.pool, m(line.charge)] for line in st.central.lines],
+                {2},
+            )
+        )
     parts.append(_params_html(st))
     if st.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in st.notes) + "</ul>")

@@ -56,7 +56,9 @@ def statement_dict(st: Statement) -> dict[str, Any]:
                 "busy_hours": fmt_decimal(p.busy_hours, 3),
                 "idle_hours": fmt_decimal(p.idle_hours, 3),
                 "idle_cost": fmt_money(p.idle_cost, m) if p.idle_known else None,
-                "capacity_tokens_per_second": None if p.capacity_tokens_per_second is None else fmt_qty(p.capacity_tokens_per_second),
+                "capacity_tokens_per_second": None
+                if p.capacity_tokens_per_second is None
+                else fmt_qty(p.capacity_tokens_per_second),
                 "weighted_tokens": fmt_qty(p.weighted_tokens),
                 "recovered": fmt_money(p.recovered, m),
             }

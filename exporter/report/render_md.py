@@ -10,7 +10,10 @@ from exporter.report.statement import Statement, TeamStatement, fmt_qty
 
 def _table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> list[str]:
     right = right if right is not None else set(range(1, len(header)))
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|"]
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|",
+    ]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     return out
 
@@ -24,7 +27,13 @@ def _params(params: dict[str, Any], prefix: str = "") -> list[str]:
         if isinstance(v, dict):
             out += _params(v, f"{prefix}{k}.")
         elif isinstance(v, list):
-            out.append(f"- {prefix}{k}: " + "; ".join(", ".join(f"{a}={b}" for a, b in sorted(x.items())) if isinstance(x, dict) else str(x) for x in v))
+            out.append(
+                f"- {prefix}{k}: "
+                + "; ".join(
+                    ", ".join(f"{a}={b}" for a, b in sorted(x.items())) if isinstance(x, dict) else str(x)
+                    for x in v
+                )
+            )
         else:
             out.append(f"- {prefix}{k}: {v}")
     return out
@@ -52,15 +61,35 @@ def render_team_md(st: Statement, t: TeamStatement, level: int = 1) -> str:
     out.append("")
     rows = [
         [
-            line.user or line.description, line.model, line.pool, line.kind, str(line.requests), str(line.prompt_tokens),
-            str(line.completion_tokens), str(line.cached_tokens), fmt_qty(line.weighted_tokens),
-            fmt_decimal(line.request_seconds, 3), st.money(line.charge),
+            line.user or line.description,
+            line.model,
+            line.pool,
+            line.kind,
+            str(line.requests),
+            str(line.prompt_tokens),
+            str(line.completion_tokens),
+            str(line.cached_tokens),
+            fmt_qty(line.weighted_tokens),
+            fmt_decimal(line.request_seconds, 3),
+            st.money(line.charge),
         ]
         for line in t.lines
     ]
     if rows:
         out += _table(
-            ["user / item", "model", "pool", "kind", "requests", "prompt", "completion", "cached", "weighted", "seconds", "charge"],
+            [
+                "user / item",
+                "model",
+                "pool",
+                "kind",
+                "requests",
+                "prompt",
+                "completion",
+                "cached",
+                "weighted",
+                "seconds",
+                "charge",
+            ],
             rows,
             right=set(range(4, 11)),
         )
@@ -92,19 +121,58 @@ def render_summary_md(st: Statement) -> str:
             m(t.idle_share), m(t.total), "" if t.budget is None else m(t.budget),
             "" if t.budget_used_percent is None else f"{t.budget_used_percent} %",
         ])  # fmt: skip
-    out += _table(["team", "business unit", "cost center", "requests", "weighted tokens", "idle share", "total", "budget", "used"], rows, right={3, 4, 5, 6, 7, 8})
+    out += _table(
+        [
+            "team",
+            "business unit",
+            "cost center",
+            "requests",
+            "weighted tokens",
+            "idle share",
+            "total",
+            "budget",
+            "used",
+        ],
+        rows,
+        right={3, 4, 5, 6, 7, 8},
+    )
     out += ["", "## Pools", ""]
     prows = [
         [
-            p.name, m(p.cost), p.cost_source, str(p.gpus), fmt_decimal(p.gpu_hours, 1), fmt_decimal(p.idle_hours, 1),
-            m(p.idle_cost) if p.idle_known else "n/a", fmt_qty(p.weighted_tokens), m(p.recovered),
+            p.name,
+            m(p.cost),
+            p.cost_source,
+            str(p.gpus),
+            fmt_decimal(p.gpu_hours, 1),
+            fmt_decimal(p.idle_hours, 1),
+            m(p.idle_cost) if p.idle_known else "n/a",
+            fmt_qty(p.weighted_tokens),
+            m(p.recovered),
         ]
         for p in st.pools
     ]
-    out += _table(["pool", "cost", "source", "GPUs", "GPU hours", "idle hours", "idle cost", "weighted tokens", "recovered"], prows, right={1, 3, 4, 5, 6, 7, 8})
+    out += _table(
+        [
+            "pool",
+            "cost",
+            "source",
+            "GPUs",
+            "GPU hours",
+            "idle hours",
+            "idle cost",
+            "weighted tokens",
+            "recovered",
+        ],
+        prows,
+        right={1, 3, 4, 5, 6, 7, 8},
+    )
     if st.central.lines:
         out += ["", "## Central IT", ""]
-        out += _table(["item", "pool", "amount"], [[line.description, line.pool, m(line.charge)] for line in st.central.lines], right={2})
+        out += _table(
+            ["item", "pool", "amount"],
+            [[line.description, line.pool, m(line.charge)] for line in st.central.lines],
+            right={2},
+        )
     params = _params(st.params)
     if params:
         out += ["", "## Method parameters", "", *params]

@@ -194,7 +194,11 @@ def build_statement(cfg: Config, inputs: Inputs, alloc: Allocation) -> Statement
                 idle_share=round_money(sum((c.idle_amount for c in charges), Decimal(0)), minor),
             )
         )
-    central_rounded = largest_remainder({i: c.amount for i, c in enumerate(alloc.central)}, minor, unrecovered) if alloc.central else {}
+    central_rounded = (
+        largest_remainder({i: c.amount for i, c in enumerate(alloc.central)}, minor, unrecovered)
+        if alloc.central
+        else {}
+    )
     if not alloc.central and unrecovered != 0:
         raise AssertionError(f"internal: {unrecovered} unrecovered with no central line")
     central = TeamStatement(
@@ -211,7 +215,9 @@ def build_statement(cfg: Config, inputs: Inputs, alloc: Allocation) -> Statement
     pools: list[PoolSummary] = []
     for name in sorted(inputs.pools):
         p = inputs.pools[name]
-        pool_recovered = sum((line.charge for s in statements for line in s.lines if line.pool == name), Decimal(0))
+        pool_recovered = sum(
+            (line.charge for s in statements for line in s.lines if line.pool == name), Decimal(0)
+        )
         pools.append(
             PoolSummary(
                 name=name,

@@ -78,7 +78,10 @@ def _fmt_value(v: Decimal | int | float | str) -> str:
 
 
 def _labels(labels: Mapping[str, str]) -> str:
-    inner = ",".join(f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in sorted(labels.items()))
+    inner = ",".join(
+        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for k, v in sorted(labels.items())
+    )
     return "{" + inner + "}" if inner else ""
 
 
@@ -107,8 +110,14 @@ def backfill(openmetrics: Path, data_dir: Path, timeout: float = 600, block_hour
     data_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         [
-            find_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", "--quiet",
-            f"--max-block-duration={block_hours}h", str(openmetrics), str(data_dir),
+            find_binary("promtool"),
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            "--quiet",
+            f"--max-block-duration={block_hours}h",
+            str(openmetrics),
+            str(data_dir),
         ],
         capture_output=True,
         text=True,
@@ -116,4 +125,6 @@ def backfill(openmetrics: Path, data_dir: Path, timeout: float = 600, block_hour
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"promtool backfill of {openmetrics} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"promtool backfill of {openmetrics} failed ({proc.returncode}): {proc.stderr[-2000:]}"
+        )

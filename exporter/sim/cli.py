@@ -16,21 +16,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Deterministic OpenAI-compatible upstream. Faults: header X-Sim-Fault: "
         "500|429|503|drop|no-usage|slow, or POST /sim/fault. Counters: GET /sim/stats.",
     )
-    p.add_argument("--web.listen-address", dest="listen", action="append", metavar="HOST:PORT",
-                   help="address to listen on (repeatable; default 127.0.0.1:8000)")
-    p.add_argument("--tokens-per-second", type=float, default=0.0, help="streaming speed per request (0: unlimited)")
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="address to listen on (repeatable; default 127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--tokens-per-second", type=float, default=0.0, help="streaming speed per request (0: unlimited)"
+    )
     p.add_argument("--latency-ms", type=float, default=0.0, help="delay before the first token")
     p.add_argument("--models", default="sim-small,sim-large", help="comma-separated model names it serves")
-    p.add_argument("--api-key", default=None, help="require this bearer token (tests that the proxy swaps credentials)")
+    p.add_argument(
+        "--api-key", default=None, help="require this bearer token (tests that the proxy swaps credentials)"
+    )
     p.add_argument("--strict-models", action="store_true", help="404 for models not in --models")
     add_log_flag(p)
     p.set_defaults(func=_simulate)
 
     t = subparsers.add_parser(
-        "traffic", help="send simulated user traffic through the proxy with the openai SDK",
+        "traffic",
+        help="send simulated user traffic through the proxy with the openai SDK",
     )
     t.add_argument("--base-url", required=True, help="proxy URL, e.g. http://127.0.0.1:8080")
-    t.add_argument("--key", action="append", required=True, metavar="USER=TOKEN", help="a user's token (repeatable)")
+    t.add_argument(
+        "--key", action="append", required=True, metavar="USER=TOKEN", help="a user's token (repeatable)"
+    )
     t.add_argument("--models", required=True, help="comma-separated model names")
     t.add_argument("--requests-per-user", type=int, default=10)
     t.add_argument("--stream-ratio", type=float, default=0.5)
@@ -65,8 +77,16 @@ def _traffic(args: argparse.Namespace) -> int:
             raise SystemExit(f"chargeback traffic: --key expects USER=TOKEN, got {item!r}")
         tokens[user] = token
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    result = asyncio.run(run_traffic(args.base_url, tokens, models, args.requests_per_user, args.stream_ratio,
-                                     args.seed, concurrency=args.concurrency))
+    result = asyncio.run(
+        run_traffic(
+            args.base_url,
+            tokens,
+            models,
+            args.requests_per_user,
+            args.stream_ratio,
+            args.seed,
+            concurrency=args.concurrency,
+        )
+    )
     print(json.dumps(result.as_dict(), indent=2))
     return 0 if not result.errors else 1
-

@@ -57,8 +57,14 @@ def start_simulator(
     """A simulator process; ``.url`` is its root (the OpenAI base URL is ``url + "/v1"``)."""
     port = port or free_port()
     argv = sim_argv(
-        "--web.listen-address", f"127.0.0.1:{port}", "--tokens-per-second", str(tokens_per_second),
-        "--latency-ms", str(latency_ms), "--models", ",".join(models),
+        "--web.listen-address",
+        f"127.0.0.1:{port}",
+        "--tokens-per-second",
+        str(tokens_per_second),
+        "--latency-ms",
+        str(latency_ms),
+        "--models",
+        ",".join(models),
     )
     if api_key:
         argv += ["--api-key", api_key]
@@ -81,7 +87,11 @@ def proxy_config(
     """A config document: one pool, ``upstreams`` = model → upstream base URLs (ending in /v1)."""
     models: dict[str, Any] = {}
     for i, (name, urls) in enumerate(upstreams.items()):
-        m: dict[str, Any] = {"upstreams": list(urls), "pool": "sim", "token_weights": {"prompt": 1, "completion": 1 + i}}
+        m: dict[str, Any] = {
+            "upstreams": list(urls),
+            "pool": "sim",
+            "token_weights": {"prompt": 1, "completion": 1 + i},
+        }
         if api_key:
             m["api_key"] = api_key
         if allowed_teams and name in allowed_teams:
@@ -93,11 +103,22 @@ def proxy_config(
         "models": models,
         "teams": {k: dict(v) for k, v in teams.items()},
         "users": {u: {"team": t} for u, t in (users or {}).items()},
-        "ledger": {"url": ledger_url, "spool_dir": spool_dir, "flush_interval_seconds": 0.05, "retry_seconds": 0.2,
-                   **(ledger or {})},
-        "proxy": {"listen": ["127.0.0.1:8080"], "metrics_listen": "127.0.0.1:9841", "key_refresh_seconds": 0.2,
-                  "upstream_timeout_seconds": 5, "connect_timeout_seconds": 2, "shutdown_grace_seconds": 10,
-                  **(proxy or {})},
+        "ledger": {
+            "url": ledger_url,
+            "spool_dir": spool_dir,
+            "flush_interval_seconds": 0.05,
+            "retry_seconds": 0.2,
+            **(ledger or {}),
+        },
+        "proxy": {
+            "listen": ["127.0.0.1:8080"],
+            "metrics_listen": "127.0.0.1:9841",
+            "key_refresh_seconds": 0.2,
+            "upstream_timeout_seconds": 5,
+            "connect_timeout_seconds": 2,
+            "shutdown_grace_seconds": 10,
+            **(proxy or {}),
+        },
     }
     doc.update(extra or {})
     return doc
@@ -118,12 +139,25 @@ class ProxyProcess:
         return self.process.stop(timeout)
 
 
-def start_proxy(workdir: Path, config_path: Path, *, port: int | None = None, metrics_port: int | None = None,
-                name: str = "proxy", timeout: float = 30.0) -> ProxyProcess:
+def start_proxy(
+    workdir: Path,
+    config_path: Path,
+    *,
+    port: int | None = None,
+    metrics_port: int | None = None,
+    name: str = "proxy",
+    timeout: float = 30.0,
+) -> ProxyProcess:
     port = port or free_port()
     metrics_port = metrics_port or free_port()
-    argv = proxy_argv("--config.file", str(config_path), "--web.listen-address", f"127.0.0.1:{port}",
-                      "--web.metrics-address", f"127.0.0.1:{metrics_port}")
+    argv = proxy_argv(
+        "--config.file",
+        str(config_path),
+        "--web.listen-address",
+        f"127.0.0.1:{port}",
+        "--web.metrics-address",
+        f"127.0.0.1:{metrics_port}",
+    )
     proc = ManagedProcess(name, argv, workdir, url=f"http://127.0.0.1:{port}", ready_path="/healthz")
     proc.start(timeout)
     return ProxyProcess(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}")
@@ -171,7 +205,9 @@ class Stack:
         """Start a fresh proxy process on the same ports and config (after stopping the old one)."""
         port = int(self.proxy.url.rsplit(":", 1)[1])
         mport = int(self.proxy.metrics_url.rsplit(":", 1)[1])
-        self.proxy = start_proxy(self.workdir, self.config_path, port=port, metrics_port=mport, name="proxy-restarted")
+        self.proxy = start_proxy(
+            self.workdir, self.config_path, port=port, metrics_port=mport, name="proxy-restarted"
+        )
         return self.proxy
 
 
@@ -199,13 +235,22 @@ def proxy_stack(
     started: list[ManagedProcess] = []
     proxy_proc: ProxyProcess | None = None
     try:
-        sim = start_simulator(workdir, tokens_per_second=tokens_per_second, latency_ms=latency_ms,
-                              models=[*models, *(extra_upstreams or {})])
+        sim = start_simulator(
+            workdir,
+            tokens_per_second=tokens_per_second,
+            latency_ms=latency_ms,
+            models=[*models, *(extra_upstreams or {})],
+        )
         started.append(sim)
         sims = []
         for i in range(extra_sims):
-            s = start_simulator(workdir, tokens_per_second=tokens_per_second, latency_ms=latency_ms,
-                                models=[*models, *(extra_upstreams or {})], name=f"sim{i + 1}")
+            s = start_simulator(
+                workdir,
+                tokens_per_second=tokens_per_second,
+                latency_ms=latency_ms,
+                models=[*models, *(extra_upstreams or {})],
+                name=f"sim{i + 1}",
+            )
             started.append(s)
             sims.append(s)
         subs = {"{sim}": f"{sim.url}/v1", **{f"{{sim{i + 1}}}": f"{s.url}/v1" for i, s in enumerate(sims)}}
@@ -217,8 +262,15 @@ def proxy_stack(
                     u = u.replace(k, v)
                 out.append(u)
             ups[m] = out
-        doc = proxy_config(upstreams=ups, ledger_url=ledger_url, spool_dir=str(workdir / "spool"),
-                           users=config_users, allowed_teams=allowed_teams, proxy=proxy, ledger=ledger)
+        doc = proxy_config(
+            upstreams=ups,
+            ledger_url=ledger_url,
+            spool_dir=str(workdir / "spool"),
+            users=config_users,
+            allowed_teams=allowed_teams,
+            proxy=proxy,
+            ledger=ledger,
+        )
         config_path = write_config(workdir / "chargeback.yaml", doc)
         tokens = create_keys(ledger_url, users)
         proxy_proc = start_proxy(workdir, config_path)
@@ -245,7 +297,9 @@ def read_metrics(metrics_url: str) -> dict[tuple[str, frozenset[tuple[str, str]]
     return out
 
 
-def metric(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+def metric(
+    samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
     """Sum of the samples named ``name`` whose labels include ``labels`` (0 when none)."""
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)

@@ -79,15 +79,27 @@ def _client(base_url: str, token: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=base_url.rstrip("/") + "/v1", api_key=token, max_retries=0, timeout=60)
 
 
-async def one_request(client: openai.AsyncOpenAI, model: str, messages: list[dict[str, str]], stream: bool,
-                      max_tokens: int, seed: int) -> Any:
+async def one_request(
+    client: openai.AsyncOpenAI,
+    model: str,
+    messages: list[dict[str, str]],
+    stream: bool,
+    max_tokens: int,
+    seed: int,
+) -> Any:
     """One chat completion; returns the usage object the client received."""
     if not stream:
-        resp = await client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, seed=seed)  # type: ignore[arg-type]
+        resp = await client.chat.completions.create(
+            model=model, messages=messages, max_tokens=max_tokens, seed=seed
+        )  # type: ignore[arg-type]
         return resp.usage
     usage = None
     chunks = await client.chat.completions.create(
-        model=model, messages=messages, max_tokens=max_tokens, seed=seed, stream=True,  # type: ignore[arg-type]
+        model=model,
+        messages=messages,
+        max_tokens=max_tokens,
+        seed=seed,
+        stream=True,  # type: ignore[arg-type]
         stream_options={"include_usage": True},
     )
     async for chunk in chunks:
@@ -115,15 +127,24 @@ async def run_traffic(
             messages = [{"role": "user", "content": f"{topic} (request {i} from {user.split('@')[0]})"}]
             if rng.random() < 0.5:
                 messages.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
-            plan.append((user, rng.choice(models), messages, rng.random() < stream_ratio, rng.randint(4, 64),
-                         rng.randint(0, 1000)))
+            plan.append(
+                (
+                    user,
+                    rng.choice(models),
+                    messages,
+                    rng.random() < stream_ratio,
+                    rng.randint(4, 64),
+                    rng.randint(0, 1000),
+                )
+            )
     rng.shuffle(plan)
     clients = {u: _client(base_url, t) for u, t in tokens_by_user.items()}
     result = TrafficResult()
     sem = asyncio.Semaphore(max(1, concurrency))
 
-    async def send(user: str, model: str, messages: list[dict[str, str]], stream: bool, max_tokens: int,
-                   req_seed: int) -> None:
+    async def send(
+        user: str, model: str, messages: list[dict[str, str]], stream: bool, max_tokens: int, req_seed: int
+    ) -> None:
         async with sem:
             try:
                 usage = await one_request(clients[user], model, messages, stream, max_tokens, req_seed)

@@ -37,8 +37,30 @@ from typing import Any
 from aiohttp import web
 
 WORDS = (
-    "the", "cost", "of", "gpu", "time", "is", "shared", "by", "every", "team", "that", "sends", "tokens",
-    "through", "proxy", "and", "each", "request", "counts", "once", "budget", "model", "pool", "hour",
+    "the",
+    "cost",
+    "of",
+    "gpu",
+    "time",
+    "is",
+    "shared",
+    "by",
+    "every",
+    "team",
+    "that",
+    "sends",
+    "tokens",
+    "through",
+    "proxy",
+    "and",
+    "each",
+    "request",
+    "counts",
+    "once",
+    "budget",
+    "model",
+    "pool",
+    "hour",
 )
 FAULTS = ("500", "429", "503", "drop", "no-usage", "slow")
 
@@ -152,8 +174,12 @@ def expected_usage(endpoint: str, body: dict[str, Any]) -> dict[str, int]:
     prompt = prompt_tokens(body)
     completion = 0 if endpoint.endswith("embeddings") else completion_tokens(body)
     cached = cached_tokens(body) if endpoint.endswith("chat/completions") else 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "cached_tokens": cached}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "cached_tokens": cached,
+    }
 
 
 def token_words(body: dict[str, Any], n: int) -> list[str]:
@@ -165,8 +191,9 @@ def token_words(body: dict[str, Any], n: int) -> list[str]:
 
 
 def _error(status: int, message: str, type_: str = "server_error") -> web.Response:
-    return web.json_response({"error": {"message": message, "type": type_, "param": None, "code": None}},
-                             status=status)
+    return web.json_response(
+        {"error": {"message": message, "type": type_, "param": None, "code": None}}, status=status
+    )
 
 
 def _fault(request: web.Request, state: SimState) -> str | None:
@@ -194,8 +221,12 @@ def _rate(request: web.Request, opts: SimOptions) -> float:
 
 def _usage_obj(endpoint: str, usage: dict[str, int]) -> dict[str, Any]:
     if endpoint == "responses":
-        return {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
-                "total_tokens": usage["total_tokens"], "input_tokens_details": {"cached_tokens": usage["cached_tokens"]}}
+        return {
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens": usage["completion_tokens"],
+            "total_tokens": usage["total_tokens"],
+            "input_tokens_details": {"cached_tokens": usage["cached_tokens"]},
+        }
     out: dict[str, Any] = {"prompt_tokens": usage["prompt_tokens"], "total_tokens": usage["total_tokens"]}
     if endpoint != "embeddings":
         out["completion_tokens"] = usage["completion_tokens"]
@@ -220,7 +251,9 @@ async def _inference(request: web.Request, endpoint: str) -> web.StreamResponse:
         return _error(404, f"model {model!r} not served here", "invalid_request_error")
     fault = _fault(request, state)
     if fault in ("500", "429", "503"):
-        return _error(int(fault), f"simulated {fault}", "rate_limit_error" if fault == "429" else "server_error")
+        return _error(
+            int(fault), f"simulated {fault}", "rate_limit_error" if fault == "429" else "server_error"
+        )
     if fault == "slow":
         await asyncio.sleep(float(request.headers.get("X-Sim-Slow-Seconds", "30")))
     if opts.latency_ms > 0:
@@ -261,31 +294,60 @@ def _count_reported(ms: ModelStats, usage: dict[str, int]) -> None:
     ms.reported_completion_tokens += usage["completion_tokens"]
 
 
-def _full_response(endpoint: str, model: str, text: str, usage: dict[str, int], report: bool,
-                   ms: ModelStats) -> dict[str, Any]:
+def _full_response(
+    endpoint: str, model: str, text: str, usage: dict[str, int], report: bool, ms: ModelStats
+) -> dict[str, Any]:
     rid = uuid.uuid4().hex[:24]
     now = int(time.time())
     if endpoint == "chat/completions":
         out: dict[str, Any] = {
-            "id": f"chatcmpl-{rid}", "object": "chat.completion", "created": now, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
-                         "logprobs": None}],
+            "id": f"chatcmpl-{rid}",
+            "object": "chat.completion",
+            "created": now,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
         }
     elif endpoint == "completions":
-        out = {"id": f"cmpl-{rid}", "object": "text_completion", "created": now, "model": model,
-               "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}]}
+        out = {
+            "id": f"cmpl-{rid}",
+            "object": "text_completion",
+            "created": now,
+            "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+        }
     else:  # responses
-        out = {"id": f"resp_{rid}", "object": "response", "created_at": now, "model": model, "status": "completed",
-               "output": [{"type": "message", "id": f"msg_{rid}", "role": "assistant", "status": "completed",
-                           "content": [{"type": "output_text", "text": text, "annotations": []}]}]}
+        out = {
+            "id": f"resp_{rid}",
+            "object": "response",
+            "created_at": now,
+            "model": model,
+            "status": "completed",
+            "output": [
+                {
+                    "type": "message",
+                    "id": f"msg_{rid}",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            ],
+        }
     if report:
         out["usage"] = _usage_obj(endpoint, usage)
         _count_reported(ms, usage)
     return out
 
 
-def _embeddings(body: dict[str, Any], model: str, usage: dict[str, int], report: bool, ms: ModelStats,
-                opts: SimOptions) -> web.Response:
+def _embeddings(
+    body: dict[str, Any], model: str, usage: dict[str, int], report: bool, ms: ModelStats, opts: SimOptions
+) -> web.Response:
     inputs = body.get("input")
     items = inputs if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else [inputs]
     data = []
@@ -309,12 +371,24 @@ def _sse(obj: Any, event: str | None = None) -> bytes:
     return head + b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], model: str, usage: dict[str, int],
-                  report: bool, drop: bool, state: SimState, ms: ModelStats) -> web.StreamResponse:
+async def _stream(
+    request: web.Request,
+    endpoint: str,
+    body: dict[str, Any],
+    model: str,
+    usage: dict[str, int],
+    report: bool,
+    drop: bool,
+    state: SimState,
+    ms: ModelStats,
+) -> web.StreamResponse:
     rate = _rate(request, state.options)
     include_usage = report and (
         endpoint == "responses"
-        or (isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage") is True)
+        or (
+            isinstance(body.get("stream_options"), dict)
+            and body["stream_options"].get("include_usage") is True
+        )
     )
     words = token_words(body, usage["completion_tokens"])
     rid = uuid.uuid4().hex[:24]
@@ -324,9 +398,15 @@ async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], mod
     finished = False
     try:
         if endpoint == "chat/completions":
+
             def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-                c: dict[str, Any] = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": now,
-                                     "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                c: dict[str, Any] = {
+                    "id": f"chatcmpl-{rid}",
+                    "object": "chat.completion.chunk",
+                    "created": now,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
                 if include_usage:
                     c["usage"] = None
                 return c
@@ -335,9 +415,15 @@ async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], mod
             pieces = [chunk({"content": w}, None) for w in words]
             last = chunk({}, "stop")
         elif endpoint == "completions":
+
             def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-                c: dict[str, Any] = {"id": f"cmpl-{rid}", "object": "text_completion", "created": now, "model": model,
-                                     "choices": [{"index": 0, "text": delta.get("text", ""), "finish_reason": finish}]}
+                c: dict[str, Any] = {
+                    "id": f"cmpl-{rid}",
+                    "object": "text_completion",
+                    "created": now,
+                    "model": model,
+                    "choices": [{"index": 0, "text": delta.get("text", ""), "finish_reason": finish}],
+                }
                 if include_usage:
                     c["usage"] = None
                 return c
@@ -345,10 +431,25 @@ async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], mod
             pieces = [chunk({"text": w}, None) for w in words]
             last = chunk({}, "stop")
         else:  # responses: typed events, usage in response.completed
-            await resp.write(_sse({"type": "response.created", "response": {"id": f"resp_{rid}", "model": model,
-                                   "status": "in_progress"}}, "response.created"))
-            pieces = [{"type": "response.output_text.delta", "item_id": f"msg_{rid}", "output_index": 0,
-                       "content_index": 0, "delta": w} for w in words]
+            await resp.write(
+                _sse(
+                    {
+                        "type": "response.created",
+                        "response": {"id": f"resp_{rid}", "model": model, "status": "in_progress"},
+                    },
+                    "response.created",
+                )
+            )
+            pieces = [
+                {
+                    "type": "response.output_text.delta",
+                    "item_id": f"msg_{rid}",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": w,
+                }
+                for w in words
+            ]
             last = None
         for i, piece in enumerate(pieces):
             if drop and i >= len(pieces) // 2:
@@ -364,9 +465,16 @@ async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], mod
         else:
             await resp.write(_sse(last))
             if include_usage:
-                u = {"id": f"x-{rid}", "object": "chat.completion.chunk" if endpoint == "chat/completions"
-                     else "text_completion", "created": now, "model": model, "choices": [],
-                     "usage": _usage_obj(endpoint, usage)}
+                u = {
+                    "id": f"x-{rid}",
+                    "object": "chat.completion.chunk"
+                    if endpoint == "chat/completions"
+                    else "text_completion",
+                    "created": now,
+                    "model": model,
+                    "choices": [],
+                    "usage": _usage_obj(endpoint, usage),
+                }
                 _count_reported(ms, usage)
                 await resp.write(_sse(u))
             await resp.write(b"data: [DONE]\n\n")
@@ -382,8 +490,12 @@ async def _stream(request: web.Request, endpoint: str, body: dict[str, Any], mod
 
 async def _models(request: web.Request) -> web.Response:
     opts = request.app[SIM].options
-    return web.json_response({"object": "list", "data": [
-        {"id": m, "object": "model", "created": 0, "owned_by": "sim"} for m in opts.models]})
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [{"id": m, "object": "model", "created": 0, "owned_by": "sim"} for m in opts.models],
+        }
+    )
 
 
 async def _stats(request: web.Request) -> web.Response:
@@ -416,6 +528,7 @@ def create_sim_app(options: SimOptions | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[SIM] = SimState(options or SimOptions())
     for endpoint in ("chat/completions", "completions", "embeddings", "responses"):
+
         async def handler(request: web.Request, endpoint: str = endpoint) -> web.StreamResponse:
             return await _inference(request, endpoint)
 
@@ -438,8 +551,13 @@ async def serve_sim(options: SimOptions, listen: tuple[str, ...], stop: asyncio.
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(create_sim_app(options), handle_signals=False, access_log=None,
-                           handler_cancellation=True, shutdown_timeout=1)
+    runner = web.AppRunner(
+        create_sim_app(options),
+        handle_signals=False,
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=1,
+    )
     await runner.setup()
     try:
         for addr in listen:
