@@ -47,14 +47,14 @@ def test_schema_is_created_with_indexes_and_version(store, ledger_url):
         "http_analytics_timestamp",
         "http_analytics_user_model",
     } <= names
-    assert store.query("SELECT version FROM schema_version")[1] == [(1,)]
+    assert store.query("SELECT version FROM schema_version ORDER BY version")[1] == [(1,), (2,)]
     cols = store.query("SELECT * FROM http_analytics")[0]
     from exporter.ledger.row import COLUMNS
 
     assert tuple(cols) == COLUMNS
     # Opening again does not migrate twice.
     open_store(ledger_url).close()
-    assert store.query("SELECT version FROM schema_version")[1] == [(1,)]
+    assert store.query("SELECT version FROM schema_version ORDER BY version")[1] == [(1,), (2,)]
 
 
 def test_insert_is_idempotent_on_request_id(store):

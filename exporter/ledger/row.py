@@ -26,6 +26,10 @@ class LedgerRow:
     api_key_id: str
     upstream: str  # base URL that served it ('' when not forwarded)
     error: str = ""  # short reason for failures, '' on success
+    # How the usage was counted: 'upstream' (the server's own usage), 'tokenize' (the server's
+    # tokenizer, after the response), 'estimate' (characters / 4), '' (nothing was served).
+    usage_source: str = ""
+    usage_reason: str = ""  # why the usage is not the upstream's own ('' when it is)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,7 +27,7 @@ from exporter.ledger.store import (
     row_values,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -63,6 +63,11 @@ MIGRATIONS: dict[int, list[str]] = {
             revoked_at  TEXT
         )""",
         "CREATE INDEX api_keys_user ON api_keys (user_email)",
+    ],
+    # 2: how each request's usage was counted (issue 11 and 12)
+    2: [
+        "ALTER TABLE http_analytics ADD COLUMN usage_source TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE http_analytics ADD COLUMN usage_reason TEXT NOT NULL DEFAULT ''",
     ],
 }
 

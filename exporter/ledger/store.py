@@ -163,6 +163,8 @@ def row_values(row: LedgerRow) -> tuple[Any, ...]:
             str(row.api_key_id),
             str(row.upstream),
             str(row.error or ""),
+            str(row.usage_source or ""),
+            str(row.usage_reason or ""),
         )
     except (TypeError, ValueError) as exc:
         raise RowError(f"request {getattr(row, 'request_id', '?')!r}: {exc}") from None

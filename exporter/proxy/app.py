@@ -131,6 +131,7 @@ class Call:
     error: str = ""
     first_byte: float | None = None
     forwarded: bool = False
+    usage_reason: str = ""  # why usage was not the upstream's own (ledger usage_reason)
     body: dict[str, Any] | None = None  # the parsed request, for a prompt estimate when usage is missing
 
 
@@ -184,6 +185,12 @@ def _finish(state: ProxyState, call: Call) -> None:
             prompt = estimate_tokens(call.prompt_chars)
             completion = estimate_tokens(call.delivered_chars)
             usage = Usage(prompt, completion, prompt + completion, 0)
+        if call.estimated:
+            source = "estimate"
+        elif call.usage is not None:
+            source = "upstream"
+        else:
+            source = ""
         usage = usage or Usage(0, 0, 0, 0)
         ttft = (call.first_byte - call.started) if call.first_byte is not None else None
         row = LedgerRow(
@@ -205,6 +212,8 @@ def _finish(state: ProxyState, call: Call) -> None:
             api_key_id=call.api_key_id,
             upstream=call.upstream,
             error=call.error[:500],
+            usage_source=source,
+            usage_reason=call.usage_reason[:200],
         )
         state.ledger.submit(row)
         m = state.metrics
@@ -296,6 +305,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
             call.error = call.error or "client closed the connection"
             if call.upstream and call.usage is None:
                 call.estimated = True  # the upstream had the request: bill what it likely processed
+                call.usage_reason = call.usage_reason or "client closed before usage was reported"
         raise
     finally:
         _finish(state, call)
@@ -462,6 +472,7 @@ async def _relay_body(call: Call, upstream: aiohttp.ClientResponse) -> web.Strea
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         upstream.close()
         call.estimated = True
+        call.usage_reason = call.usage_reason or "upstream failed while sending the response"
         return _reply(
             call,
             502,
@@ -478,6 +489,7 @@ async def _relay_body(call: Call, upstream: aiohttp.ClientResponse) -> web.Strea
         call.usage = extract_usage(obj)
         if call.usage is None:
             call.estimated = True
+            call.usage_reason = call.usage_reason or "response carried no usage"
             call.delivered_chars = response_chars(obj)
     else:
         call.error = f"upstream returned {upstream.status}"
@@ -531,6 +543,7 @@ async def _relay_stream(
         call.usage = sse.usage
         if call.usage is None:
             call.estimated = True
+            call.usage_reason = call.usage_reason or "stream ended without a usage event"
     return response
 
 
