@@ -4,7 +4,8 @@ Simulated upstreams serve three models in two GPU pools; the proxy (SQLite ledge
 exporter (four simulated GPUs), a real Prometheus with the project's rules, and an Alertmanager
 that mails a local SMTP sink all run as real processes on 127.0.0.1. Ten users in four teams send
 traffic through the official openai SDK; the research team's budget is small, so its budget alert
-fires and lands in the sink. Then month-to-date statements are written and everything is listed.
+fires and lands in the sink. Then statements for the demo's window (from the stack's start to the
+next whole minute) are written and everything is listed.
 
 Time is compressed only where it is safe (1 s scrape and rule intervals, small budgets); every
 figure is real. The same code runs the end-to-end test (``tests/test_e2e.py``).
@@ -352,24 +353,39 @@ def wait_for_budget_email(stack: DemoStack, timeout: float = 150.0) -> EmailMess
     return found[0]
 
 
-def wait_for_next_minute(margin: float = 3.0) -> None:
-    """Month-to-date statements end at the current minute: wait until a minute boundary lies after
-    the last scrape of the traffic (scrapes run every second), so the statement covers all of it."""
+def wait_for_next_minute(margin: float = 3.0) -> datetime:
+    """Wait until a minute boundary lies after the last scrape of the traffic (scrapes run every
+    second) and return that boundary: the statements' window ends there, on a whole minute."""
     now = time.time()
     boundary = now - now % 60 + 60
     if boundary - now < margin:
         boundary += 60
     time.sleep(boundary - now + 0.5)
+    return datetime.fromtimestamp(boundary, UTC)
 
 
-def write_statements(stack: DemoStack, *extra: str) -> subprocess.CompletedProcess[str]:
+def demo_window(started: datetime, end: datetime) -> tuple[str, str]:
+    """``--from``/``--to`` for the demo's statements: from the minute the stack started to ``end``.
+
+    An explicit window rather than ``month-to-date``: the demo must give the same statements on
+    any day, also when it runs across midnight at a month's end (the stack has no data before it
+    started, so the window holds everything it measured)."""
+    start = started.replace(second=0, microsecond=0)
+    return start.strftime("%Y-%m-%dT%H:%M:%SZ"), end.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_statements(
+    stack: DemoStack, window: tuple[str, str], *extra: str
+) -> subprocess.CompletedProcess[str]:
     out_dir = stack.workdir / "statements"
     argv = chargeback_argv(
         "report",
         "--config.file",
         str(stack.config_path),
-        "--period",
-        "month-to-date",
+        "--from",
+        window[0],
+        "--to",
+        window[1],
         "--format",
         "html,csv,json,md",
         "--out",
@@ -409,6 +425,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"llm-chargeback demo: working directory {workdir}", flush=True)
     try:
         with demo_stack(workdir) as stack:
+            started = datetime.now(UTC)
             print(
                 f"  proxy API         {stack.api_url}/v1   (OpenAI-compatible; personal tokens in {workdir}/tokens.json)"
             )
@@ -438,17 +455,23 @@ def run(args: argparse.Namespace) -> int:
             except StackError as exc:
                 print(f"  {exc}", flush=True)
             print(
-                "\nwaiting for the next full minute (month-to-date statements end at a minute) ...",
+                "\nwaiting for the next full minute (the statements' window ends on a minute) ...",
                 flush=True,
             )
-            wait_for_next_minute()
+            window = demo_window(started, wait_for_next_minute())
             print("\nledger summary (chargeback ledger query ... FROM public.http_analytics):")
             print(ledger_summary(stack))
-            rep = write_statements(stack, "--email")
+            rep = write_statements(stack, window, "--email")
             print(rep.stdout.strip(), rep.stderr.strip(), sep="\n")
             cmp = subprocess.run(
                 chargeback_argv(
-                    "compare", "--config.file", str(stack.config_path), "--period", "month-to-date"
+                    "compare",
+                    "--config.file",
+                    str(stack.config_path),
+                    "--from",
+                    window[0],
+                    "--to",
+                    window[1],
                 ),
                 capture_output=True,
                 text=True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -80,7 +81,15 @@ def test_period_boundaries_in_berlin() -> None:
     assert p.start_ts == sc.PERIOD_START  # 2026-09-30T22:00Z (CEST, UTC+2)
     assert p.end_ts == sc.PERIOD_END  # 2026-10-31T23:00Z (CET, UTC+1 after 25 October)
     assert p.seconds == 2_682_000  # 31 × 86400 + 3600
-    assert parse_period("last-month", "Europe/Berlin").label == "2026-10"  # today is 2026-11-29
+    # relative periods take the instant they are relative to; never the test machine's date
+    assert (
+        parse_period("last-month", "Europe/Berlin", now=datetime(2026, 11, 29, tzinfo=UTC)).label == "2026-10"
+    )
+    # 00:30 on 1 November in Berlin is still 31 October in UTC: the billing zone decides
+    assert (
+        parse_period("last-month", "Europe/Berlin", now=datetime(2026, 10, 31, 23, 30, tzinfo=UTC)).label
+        == "2026-10"
+    )
 
 
 def test_exact_quantities_replicas_resets_gaps_and_unknown_team(inputs) -> None:  # type: ignore[no-untyped-def]

@@ -307,3 +307,29 @@ def test_reconcile_with_ledger_and_source_ledger(prom: ManagedProcess, tmp_path:
     # pool cost unchanged (from the GPU exporter / config); totals still reconcile to it
     assert st["summary"]["total_pool_cost"] == "3725.00"
     assert sum(float(v) for v in st["summary"]["teams"].values()) == pytest.approx(3725.00)
+
+
+def test_relative_period_from_now_flag(prom: ManagedProcess, tmp_path: Path) -> None:
+    """``--now`` fixes the instant that last-month is relative to: 00:30 on 1 November in Berlin
+    is still October 31st in UTC, and the statements are October's, byte for byte."""
+    cfg = write_config(tmp_path, prom.url or "")
+    r = run(cfg, "report", "--period", "2026-10", "--format", "json", "--out", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    now = "2026-11-01T00:30:00+01:00"
+    r = run(
+        cfg,
+        "report",
+        "--period",
+        "last-month",
+        "--now",
+        now,
+        "--format",
+        "json",
+        "--out",
+        str(tmp_path / "b"),
+    )
+    assert r.returncode == 0, r.stderr
+    assert tree(tmp_path / "a") == tree(tmp_path / "b")
+    r = run(cfg, "report", "--period", "last-month", "--now", "2026-11-01T00:30")
+    assert r.returncode == 2
+    assert "'2026-11-01T00:30' has no UTC offset" in r.stderr

@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,19 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
 
 
+def parse_instant(text: str) -> datetime:
+    """An aware instant for ``--now``; a naive one would silently depend on the machine's zone."""
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 date-time such as 2026-12-01T00:00:00Z, got {text!r}"
+        ) from None
+    if dt.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset: add Z or +HH:MM")
+    return dt.astimezone(UTC)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     add_config_flag(p)
     add_log_flag(p)
@@ -57,6 +71,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="start of an explicit period (YYYY-MM-DD or ISO date-time)",
     )
     p.add_argument("--to", dest="end", metavar="DATE", help="end (exclusive) of an explicit period")
+    p.add_argument(
+        "--now",
+        type=parse_instant,
+        metavar="TIME",
+        help="the instant that last-month and month-to-date are relative to, as an ISO 8601 date-time"
+        " with a UTC offset (default: the current time); reruns a scheduled report exactly",
+    )
     p.add_argument(
         "--source",
         choices=("prometheus", "ledger"),
@@ -158,7 +179,7 @@ def _setup(args: argparse.Namespace) -> tuple[Config, Period]:
     setup_logging(args.log_level)
     cfg = config_from_args(args)
     try:
-        period = parse_period(args.period, cfg.timezone, start=args.start, end=args.end)
+        period = parse_period(args.period, cfg.timezone, now=args.now, start=args.start, end=args.end)
     except PeriodError as exc:
         raise SystemExit(_fail(EXIT_CONFIG, str(exc))) from None
     return cfg, period
