@@ -1,0 +1,131 @@
+"""A test upstream that replays recorded model-server responses byte for byte.
+
+Run as ``python -m exporter.sim.replay --listen 127.0.0.1:PORT --transcripts DIR``. A request picks
+its transcript with the ``X-Replay`` header (a file name in DIR). A transcript file starts with
+comment lines (``#``, naming the server's source file and version) ended by a ``# ---`` line; every
+byte after that line is the response body as the server sends it. ``.sse`` files are sent as
+``text/event-stream`` one event per write, ``.json`` files as ``application/json``.
+
+Like llama-cpp-python it echoes the request id in its own spelling (``x-request-id``), and like
+llama.cpp it ends the body a moment after the last event (``X-Replay-Eof-Delay-Ms``, default 1).
+
+It also serves llama.cpp-style ``POST /tokenize`` and ``POST /apply-template`` with a trivial
+tokenizer (one token per UTF-8 byte, plus one BOS token with ``add_special``) and template
+(``<|role|>content\\n`` per message, then ``<|assistant|>``), so tests can compute exact counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+HEADER_END = b"# ---\n"
+TRANSCRIPTS = web.AppKey("transcripts", Path)
+STATS = web.AppKey("stats", dict)
+
+
+def load_transcript(path: Path) -> tuple[list[str], bytes]:
+    """(header comment lines, body bytes) of a transcript file."""
+    raw = path.read_bytes()
+    head, sep, body = raw.partition(HEADER_END)
+    if not sep:
+        raise ValueError(f"{path}: no '# ---' line ends the header")
+    lines = [line.decode() for line in head.splitlines()]
+    if not lines or not all(line.startswith("#") for line in lines):
+        raise ValueError(f"{path}: header lines must start with '#'")
+    return lines, body
+
+
+def sse_events(body: bytes) -> list[bytes]:
+    """The body cut after each blank line (LF or CRLF), so each write is one event."""
+    parts = re.split(rb"(?<=\n\n)|(?<=\r\n\r\n)", body)
+    return [p for p in parts if p]
+
+
+def template(messages: list[dict[str, Any]]) -> str:
+    return "".join(f"<|{m.get('role')}|>{m.get('content')}\n" for m in messages) + "<|assistant|>"
+
+
+def token_count(text: str, special: bool) -> int:
+    return len(text.encode()) + (1 if special else 0)
+
+
+async def _replay(request: web.Request) -> web.StreamResponse:
+    stats = request.app[STATS]
+    stats["requests"] = stats.get("requests", 0) + 1
+    name = request.headers.get("X-Replay", "")
+    path = request.app[TRANSCRIPTS] / name
+    if not name or "/" in name or not path.is_file():
+        return web.json_response({"error": {"message": f"no transcript {name!r}"}}, status=404)
+    await request.read()
+    _, body = load_transcript(path)
+    headers = {}
+    rid = request.headers.get("X-Request-Id")
+    if rid:
+        headers["x-request-id"] = rid  # echoed in another spelling, as llama-cpp-python does
+    status = int(request.headers.get("X-Replay-Status", "200"))
+    if path.suffix == ".json":
+        return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+    delay = float(request.headers.get("X-Replay-Eof-Delay-Ms", "1")) / 1000
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_type = "text/event-stream"
+    await response.prepare(request)
+    for event in sse_events(body):
+        await response.write(event)
+    await asyncio.sleep(delay)  # the body ends a moment after the last event, as real servers do
+    await response.write_eof()
+    return response
+
+
+async def _tokenize(request: web.Request) -> web.Response:
+    body = await request.json()
+    request.app[STATS]["tokenize"] = request.app[STATS].get("tokenize", 0) + 1
+    if request.headers.get("X-Replay-Fail") or body.get("content") == "FAIL":
+        return web.json_response({"error": "tokenizer unavailable"}, status=500)
+    n = token_count(str(body.get("content", "")), bool(body.get("add_special", False)))
+    return web.json_response({"tokens": list(range(n))})
+
+
+async def _apply_template(request: web.Request) -> web.Response:
+    body = await request.json()
+    return web.json_response({"prompt": template(body.get("messages") or [])})
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATS])
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+def create_app(transcripts: Path) -> web.Application:
+    app = web.Application()
+    app[TRANSCRIPTS] = transcripts
+    app[STATS] = {}
+    app.router.add_post("/v1/chat/completions", _replay)
+    app.router.add_post("/v1/completions", _replay)
+    app.router.add_post("/v1/embeddings", _replay)
+    app.router.add_post("/tokenize", _tokenize)
+    app.router.add_post("/apply-template", _apply_template)
+    app.router.add_get("/stats", _stats)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m exporter.sim.replay")
+    parser.add_argument("--listen", default="127.0.0.1:8099")
+    parser.add_argument("--transcripts", type=Path, required=True)
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    web.run_app(create_app(args.transcripts), host=host, port=int(port), print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
