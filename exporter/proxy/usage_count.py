@@ -112,10 +112,12 @@ class Tokenizer:
                 body["model"] = self.model.upstream_model or self.model.name
             return _count(await self._post(self.url + "/tokenize", body))
         if api == "llama-cpp-python":
-            n = _count(await self._post(self.url + "/extras/tokenize/count", {"input": text}))
+            url = self.url + "/extras/tokenize/count"
+            name = self.model.upstream_model or self.model.name  # it serves several models by alias
+            n = _count(await self._post(url, {"input": text, "model": name}))
             if special:
                 return n
-            return n - _count(await self._post(self.url + "/extras/tokenize/count", {"input": ""}))
+            return n - _count(await self._post(url, {"input": "", "model": name}))  # minus BOS
         if api == "tgi":
             n = _list_length(await self._post(self.url + "/tokenize", {"inputs": text}))
             if special:
