@@ -131,13 +131,16 @@ def request_id(resp: requests.Response) -> str:
 CASES: dict[str, tuple[tuple[int, int] | None, str]] = {
     "vllm-chat-usage.sse": ((17, 3), "chat"),
     "vllm-chat-continuous-usage.sse": ((17, 3), "chat"),
-    "vllm-completions-error.sse": (None, "completions"),
+    "vllm-chat-error.sse": (None, "chat"),
     "sglang-chat-usage.sse": ((21, 4), "chat"),
-    "tgi-chat-usage.sse": ((12, 2), "chat"),
-    "tgi-generation-error.sse": (None, "chat"),
+    "sglang-chat-error.sse": (None, "chat"),
+    "tgi-chat-usage.sse": ((12, 3), "chat"),
+    "tgi-chat-error.sse": (None, "chat"),
     "ollama-chat-usage.sse": ((26, 3), "chat"),
+    "ollama-completions-usage.sse": ((5, 4), "completions"),
     "ollama-chat-error.sse": (None, "chat"),
     "llamacpp-chat-usage.sse": ((9, 2), "chat"),
+    "llamacpp-chat-error.sse": (None, "chat"),
     "llama-cpp-python-chat.sse": (None, "chat"),
 }
 
@@ -355,3 +358,63 @@ def test_usage_fallback_config_defaults() -> None:
         "http://h:8000",
         5.0,
     )
+
+
+@pytest.mark.parametrize(
+    ("delay_ms", "timeout_s", "source"),
+    [(400, 10, "tokenize"), (3000, 0.5, "estimate")],
+)
+def test_pending_tokenize_counts_are_recorded_at_shutdown(
+    tmp_path: Path, delay_ms: int, timeout_s: float, source: str
+) -> None:
+    """SIGTERM right after a response whose count is still running: shutdown waits for the count
+    (each one bounded by its model's timeout), then flushes the ledger; nothing is lost."""
+    port = free_port()
+    upstream = ManagedProcess(
+        "replay",
+        [
+            sys.executable,
+            "-m",
+            "exporter.sim.replay",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--transcripts",
+            str(TRANSCRIPTS),
+            "--tokenize-delay-ms",
+            str(delay_ms),
+        ],
+        tmp_path,
+        url=f"http://127.0.0.1:{port}",
+        ready_path="/healthz",
+    ).start()
+    try:
+        ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+        doc = proxy_config(
+            upstreams={"replay-tok": [f"{upstream.url}/v1"]},
+            ledger_url=ledger_url,
+            spool_dir=str(tmp_path / "s"),
+        )
+        doc["models"]["replay-tok"].update(
+            usage_fallback="tokenize", tokenize={"api": "llama.cpp", "timeout_seconds": timeout_s}
+        )
+        tokens = create_keys(ledger_url, {"late@corp.example": "research"})
+        proxy = start_proxy(tmp_path, write_config(tmp_path / "c.yaml", doc))
+        r = Replay(proxy.url, proxy.metrics_url, upstream.url, ledger_url, tokens)
+        request = {"model": "replay-tok", "messages": MESSAGES, "stream": True}
+        resp, got = post(r, "late@corp.example", "llama-cpp-python-chat.sse", request)
+        assert resp.status_code == 200 and got == body_of("llama-cpp-python-chat.sse")
+        rid = request_id(resp)
+        assert proxy.stop() == 0
+    finally:
+        upstream.stop()
+    (row,) = wait_for_rows(ledger_url, 1, request_id=rid)
+    assert row["status_code"] == 200 and row["usage_source"] == source
+    if source == "tokenize":
+        text = delivered_text(body_of("llama-cpp-python-chat.sse"))
+        assert (row["prompt_tokens"], row["completion_tokens"]) == (
+            len(template(MESSAGES).encode()) + 1,
+            len(text.encode()),
+        )
+    else:
+        assert row["estimated"]
+        assert row["usage_reason"] == "stream ended without a usage event; tokenize timed out after 0.5s"

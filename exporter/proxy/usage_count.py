@@ -238,12 +238,28 @@ class UsageCounter:
         ):
             return False
         ended = time.perf_counter()
-        task = asyncio.get_running_loop().create_task(self._run(state, call, finish, ended))
+        recorded: list[bool] = []
+        task = asyncio.get_running_loop().create_task(self._run(state, call, finish, ended, recorded))
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self.tasks.discard(task)
+            if not recorded:  # cancelled before it ever ran: its finally never did
+                call.usage_reason = f"{call.usage_reason}; tokenize cancelled at shutdown"
+                finish(state, call)
+
+        task.add_done_callback(done)
         return True
 
-    async def _run(self, state: Any, call: Any, finish: Callable[[Any, Any], None], ended: float) -> None:
+    async def _run(
+        self,
+        state: Any,
+        call: Any,
+        finish: Callable[[Any, Any], None],
+        ended: float,
+        recorded: list[bool],
+    ) -> None:
+        recorded.append(True)  # from here on the finally below records the request
         timeout = call.model.tokenize.timeout_seconds
         try:
             async with asyncio.timeout(timeout):

@@ -27,6 +27,7 @@ from aiohttp import web
 HEADER_END = b"# ---\n"
 TRANSCRIPTS = web.AppKey("transcripts", Path)
 STATS = web.AppKey("stats", dict)
+TOKENIZE_DELAY = web.AppKey("tokenize_delay", float)
 
 
 def load_transcript(path: Path) -> tuple[list[str], bytes]:
@@ -85,6 +86,7 @@ async def _replay(request: web.Request) -> web.StreamResponse:
 async def _tokenize(request: web.Request) -> web.Response:
     body = await request.json()
     request.app[STATS]["tokenize"] = request.app[STATS].get("tokenize", 0) + 1
+    await asyncio.sleep(request.app[TOKENIZE_DELAY])  # a slow tokenizer, for shutdown and timeout tests
     if request.headers.get("X-Replay-Fail") or body.get("content") == "FAIL":
         return web.json_response({"error": "tokenizer unavailable"}, status=500)
     n = token_count(str(body.get("content", "")), bool(body.get("add_special", False)))
@@ -104,9 +106,10 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-def create_app(transcripts: Path) -> web.Application:
+def create_app(transcripts: Path, tokenize_delay: float = 0.0) -> web.Application:
     app = web.Application()
     app[TRANSCRIPTS] = transcripts
+    app[TOKENIZE_DELAY] = tokenize_delay
     app[STATS] = {}
     app.router.add_post("/v1/chat/completions", _replay)
     app.router.add_post("/v1/completions", _replay)
@@ -122,9 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m exporter.sim.replay")
     parser.add_argument("--listen", default="127.0.0.1:8099")
     parser.add_argument("--transcripts", type=Path, required=True)
+    parser.add_argument("--tokenize-delay-ms", type=float, default=0.0)
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
-    web.run_app(create_app(args.transcripts), host=host, port=int(port), print=None, access_log=None)
+    app = create_app(args.transcripts, args.tokenize_delay_ms / 1000)
+    web.run_app(app, host=host, port=int(port), print=None, access_log=None)
 
 
 if __name__ == "__main__":
