@@ -229,6 +229,28 @@ def test_client_closing_right_after_done_is_not_499(replay: Replay) -> None:
     assert metric(samples, contract.PROMPT_TOKENS_TOTAL, user=user) == 9 * n
 
 
+def test_upstream_breaking_the_body_after_done_is_no_error(replay: Replay) -> None:
+    """The end marker was delivered; the upstream then drops the connection instead of ending its
+    chunked body. The client has the whole answer: no 502, no error event appended."""
+    user = "replay5@corp.example"
+    request = {
+        "model": "replay",
+        "messages": MESSAGES,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    resp, got = post(replay, user, "llamacpp-chat-usage.sse", request, **{"X-Replay-Drop-At-End": "1"})
+    assert resp.status_code == 200 and got == body_of("llamacpp-chat-usage.sse")
+    (row,) = wait_for_rows(replay.ledger_url, 1, request_id=request_id(resp))
+    assert row["status_code"] == 200 and row["error"] == ""
+    assert (row["prompt_tokens"], row["completion_tokens"], row["usage_source"]) == (9, 2, "upstream")
+    # before the end marker the same break is an upstream failure (502, error event)
+    resp, got = post(replay, user, "ollama-chat-error.sse", request, **{"X-Replay-Drop-At-End": "1"})
+    assert resp.status_code == 200 and b'"code": "upstream_disconnected"' in got
+    (row,) = wait_for_rows(replay.ledger_url, 1, request_id=request_id(resp))
+    assert row["status_code"] == 502 and row["estimated"]
+
+
 def test_request_id_reaches_the_client_once(replay: Replay) -> None:
     """The upstream echoes ``x-request-id`` in its own spelling; the client sees the ledger's id once."""
     user = "replay2@corp.example"

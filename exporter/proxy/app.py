@@ -556,14 +556,17 @@ async def _relay_stream(
             aiohttp.ServerDisconnectedError,
             aiohttp.SocketTimeoutError,
         ) as exc:
-            timeout = isinstance(exc, aiohttp.SocketTimeoutError)
-            call.status = 504 if timeout else 502
-            call.error = "upstream timed out mid-stream" if timeout else f"upstream dropped mid-stream: {exc}"
             upstream.close()
-            event = error_body(
-                call.error, "upstream_error", "upstream_timeout" if timeout else "upstream_disconnected"
-            )
-            await response.write(b"data: " + event + b"\n\n")
+            if not sse.complete:  # after the end marker the client has the whole answer: no error
+                timeout = isinstance(exc, aiohttp.SocketTimeoutError)
+                call.status = 504 if timeout else 502
+                call.error = (
+                    "upstream timed out mid-stream" if timeout else f"upstream dropped mid-stream: {exc}"
+                )
+                event = error_body(
+                    call.error, "upstream_error", "upstream_timeout" if timeout else "upstream_disconnected"
+                )
+                await response.write(b"data: " + event + b"\n\n")
         await response.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
         upstream.close()  # stop the upstream generating for nobody

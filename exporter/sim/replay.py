@@ -79,6 +79,9 @@ async def _replay(request: web.Request) -> web.StreamResponse:
     for event in sse_events(body):
         await response.write(event)
     await asyncio.sleep(delay)  # the body ends a moment after the last event, as real servers do
+    if request.headers.get("X-Replay-Drop-At-End") and request.transport is not None:
+        request.transport.close()  # no terminating chunk: the body ends broken after the last event
+        return response
     await response.write_eof()
     return response
 
