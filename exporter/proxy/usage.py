@@ -179,10 +179,12 @@ class SSEFilter:
             return b""
         done = buf[:end] if end < len(buf) else buf
         self._buf = buf[end:]
-        if b"[DONE]" in done or b'"type":"response.completed"' in done:
-            self._mark_complete(done)
         if b'"type":"response.' in done:
+            if b'"type":"response.completed"' in done:
+                self._mark_complete(done)
             return self._events(done)  # Responses API typed events: one by one
+        if b"[DONE]" in done:
+            self._mark_complete(done)
         found = _USAGE_OBJECT.search(done)
         if found is None:
             # Almost every chunk: no usage here, so the events pass through as they are, and their
@@ -204,16 +206,23 @@ class SSEFilter:
                     return
 
     def _count_text(self, block: bytes) -> None:
-        if b"data:" in block:
-            self._take(_TEXT_FIELDS.findall(block))
+        if b"data:" not in block:
+            return
+        if self.texts is None and block.isascii() and b"\\" not in block:
+            # the common block: plain ASCII without escapes, so each text is its own length
+            self.delivered_chars += sum(len(m) for m in _TEXT_FIELDS.findall(block))
+            return
+        self._take(_TEXT_FIELDS.findall(block))
 
     def _take(self, found: list[bytes]) -> None:
         """Count (and keep, if asked) generated text, as decoded characters like the non-streamed path."""
-        for raw in found:
-            text = _decode(raw)
-            self.delivered_chars += len(text)
-            if self.texts is not None:
+        if self.texts is not None:
+            for raw in found:
+                text = _decode(raw)
+                self.delivered_chars += len(text)
                 self.texts.append(text)
+            return
+        self.delivered_chars += sum(len(_decode(raw)) for raw in found)
 
     def _events(self, block: bytes) -> bytes:
         """Complete events, one at a time (possibly rewritten)."""
