@@ -78,6 +78,12 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replay]:
     )
     doc["models"]["replay-tok"]["usage_fallback"] = "tokenize"
     doc["models"]["replay-tok"]["tokenize"] = {"api": "llama.cpp"}  # default URL: the upstream's root
+    for api in ("llama.cpp", "llama-cpp-python", "vllm", "tgi"):
+        doc["models"][f"tok-{api}"] = {
+            **doc["models"]["replay"],
+            "usage_fallback": "tokenize",
+            "tokenize": {"api": api},
+        }
     doc["models"]["replay-tok-dead"]["usage_fallback"] = "tokenize"
     doc["models"]["replay-tok-dead"]["tokenize"] = {"api": "llama.cpp", "url": dead, "timeout_seconds": 2}
     config = write_config(workdir / "chargeback.yaml", doc)
@@ -310,6 +316,31 @@ def test_tokenize_counts_a_stream_without_usage(replay: Replay) -> None:
     assert metric(samples, contract.USAGE_SOURCE_TOTAL, model="replay-tok", source="tokenize") == 2
     assert metric(samples, contract.PROMPT_TOKENS_TOTAL, user=user) == 2 * prompt
     assert metric(samples, contract.USAGE_ESTIMATED_TOTAL, user=user) == 0
+
+
+@pytest.mark.parametrize(
+    ("api", "bos"),
+    [("llama.cpp", 1), ("llama-cpp-python", 1), ("vllm", 0), ("tgi", 0)],
+)
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_every_tokenize_flavour_counts_exactly(replay: Replay, api: str, bos: int, endpoint: str) -> None:
+    """Each flavour's calls, against endpoints shaped like the server's: the prompt as the server
+    templates it (llama.cpp and llama-cpp-python add BOS to the templated prompt, vLLM and TGI leave
+    it to the template), the completion text without special tokens."""
+    user = "replay6@corp.example"
+    model = f"tok-{api}"
+    if endpoint == "chat":
+        request: dict[str, Any] = {"model": model, "messages": MESSAGES, "stream": True}
+        prompt = len(template(MESSAGES).encode()) + bos
+    else:
+        request = {"model": model, "prompt": "Tell me a story", "stream": True}
+        prompt = len(b"Tell me a story") + 1  # a raw prompt gets BOS everywhere
+    resp, got = post(replay, user, "llama-cpp-python-chat.sse", request)
+    assert resp.status_code == 200 and got == body_of("llama-cpp-python-chat.sse")
+    (row,) = wait_for_rows(replay.ledger_url, 1, request_id=request_id(resp))
+    text = delivered_text(body_of("llama-cpp-python-chat.sse"))
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (prompt, len(text.encode()))
+    assert row["usage_source"] == "tokenize" and not row["estimated"]
 
 
 def test_tokenize_failure_falls_back_to_the_estimate(replay: Replay) -> None:

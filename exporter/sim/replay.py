@@ -9,9 +9,14 @@ byte after that line is the response body as the server sends it. ``.sse`` files
 Like llama-cpp-python it echoes the request id in its own spelling (``x-request-id``), and like
 llama.cpp it ends the body a moment after the last event (``X-Replay-Eof-Delay-Ms``, default 1).
 
-It also serves llama.cpp-style ``POST /tokenize`` and ``POST /apply-template`` with a trivial
-tokenizer (one token per UTF-8 byte, plus one BOS token with ``add_special``) and template
-(``<|role|>content\\n`` per message, then ``<|assistant|>``), so tests can compute exact counts.
+It also serves the tokenize endpoints of each flavour the proxy can use, shaped like the real ones,
+with a trivial tokenizer (one token per UTF-8 byte, plus one BOS token where the server adds special
+tokens) and template (``<|role|>content\\n`` per message, then ``<|assistant|>``), so tests can
+compute exact counts: llama.cpp ``POST /tokenize {content, add_special}`` and ``POST
+/apply-template``; vLLM ``POST /tokenize {prompt|messages}`` → ``count``; TGI ``POST /tokenize
+{inputs}`` (always with BOS) and ``POST /chat_tokenize``; llama-cpp-python ``POST
+/extras/tokenize/count {input}`` (always with BOS). A chat request without ``X-Replay`` is answered
+like a non-streamed completion with usage (the llama-cpp-python prompt probe).
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ async def _replay(request: web.Request) -> web.StreamResponse:
     stats = request.app[STATS]
     stats["requests"] = stats.get("requests", 0) + 1
     name = request.headers.get("X-Replay", "")
+    if not name and request.path == "/v1/chat/completions":
+        return await _probe(request)
     path = request.app[TRANSCRIPTS] / name
     if not name or "/" in name or not path.is_file():
         return web.json_response({"error": {"message": f"no transcript {name!r}"}}, status=404)
@@ -86,14 +93,43 @@ async def _replay(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _probe(request: web.Request) -> web.Response:
+    body = await request.json()
+    if body.get("stream") or body.get("max_tokens") != 1:
+        return web.json_response({"error": {"message": "no transcript named"}}, status=404)
+    prompt = token_count(template(body.get("messages") or []), True)
+    usage = {"prompt_tokens": prompt, "completion_tokens": 1, "total_tokens": prompt + 1}
+    choice = {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "length"}
+    return web.json_response({"object": "chat.completion", "choices": [choice], "usage": usage})
+
+
 async def _tokenize(request: web.Request) -> web.Response:
     body = await request.json()
     request.app[STATS]["tokenize"] = request.app[STATS].get("tokenize", 0) + 1
     await asyncio.sleep(request.app[TOKENIZE_DELAY])  # a slow tokenizer, for shutdown and timeout tests
-    if request.headers.get("X-Replay-Fail") or body.get("content") == "FAIL":
-        return web.json_response({"error": "tokenizer unavailable"}, status=500)
-    n = token_count(str(body.get("content", "")), bool(body.get("add_special", False)))
+    if "inputs" in body:  # TGI: special tokens always added; a list of token objects
+        n = token_count(str(body["inputs"]), True)
+        return web.json_response([{"id": i, "text": "", "start": 0, "stop": 0} for i in range(n)])
+    if "messages" in body:  # vLLM chat: the template already holds what it needs
+        n = token_count(template(body["messages"]), bool(body.get("add_special_tokens", False)))
+        return web.json_response({"count": n, "max_model_len": 4096, "tokens": list(range(n))})
+    if "prompt" in body:  # vLLM text
+        n = token_count(str(body["prompt"]), bool(body.get("add_special_tokens", True)))
+        return web.json_response({"count": n, "max_model_len": 4096, "tokens": list(range(n))})
+    n = token_count(str(body.get("content", "")), bool(body.get("add_special", False)))  # llama.cpp
     return web.json_response({"tokens": list(range(n))})
+
+
+async def _chat_tokenize(request: web.Request) -> web.Response:
+    body = await request.json()  # TGI: the chat request, templated, without extra special tokens
+    text = template(body.get("messages") or [])
+    tokens = [{"id": i, "text": "", "start": 0, "stop": 0} for i in range(token_count(text, False))]
+    return web.json_response({"tokenize_response": tokens, "templated_text": text})
+
+
+async def _count(request: web.Request) -> web.Response:
+    body = await request.json()  # llama-cpp-python: BOS always added
+    return web.json_response({"count": token_count(str(body.get("input", "")), True)})
 
 
 async def _apply_template(request: web.Request) -> web.Response:
@@ -119,6 +155,8 @@ def create_app(transcripts: Path, tokenize_delay: float = 0.0) -> web.Applicatio
     app.router.add_post("/v1/embeddings", _replay)
     app.router.add_post("/tokenize", _tokenize)
     app.router.add_post("/apply-template", _apply_template)
+    app.router.add_post("/chat_tokenize", _chat_tokenize)
+    app.router.add_post("/extras/tokenize/count", _count)
     app.router.add_get("/stats", _stats)
     app.router.add_get("/healthz", _healthz)
     return app
