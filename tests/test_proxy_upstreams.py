@@ -235,6 +235,27 @@ def test_client_closing_right_after_done_is_not_499(replay: Replay) -> None:
     assert metric(samples, contract.PROMPT_TOKENS_TOTAL, user=user) == 9 * n
 
 
+def test_sdk_streams_are_never_499(replay: Replay) -> None:
+    """The official SDK reads to [DONE] and closes; the upstream ends its body about a millisecond
+    later (the replay's default, like llama.cpp). Every stream is a 200."""
+    user = "replay7@corp.example"
+    client = openai.OpenAI(
+        base_url=replay.api_url + "/v1",
+        api_key=replay.tokens[user],
+        max_retries=0,
+        default_headers={"X-Replay": "llamacpp-chat-usage.sse"},
+    )
+    n = 60
+    for _ in range(n):
+        stream = client.chat.completions.create(model="replay", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Hey you"
+    rows = wait_for_rows(replay.ledger_url, n, user_email=user)
+    assert [r["status_code"] for r in rows] == [200] * n
+    assert sum(r["completion_tokens"] for r in rows) == 2 * n
+    samples = read_metrics(replay.metrics_url)
+    assert metric(samples, contract.REQUESTS_TOTAL, user=user, code="200") == n
+
+
 def test_upstream_breaking_the_body_after_done_is_no_error(replay: Replay) -> None:
     """The end marker was delivered; the upstream then drops the connection instead of ending its
     chunked body. The client has the whole answer: no 502, no error event appended."""
