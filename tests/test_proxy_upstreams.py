@@ -151,6 +151,15 @@ CASES: dict[str, tuple[tuple[int, int] | None, str]] = {
 }
 
 
+# the error message each error transcript carries, as the ledger row's error column shows it
+ERRORS = {
+    "vllm-chat-error.sse": "upstream error event: The engine loop has stopped.",
+    "sglang-chat-error.sse": "upstream error event: Detokenization failed",
+    "tgi-chat-error.sse": "upstream error event: Request failed during generation: Server error: CUDA out of memory",
+    "llamacpp-chat-error.sse": "upstream error event: context shift is disabled",
+}
+
+
 def test_every_transcript_names_its_source() -> None:
     files = sorted(p.name for p in TRANSCRIPTS.iterdir())
     assert set(CASES) <= set(files)
@@ -192,6 +201,7 @@ def test_transcripts_are_counted_exactly_or_estimated(replay: Replay, name: str,
         assert row["usage_reason"] == "stream ended without a usage event"
         assert row["prompt_tokens"] == math.ceil(prompt_chars(request) / 4)
         assert row["completion_tokens"] == math.ceil(len(text) / 4)  # decoded characters
+    assert row["error"] == ERRORS.get(name, "")
 
 
 def test_client_closing_right_after_done_is_not_499(replay: Replay) -> None:

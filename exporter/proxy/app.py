@@ -579,6 +579,8 @@ async def _relay_stream(
     finally:
         call.delivered_chars = sse.delivered_chars
         call.texts = sse.texts
+        if sse.error and not call.error:  # the status line was 200 already; the row says what happened
+            call.error = f"upstream error event: {sse.error}"
         call.usage = sse.usage
         if call.usage is None:
             call.estimated = True

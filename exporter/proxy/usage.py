@@ -157,7 +157,7 @@ class SSEFilter:
     """Splits an upstream SSE byte stream into events, passes each complete event on, remembers the
     usage event, and drops the usage-only chunk the proxy asked for when the client did not."""
 
-    __slots__ = ("_buf", "complete", "delivered_chars", "hide_usage", "texts", "usage")
+    __slots__ = ("_buf", "complete", "delivered_chars", "error", "hide_usage", "texts", "usage")
 
     def __init__(self, hide_usage: bool, keep_text: bool = False) -> None:
         self._buf = b""
@@ -169,6 +169,8 @@ class SSEFilter:
         # set once the stream's end marker ([DONE], or the Responses API's final event) has been
         # returned for forwarding: after it, the client has the whole answer
         self.complete = False
+        # the message of an error event the upstream sent inside the stream (status already 200)
+        self.error: str | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to forward now: every complete event in the input so far (possibly rewritten)."""
@@ -185,6 +187,8 @@ class SSEFilter:
             return self._events(done)  # Responses API typed events: one by one
         if b"[DONE]" in done:
             self._mark_complete(done)
+        if b'"error"' in done:
+            self._note_error(done)
         found = _USAGE_OBJECT.search(done)
         if found is None:
             # Almost every chunk: no usage here, so the events pass through as they are, and their
@@ -196,6 +200,26 @@ class SSEFilter:
         head = done[:cut]
         self._count_text(head)
         return head + self._events(done[cut:])
+
+    def _note_error(self, block: bytes) -> None:
+        """Error events as vLLM/TGI/Ollama/llama.cpp send them ({"error": {...}} or {"error": "..."})
+        and as SGLang does ({"object": "error", "message": ...})."""
+        for line in block.splitlines():
+            if not line.startswith(b"data:") or b'"error"' not in line:
+                continue
+            try:
+                obj = json.loads(line[5:])
+            except ValueError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            err = obj.get("error")
+            if isinstance(err, dict):
+                self.error = str(err.get("message") or err)
+            elif isinstance(err, str):
+                self.error = err
+            elif obj.get("object") == "error":
+                self.error = str(obj.get("message") or "error")
 
     def _mark_complete(self, block: bytes) -> None:
         for line in block.splitlines():
