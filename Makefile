@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := prometheus prometheus-alertmanager victoria-metrics
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint fmt dashboards generate deps venv clean
+.PHONY: demo test test-real bench lint fmt dashboards generate deps venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,25 @@ test: deps venv
 
 bench: deps venv
 	$(PY) bench/run_all.py --out docs/performance.md
+
+# Conformance suite against a real llama.cpp server (llama-cpp-python). Compiling it takes 20+ minutes
+# on 2 cores, so the wheel is built once into WHEEL_CACHE (outside the repo) and reused; pip takes it
+# from there instead of building the sdist again. Results (estimate errors) go to REAL_RESULTS.
+WHEEL_CACHE ?= /var/cache/llm-chargeback/wheels
+LLAMA_CPP_PYTHON := 0.3.36
+REAL_RESULTS ?= real-results.json
+test-real: deps venv
+	@command -v cmake >/dev/null && command -v g++ >/dev/null || { \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends cmake build-essential; }
+	@mkdir -p $(WHEEL_CACHE)
+	@ls $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_PYTHON)-*.whl >/dev/null 2>&1 || { \
+	  echo "building llama-cpp-python $(LLAMA_CPP_PYTHON) into $(WHEEL_CACHE) (takes a while)"; \
+	  nice -n 10 env CMAKE_BUILD_PARALLEL_LEVEL=2 \
+	    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+	    $(PY) -m pip wheel --no-deps -w $(WHEEL_CACHE) llama-cpp-python==$(LLAMA_CPP_PYTHON); }
+	$(PY) -m pip install -q --find-links $(WHEEL_CACHE) -e '.[test,demo,real]'
+	CHARGEBACK_REAL_RESULTS=$(REAL_RESULTS) $(PY) -m pytest -q -s -p no:cacheprovider tests/test_real_llamacpp.py
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -76,6 +76,19 @@ class Pool:
 
 
 @dataclass(frozen=True)
+class TokenizeConfig:
+    """The model server's tokenize endpoint, for ``usage_fallback: tokenize``."""
+
+    api: str  # llama.cpp | llama-cpp-python | vllm | tgi
+    url: str | None = None  # server root; default: the upstream that served the request, minus /v1
+    timeout_seconds: float = 5.0
+
+
+USAGE_FALLBACKS = ("estimate", "tokenize")
+TOKENIZE_APIS = ("llama.cpp", "llama-cpp-python", "vllm", "tgi")
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     upstreams: tuple[str, ...]
@@ -85,6 +98,9 @@ class Model:
     token_weights: TokenWeights = field(default_factory=TokenWeights)
     # Name the upstream knows the model by, when it differs from the public name.
     upstream_model: str | None = None
+    # How to count a response that carried no usage: the character estimate, or the server's tokenizer.
+    usage_fallback: str = "estimate"
+    tokenize: TokenizeConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -494,7 +510,19 @@ def _models(r: _Reader, value: Any, pools: dict[str, Pool], teams: dict[str, Tea
         p = f"models.{name}"
         r.name(name, p)
         b = r.mapping(
-            body, p, {"upstream", "upstreams", "api_key", "pool", "teams", "token_weights", "upstream_model"}
+            body,
+            p,
+            {
+                "upstream",
+                "upstreams",
+                "api_key",
+                "pool",
+                "teams",
+                "token_weights",
+                "upstream_model",
+                "usage_fallback",
+                "tokenize",
+            },
         )
         upstreams = r.list_of_str(b.get("upstreams", b.get("upstream")), f"{p}.upstreams")
         if not upstreams:
@@ -519,6 +547,14 @@ def _models(r: _Reader, value: Any, pools: dict[str, Pool], teams: dict[str, Tea
             completion=r.decimal(w.get("completion"), f"{p}.token_weights.completion", Decimal(1))
             or Decimal(0),
         )
+        fallback = r.choice(b.get("usage_fallback"), f"{p}.usage_fallback", USAGE_FALLBACKS, "estimate")
+        tokenize = _tokenize(r, b.get("tokenize"), p)
+        if fallback == "tokenize" and tokenize is None:
+            raise r.error(
+                f"{p}.tokenize",
+                "usage_fallback: tokenize needs a tokenize section naming the server's api "
+                f"({', '.join(TOKENIZE_APIS)})",
+            )
         models[name] = Model(
             name=name,
             upstreams=tuple(u.rstrip("/") for u in upstreams),
@@ -527,8 +563,28 @@ def _models(r: _Reader, value: Any, pools: dict[str, Pool], teams: dict[str, Tea
             allowed_teams=allowed,
             token_weights=weights,
             upstream_model=r.string(b.get("upstream_model"), f"{p}.upstream_model"),
+            usage_fallback=fallback,
+            tokenize=tokenize,
         )
     return models
+
+
+def _tokenize(r: _Reader, value: Any, p: str) -> TokenizeConfig | None:
+    if value is None:
+        return None
+    t = r.mapping(value, f"{p}.tokenize", {"api", "url", "timeout_seconds"})
+    api = r.string(t.get("api"), f"{p}.tokenize.api", required=True)
+    if api not in TOKENIZE_APIS:
+        raise r.error(
+            f"{p}.tokenize.api", f"expected one of {', '.join(TOKENIZE_APIS)}, got {_describe(api)}"
+        )
+    url = r.string(t.get("url"), f"{p}.tokenize.url")
+    if url is not None and not re.match(r"^https?://[^/\s]+", url):
+        raise r.error(f"{p}.tokenize.url", f"expected an http(s) URL, got {_describe(url)}")
+    timeout = r.number(t.get("timeout_seconds"), f"{p}.tokenize.timeout_seconds", 5.0, maximum=300)
+    if timeout <= 0:
+        raise r.error(f"{p}.tokenize.timeout_seconds", f"must be greater than 0, got {timeout:g}")
+    return TokenizeConfig(api=str(api), url=url.rstrip("/") if url else None, timeout_seconds=timeout)
 
 
 def _users(r: _Reader, value: Any, teams: dict[str, Team]) -> dict[str, User]:

@@ -13,6 +13,8 @@ COMPLETION_TOKENS_TOTAL = "chargeback_completion_tokens_total"
 CACHED_PROMPT_TOKENS_TOTAL = "chargeback_cached_prompt_tokens_total"
 REQUEST_SECONDS_TOTAL = "chargeback_request_seconds_total"
 USAGE_ESTIMATED_TOTAL = "chargeback_usage_estimated_total"
+# {model, source}: which path counted each request's usage: upstream | tokenize | estimate
+USAGE_SOURCE_TOTAL = "chargeback_usage_source_total"
 # {code}: refused before a user and a configured model were known (401/400/404/413/503); no user label
 REJECTED_REQUESTS_TOTAL = "chargeback_rejected_requests_total"
 

@@ -44,7 +44,7 @@ def feed_in_chunks(data: bytes, hide: bool, rng: random.Random) -> tuple[bytes, 
 def test_chunking_never_changes_the_result(sep: bytes) -> None:
     rng = random.Random(7)
     upstream, hidden = chat(sep)
-    text_chars = sum(len(json.dumps(w)) - 2 for w in WORDS)  # escaped length, as the scanner counts it
+    text_chars = sum(len(w) for w in WORDS)  # decoded characters, as the non-streamed path counts them
     for _ in range(300):
         out, sse = feed_in_chunks(upstream, False, rng)
         assert out == upstream
@@ -81,3 +81,27 @@ def test_responses_api_counts_deltas_only() -> None:
     assert sse.feed(data) == data
     assert sse.usage is None
     assert sse.delivered_chars == 4  # the completed event repeats the text: not counted twice
+
+
+def test_estimate_counts_decoded_characters() -> None:
+    """A control character arrives as ``\\u0017`` (6 bytes) and non-ASCII text as several UTF-8 bytes;
+    both count as the characters the client decodes, exactly like the non-streamed path."""
+    words = ["\x17", "é€", 'a"b', "😀"]
+    data = b"".join(event({"choices": [{"index": 0, "delta": {"content": w}}]}) for w in words)
+    assert b"\\u0017" in data
+    for keep in (False, True):
+        sse = SSEFilter(False, keep_text=keep)
+        assert sse.feed(data) == data
+        assert sse.delivered_chars == len("".join(words)) == 7
+        assert sse.texts == (words if keep else None)
+        assert not sse.complete
+        sse.feed(b"data: [DONE]\n\n")
+        assert sse.complete
+
+
+def test_complete_only_on_the_end_marker() -> None:
+    sse = SSEFilter(False)
+    sse.feed(event({"choices": [{"delta": {"content": "data: [DONE]"}}]}))
+    assert not sse.complete  # the marker inside generated text is not the end
+    sse.feed(event({"type": "response.completed", "response": {}}, name="response.completed"))
+    assert sse.complete

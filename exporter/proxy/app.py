@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter.config import Config, Model
@@ -35,7 +36,9 @@ from exporter.proxy.usage import (
     extract_usage,
     prompt_chars,
     response_chars,
+    response_texts,
 )
+from exporter.proxy.usage_count import UsageCounter
 
 log = logging.getLogger("chargeback.proxy")
 
@@ -103,6 +106,8 @@ class ProxyState:
     rr: dict[str, int] = field(default_factory=dict)
     draining: bool = False
     inflight: int = 0
+    # counts usage with the model server's tokenizer after a response that carried none
+    counter: UsageCounter = field(default_factory=UsageCounter)
 
 
 STATE = web.AppKey("chargeback_proxy_state", ProxyState)
@@ -133,6 +138,9 @@ class Call:
     forwarded: bool = False
     usage_reason: str = ""  # why usage was not the upstream's own (ledger usage_reason)
     body: dict[str, Any] | None = None  # the parsed request, for a prompt estimate when usage is missing
+    complete: bool = False  # the stream's end marker reached the client: a close after it is no 499
+    usage_source: str = ""  # set when usage was counted by the proxy's tokenize fallback
+    texts: list[str] | None = None  # delivered text, kept only for models with usage_fallback: tokenize
 
 
 class RequestIds:
@@ -187,6 +195,8 @@ def _finish(state: ProxyState, call: Call) -> None:
             usage = Usage(prompt, completion, prompt + completion, 0)
         if call.estimated:
             source = "estimate"
+        elif call.usage_source:
+            source = call.usage_source
         elif call.usage is not None:
             source = "upstream"
         else:
@@ -231,6 +241,8 @@ def _finish(state: ProxyState, call: Call) -> None:
             )
             if call.forwarded:
                 m.observe(call.model.name, duration, ttft if call.stream else None)
+            if source:
+                state.counter.sources.inc(call.model.name, source)
         else:
             m.usage.reject(call.status)
     except Exception:  # pragma: no cover - defensive
@@ -277,10 +289,13 @@ def _upstream_headers(request: web.Request, model: Model, call: Call) -> dict[st
     return headers
 
 
-def _client_headers(upstream: aiohttp.ClientResponse, call: Call) -> dict[str, str]:
+def _client_headers(upstream: aiohttp.ClientResponse, call: Call) -> CIMultiDict[str]:
     connection = upstream.headers.get("Connection")
     drop = RESPONSE_DROP | {h.strip().lower() for h in connection.split(",")} if connection else RESPONSE_DROP
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in drop}
+    # Case-insensitive and multi-valued, like HTTP headers: an upstream that echoes ``x-request-id``
+    # in any spelling is replaced, not joined (the client must see exactly the ledger's request id),
+    # and repeated headers (Link, Vary) survive.
+    headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
     headers["X-Request-Id"] = call.request_id
     return headers
 
@@ -300,6 +315,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         return await _serve(request, state, call)
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client's connection is lost
+        if call.complete:
+            raise  # the stream was delivered in full; the client closing after its end is no error
         if not call.status or call.status < 400 or call.forwarded:
             call.status = 499
             call.error = call.error or "client closed the connection"
@@ -308,7 +325,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
                 call.usage_reason = call.usage_reason or "client closed before usage was reported"
         raise
     finally:
-        _finish(state, call)
+        if not state.counter.defer(state, call, _finish):
+            _finish(state, call)
 
 
 async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.StreamResponse:
@@ -491,6 +509,8 @@ async def _relay_body(call: Call, upstream: aiohttp.ClientResponse) -> web.Strea
             call.estimated = True
             call.usage_reason = call.usage_reason or "response carried no usage"
             call.delivered_chars = response_chars(obj)
+            if call.model is not None and call.model.usage_fallback == "tokenize":
+                call.texts = response_texts(obj)
     else:
         call.error = f"upstream returned {upstream.status}"
     return web.Response(status=upstream.status, body=data, headers=_client_headers(upstream, call))
@@ -502,7 +522,21 @@ async def _relay_stream(
     """SSE: pass every complete event on as it arrives, keep the usage event."""
     response = web.StreamResponse(status=upstream.status, headers=_client_headers(upstream, call))
     call.status = upstream.status
-    sse = SSEFilter(hide_usage)
+    sse = SSEFilter(hide_usage, keep_text=call.model is not None and call.model.usage_fallback == "tokenize")
+
+    async def send(out: bytes) -> None:
+        # Once the end marker has been handed to the transport the client has the whole answer: a
+        # close from then on (the SDK stops reading at [DONE] while the upstream still ends its body)
+        # must not turn a delivered stream into a 499. write() raises a reset before handing bytes on,
+        # and a cancellation can only land after that, in the drain.
+        before = call.complete
+        call.complete = call.complete or sse.complete
+        try:
+            await response.write(out)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            call.complete = before
+            raise
+
     first = True
     try:
         await response.prepare(request)
@@ -513,33 +547,40 @@ async def _relay_stream(
                     if first:
                         call.first_byte = time.perf_counter()
                         first = False
-                    await response.write(out)
+                    await send(out)
             tail = sse.flush()
             if tail:
-                await response.write(tail)
+                await send(tail)
         except (
             aiohttp.ClientPayloadError,
             aiohttp.ServerDisconnectedError,
             aiohttp.SocketTimeoutError,
         ) as exc:
-            timeout = isinstance(exc, aiohttp.SocketTimeoutError)
-            call.status = 504 if timeout else 502
-            call.error = "upstream timed out mid-stream" if timeout else f"upstream dropped mid-stream: {exc}"
             upstream.close()
-            event = error_body(
-                call.error, "upstream_error", "upstream_timeout" if timeout else "upstream_disconnected"
-            )
-            await response.write(b"data: " + event + b"\n\n")
+            if not sse.complete:  # after the end marker the client has the whole answer: no error
+                timeout = isinstance(exc, aiohttp.SocketTimeoutError)
+                call.status = 504 if timeout else 502
+                call.error = (
+                    "upstream timed out mid-stream" if timeout else f"upstream dropped mid-stream: {exc}"
+                )
+                event = error_body(
+                    call.error, "upstream_error", "upstream_timeout" if timeout else "upstream_disconnected"
+                )
+                await response.write(b"data: " + event + b"\n\n")
         await response.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
-        call.status = 499
-        call.error = f"client closed the connection: {exc}"
         upstream.close()  # stop the upstream generating for nobody
+        if not call.complete:
+            call.status = 499
+            call.error = f"client closed the connection: {exc}"
     except asyncio.CancelledError:
         upstream.close()
         raise
     finally:
         call.delivered_chars = sse.delivered_chars
+        call.texts = sse.texts
+        if sse.error and not call.error:  # the status line was 200 already; the row says what happened
+            call.error = f"upstream error event: {sse.error}"
         call.usage = sse.usage
         if call.usage is None:
             call.estimated = True
@@ -593,6 +634,7 @@ def _lifecycle(state: ProxyState, close_timeout: float) -> Any:
         try:
             yield
         finally:
+            await state.counter.drain()  # deferred tokenize counts: finished or estimated, then recorded
             await state.session.close()
             await state.keys.close()
             await state.ledger.close(close_timeout)
@@ -609,7 +651,9 @@ def create_state(cfg: Config, keys: KeyLookup | None = None, ledger: LedgerSink 
         from exporter.ledger.writer import LedgerWriter
 
         ledger = LedgerWriter(cfg.ledger.url, cfg.ledger)
-    return ProxyState(cfg=cfg, keys=keys, ledger=ledger, metrics=ProxyMetrics(cfg, ledger.stats))
+    state = ProxyState(cfg=cfg, keys=keys, ledger=ledger, metrics=ProxyMetrics(cfg, ledger.stats))
+    state.metrics.registry.register(state.counter.sources)
+    return state
 
 
 def create_app(state: ProxyState, ledger_close_timeout: float = 30.0) -> web.Application:

@@ -2,8 +2,9 @@
 upstream reports none.
 
 Estimate (documented in docs/proxy.md): ceil(characters / 4) of the prompt text the client sent and of
-the completion text actually delivered to the client. It is deliberately simple and stable; rows and
-counters built from it are marked ``estimated``.
+the completion text actually delivered to the client, both counted as decoded characters (Unicode
+code points after JSON unescaping, on the streamed and the non-streamed path alike). It is
+deliberately simple and stable; rows and counters built from it are marked ``estimated``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,17 +84,16 @@ def prompt_chars(body: dict[str, Any]) -> int:
     return sum(len(p) for p in parts)
 
 
-def choice_chars(choices: Any) -> int:
-    """Characters of generated text in a list of choices (chat delta/message or completions text)."""
+def choice_texts(choices: Any) -> Iterator[str]:
+    """Generated text in a list of choices (chat delta/message or completions text)."""
     if not isinstance(choices, list):
-        return 0
-    n = 0
+        return
     for choice in choices:
         if not isinstance(choice, dict):
             continue
         text = choice.get("text")
         if isinstance(text, str):
-            n += len(text)
+            yield text
         for key in ("delta", "message"):
             msg = choice.get(key)
             if not isinstance(msg, dict):
@@ -100,27 +101,45 @@ def choice_chars(choices: Any) -> int:
             for field in ("content", "reasoning_content", "refusal"):
                 v = msg.get(field)
                 if isinstance(v, str):
-                    n += len(v)
+                    yield v
             for call in msg.get("tool_calls") or ():
                 fn = call.get("function") if isinstance(call, dict) else None
                 if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                    n += len(fn["arguments"])
-    return n
+                    yield fn["arguments"]
+
+
+def choice_chars(choices: Any) -> int:
+    """Characters of generated text in a list of choices (chat delta/message or completions text)."""
+    return sum(len(t) for t in choice_texts(choices))
+
+
+def response_texts(obj: Any) -> list[str]:
+    """Generated text in a non-streaming response body (chat, completions or Responses API)."""
+    if not isinstance(obj, dict):
+        return []
+    parts = list(choice_texts(obj.get("choices")))
+    output = obj.get("output")
+    if isinstance(output, list):
+        for item in output:
+            if isinstance(item, dict):
+                _strings(item.get("content"), parts)
+    return parts
 
 
 def response_chars(obj: Any) -> int:
     """Generated characters in a non-streaming response body (chat, completions or Responses API)."""
-    if not isinstance(obj, dict):
-        return 0
-    n = choice_chars(obj.get("choices"))
-    output = obj.get("output")
-    if isinstance(output, list):
-        parts: list[str] = []
-        for item in output:
-            if isinstance(item, dict):
-                _strings(item.get("content"), parts)
-        n += sum(len(p) for p in parts)
-    return n
+    return sum(len(p) for p in response_texts(obj))
+
+
+def _decode(raw: bytes) -> str:
+    """A JSON string's body (between the quotes) as text: escapes decoded, so ``\\u0017`` is one character."""
+    if b"\\" not in raw:
+        return raw.decode("utf-8", "replace")
+    try:
+        value = json.loads(b'"' + raw + b'"')
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
 
 
 def estimate_tokens(chars: int) -> int:
@@ -138,13 +157,20 @@ class SSEFilter:
     """Splits an upstream SSE byte stream into events, passes each complete event on, remembers the
     usage event, and drops the usage-only chunk the proxy asked for when the client did not."""
 
-    __slots__ = ("_buf", "delivered_chars", "hide_usage", "usage")
+    __slots__ = ("_buf", "complete", "delivered_chars", "error", "hide_usage", "texts", "usage")
 
-    def __init__(self, hide_usage: bool) -> None:
+    def __init__(self, hide_usage: bool, keep_text: bool = False) -> None:
         self._buf = b""
         self.hide_usage = hide_usage
         self.usage: Usage | None = None
         self.delivered_chars = 0
+        # the delivered text itself, for counting it with the server's tokenizer afterwards
+        self.texts: list[str] | None = [] if keep_text else None
+        # set once the stream's end marker ([DONE], or the Responses API's final event) has been
+        # returned for forwarding: after it, the client has the whole answer
+        self.complete = False
+        # the message of an error event the upstream sent inside the stream (status already 200)
+        self.error: str | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to forward now: every complete event in the input so far (possibly rewritten)."""
@@ -156,7 +182,13 @@ class SSEFilter:
         done = buf[:end] if end < len(buf) else buf
         self._buf = buf[end:]
         if b'"type":"response.' in done:
+            if b'"type":"response.completed"' in done:
+                self._mark_complete(done)
             return self._events(done)  # Responses API typed events: one by one
+        if b"[DONE]" in done:
+            self._mark_complete(done)
+        if b'"error"' in done:
+            self._note_error(done)
         found = _USAGE_OBJECT.search(done)
         if found is None:
             # Almost every chunk: no usage here, so the events pass through as they are, and their
@@ -169,10 +201,52 @@ class SSEFilter:
         self._count_text(head)
         return head + self._events(done[cut:])
 
+    def _note_error(self, block: bytes) -> None:
+        """Error events as vLLM/TGI/Ollama/llama.cpp send them ({"error": {...}} or {"error": "..."})
+        and as SGLang does ({"object": "error", "message": ...})."""
+        for line in block.splitlines():
+            if not line.startswith(b"data:") or b'"error"' not in line:
+                continue
+            try:
+                obj = json.loads(line[5:])
+            except ValueError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            err = obj.get("error")
+            if isinstance(err, dict):
+                self.error = str(err.get("message") or err)
+            elif isinstance(err, str):
+                self.error = err
+            elif obj.get("object") == "error":
+                self.error = str(obj.get("message") or "error")
+
+    def _mark_complete(self, block: bytes) -> None:
+        for line in block.splitlines():
+            if line.startswith(b"data:"):
+                data = line[5:].strip()
+                if data == b"[DONE]" or b'"type":"response.completed"' in data:
+                    self.complete = True
+                    return
+
     def _count_text(self, block: bytes) -> None:
-        # escaped length: close enough for an estimate
-        if b"data:" in block:
+        if b"data:" not in block:
+            return
+        if self.texts is None and block.isascii() and b"\\" not in block:
+            # the common block: plain ASCII without escapes, so each text is its own length
             self.delivered_chars += sum(len(m) for m in _TEXT_FIELDS.findall(block))
+            return
+        self._take(_TEXT_FIELDS.findall(block))
+
+    def _take(self, found: list[bytes]) -> None:
+        """Count (and keep, if asked) generated text, as decoded characters like the non-streamed path."""
+        if self.texts is not None:
+            for raw in found:
+                text = _decode(raw)
+                self.delivered_chars += len(text)
+                self.texts.append(text)
+            return
+        self.delivered_chars += sum(len(_decode(raw)) for raw in found)
 
     def _events(self, block: bytes) -> bytes:
         """Complete events, one at a time (possibly rewritten)."""
@@ -213,7 +287,7 @@ class SSEFilter:
         if _USAGE_OBJECT.search(data) is None:
             # no usage here, so no JSON parse; only count the delivered text for a possible estimate
             if b'"type":"response.' not in data or b'.delta"' in data:  # Responses API: deltas only
-                self.delivered_chars += sum(len(m) for m in _TEXT_FIELDS.findall(data))
+                self._take(_TEXT_FIELDS.findall(data))
             return raw
         try:
             obj = json.loads(data)
