@@ -356,6 +356,9 @@ def substitute_env(value: Any, path: str, reader: _Reader, environ: dict[str, st
     return value
 
 
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
     """Load and validate a config file. Raises ConfigError naming the file and key path."""
     filename = str(path)
@@ -369,7 +372,8 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
 def parse_config(text: str, filename: str = "<config>", environ: dict[str, str] | None = None) -> Config:
     reader = _Reader(Path(filename).name if filename != "<config>" else filename)
     try:
-        raw = yaml.safe_load(text)
+        # libyaml's parser when present: ~10x faster, which matters for 10k-user directories.
+        raw = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

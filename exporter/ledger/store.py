@@ -290,8 +290,14 @@ class StoreOpsMixin(abc.ABC):
     def summary(
         self, since: datetime | None, until: datetime | None
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Requests and tokens per (user, team, model) in [since, until); counts as int on both backends
-        (PostgreSQL's SUM over BIGINT is NUMERIC, i.e. Decimal)."""
-        params = [self.timestamp_param(t) for t in (since, until) if t is not None]
-        cols, rows = self.query(summary_sql(self.placeholder, since is not None, until is not None), params)
-        return cols, [tuple(int(v) if i >= 3 else v for i, v in enumerate(r)) for r in rows]
+        """Requests and tokens per (user, team, model) in [since, until), as int on both backends;
+        read from the daily rollup (raw rows only for partial UTC days at the edges)."""
+        from exporter.ledger.rollup import totals
+
+        got = totals(self, since, until)
+        rows = [
+            (user, team, model, t.requests, t.prompt_tokens, t.completion_tokens, t.total_tokens,
+             t.cached_tokens, t.estimated)
+            for (team, user, model), t in sorted(got.items())
+        ]  # fmt: skip
+        return list(SUMMARY_COLUMNS), rows
