@@ -111,7 +111,7 @@ def test_rollup_equals_raw_rows_for_every_period_and_replays_add_nothing(ledger_
             r.total_tokens for r in rows if r.request_id in ids
         )
         # the summary reads the rollup and says the same
-        cols, summary = store.summary(*PERIODS[2])
+        _, summary = store.summary(*PERIODS[2])
         assert {(r[1], r[0], r[2]): r[3:] for r in summary} == {
             k: (
                 t.requests,
@@ -155,10 +155,10 @@ def test_rows_written_by_plain_sql_also_reach_the_rollup(ledger_url) -> None:
         conn.commit()
         conn.close()
     else:
-        with psycopg.connect(ledger_url) as conn, conn.cursor() as cur:
-            with cur.copy(f"COPY http_analytics ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                for r in rows:
-                    copy.write_row(row_values(r))
+        copy_sql = f"COPY http_analytics ({', '.join(COLUMNS)}) FROM STDIN"
+        with psycopg.connect(ledger_url) as conn, conn.cursor() as cur, cur.copy(copy_sql) as copy:
+            for r in rows:
+                copy.write_row(row_values(r))
     store = open_at(ledger_url)
     try:
         assert totals(store, None, None) == python_totals(rows, None, None)
