@@ -110,6 +110,8 @@ class LedgerConfig:
     max_queue_rows: int = 100_000
     spool_dir: str = "chargeback-spool"
     retry_seconds: float = 2.0
+    # Months of raw rows `chargeback ledger maintain` keeps (current month included); None: all.
+    retention_months: int | None = None
 
 
 @dataclass(frozen=True)
@@ -555,7 +557,8 @@ def _ledger(r: _Reader, value: Any) -> LedgerConfig:
     b = r.mapping(
         value,
         "ledger",
-        {"url", "batch_size", "flush_interval_seconds", "max_queue_rows", "spool_dir", "retry_seconds"},
+        {"url", "batch_size", "flush_interval_seconds", "max_queue_rows", "spool_dir", "retry_seconds"}
+        | {"retention_months"},
     )
     d = LedgerConfig()
     url = r.string(b.get("url"), "ledger.url", d.url) or d.url
@@ -574,6 +577,7 @@ def _ledger(r: _Reader, value: Any) -> LedgerConfig:
         or d.max_queue_rows,
         spool_dir=r.string(b.get("spool_dir"), "ledger.spool_dir", d.spool_dir) or d.spool_dir,
         retry_seconds=r.number(b.get("retry_seconds"), "ledger.retry_seconds", d.retry_seconds),
+        retention_months=r.integer(b.get("retention_months"), "ledger.retention_months", None, minimum=1),
     )
 
 

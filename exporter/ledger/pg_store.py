@@ -212,6 +212,16 @@ class PostgresStore(StoreOpsMixin):
                 self._drop()
                 raise
 
+    def _exec_write_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(sql.replace("?", "%s"), [tuple(p) for p in params])  # pipelined
+            except psycopg.OperationalError:
+                self._drop()
+                raise
+
     def _exec_read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self._lock:
             conn = self._connection()

@@ -221,6 +221,18 @@ class SqliteStore(StoreOpsMixin):
                 raise
             return out
 
+    def _exec_write_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.executemany(sql, params)
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+
     def _exec_read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()

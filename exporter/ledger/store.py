@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -244,6 +244,43 @@ class StoreOpsMixin(abc.ABC):
             (key_id, display_prefix(token), hash_token(token), user_email, team, self._key_time(now)),
         )
         return token, KeyRecord(key_id, user_email, team, now, None, display_prefix(token))
+
+    def create_keys(
+        self,
+        entries: Sequence[tuple[str, str]],
+        before_store: Callable[[list[tuple[str, KeyRecord]]], None] | None = None,
+    ) -> list[tuple[str, KeyRecord]]:
+        """One new key per (user_email, team), all in one transaction (bulk import): either every
+        key is stored or none is. ``before_store`` gets the tokens first (to save them where the
+        caller wants them: a key whose token was never saved is useless). Returns (token, record)
+        in the order given."""
+        from exporter.keys import display_prefix, generate_key_id, generate_token, hash_token
+
+        now = utc_now_iso()
+        when = self._key_time(now)
+        out: list[tuple[str, KeyRecord]] = []
+        params: list[tuple[Any, ...]] = []
+        for user_email, team in entries:
+            check_ident(user_email, "user email")
+            check_ident(team, "team")
+            token, key_id = generate_token(), generate_key_id()
+            prefix = display_prefix(token)
+            params.append((key_id, prefix, hash_token(token), user_email, team, when))
+            out.append((token, KeyRecord(key_id, user_email, team, now, None, prefix)))
+        if before_store is not None:
+            before_store(out)
+        if params:
+            self._exec_write_many(
+                "INSERT INTO api_keys (key_id, prefix, token_hash, user_email, team, created_at, revoked_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                params,
+            )
+        return out
+
+    def _exec_write_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        """The statement once per parameter set, all in one transaction (backends may do better)."""
+        for p in params:  # pragma: no cover - both backends override this
+            self._exec_write(sql, p)
 
     def _key_time(self, iso: str) -> Any:
         return iso
