@@ -65,53 +65,67 @@ PERIODS = [
     (datetime(2024, 5, 1, tzinfo=BERLIN), datetime(2024, 6, 1, tzinfo=BERLIN)),  # 22:00 UTC edges
     (datetime(2024, 5, 3, 7, 30, tzinfo=UTC), datetime(2024, 5, 3, 19, tzinfo=UTC)),  # inside one day
     (datetime(2024, 5, 3, 7, 30, tzinfo=UTC), datetime(2024, 5, 4, 1, tzinfo=UTC)),  # two partial days
+    (datetime(2024, 5, 3, 13, tzinfo=UTC), datetime(2024, 5, 5, 20, tzinfo=UTC)),  # both edges subtracted
+    (
+        datetime(2024, 5, 1, tzinfo=ZoneInfo("America/New_York")),
+        datetime(2024, 6, 1, tzinfo=ZoneInfo("Asia/Kolkata")),
+    ),
     (datetime(2024, 5, 20, 5, tzinfo=UTC), None),
     (None, datetime(2024, 5, 2, 23, 59, 59, 999999, tzinfo=UTC)),
 ]
 
 
+BERLIN_MAY = PERIODS[2]
+
+
 def test_split_period_whole_days_and_edges() -> None:
-    first, end, raw = split_period(datetime(2024, 5, 1, tzinfo=BERLIN), datetime(2024, 6, 1, tzinfo=BERLIN))
-    assert (first, end) == (date(2024, 5, 1), date(2024, 5, 31))
-    assert raw == [
-        (datetime(2024, 5, 1, tzinfo=BERLIN), datetime(2024, 5, 1, tzinfo=UTC)),
-        (datetime(2024, 5, 31, tzinfo=UTC), datetime(2024, 6, 1, tzinfo=BERLIN)),
-    ]
-    assert split_period(datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 6, 1, tzinfo=UTC)) == (
-        date(2024, 5, 1),
-        date(2024, 6, 1),
-        [],
-    )
+    # Berlin May: 2 hours before the first UTC day from raw rows; May 31 from the rollup minus its
+    # last hour (22:00 UTC onwards belongs to June in Berlin)
+    plan = split_period(datetime(2024, 5, 1, tzinfo=BERLIN), datetime(2024, 6, 1, tzinfo=BERLIN))
+    assert (plan.first, plan.end) == (date(2024, 5, 1), date(2024, 6, 1))
+    assert plan.plus == [(datetime(2024, 5, 1, tzinfo=BERLIN), datetime(2024, 5, 1, tzinfo=UTC))]
+    assert plan.minus == [(datetime(2024, 6, 1, tzinfo=BERLIN), datetime(2024, 6, 1, tzinfo=UTC))]
+    # a zone west of UTC: New York's May starts at 04:00 UTC (20 h of May 1 inside: rollup minus 4 h)
+    ny = ZoneInfo("America/New_York")
+    plan = split_period(datetime(2024, 5, 1, tzinfo=ny), datetime(2024, 6, 1, tzinfo=ny))
+    assert (plan.first, plan.end) == (date(2024, 5, 1), date(2024, 6, 1))
+    assert plan.minus == [(datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 1, tzinfo=ny))]
+    assert plan.plus == [(datetime(2024, 6, 1, tzinfo=UTC), datetime(2024, 6, 1, tzinfo=ny))]
+    utc = split_period(datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 6, 1, tzinfo=UTC))
+    assert (utc.first, utc.end, utc.plus, utc.minus) == (date(2024, 5, 1), date(2024, 6, 1), [], [])
     a, b = datetime(2024, 5, 3, 7, tzinfo=UTC), datetime(2024, 5, 3, 9, tzinfo=UTC)
-    first, end, raw = split_period(a, b)
-    assert first == end and raw == [(a, b)]
+    inside = split_period(a, b)
+    assert (inside.use_rollup, inside.plus, inside.minus) == (False, [(a, b)], [])
 
 
 def test_rollup_equals_raw_rows_for_every_period_and_replays_add_nothing(ledger_url) -> None:
-    rows = rows_across_days(3000)
+    # a user whose only request lies in the part of May 5 that a subtracted edge removes again
+    late = make_row(9999, timestamp="2024-05-05T21:00:00.000000Z", user_email="late@corp.example")
+    rows = [*rows_across_days(3000), late]
     store = open_at(ledger_url)
     try:
         assert store.insert_rows(rows[:2000]) == 2000
-        assert store.insert_rows(rows[1500:]) == 1000  # 500 replayed, 1000 new
+        assert store.insert_rows(rows[1500:]) == 1001  # 500 replayed, 1001 new
         assert store.insert_rows(rows) == 0  # a full replay
-        assert store.count_rows() == 3000
+        assert store.count_rows() == 3001
+        assert ("research", "late@corp.example", "m1") not in totals(store, *PERIODS[5])
         for since, until in PERIODS:
             expected = python_totals(rows, since, until)
             assert totals(store, since, until) == expected, (since, until)
             assert raw_totals(store, since, until) == expected, (since, until)
         # exact figures for the Berlin month (rows by request id, token sums)
-        berlin = python_totals(rows, *PERIODS[2])
+        berlin = python_totals(rows, *BERLIN_MAY)
         ids = {
             r.request_id
             for r in rows
-            if PERIODS[2][0] <= datetime.fromisoformat(r.timestamp) < PERIODS[2][1]  # type: ignore[operator]
+            if BERLIN_MAY[0] <= datetime.fromisoformat(r.timestamp) < BERLIN_MAY[1]  # type: ignore[operator]
         }
-        assert sum(t.requests for t in berlin.values()) == len(ids) == 2582
+        assert sum(t.requests for t in berlin.values()) == len(ids) == 2583
         assert sum(t.total_tokens for t in berlin.values()) == sum(
             r.total_tokens for r in rows if r.request_id in ids
         )
         # the summary reads the rollup and says the same
-        _, summary = store.summary(*PERIODS[2])
+        _, summary = store.summary(*BERLIN_MAY)
         assert {(r[1], r[0], r[2]): r[3:] for r in summary} == {
             k: (
                 t.requests,
@@ -162,7 +176,7 @@ def test_rows_written_by_plain_sql_also_reach_the_rollup(ledger_url) -> None:
     store = open_at(ledger_url)
     try:
         assert totals(store, None, None) == python_totals(rows, None, None)
-        assert totals(store, *PERIODS[2]) == python_totals(rows, *PERIODS[2])
+        assert totals(store, *BERLIN_MAY) == python_totals(rows, *BERLIN_MAY)
     finally:
         store.close()
 

@@ -8,9 +8,10 @@ either table, so the rollup stays exactly equal to the raw rows.
 
 UTC days, whatever the billing time zone: a period that starts or ends inside a UTC day (a Berlin
 month starts at 22:00 or 23:00 UTC the day before) is answered from the rollup for the whole UTC
-days inside it and from the raw rows for the partial days at its edges (at most two days of raw
-rows, found through the timestamp index). ``totals()`` does that split; its answer is identical to
-summing the raw rows over the period.
+days and from raw rows (found through the timestamp index) for the partial days at its edges: the
+part inside the period when that is at most 12 hours, else the rollup's whole day minus the part
+outside. So at most 12 hours of raw rows per edge, 3 hours for a Berlin month. ``totals()`` does
+that split; its answer is identical to summing the raw rows over the period.
 
 Durations are summed as whole microseconds (``round(duration_ms * 1000)``) in both paths, so the
 sums are exact integers and equal however the rows are grouped.
@@ -131,9 +132,9 @@ class Totals:
     duration_us: int = 0
     estimated: int = 0
 
-    def add(self, values: Sequence[Any]) -> None:
+    def add(self, values: Sequence[Any], sign: int = 1) -> None:
         for name, v in zip(ROLLUP_SUMS, values, strict=True):
-            setattr(self, name, getattr(self, name) + int(v or 0))
+            setattr(self, name, getattr(self, name) + sign * int(v or 0))
 
 
 Key = tuple[str, str, str]  # (team, user_email, model)
@@ -158,51 +159,98 @@ def _midnight(d: date) -> datetime:
     return datetime.combine(d, time(), tzinfo=UTC)
 
 
-def split_period(
-    since: datetime | None, until: datetime | None
-) -> tuple[date | None, date | None, list[tuple[datetime | None, datetime | None]]]:
-    """(first whole UTC day, end day (exclusive), raw ranges) for [since, until).
+Range = tuple[datetime | None, datetime | None]
+HALF_DAY = timedelta(hours=12)
 
-    Whole days come from the rollup, the raw ranges (partial days at the edges, or the whole
-    period when it holds no whole UTC day) from the raw rows. None means unbounded. When the
-    rollup is not used at all, the first two values are both the same sentinel and the raw range
-    is the whole period.
-    """
-    first = None
-    if since is not None:
-        s = _utc(since)
-        first = s.date() if s == _midnight(s.date()) else s.date() + timedelta(days=1)
-    end = None
-    if until is not None:
-        end = _utc(until).date()
-    if first is not None and end is not None and first >= end:
-        return first, first, [(since, until)]  # no whole day inside: raw rows only
-    raw: list[tuple[datetime | None, datetime | None]] = []
-    if since is not None and first is not None and _utc(since) < _midnight(first):
-        raw.append((since, _midnight(first)))
-    if until is not None and end is not None and _utc(until) > _midnight(end):
-        raw.append((_midnight(end), until))
-    return first, end, raw
+
+@dataclass
+class Plan:
+    """How to answer [since, until): rollup days [first, end) (None: unbounded), plus the raw rows
+    in ``plus``, minus the raw rows in ``minus``. ``use_rollup`` is False when no whole day helps."""
+
+    first: date | None
+    end: date | None
+    plus: list[Range]
+    minus: list[Range]
+    use_rollup: bool = True
+
+
+def split_period(since: datetime | None, until: datetime | None) -> Plan:
+    """Whole UTC days from the rollup; a partial day at an edge from its raw rows when the part inside
+    the period is at most 12 hours, else as the rollup's whole day minus the raw rows of the part
+    outside. A Berlin month then reads 3 hours of raw rows (2 at the start, 1 at the end), not two
+    days; the sums are integers, so subtracting is exact."""
+    s = _utc(since) if since is not None else None
+    u = _utc(until) if until is not None else None
+    if s is not None and u is not None and (s.date() == u.date() or u <= s):
+        return Plan(None, None, [(since, until)] if u > s else [], [], use_rollup=False)
+    plus: list[Range] = []
+    minus: list[Range] = []
+    first = end = None
+    if s is not None:
+        d0 = s.date()
+        if s == _midnight(d0):
+            first = d0
+        elif _midnight(d0 + timedelta(days=1)) - s <= HALF_DAY:
+            first = d0 + timedelta(days=1)
+            plus.append((s, _midnight(first)))
+        else:
+            first = d0
+            minus.append((_midnight(d0), s))
+    if u is not None:
+        d1 = u.date()
+        if u == _midnight(d1):
+            end = d1
+        elif u - _midnight(d1) <= HALF_DAY:
+            end = d1
+            plus.append((_midnight(d1), u))
+        else:
+            end = d1 + timedelta(days=1)
+            minus.append((u, _midnight(end)))
+    return Plan(first, end, plus, minus)
+
+
+def _raw_into(store: Any, out: dict[Key, Totals], ranges: list[Range], sign: int) -> None:
+    ph = store.placeholder
+    conds, params = [], []
+    for lo, hi in ranges:
+        parts = []
+        if lo is not None:
+            parts.append(f"timestamp >= {ph}")
+            params.append(store.timestamp_param(lo))
+        if hi is not None:
+            parts.append(f"timestamp < {ph}")
+            params.append(store.timestamp_param(hi))
+        conds.append("(" + " AND ".join(parts or ["1 = 1"]) + ")")
+    sql = (
+        "SELECT team, user_email, model, "
+        + _SUMS_RAW.format(duration=_DURATION[store.backend])
+        + " FROM http_analytics WHERE "
+        + " OR ".join(conds)
+        + " GROUP BY team, user_email, model"
+    )
+    for team, user, model, *sums in store.query(sql, params)[1]:
+        out.setdefault((str(team), str(user), str(model)), Totals()).add(sums, sign)
 
 
 def totals(store: Any, since: datetime | None, until: datetime | None) -> dict[Key, Totals]:
     """Sums per (team, user, model) for requests that started in [since, until): exactly what
-    summing the raw rows gives, read from the rollup for whole UTC days."""
+    summing the raw rows gives, read from the rollup for whole UTC days (see ``split_period``)."""
     ph = store.placeholder
     out: dict[Key, Totals] = {}
 
     def day_param(d: date) -> Any:
         return d.isoformat() if store.backend == "sqlite" else d
 
-    first, end, raw = split_period(since, until)
-    if first is None or end is None or first < end:
+    plan = split_period(since, until)
+    if plan.use_rollup and (plan.first is None or plan.end is None or plan.first < plan.end):
         where, params = [], []
-        if first is not None:
+        if plan.first is not None:
             where.append(f"day >= {ph}")
-            params.append(day_param(first))
-        if end is not None:
+            params.append(day_param(plan.first))
+        if plan.end is not None:
             where.append(f"day < {ph}")
-            params.append(day_param(end))
+            params.append(day_param(plan.end))
         sql = (
             f"SELECT team, user_email, model, {_SUMS_ROLLUP} FROM {ROLLUP_TABLE}"
             + (" WHERE " + " AND ".join(where) if where else "")
@@ -210,26 +258,12 @@ def totals(store: Any, since: datetime | None, until: datetime | None) -> dict[K
         )
         for team, user, model, *sums in store.query(sql, params)[1]:
             out.setdefault((str(team), str(user), str(model)), Totals()).add(sums)
-    if raw:
-        conds, params = [], []
-        for lo, hi in raw:
-            parts = []
-            if lo is not None:
-                parts.append(f"timestamp >= {ph}")
-                params.append(store.timestamp_param(lo))
-            if hi is not None:
-                parts.append(f"timestamp < {ph}")
-                params.append(store.timestamp_param(hi))
-            conds.append("(" + " AND ".join(parts or ["TRUE"]) + ")")
-        sql = (
-            "SELECT team, user_email, model, "
-            + _SUMS_RAW.format(duration=_DURATION[store.backend])
-            + " FROM http_analytics WHERE "
-            + " OR ".join(conds)
-            + " GROUP BY team, user_email, model"
-        )
-        for team, user, model, *sums in store.query(sql, params)[1]:
-            out.setdefault((str(team), str(user), str(model)), Totals()).add(sums)
+    if plan.plus:
+        _raw_into(store, out, plan.plus, 1)
+    if plan.minus:
+        _raw_into(store, out, plan.minus, -1)
+        # keys whose only rows lay outside the period
+        out = {k: t for k, t in out.items() if t.requests}
     return out
 
 
