@@ -159,7 +159,6 @@ def bench_ledger(rows: int) -> list[str]:
             conn.execute("ALTER TABLE http_analytics ENABLE TRIGGER http_analytics_rollup")
         store.close()
     utc_roll, utc_raw = figures["UTC month (rollup only)"]
-    ber_roll, _ = figures["Berlin month (rollup ± 3 h of raw rows)"]
     out += [
         "",
         f"A one-month query reads only {', '.join(scanned)} (partition pruning), so its cost does not "
