@@ -98,6 +98,10 @@ def bench_ledger(rows: int) -> list[str]:
             rollup_rows = conn.execute(
                 "SELECT COUNT(*) FROM http_analytics_daily WHERE day >= '2026-10-01' AND day < '2026-11-01'"
             ).fetchone()[0]  # type: ignore[index]
+            all_rollup = conn.execute(
+                "SELECT pg_total_relation_size('http_analytics_daily') / GREATEST(COUNT(*), 1)"
+                " FROM http_analytics_daily"
+            ).fetchone()[0]  # type: ignore[index]
         oct_rows = per_month[2]
         periods = {
             "UTC month (rollup only)": (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)),
@@ -110,7 +114,7 @@ def bench_ledger(rows: int) -> list[str]:
             f"{rows:,} rows loaded with COPY over three months ({oct_rows:,} in October 2026), {USERS} users in "
             f"{TEAMS} teams × {MODELS} models: {load_s:.1f} s ({rows / load_s:,.0f} rows/s, the rollup trigger "
             f"included). October's partition: {size / oct_rows:.0f} bytes/row with indexes; its rollup: "
-            f"{rollup_rows:,} rows ({oct_rows / rollup_rows:.1f} raw rows each).",
+            f"{rollup_rows:,} rows ({oct_rows / rollup_rows:.1f} raw rows each; {all_rollup} bytes per rollup row).",
             "",
             "| period | from the rollup | from raw rows | speed-up | equal |",
             "|---|---:|---:|---:|---|",
@@ -207,6 +211,55 @@ def extrapolate(raw_s: float, rollup_s: float, edge_s: float) -> list[str]:
     return lines
 
 
+def bench_sqlite(rows: int) -> list[str]:
+    """The same month on SQLite, through the store's insert path (the rollup trigger runs per row)."""
+    out = ["### SQLite ledger: the same rollup", ""]
+    lo, hi = _month_bounds(2026, 10)
+    step = (hi - lo) / rows
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "ledger.db"
+        store = open_store(f"sqlite:///{path}")
+        data = [
+            make_row(
+                i,
+                timestamp=datetime.fromtimestamp(lo + i * step, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                user_email=f"u{(i * 7919) % USERS:05d}@corp.example",
+                team=f"t{(i * 7919) % USERS % TEAMS:03d}",
+                model=f"m{(i * 31) % MODELS}",
+            )
+            for i in range(rows)
+        ]
+        t0 = time.perf_counter()
+        for k in range(0, rows, 500):
+            store.insert_rows(data[k : k + 500])
+        rate = rows / (time.perf_counter() - t0)
+        size = path.stat().st_size + (
+            path.with_name("ledger.db-wal").stat().st_size if path.with_name("ledger.db-wal").exists() else 0
+        )
+        a, b = datetime(2026, 10, 1, tzinfo=BERLIN), datetime(2026, 11, 1, tzinfo=BERLIN)
+        t_roll, got = _best(lambda: rollup.totals(store, a, b))
+        t_raw, want = _best(lambda: rollup.raw_totals(store, a, b), repeat=1)
+        t0 = time.perf_counter()
+        deleted = store.apply_retention(1, now=datetime(2026, 11, 5, tzinfo=UTC))["default_rows_deleted"]  # type: ignore[attr-defined]
+        t_del = time.perf_counter() - t0
+        store.close()
+    out += [
+        f"{rows:,} rows in October 2026 written through `insert_rows` (batches of 500, synchronous=FULL): "
+        f"{rate:,.0f} rows/s with the per-row rollup trigger; {size / rows:.0f} bytes/row on disk.",
+        "",
+        "| what | time |",
+        "|---|---:|",
+        f"| Berlin month from the rollup (± 3 h raw) | {t_roll * 1000:,.0f} ms ({'equal' if got == want else 'NOT EQUAL'}) |",
+        f"| Berlin month from raw rows | {t_raw * 1000:,.0f} ms |",
+        f"| retention: `DELETE` of the month's {deleted:,} rows | {t_del:.1f} s ({deleted / t_del:,.0f} rows/s) |",
+        "",
+        f"Extrapolated to 5M rows a month: {5e6 * size / rows / 1e9:.1f} GB a month on disk, "
+        f"{5e6 / rate / 60:.1f} min of writer time, and {5e6 / (deleted / t_del):.0f} s to delete an expired "
+        "month, during which the proxy's writes wait for the one write lock.",
+    ]
+    return out
+
+
 def _big_config(path: Path, url: str) -> None:
     base = {
         "pools": {"p": {"gpu_hourly_cost": 2.5, "gpus": 8}},
@@ -277,6 +330,7 @@ def run(quick: bool, rows: int | None = None) -> str:
     rows = rows or (300_000 if quick else 2_000_000)
     parts = ["## Scale: ledger rollup and partitions, directory (issue 17)", ""]
     parts += bench_ledger(rows)
+    parts += ["", *bench_sqlite(rows // 10)]
     parts += ["", *bench_directory(quick)]
     return "\n".join(parts) + "\n"
 
