@@ -9,6 +9,7 @@ which PostgreSQL refuses to combine with a second statement (no ``COMMIT; DROP .
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
@@ -29,6 +30,8 @@ from exporter.ledger.store import (
     redact_url,
     row_values,
 )
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 4
 
@@ -158,7 +161,13 @@ class PostgresStore(StoreOpsMixin):
         now = self._clock()
         month = pg_partitions.month_start(now)
         if self._partitions_for != month:
-            pg_partitions.ensure_partitions(conn, pg_partitions.months_to_ensure(now))
+            try:
+                with conn.transaction():  # a savepoint inside the migration's transaction
+                    pg_partitions.ensure_partitions(conn, pg_partitions.months_to_ensure(now))
+            except (pg_errors.InsufficientPrivilege, pg_errors.UndefinedFunction) as exc:
+                # A role that may only read or insert: rows still land (in the default partition
+                # until `chargeback ledger maintain` runs with an owner's rights).
+                log.warning("cannot create the ledger's monthly partitions: %s", str(exc).strip())
             self._partitions_for = month
 
     def ensure_partitions(self, months: Sequence[date]) -> list[date]:
