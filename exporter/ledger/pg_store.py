@@ -177,6 +177,10 @@ class PostgresStore(StoreOpsMixin):
             with conn.transaction():
                 return pg_partitions.ensure_partitions(conn, [pg_partitions.month_start(m) for m in months])
 
+    def analyze(self) -> None:
+        with self._lock:
+            pg_partitions.analyze(self._connection())
+
     def partitions(self) -> list[tuple[str, date | None]]:
         with self._lock:
             return pg_partitions.partitions(self._connection())

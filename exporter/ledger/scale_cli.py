@@ -168,6 +168,7 @@ def cmd_ledger_maintain(args: argparse.Namespace) -> int:
                 f" deleted {done['default_rows_deleted']} older rows; the daily rollup is kept"
             )
         if store.backend == "postgresql":
+            store.analyze()  # type: ignore[attr-defined]
             parts = store.partitions()  # type: ignore[attr-defined]
             print_result(["partition", "month"], [(n, f"{m:%Y-%m}" if m else "default") for n, m in parts])
         sys.stdout.flush()
