@@ -203,8 +203,7 @@ class PostgresStore(StoreOpsMixin):
         with self._lock:
             conn = self._connection()
             try:
-                with conn.transaction():  # its own transaction: kept even if the batch fails
-                    self._ensure_partitions(conn)
+                self._ensure_partitions(conn)  # own transaction, once a month: kept if the batch fails
                 with conn.transaction(), conn.cursor() as cur:
                     cur.execute(_INSERT, columns)
                     return max(cur.rowcount, 0)
