@@ -199,7 +199,9 @@ class PostgresStore(StoreOpsMixin):
     def insert_rows(self, rows: Sequence[LedgerRow]) -> int:
         if not rows:
             return 0
-        columns = [list(c) for c in zip(*(row_values(r) for r in rows), strict=True)]
+        # Sorted by key: concurrent writers replaying overlapping rows lock them in the same order.
+        values = sorted((row_values(r) for r in rows), key=lambda v: (v[0], v[1]))
+        columns = [list(c) for c in zip(*values, strict=True)]
         with self._lock:
             conn = self._connection()
             try:
