@@ -134,7 +134,7 @@ def _create_and_write(store: LedgerStore, entries: list[tuple[str, str]], fd: in
             out.flush()
             os.fsync(out.fileno())
 
-    return store.create_keys(entries, before_store=save)  # type: ignore[attr-defined, no-any-return]
+    return store.create_keys(entries, before_store=save)
 
 
 # --------------------------------------------------------------------------- ledger maintain
@@ -160,7 +160,7 @@ def cmd_ledger_maintain(args: argparse.Namespace) -> int:
         if keep is None:
             print("retention: keep everything (set ledger.retention_months to drop old raw rows)")
         else:
-            done = store.apply_retention(keep, drop=not args.detach_only, now=when)  # type: ignore[attr-defined]
+            done = store.apply_retention(keep, drop=not args.detach_only, now=when)
             verb = "detached" if args.detach_only else "dropped"
             print(
                 f"retention: keep {keep} months (rows from {done['cutoff']:%Y-%m-%d}); {verb} "

@@ -59,6 +59,18 @@ class LedgerStore(Protocol):
 
     def create_key(self, user_email: str, team: str) -> tuple[str, KeyRecord]: ...
 
+    def create_keys(
+        self,
+        entries: Sequence[tuple[str, str]],
+        before_store: Callable[[list[tuple[str, KeyRecord]]], None] | None = None,
+    ) -> list[tuple[str, KeyRecord]]: ...
+
+    def apply_retention(
+        self, keep_months: int, drop: bool = True, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """Remove raw rows older than the last ``keep_months`` months; the daily rollup stays."""
+        ...
+
     def list_keys(self, include_revoked: bool = True) -> list[KeyRecord]: ...
 
     def revoke_key(self, key_id_or_prefix_or_user: str) -> list[KeyRecord]: ...
