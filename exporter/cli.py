@@ -56,7 +56,12 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.set_defaults(func=_demo)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands whose module is the only one imported when they are run: `keys create` is called once per
+# user by provisioning scripts, so it should not pay for importing aiohttp, the reporter and the rest.
+FAST_COMMANDS = {"keys": "exporter.ledger.cli", "ledger": "exporter.ledger.cli"}
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chargeback", description="Chargeback for self-hosted LLM inference."
     )
@@ -65,14 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     add_config_flag(check)
     check.set_defaults(func=_config_check)
-    for name in SUBCOMMAND_MODULES:
+    command = next((a for a in (argv or ()) if not a.startswith("-")), None)
+    modules = (FAST_COMMANDS[command],) if command in FAST_COMMANDS else SUBCOMMAND_MODULES
+    for name in modules:
         importlib.import_module(name).register(sub)
     _register_demo(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

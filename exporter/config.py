@@ -126,6 +126,8 @@ class LedgerConfig:
     max_queue_rows: int = 100_000
     spool_dir: str = "chargeback-spool"
     retry_seconds: float = 2.0
+    # Months of raw rows `chargeback ledger maintain` keeps (current month included); None: all.
+    retention_months: int | None = None
 
 
 @dataclass(frozen=True)
@@ -372,6 +374,9 @@ def substitute_env(value: Any, path: str, reader: _Reader, environ: dict[str, st
     return value
 
 
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
     """Load and validate a config file. Raises ConfigError naming the file and key path."""
     filename = str(path)
@@ -385,7 +390,8 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
 def parse_config(text: str, filename: str = "<config>", environ: dict[str, str] | None = None) -> Config:
     reader = _Reader(Path(filename).name if filename != "<config>" else filename)
     try:
-        raw = yaml.safe_load(text)
+        # libyaml's parser when present: ~10x faster, which matters for 10k-user directories.
+        raw = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -607,7 +613,8 @@ def _ledger(r: _Reader, value: Any) -> LedgerConfig:
     b = r.mapping(
         value,
         "ledger",
-        {"url", "batch_size", "flush_interval_seconds", "max_queue_rows", "spool_dir", "retry_seconds"},
+        {"url", "batch_size", "flush_interval_seconds", "max_queue_rows", "spool_dir", "retry_seconds"}
+        | {"retention_months"},
     )
     d = LedgerConfig()
     url = r.string(b.get("url"), "ledger.url", d.url) or d.url
@@ -626,6 +633,7 @@ def _ledger(r: _Reader, value: Any) -> LedgerConfig:
         or d.max_queue_rows,
         spool_dir=r.string(b.get("spool_dir"), "ledger.spool_dir", d.spool_dir) or d.spool_dir,
         retry_seconds=r.number(b.get("retry_seconds"), "ledger.retry_seconds", d.retry_seconds),
+        retention_months=r.integer(b.get("retention_months"), "ledger.retention_months", None, minimum=1),
     )
 
 

@@ -9,8 +9,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from exporter.ledger.sqlite_store import MIGRATIONS
 from exporter.ledger.store import QueryError, ReadOnlyError, StoreError, open_store
 from exporter.ledger.testing import VERBATIM_SQL, make_row
+
+VERSIONS = [(v,) for v in sorted(MIGRATIONS)]
 
 
 @pytest.fixture
@@ -47,14 +50,14 @@ def test_schema_is_created_with_indexes_and_version(store, ledger_url):
         "http_analytics_timestamp",
         "http_analytics_user_model",
     } <= names
-    assert store.query("SELECT version FROM schema_version ORDER BY version")[1] == [(1,), (2,)]
+    assert store.query("SELECT version FROM schema_version ORDER BY version")[1] == VERSIONS
     cols = store.query("SELECT * FROM http_analytics")[0]
     from exporter.ledger.row import COLUMNS
 
     assert tuple(cols) == COLUMNS
     # Opening again does not migrate twice.
     open_store(ledger_url).close()
-    assert store.query("SELECT version FROM schema_version ORDER BY version")[1] == [(1,), (2,)]
+    assert store.query("SELECT version FROM schema_version ORDER BY version")[1] == VERSIONS
 
 
 def test_insert_is_idempotent_on_request_id(store):

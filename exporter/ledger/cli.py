@@ -52,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--user", metavar="EMAIL", help="revoke every active key of this user")
     p.set_defaults(func=cmd_keys_revoke)
 
+    from exporter.ledger import scale_cli  # keys import, ledger maintain (issue 17)
+
+    scale_cli.register_keys(ksub)
+
     ledger = subparsers.add_parser("ledger", help="query the request ledger")
     lsub = ledger.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
 
@@ -73,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--until", metavar="ISO", help="end (exclusive)")
     p.add_argument("--csv", action="store_true", help="CSV instead of a table")
     p.set_defaults(func=cmd_ledger_summary)
+    scale_cli.register_ledger(lsub)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

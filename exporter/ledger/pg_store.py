@@ -9,14 +9,16 @@ which PostgreSQL refuses to combine with a second statement (no ``COMMIT; DROP .
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
 
+from exporter.ledger import pg_partitions
 from exporter.ledger.row import COLUMNS, LedgerRow
 from exporter.ledger.store import (
     QueryError,
@@ -29,7 +31,9 @@ from exporter.ledger.store import (
     row_values,
 )
 
-SCHEMA_VERSION = 2
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -71,11 +75,23 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE http_analytics ADD COLUMN usage_source TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE http_analytics ADD COLUMN usage_reason TEXT NOT NULL DEFAULT ''",
     ],
+    3: [],  # reserved (issue 15)
+    # 4: monthly partitions, the daily rollup, extended statistics (issue 17)
+    4: pg_partitions.MIGRATION,
 }
 
+# One statement per batch (arrays unnested server-side): the rollup trigger then aggregates the
+# batch once. ON CONFLICT on the key (request_id, timestamp): see pg_partitions for why replays
+# still add nothing.
+_COLUMN_TYPES = {
+    "timestamp": "timestamptz", "status_code": "integer", "estimated": "boolean", "stream": "boolean",
+    "duration_ms": "float8", "ttft_ms": "float8", "prompt_tokens": "bigint",
+    "completion_tokens": "bigint", "total_tokens": "bigint", "cached_tokens": "bigint",
+}  # fmt: skip
 _INSERT = (
-    f"INSERT INTO http_analytics ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
-    " ON CONFLICT (request_id) DO NOTHING"
+    f"INSERT INTO http_analytics ({', '.join(COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"%s::{_COLUMN_TYPES.get(c, 'text')}[]" for c in COLUMNS)
+    + ") ON CONFLICT DO NOTHING"
 )
 _MIGRATION_LOCK = 0x63626C65  # "cble": arbitrary advisory lock id for schema migrations
 
@@ -84,11 +100,15 @@ class PostgresStore(StoreOpsMixin):
     backend = "postgresql"
     placeholder = "%s"  # parameter marker for query(sql, params)
 
-    def __init__(self, url: str, connect_timeout: int = 5) -> None:
+    def __init__(
+        self, url: str, connect_timeout: int = 5, clock: Callable[[], datetime] | None = None
+    ) -> None:
         if url.startswith("postgres://"):
             url = "postgresql://" + url[len("postgres://") :]
         self.url = url
         self.connect_timeout = connect_timeout
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._partitions_for: date | None = None  # the month partitions were last ensured for
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
@@ -134,18 +154,60 @@ class PostgresStore(StoreOpsMixin):
                 for stmt in MIGRATIONS[version]:
                     conn.execute(stmt)
                 conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            self._ensure_partitions(conn)
+
+    def _ensure_partitions(self, conn: psycopg.Connection[Any]) -> None:
+        """The current month's partition and the next ones exist (checked once per month)."""
+        now = self._clock()
+        month = pg_partitions.month_start(now)
+        if self._partitions_for != month:
+            try:
+                with conn.transaction():  # a savepoint inside the migration's transaction
+                    pg_partitions.ensure_partitions(conn, pg_partitions.months_to_ensure(now))
+            except (pg_errors.InsufficientPrivilege, pg_errors.UndefinedFunction) as exc:
+                # A role that may only read or insert: rows still land (in the default partition
+                # until `chargeback ledger maintain` runs with an owner's rights).
+                log.warning("cannot create the ledger's monthly partitions: %s", str(exc).strip())
+            self._partitions_for = month
+
+    def ensure_partitions(self, months: Sequence[date]) -> list[date]:
+        """Create the partitions of these months where missing (e.g. before loading history)."""
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction():
+                return pg_partitions.ensure_partitions(conn, [pg_partitions.month_start(m) for m in months])
+
+    def analyze(self) -> None:
+        with self._lock:
+            pg_partitions.analyze(self._connection())
+
+    def partitions(self) -> list[tuple[str, date | None]]:
+        with self._lock:
+            return pg_partitions.partitions(self._connection())
+
+    def apply_retention(
+        self, keep_months: int, drop: bool = True, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """Detach (and drop) month partitions older than the last ``keep_months`` months."""
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction():
+                return pg_partitions.apply_retention(conn, keep_months, now or self._clock(), drop)
 
     # ------------------------------------------------------------------ writes
 
     def insert_rows(self, rows: Sequence[LedgerRow]) -> int:
         if not rows:
             return 0
-        params = [row_values(r) for r in rows]
+        # Sorted by key: concurrent writers replaying overlapping rows lock them in the same order.
+        values = sorted((row_values(r) for r in rows), key=lambda v: (v[0], v[1]))
+        columns = [list(c) for c in zip(*values, strict=True)]
         with self._lock:
             conn = self._connection()
             try:
+                self._ensure_partitions(conn)  # own transaction, once a month: kept if the batch fails
                 with conn.transaction(), conn.cursor() as cur:
-                    cur.executemany(_INSERT, params)
+                    cur.execute(_INSERT, columns)
                     return max(cur.rowcount, 0)
             except (pg_errors.DataError, pg_errors.IntegrityError) as exc:
                 raise RowError(str(exc)) from exc
@@ -160,6 +222,16 @@ class PostgresStore(StoreOpsMixin):
                 with conn.transaction():
                     cur = conn.execute(sql.replace("?", "%s"), tuple(params))
                     return cur.fetchall() if cur.description else []
+            except psycopg.OperationalError:
+                self._drop()
+                raise
+
+    def _exec_write_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(sql.replace("?", "%s"), [tuple(p) for p in params])  # pipelined
             except psycopg.OperationalError:
                 self._drop()
                 raise

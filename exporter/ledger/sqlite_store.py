@@ -11,11 +11,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
+from exporter.ledger import rollup
 from exporter.ledger.row import COLUMNS, LedgerRow
 from exporter.ledger.store import (
     TS_FORMAT,
@@ -27,7 +28,7 @@ from exporter.ledger.store import (
     row_values,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -69,6 +70,9 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE http_analytics ADD COLUMN usage_source TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE http_analytics ADD COLUMN usage_reason TEXT NOT NULL DEFAULT ''",
     ],
+    3: [],  # reserved (issue 15)
+    # 4: the daily rollup, kept by a trigger (issue 17)
+    4: rollup.SQLITE_MIGRATION,
 }
 
 _INSERT = (
@@ -180,16 +184,29 @@ class SqliteStore(StoreOpsMixin):
             params.append(v)
         with self._lock:
             c = self._conn
-            before = c.total_changes
             c.execute("BEGIN IMMEDIATE")
             try:
-                c.executemany(_INSERT, params)
+                # rowcount (sqlite3_changes) counts the rows inserted, not the rollup trigger's writes
+                added = c.executemany(_INSERT, params).rowcount
                 c.execute("COMMIT")
             except BaseException:
                 if c.in_transaction:
                     c.execute("ROLLBACK")
                 raise
-            return c.total_changes - before
+            return max(added, 0)
+
+    def apply_retention(
+        self, keep_months: int, drop: bool = True, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """Delete raw rows older than the last ``keep_months`` months (the current one counts); the
+        rollup is kept. SQLite has no partitions, so this is a DELETE (run it off-peak)."""
+        from exporter.ledger.pg_partitions import add_months, month_start
+
+        cutoff = add_months(month_start(now or datetime.now(UTC)), -(keep_months - 1))
+        rows = self._exec_write(
+            "DELETE FROM http_analytics WHERE timestamp < ? RETURNING 1", (f"{cutoff.isoformat()}T",)
+        )
+        return {"cutoff": cutoff, "partitions": [], "default_rows_deleted": len(rows)}
 
     def _exec_write(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -203,6 +220,18 @@ class SqliteStore(StoreOpsMixin):
                     c.execute("ROLLBACK")
                 raise
             return out
+
+    def _exec_write_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.executemany(sql, params)
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
 
     def _exec_read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self._lock:

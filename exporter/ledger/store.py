@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -58,6 +58,18 @@ class LedgerStore(Protocol):
     def count_rows(self) -> int: ...
 
     def create_key(self, user_email: str, team: str) -> tuple[str, KeyRecord]: ...
+
+    def create_keys(
+        self,
+        entries: Sequence[tuple[str, str]],
+        before_store: Callable[[list[tuple[str, KeyRecord]]], None] | None = None,
+    ) -> list[tuple[str, KeyRecord]]: ...
+
+    def apply_retention(
+        self, keep_months: int, drop: bool = True, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """Remove raw rows older than the last ``keep_months`` months; the daily rollup stays."""
+        ...
 
     def list_keys(self, include_revoked: bool = True) -> list[KeyRecord]: ...
 
@@ -245,6 +257,43 @@ class StoreOpsMixin(abc.ABC):
         )
         return token, KeyRecord(key_id, user_email, team, now, None, display_prefix(token))
 
+    def create_keys(
+        self,
+        entries: Sequence[tuple[str, str]],
+        before_store: Callable[[list[tuple[str, KeyRecord]]], None] | None = None,
+    ) -> list[tuple[str, KeyRecord]]:
+        """One new key per (user_email, team), all in one transaction (bulk import): either every
+        key is stored or none is. ``before_store`` gets the tokens first (to save them where the
+        caller wants them: a key whose token was never saved is useless). Returns (token, record)
+        in the order given."""
+        from exporter.keys import display_prefix, generate_key_id, generate_token, hash_token
+
+        now = utc_now_iso()
+        when = self._key_time(now)
+        out: list[tuple[str, KeyRecord]] = []
+        params: list[tuple[Any, ...]] = []
+        for user_email, team in entries:
+            check_ident(user_email, "user email")
+            check_ident(team, "team")
+            token, key_id = generate_token(), generate_key_id()
+            prefix = display_prefix(token)
+            params.append((key_id, prefix, hash_token(token), user_email, team, when))
+            out.append((token, KeyRecord(key_id, user_email, team, now, None, prefix)))
+        if before_store is not None:
+            before_store(out)
+        if params:
+            self._exec_write_many(
+                "INSERT INTO api_keys (key_id, prefix, token_hash, user_email, team, created_at, revoked_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                params,
+            )
+        return out
+
+    def _exec_write_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        """The statement once per parameter set, all in one transaction (backends may do better)."""
+        for p in params:  # pragma: no cover - both backends override this
+            self._exec_write(sql, p)
+
     def _key_time(self, iso: str) -> Any:
         return iso
 
@@ -290,8 +339,14 @@ class StoreOpsMixin(abc.ABC):
     def summary(
         self, since: datetime | None, until: datetime | None
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Requests and tokens per (user, team, model) in [since, until); counts as int on both backends
-        (PostgreSQL's SUM over BIGINT is NUMERIC, i.e. Decimal)."""
-        params = [self.timestamp_param(t) for t in (since, until) if t is not None]
-        cols, rows = self.query(summary_sql(self.placeholder, since is not None, until is not None), params)
-        return cols, [tuple(int(v) if i >= 3 else v for i, v in enumerate(r)) for r in rows]
+        """Requests and tokens per (user, team, model) in [since, until), as int on both backends;
+        read from the daily rollup (raw rows only for partial UTC days at the edges)."""
+        from exporter.ledger.rollup import totals
+
+        got = totals(self, since, until)
+        rows = [
+            (user, team, model, t.requests, t.prompt_tokens, t.completion_tokens, t.total_tokens,
+             t.cached_tokens, t.estimated)
+            for (team, user, model), t in sorted(got.items())
+        ]  # fmt: skip
+        return list(SUMMARY_COLUMNS), rows

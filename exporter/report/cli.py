@@ -85,6 +85,14 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="where billed quantities come from (pool costs always come from Prometheus or the config)",
     )
     p.add_argument(
+        "--pool-costs",
+        dest="pool_costs",
+        choices=("prometheus", "config"),
+        default="prometheus",
+        help="config: price pools from the config alone and never contact Prometheus "
+        "(needs --source ledger; every pool needs its GPU count)",
+    )
+    p.add_argument(
         "--prometheus.url",
         dest="prometheus_url",
         metavar="URL",
@@ -162,6 +170,18 @@ def _open_ledger(cfg: Config, args: argparse.Namespace) -> Any:
 
 
 def gather(cfg: Config, args: argparse.Namespace, period: Period) -> Inputs:
+    if getattr(args, "pool_costs", "prometheus") == "config":
+        from exporter.report.ledger_only import gather_ledger_only
+
+        if args.source != "ledger":
+            raise ConfigError("--pool-costs config needs --source ledger (quantities from the ledger)")
+        if getattr(args, "reconcile", False):
+            raise ConfigError("--reconcile compares with Prometheus; it cannot go with --pool-costs config")
+        store = _open_ledger(cfg, args)
+        try:
+            return gather_ledger_only(cfg, store, period)
+        finally:
+            store.close()
     client = _client(cfg, args)
     try:
         if args.source == "ledger":
@@ -352,6 +372,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         inputs = gather(cfg, args, period)
     except SourceError as exc:
         return _fail(EXIT_SOURCE, str(exc))
+    except ConfigError as exc:
+        return _fail(EXIT_CONFIG, f"config error: {exc}")
     methods, table, skipped = compare(cfg, inputs)
     text = render_compare(args.format, period, cfg.currency, methods, table, skipped)
     if args.out:

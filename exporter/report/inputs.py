@@ -481,26 +481,18 @@ def gather_prometheus(
 
 
 def ledger_usage(store: Any, period: Period) -> dict[tuple[str, str, str], RawUsage]:
-    """Per (team, user, model) totals for requests that started inside the period."""
-    from exporter.ledger.store import canonical_timestamp, parse_timestamp
+    """Per (team, user, model) totals for requests that started inside the period, from the ledger's
+    daily rollup (raw rows only for partial UTC days at the period's edges)."""
+    from exporter.ledger.rollup import totals
 
-    ph = "?" if store.backend == "sqlite" else "%s"
-    conv = canonical_timestamp if store.backend == "sqlite" else parse_timestamp
-    sql = (
-        "SELECT team, user_email, model, COUNT(*), COALESCE(SUM(prompt_tokens), 0),"
-        " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(duration_ms), 0)"
-        f" FROM http_analytics WHERE timestamp >= {ph} AND timestamp < {ph}"
-        " GROUP BY team, user_email, model"
-    )
-    _, rows = store.query(sql, [conv(period.start), conv(period.end)])
     out: dict[tuple[str, str, str], RawUsage] = {}
-    for team, user, model, n, p, c, cached, ms in rows:
-        out[(str(team), str(user), str(model))] = RawUsage(
-            requests=int(n),
-            prompt_tokens=int(p),
-            completion_tokens=int(c),
-            cached_tokens=int(cached),
-            request_seconds=(Decimal(str(ms)) / 1000).quantize(SECONDS_QUANTUM),
+    for key, t in totals(store, period.start, period.end).items():
+        out[key] = RawUsage(
+            requests=t.requests,
+            prompt_tokens=t.prompt_tokens,
+            completion_tokens=t.completion_tokens,
+            cached_tokens=t.cached_tokens,
+            request_seconds=(Decimal(t.duration_us) / 1_000_000).quantize(SECONDS_QUANTUM),
         )
     return out
 
