@@ -15,14 +15,12 @@ end (so ``@ end()`` and ``time()`` are that instant, as in a rule evaluation).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import report_scenario as sc
-import yaml
+from rules_inline import inline, recording_rules
 
 from exporter import contract
 from exporter.billing_calendar import month_bounds_unix
@@ -33,7 +31,7 @@ from exporter.report.period import parse_period
 from exporter.report.promql import PromClient
 from exporter.report.statement import build_statement
 from exporter.report.testdata import Counter, Series, backfill, grid, ts, write_openmetrics
-from exporter.stack import ManagedProcess, find_binary, prom_query, rule_files, start_prometheus
+from exporter.stack import ManagedProcess, find_binary, prom_query, start_prometheus
 
 pytestmark = pytest.mark.slow
 
@@ -125,34 +123,9 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     p.stop()
 
 
-def inline(record: str, rules: dict[str, str]) -> str:
-    """``record``'s expression with every recorded series it reads replaced by its own expression."""
-    expr = rules[record]
-    for _ in range(20):
-        new = re.sub(
-            r"(?<![\w:])([a-z_]+:[a-z_]+:[a-z0-9_]+)(?![\w:{])",
-            lambda m: f"({rules[m.group(1)]})" if m.group(1) in rules else m.group(1),
-            expr,
-        )
-        if new == expr:
-            return expr
-        expr = new
-    raise AssertionError("recording rules nest deeper than 20 levels")
-
-
-def _recording_rules() -> dict[str, str]:
-    out = {}
-    for path in rule_files():
-        for group in yaml.safe_load(Path(path).read_text())["groups"]:
-            for r in group["rules"]:
-                if "record" in r:
-                    out[r["record"]] = r["expr"]
-    return out
-
-
 def test_month_to_date_agrees_with_the_statement_within_one_percent(prom: ManagedProcess) -> None:
     url = prom.url or ""
-    rules = _recording_rules()
+    rules = recording_rules()
     realtime = {
         r["metric"]["team"]: Decimal(r["value"][1])
         for r in prom_query(url, inline("team:chargeback_spend:month_to_date", rules), END)
@@ -194,7 +167,7 @@ def test_within_one_percent_in_the_middle_of_an_hour(prom: ManagedProcess) -> No
     at = END - 17 * 60
     realtime = {
         r["metric"]["team"]: Decimal(r["value"][1])
-        for r in prom_query(url, inline("team:chargeback_spend:month_to_date", _recording_rules()), at)
+        for r in prom_query(url, inline("team:chargeback_spend:month_to_date", recording_rules()), at)
     }
     cfg = parse_config(sc.config_text(url), "chargeback.yaml")
     period = parse_period(None, cfg.timezone, start="2026-12-01T00:00", end="2026-12-01T23:43")
