@@ -40,7 +40,9 @@ IDLE_ALERT_WINDOW = "1h"  # window of pool:chargeback_idle_cost_share:ratio1h
 # 5-minute tiles. MTD_LOOKBACK must cover the longest billing month (31 days + 1 h in a zone that
 # leaves summer time in October) and Prometheus must keep raw samples that long.
 MTD_LOOKBACK = "32d"
-MTD_GROUP_INTERVAL = "1m"  # reads a month of raw samples: evaluate it less often than the rest
+# The month-to-date group reads a month of raw samples at every evaluation; a large fleet can give
+# it a longer interval than the global evaluation_interval (--month-to-date-interval 5m).
+MTD_GROUP_INTERVAL = ""  # "" = Prometheus' global evaluation_interval
 
 RUNBOOK_BASE_URL = "https://github.com/llm-chargeback/llm-chargeback/blob/main/docs/runbook.md"
 DASHBOARD_BASE_URL = "http://localhost:3000"  # Grafana; the team dashboard is <base>/d/chargeback-team
@@ -318,40 +320,43 @@ def hours_left_in_month(p: str) -> str:
 def month_tiles(tile: Callable[[str], str], p: str) -> str:
     """Σ over the current billing month of ``tile(window)`` (an increase over ``window``).
 
-    Hour tiles end at whole hours; those after the month's start and up to the reference hour H
-    (the hour of the evaluation time, taken with ``@ end()`` so that it is the same inside the
-    subqueries) are summed; the 5-minute tiles after H add the unfinished hour. Both sets are cut
-    at H, so no tile counts twice. Billing zones off whole UTC hours (+05:30 ...) lose the part of
+    Three sizes of tiles, each aligned to the Unix epoch (as subquery steps are) and each ending at
+    or before the evaluation time: whole hours since the month's start, then 5-minute tiles after
+    the last whole hour, then 1-minute tiles after the last 5-minute boundary. The cut points come
+    from the evaluation time, read with ``@ end()`` so that it is the same inside the subqueries, so
+    no stretch counts twice. A 1-minute tile without two samples (slow scrapes) counts nothing
+    until its 5-minute tile closes. Billing zones off whole UTC hours (+05:30 …) lose the part of
     the month's first hour before the first whole UTC hour."""
     start = billing_month_start(p)
     ref = "scalar(max_over_time(vector(time())[1m:1m] @ end()))"  # the evaluation time's minute
     hour = f"({ref} - {ref} % 3600)"
+    five = f"({ref} - {ref} % 300)"
+
+    def level(window: str, seconds: int, lookback: str, after: str | None, part: str) -> str:
+        cut = (
+            f"""
+              and on ()
+                (vector(time()) > {after})"""
+            if after
+            else ""
+        )
+        return f"""label_replace(
+        sum_over_time(
+            (
+                {tile(window)}
+              and on ()
+                (vector(time()) - {seconds} >= {start}){cut}
+            )[{lookback}:{window}]
+        ),
+        "part", "{part}", "", ""
+    )"""
+
     return f"""sum without (part) (
-    label_replace(
-        sum_over_time(
-            (
-                {tile("1h")}
-              and on ()
-                (vector(time()) - 3600 >= {start})
-              and on ()
-                (vector(time()) <= {hour})
-            )[{MTD_LOOKBACK}:1h]
-        ),
-        "part", "hours", "", ""
-    )
+    {level("1h", 3600, MTD_LOOKBACK, None, "hours")}
   or
-    label_replace(
-        sum_over_time(
-            (
-                {tile("5m")}
-              and on ()
-                (vector(time()) - 300 >= {start})
-              and on ()
-                (vector(time()) > {hour})
-            )[2h:5m]
-        ),
-        "part", "minutes", "", ""
-    )
+    {level("5m", 300, "1h", hour, "five_minutes")}
+  or
+    {level("1m", 60, "5m", five, "minutes")}
 )"""
 
 
@@ -716,7 +721,10 @@ _Dumper.add_representer(str, _str_representer)
 
 
 def render(
-    proxy_selector: str = PROXY_SELECTOR, gpu_selector: str = GPU_SELECTOR, text: AlertText = DEFAULT_TEXT
+    proxy_selector: str = PROXY_SELECTOR,
+    gpu_selector: str = GPU_SELECTOR,
+    text: AlertText = DEFAULT_TEXT,
+    mtd_interval: str = MTD_GROUP_INTERVAL,
 ) -> dict[str, str]:
     """File name → YAML text."""
     header = HEADER.format(proxy=proxy_selector or "(none)", gpu=gpu_selector or "(none)")
@@ -729,7 +737,7 @@ def render(
             {"name": "chargeback-recording", "rules": recording_rules(proxy_selector, gpu_selector)},
             {
                 "name": "chargeback-month-to-date",
-                "interval": MTD_GROUP_INTERVAL,
+                **({"interval": mtd_interval} if mtd_interval else {}),
                 "rules": month_to_date_rules(proxy_selector, gpu_selector),
             },
         ]
@@ -757,6 +765,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--currency", default=CURRENCY, help="currency of the budgets (the config's currency:)")
     ap.add_argument(
+        "--month-to-date-interval",
+        default=MTD_GROUP_INTERVAL,
+        help="evaluation interval of the month-to-date group (default: the global one)",
+    )
+    ap.add_argument(
         "--check",
         action="store_true",
         help="do not write; exit 1 if a file differs from what would be written",
@@ -764,7 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     stale = []
     alert_text = AlertText(args.runbook_url, args.dashboard_url, args.currency)
-    for name, text in render(args.proxy_selector, args.gpu_selector, alert_text).items():
+    rendered = render(args.proxy_selector, args.gpu_selector, alert_text, args.month_to_date_interval)
+    for name, text in rendered.items():
         path = args.output_dir / name
         if args.check:
             if not path.exists() or path.read_text() != text:
