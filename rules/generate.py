@@ -549,6 +549,12 @@ def alerting_groups(p: str, g: str, text: AlertText = DEFAULT_TEXT) -> list[dict
     forecast_pct = query_value(
         "100 * team:chargeback_budget_forecast_consumption:ratio{" + team_matcher + "}", "%.1f"
     )
+    # the billing time zone, from the proxies' billing-month gauge
+    zone = (
+        "{{ with query `max by (timezone) (chargeback_billing_month_start_timestamp_seconds"
+        + sel(p)
+        + ")` }}{{ . | first | label `timezone` }}{{ end }}"
+    )
     budget_rules = [
         alert(
             "ChargebackTeamBudgetExceeded",
@@ -557,7 +563,7 @@ def alerting_groups(p: str, g: str, text: AlertText = DEFAULT_TEXT) -> list[dict
             "warning",  # a finance notice, not a page
             "Team {{ $labels.team }} is over its monthly budget",
             "Team {{ $labels.team }} has spent " + mtd + " of a " + budget + " budget (" + used_pct + " %)"
-            " this billing month.",
+            " this billing month (" + zone + ").",
             text,
             dashboard_url=text.team_dashboard(),
         ),
@@ -575,7 +581,9 @@ team:chargeback_budget_consumption:ratio > 1""",
             + budget
             + " budget ("
             + forecast_pct
-            + " %) by the end of the billing month; it has spent "
+            + " %) by the end of the billing month ("
+            + zone
+            + "); it has spent "
             + mtd
             + " so far.",
             text,
