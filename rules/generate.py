@@ -488,7 +488,7 @@ team:chargeback_spend_per_hour:month_projection
 
 class AlertText(NamedTuple):
     """Where alert links point and how money reads (``--runbook-url``, ``--dashboard-url``,
-    ``--currency``; ``chargeback rules`` fills them from the config)."""
+    ``--currency``)."""
 
     runbook_base_url: str = RUNBOOK_BASE_URL
     dashboard_base_url: str = DASHBOARD_BASE_URL
@@ -511,7 +511,7 @@ def alert(
     severity: str,
     summary: str,
     description: str,
-    text: AlertText,
+    text: AlertText = DEFAULT_TEXT,  # pass alerting_groups' text so that --runbook-url applies
     **annotations: str,
 ) -> dict[str, object]:
     rule: dict[str, object] = {"alert": name, "expr": expr}
