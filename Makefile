@@ -80,6 +80,8 @@ generate: venv
 	$(PY) rules/generate.py
 	$(PY) deploy/kubernetes/generate_prometheusrule.py
 	$(PY) dashboards/build.py
+	$(PY) -m exporter.cli alertmanager-config --config.file deploy/chargeback.example.yaml \
+		--base deploy/prometheus/alertmanager.base.yml --output deploy/prometheus/alertmanager.yml
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

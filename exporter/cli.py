@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "exporter.gpu.cli",  # gpu-exporter
     "exporter.report.cli",  # report, compare
     "exporter.sim.cli",  # simulate-upstream, traffic
+    "exporter.alertmanager_config",  # alertmanager-config
 )
 
 

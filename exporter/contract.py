@@ -31,6 +31,9 @@ MODEL_PROMPT_TOKEN_WEIGHT = "chargeback_model_prompt_token_weight"  # {model}
 MODEL_COMPLETION_TOKEN_WEIGHT = "chargeback_model_completion_token_weight"  # {model}
 POOL_CAPACITY_TOKENS_PER_SECOND = "chargeback_pool_capacity_tokens_per_second"  # {pool}
 REALTIME_METHOD_INFO = "chargeback_realtime_method_info"  # {method} = 1
+# {timezone}: the current billing month in the config's timezone (exporter/billing_calendar.py)
+BILLING_MONTH_START = "chargeback_billing_month_start_timestamp_seconds"
+BILLING_MONTH_END = "chargeback_billing_month_end_timestamp_seconds"
 
 # --- proxy: ledger health
 LEDGER_ROWS_WRITTEN_TOTAL = "chargeback_ledger_rows_written_total"

@@ -289,6 +289,8 @@ def start_alertmanager(
         f"--config.file={cfg_path}",
         f"--storage.path={workdir / 'alertmanager-data'}",
         f"--web.listen-address=127.0.0.1:{port}",
+        # links in notifications ("view in Alertmanager", silences) point here, not at the hostname
+        f"--web.external-url=http://127.0.0.1:{port}",
         f"--cluster.listen-address=127.0.0.1:{cluster_port}",
         "--log.level=warn",
     ]

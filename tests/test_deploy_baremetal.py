@@ -129,7 +129,7 @@ def test_every_project_alert_is_routed_budget_to_billing_the_rest_to_sre():
         assert len(routed) == 1, (alert, routed)
         [receiver] = routed
         if alert.startswith("ChargebackTeamBudget"):
-            assert receiver == "billing-research", alert
+            assert receiver == "chargeback-billing-research", alert
         else:
             assert receiver == ("sre-pager" if severity == "critical" else "sre"), (alert, severity, receiver)
             assert all(a.startswith("sre") for a in receivers[receiver])

@@ -462,6 +462,8 @@ def test_models_route_and_separate_metrics_listener(
         contract.MODEL_PROMPT_TOKEN_WEIGHT,
         contract.MODEL_COMPLETION_TOKEN_WEIGHT,
         contract.REALTIME_METHOD_INFO,
+        contract.BILLING_MONTH_START,
+        contract.BILLING_MONTH_END,
         contract.LEDGER_ROWS_WRITTEN_TOTAL,
         contract.LEDGER_QUEUE_ROWS,
         contract.LEDGER_SPOOLED_ROWS,

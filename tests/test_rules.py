@@ -41,7 +41,13 @@ CONTRACT_SERIES = [
     "pool:chargeback_cost_per_million_tokens:ratio5m",
     "team_pool:chargeback_spend_per_hour:rate5m",
     "team:chargeback_spend_per_hour:rate5m",
+    "team_pool:chargeback_weighted_tokens:month_to_date",
+    "pool:chargeback_weighted_tokens:month_to_date",
+    "pool:chargeback_gpu_cost:month_to_date",
+    "team_pool:chargeback_token_share:month_to_date",
+    "team_pool:chargeback_spend:month_to_date",
     "team:chargeback_spend:month_to_date",
+    "team:chargeback_spend_per_hour:month_projection",
     "team:chargeback_spend:month_forecast",
     "team:chargeback_budget_consumption:ratio",
     "team:chargeback_budget_forecast_consumption:ratio",
@@ -58,6 +64,8 @@ ALERTS = [
     "ChargebackUsageEstimated",
     "ChargebackUpstreamErrorRateHigh",
     "ChargebackLedgerBacklog",
+    "ChargebackGPUsUnmapped",
+    "ChargebackRuleEvaluationFailures",
 ]
 
 
@@ -149,7 +157,7 @@ def test_alerts_carry_severity_annotations_and_runbook_anchors():
     runbook = (ROOT / "docs" / "runbook.md").read_text()
     headings = {m.group(1).lower() for m in re.finditer(r"^## (\w+)\s*$", runbook, re.M)}
     for a in _alerts():
-        assert a["labels"]["severity"] in ("critical", "warning"), a["alert"]
+        assert a["labels"]["severity"] in ("critical", "warning", "info"), a["alert"]
         ann = a["annotations"]
         assert ann["summary"] and "{{" in ann["description"], a["alert"]
         url = ann["runbook_url"]
@@ -157,6 +165,30 @@ def test_alerts_carry_severity_annotations_and_runbook_anchors():
         assert a["alert"].lower() in headings, f"docs/runbook.md has no '## {a['alert']}' section"
     budget = [a for a in _alerts() if a["alert"].startswith("ChargebackTeamBudget")]
     assert budget and all("team" in a["expr"] for a in budget)
+    # a finance notice, not a page; links to the team's dashboard; money as money, not SI prefixes
+    for a in budget:
+        assert a["labels"]["severity"] in ("warning", "info"), a["alert"]
+        assert a["annotations"]["dashboard_url"].endswith("/d/chargeback-team?var-team={{ $labels.team }}")
+        assert "humanize" not in a["annotations"]["description"], a["alert"]
+
+
+def test_alert_links_and_currency_are_configurable(tmp_path: Path):
+    gen = _generate_module()
+    args = ["--output-dir", str(tmp_path), "--runbook-url", "https://wiki.corp.example/chargeback/runbook"]
+    args += ["--dashboard-url", "https://grafana.corp.example/", "--currency", "CHF"]
+    assert gen.main(args) == 0
+    alerts = yaml.safe_load((tmp_path / "chargeback-alerts.yaml").read_text())
+    rules = {r["alert"]: r for g in alerts["groups"] for r in g["rules"]}
+    exceeded = rules["ChargebackTeamBudgetExceeded"]["annotations"]
+    assert (
+        exceeded["runbook_url"] == "https://wiki.corp.example/chargeback/runbook#chargebackteambudgetexceeded"
+    )
+    assert (
+        exceeded["dashboard_url"]
+        == "https://grafana.corp.example/d/chargeback-team?var-team={{ $labels.team }}"
+    )
+    assert "CHF" in exceeded["description"] and "EUR" not in exceeded["description"]
+    assert "github.com" not in (tmp_path / "chargeback-alerts.yaml").read_text()
 
 
 def test_every_recorded_series_is_documented():

@@ -15,6 +15,7 @@ from exporter.gpu.backend import Backend
 from exporter.gpu.collector import GpuCollector
 from exporter.gpu.server import make_app
 from exporter.gpu.simulated import DEFAULT_PATTERN, SimPattern, SimulatedBackend
+from exporter.webconfig import load_web_config, protect, ssl_context
 
 log = logging.getLogger("exporter.gpu")
 
@@ -48,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help=f"utilisation of the simulated GPUs (default: {DEFAULT_PATTERN}): GPU i runs at levels[i] for the "
         "first duty×period seconds of every period, idle otherwise",
     )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
+        help="TLS and basic auth for /metrics (exporter-toolkit web config: tls_server_config, basic_auth_users)",
+    )
     add_log_flag(p)
     p.set_defaults(func=run)
 
@@ -69,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.simulate < 0:
             raise ValueError("--simulate N needs N ≥ 1")
+        web_cfg = load_web_config(args.web_config_file)
         backend = build_backend(args)
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError) as exc:  # WebConfigError is a ValueError
         print(f"chargeback gpu-exporter: {exc}", file=sys.stderr)
         return 2
     collector = GpuCollector(backend, cfg.gpu_exporter, cfg.pools)
@@ -79,9 +87,17 @@ def run(args: argparse.Namespace) -> int:
     # One collection before serving: logs NVML trouble and unmapped GPUs right at start.
     for _ in collector.collect():
         pass
-    log.info("GPU exporter (%s) serving http://%s:%d/metrics", backend.description, host, port)
+    scheme = web_cfg.scheme if web_cfg else "http"
+    log.info("GPU exporter (%s) serving %s://%s:%d/metrics", backend.description, scheme, host, port)
     try:
-        web.run_app(make_app(registry, collector), host=host, port=port, print=None, access_log=None)
+        web.run_app(
+            protect(make_app(registry, collector), web_cfg),
+            host=host,
+            port=port,
+            print=None,
+            access_log=None,
+            ssl_context=ssl_context(web_cfg),
+        )
     except OSError as exc:
         print(f"chargeback gpu-exporter: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter import contract
+from exporter.billing_calendar import BillingMonthCollector
 from exporter.config import Config
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -283,6 +284,7 @@ class ProxyMetrics:
         self.full_registry = CollectorRegistry(auto_describe=False)
         self.full_registry.register(self.usage)
         self.registry.register(ConfigCollector(cfg))
+        self.registry.register(BillingMonthCollector(cfg.tz))
         if ledger_stats is not None:
             self.registry.register(LedgerCollector(ledger_stats))
         ProcessCollector(registry=self.registry)
