@@ -134,8 +134,8 @@ class KeyCache:
 
     def lookup(self, token: str) -> KeyRecord | None:
         """The active key for this token, or None (unknown or revoked)."""
-        if not token.startswith(TOKEN_PREFIX):
-            return None
+        if not token.startswith(TOKEN_PREFIX) or not token.isascii():
+            return None  # tokens are ASCII: a header byte like \xff is no key (and cannot be hashed)
         # No secret is compared byte by byte: the lookup is keyed by the token's SHA-256, and how
         # long it takes depends only on that digest, which a caller cannot steer towards a stored
         # one (preimage resistance). So response timing tells nothing about how close a guess was.

@@ -27,14 +27,17 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter.config import Config, Model
 from exporter.ledger.row import LedgerRow
+from exporter.ledger.validate import storable_text, tokens_problem
 from exporter.proxy.errors import error_body, error_response
 from exporter.proxy.metrics import ProxyMetrics
+from exporter.proxy.redact import clean_message, model_redactor, public_url
 from exporter.proxy.usage import (
+    InvalidUsage,
     SSEFilter,
     Usage,
     estimate_tokens,
-    extract_usage,
     prompt_chars,
+    read_usage,
     response_chars,
     response_texts,
 )
@@ -80,6 +83,7 @@ RESPONSE_DROP = HOP_BY_HOP | {
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 # endpoints where stream_options.include_usage exists (the Responses API always sends usage)
 INCLUDE_USAGE_ENDPOINTS = frozenset(("/v1/chat/completions", "/v1/completions"))
+TOO_DEEP = "malformed JSON body: nested too deeply"
 MAX_UPSTREAM_BODY = 256 * 1024 * 1024  # a non-streaming response bigger than this is refused (502)
 
 
@@ -186,6 +190,12 @@ def _finish(state: ProxyState, call: Call) -> None:
     """Record the request: ledger row + counters. Never raises (a bug here must not hide the response)."""
     try:
         duration = time.perf_counter() - call.started
+        if call.usage is not None:  # the last check, whichever path counted it (upstream, tokenize)
+            u = call.usage
+            problem = tokens_problem(u.prompt_tokens, u.completion_tokens, u.total_tokens, u.cached_tokens)
+            if problem:
+                call.usage, call.estimated, call.usage_source = None, True, ""
+                call.usage_reason = f"usage is invalid: {problem}"
         usage = call.usage
         if usage is None and call.estimated:
             if call.body is not None:
@@ -208,7 +218,7 @@ def _finish(state: ProxyState, call: Call) -> None:
             timestamp=call.timestamp,
             user_email=call.user,
             team=call.team,
-            model=call.model_name[:200],
+            model=storable_text(call.model_name, 200),
             endpoint=call.endpoint,
             status_code=call.status,
             prompt_tokens=usage.prompt_tokens,
@@ -220,10 +230,10 @@ def _finish(state: ProxyState, call: Call) -> None:
             duration_ms=round(duration * 1000, 3),
             ttft_ms=round(ttft * 1000, 3) if ttft is not None else None,
             api_key_id=call.api_key_id,
-            upstream=call.upstream,
-            error=call.error[:500],
+            upstream=public_url(call.upstream),
+            error=storable_text(clean_message(call.model, call.error), 500),
             usage_source=source,
-            usage_reason=call.usage_reason[:200],
+            usage_reason=storable_text(clean_message(call.model, call.usage_reason), 200),
         )
         state.ledger.submit(row)
         m = state.metrics
@@ -258,7 +268,7 @@ def _reply(
     param: str | None = None,
 ) -> web.Response:
     call.status = status
-    call.error = message
+    call.error = message = clean_message(call.model, message)
     return error_response(status, message, type_, code, param, headers={"X-Request-Id": call.request_id})
 
 
@@ -297,7 +307,7 @@ def _client_headers(upstream: aiohttp.ClientResponse, call: Call) -> CIMultiDict
     # and repeated headers (Link, Vary) survive.
     headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
     headers["X-Request-Id"] = call.request_id
-    return headers
+    return model_redactor(call.model).headers(headers)  # an upstream echoing its credential
 
 
 def _upstream_order(state: ProxyState, model: Model) -> list[str]:
@@ -364,6 +374,8 @@ async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.Str
         body = json.loads(raw)
     except ValueError as exc:
         return _reply(call, 400, f"malformed JSON body: {exc}", code="invalid_json")
+    except RecursionError:
+        return _reply(call, 400, TOO_DEEP, code="invalid_json")
     if not isinstance(body, dict):
         return _reply(call, 400, "the JSON body must be an object", code="invalid_json")
     name = body.get("model")
@@ -403,7 +415,12 @@ async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.Str
         changed = True
     # Unchanged bodies go upstream as the client sent them (no re-serialisation); anything that is
     # not plain UTF-8 JSON text (a BOM, UTF-16) is re-encoded so the upstream can read it.
-    payload = json.dumps(body, separators=(",", ":")).encode() if changed or raw.lstrip()[:1] != b"{" else raw
+    try:
+        payload = (
+            json.dumps(body, separators=(",", ":")).encode() if changed or raw.lstrip()[:1] != b"{" else raw
+        )
+    except RecursionError:  # parsed at the edge of the stack's depth, re-encoded a little deeper
+        return _reply(call, 400, TOO_DEEP, code="invalid_json")
     return await _forward(request, state, call, model, payload, hide_usage)
 
 
@@ -420,8 +437,8 @@ async def _open_upstream(
         try:
             return await state.session.post(base + suffix, data=payload, headers=headers)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            last_error = f"{base}: {exc}"
-            log.warning("upstream %s unreachable for %s: %s", base, model.name, exc)
+            last_error = f"{public_url(base)}: {exc}"
+            log.warning("upstream %s unreachable for %s: %s", public_url(base), model.name, exc)
             continue
         except aiohttp.SocketTimeoutError:
             return _reply(
@@ -502,18 +519,21 @@ async def _relay_body(call: Call, upstream: aiohttp.ClientResponse) -> web.Strea
     if upstream.status < 300:
         try:
             obj = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             obj = None
-        call.usage = extract_usage(obj)
+        found = read_usage(obj)
+        call.usage = found if isinstance(found, Usage) else None
         if call.usage is None:
             call.estimated = True
-            call.usage_reason = call.usage_reason or "response carried no usage"
+            reason = found.reason if isinstance(found, InvalidUsage) else "response carried no usage"
+            call.usage_reason = call.usage_reason or reason
             call.delivered_chars = response_chars(obj)
             if call.model is not None and call.model.usage_fallback == "tokenize":
                 call.texts = response_texts(obj)
     else:
         call.error = f"upstream returned {upstream.status}"
-    return web.Response(status=upstream.status, body=data, headers=_client_headers(upstream, call))
+    body = model_redactor(call.model).data(data)  # an error body may echo the upstream's credential
+    return web.Response(status=upstream.status, body=body, headers=_client_headers(upstream, call))
 
 
 async def _relay_stream(
@@ -523,6 +543,7 @@ async def _relay_stream(
     response = web.StreamResponse(status=upstream.status, headers=_client_headers(upstream, call))
     call.status = upstream.status
     sse = SSEFilter(hide_usage, keep_text=call.model is not None and call.model.usage_fallback == "tokenize")
+    redact = model_redactor(call.model).data
 
     async def send(out: bytes) -> None:
         # Once the end marker has been handed to the transport the client has the whole answer: a
@@ -532,7 +553,7 @@ async def _relay_stream(
         before = call.complete
         call.complete = call.complete or sse.complete
         try:
-            await response.write(out)
+            await response.write(redact(out))
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             call.complete = before
             raise
@@ -560,8 +581,9 @@ async def _relay_stream(
             if not sse.complete:  # after the end marker the client has the whole answer: no error
                 timeout = isinstance(exc, aiohttp.SocketTimeoutError)
                 call.status = 504 if timeout else 502
-                call.error = (
-                    "upstream timed out mid-stream" if timeout else f"upstream dropped mid-stream: {exc}"
+                call.error = clean_message(
+                    call.model,
+                    "upstream timed out mid-stream" if timeout else f"upstream dropped mid-stream: {exc}",
                 )
                 event = error_body(
                     call.error, "upstream_error", "upstream_timeout" if timeout else "upstream_disconnected"
@@ -584,7 +606,8 @@ async def _relay_stream(
         call.usage = sse.usage
         if call.usage is None:
             call.estimated = True
-            call.usage_reason = call.usage_reason or "stream ended without a usage event"
+            reason = sse.usage_problem or "stream ended without a usage event"
+            call.usage_reason = call.usage_reason or reason
     return response
 
 

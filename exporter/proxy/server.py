@@ -13,15 +13,85 @@ import gc
 import logging
 import signal
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestHandler
 
 from exporter.config import Config, parse_listen
 from exporter.proxy.app import ProxyState, create_app, create_metrics_app, create_state
+from exporter.proxy.errors import error_body
+from exporter.proxy.redact import install_log_redaction
 from exporter.webconfig import WebConfig, protect, ssl_context
 
 log = logging.getLogger("chargeback.proxy")
 
 GC_GEN0_THRESHOLD = 20_000  # CPython's default is 700 allocations
+
+
+# What a request the HTTP parser refused is told, by the parser's exception class. aiohttp's own
+# message quotes the offending bytes (a whole Authorization header, say) and would be logged with a
+# traceback and sent back in the body: neither happens here.
+_PARSE_ERRORS: tuple[tuple[type[Exception], str], ...] = (
+    (http_exceptions.LineTooLong, "a header or the request line is too long"),
+    (http_exceptions.InvalidHeader, "a header is malformed"),
+    (http_exceptions.BadStatusLine, "the request line is malformed"),
+    (http_exceptions.InvalidURLError, "the request target is malformed"),
+    (http_exceptions.PayloadEncodingError, "the request body's framing is malformed"),
+)
+
+
+def parse_error_reason(exc: BaseException) -> str:
+    """A description of why the parser refused a request that quotes nothing from it."""
+    for cls, reason in _PARSE_ERRORS:
+        if isinstance(exc, cls):
+            return reason
+    # the C parser's messages start with a fixed text (what follows quotes the request)
+    if str(getattr(exc, "message", "")).startswith("Invalid header"):
+        return "a header is malformed"
+    return "the request is not valid HTTP"
+
+
+class QuietRequestHandler(RequestHandler):
+    """aiohttp's connection handler, minus the echo: a request its parser refuses is logged as one
+    line without the request's bytes, and answered with a fixed OpenAI-style 400."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, http_exceptions.HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        reason = parse_error_reason(exc)
+        log.info("refused a malformed HTTP request from %s: %s", request.remote, reason)
+        if request.writer.output_size > 0:  # as aiohttp does: too late for an answer
+            raise ConnectionError("response already started; cannot send the error")
+        resp = web.Response(
+            status=status,
+            body=error_body(f"malformed HTTP request: {reason}", "invalid_request_error", "bad_http_request"),
+            content_type="application/json",
+        )
+        resp.force_close()
+        return resp
+
+
+class QuietServer(web.Server):
+    __slots__ = ()
+
+    def __call__(self) -> RequestHandler:
+        return QuietRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class QuietAppRunner(web.AppRunner):
+    """An AppRunner whose connections are handled by ``QuietRequestHandler``."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = QuietServer  # same object and state; only new connections' handler differs
+        return server
 
 
 def _scheme(cfg: WebConfig | None) -> str:
@@ -40,6 +110,7 @@ async def serve(
     """``web_config``: TLS (and response headers) for the API listeners; its ``basic_auth_users``
     do not apply there, because API clients send their API key in the same Authorization header.
     ``metrics_web_config``: TLS, basic auth and headers for the metrics listener."""
+    install_log_redaction(cfg.models.values())  # before anything can log a credential
     state = state or create_state(cfg)
     listen = listen or cfg.proxy.listen
     metrics_listen = metrics_listen or cfg.proxy.metrics_listen
@@ -54,14 +125,14 @@ async def serve(
             "%s: basic_auth_users protect the metrics listener only; API clients authenticate with API keys",
             web_config.path,
         )
-    api = web.AppRunner(
+    api = QuietAppRunner(
         protect(create_app(state, ledger_close_timeout=max(grace, 5.0)), web_config, basic_auth=False),
         handle_signals=False,
         access_log=None,
         shutdown_timeout=grace,
         handler_cancellation=True,
     )
-    metrics = web.AppRunner(
+    metrics = QuietAppRunner(
         protect(create_metrics_app(state), metrics_web_config),
         handle_signals=False,
         access_log=None,

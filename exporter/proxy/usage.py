@@ -16,7 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from exporter.ledger.validate import count_problem, usage_problem
+
 CHARS_PER_TOKEN = 4
+PROMPT_KEYS = ("prompt_tokens", "completion_tokens")
 # a usage object (not "usage": null) somewhere in an event, e.g. the final chunk or response.completed
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 # generated text in stream events: chat deltas, completions text, Responses API deltas, tool arguments
@@ -33,46 +36,79 @@ class Usage:
     cached_tokens: int = 0
 
 
-def _count(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return None
-    return value
+@dataclass(frozen=True, slots=True)
+class InvalidUsage:
+    """A usage object whose figures cannot be used (see exporter/ledger/validate.py)."""
+
+    reason: str  # names the field, e.g. "upstream usage is invalid: usage.prompt_tokens: -5 is negative"
 
 
-def extract_usage(obj: Any) -> Usage | None:
+def read_usage(obj: Any) -> Usage | InvalidUsage | None:
     """Usage from a response body or stream event: chat/completions/embeddings (``usage.prompt_tokens``)
-    or the Responses API (``usage.input_tokens``, also nested in ``response.completed`` events)."""
+    or the Responses API (``usage.input_tokens``, also nested in ``response.completed`` events).
+
+    None when there is no usage (no usage object, or no prompt count in it); ``InvalidUsage`` when
+    a count is not an integer in 0..2^31-1, or more tokens are cached than were prompted. Absent
+    (or null) completion, total and cached counts mean 0, prompt + completion and 0."""
     if not isinstance(obj, dict):
         return None
+    where = "usage"
     usage = obj.get("usage")
     if usage is None and isinstance(obj.get("response"), dict):
         usage = obj["response"].get("usage")
+        where = "response.usage"
     if not isinstance(usage, dict):
         return None
-    prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
+    responses = "prompt_tokens" not in usage and "input_tokens" in usage
+    prompt_key, completion_key = ("input_tokens", "output_tokens") if responses else PROMPT_KEYS
+    prompt = usage.get(prompt_key)
     if prompt is None:
         return None
-    completion = _count(usage.get("completion_tokens", usage.get("output_tokens", 0)))
+    completion = usage.get(completion_key, 0)
     if completion is None:
-        return None
-    total = _count(usage.get("total_tokens"))
-    if total is None:
-        total = prompt + completion
-    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-    cached = _count(details.get("cached_tokens", 0)) if isinstance(details, dict) else 0
-    return Usage(prompt, completion, total, cached or 0)
+        return None  # as good as no usage (some servers send nulls before the last chunk)
+    total = usage.get("total_tokens")
+    details_key = "input_tokens_details" if responses else "prompt_tokens_details"
+    details = usage.get(details_key)
+    if details is None and not responses:
+        details_key = "input_tokens_details"
+        details = usage.get(details_key)
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    counts: list[tuple[str, object]] = [
+        (f"{where}.{prompt_key}", prompt),
+        (f"{where}.{completion_key}", completion),
+    ]
+    if total is not None:
+        counts.append((f"{where}.total_tokens", total))
+    problem = usage_problem(
+        counts, (f"{where}.{details_key}.cached_tokens", cached) if cached is not None else None
+    )
+    if problem is None and total is None:
+        total = prompt + completion  # type: ignore[operator]  # both checked integers
+        problem = count_problem(f"{where}.total_tokens (prompt + completion)", total)
+    if problem:
+        return InvalidUsage(f"upstream usage is invalid: {problem}")
+    return Usage(prompt, completion, total, cached or 0)  # type: ignore[arg-type]  # checked above
+
+
+def extract_usage(obj: Any) -> Usage | None:
+    """The usage in ``obj`` when it is there and valid (see ``read_usage``)."""
+    found = read_usage(obj)
+    return found if isinstance(found, Usage) else None
 
 
 def _strings(value: Any, out: list[str]) -> None:
-    if isinstance(value, str):
-        out.append(value)
-    elif isinstance(value, list):
-        for v in value:
-            _strings(v, out)
-    elif isinstance(value, dict):
-        for key in ("content", "text", "input", "arguments"):
-            if key in value:
-                _strings(value[key], out)
+    """Text in ``value`` (strings, lists of them, the text fields of objects), in document order.
+    Iterative: a request nested a thousand lists deep must not exhaust Python's stack."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, list):
+            stack.extend(reversed(v))
+        elif isinstance(v, dict):
+            stack.extend(v[key] for key in ("arguments", "input", "text", "content") if key in v)
 
 
 def prompt_chars(body: dict[str, Any]) -> int:
@@ -157,12 +193,22 @@ class SSEFilter:
     """Splits an upstream SSE byte stream into events, passes each complete event on, remembers the
     usage event, and drops the usage-only chunk the proxy asked for when the client did not."""
 
-    __slots__ = ("_buf", "complete", "delivered_chars", "error", "hide_usage", "texts", "usage")
+    __slots__ = (
+        "_buf",
+        "complete",
+        "delivered_chars",
+        "error",
+        "hide_usage",
+        "texts",
+        "usage",
+        "usage_problem",
+    )
 
     def __init__(self, hide_usage: bool, keep_text: bool = False) -> None:
         self._buf = b""
         self.hide_usage = hide_usage
         self.usage: Usage | None = None
+        self.usage_problem: str | None = None  # why a usage event's figures were not used
         self.delivered_chars = 0
         # the delivered text itself, for counting it with the server's tokenizer afterwards
         self.texts: list[str] | None = [] if keep_text else None
@@ -209,7 +255,7 @@ class SSEFilter:
                 continue
             try:
                 obj = json.loads(line[5:])
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if not isinstance(obj, dict):
                 continue
@@ -291,14 +337,18 @@ class SSEFilter:
             return raw
         try:
             obj = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return raw
         if not isinstance(obj, dict):
             return raw
-        usage = extract_usage(obj)
+        usage = read_usage(obj)
         if usage is None:
             return raw
-        self.usage = usage
+        if isinstance(usage, InvalidUsage):
+            self.usage_problem = usage.reason  # still the usage event: hidden below like a valid one
+            self._take(_TEXT_FIELDS.findall(data))  # its figures are not used: count its text too
+        else:
+            self.usage = usage
         if not self.hide_usage or "choices" not in obj:
             return raw
         if not obj.get("choices"):
