@@ -167,7 +167,7 @@ def test_one_recipient_failing(prom: ManagedProcess, tmp_path: Path, smtp) -> No
     r = run(cfg, "report", "--period", "2026-10", "--email")
     assert r.returncode == 4
     assert "email to b2@corp.test (team beta) failed: 550" in r.stderr
-    assert "1 recipients failed" in r.stderr
+    assert "chargeback: 1 of 5 recipients failed; the other 4 were delivered\n" in r.stderr
     # the others were delivered, b1 included (same message as b2)
     assert sorted(box.by_recipient()) == [
         "alpha-lead@corp.test",
@@ -175,6 +175,23 @@ def test_one_recipient_failing(prom: ManagedProcess, tmp_path: Path, smtp) -> No
         "finops@corp.test",
         "gamma@corp.test",
     ]
+
+
+def test_no_recipient_delivered_says_so(prom: ManagedProcess, tmp_path: Path, smtp) -> None:  # type: ignore[no-untyped-def]
+    box, port = smtp
+    box.reject = {
+        "alpha-lead@corp.test",
+        "b1@corp.test",
+        "b2@corp.test",
+        "finops@corp.test",
+        "gamma@corp.test",
+    }
+    cfg = write_config(tmp_path, prom.url or "", smtp_port=port)
+    r = run(cfg, "report", "--period", "2026-10", "--email")
+    assert r.returncode == 4
+    assert r.stderr.endswith("chargeback: no email was delivered: all 5 recipients failed\n"), r.stderr
+    assert "delivered" not in r.stderr.replace("no email was delivered", "")
+    assert box.by_recipient() == {}
 
 
 def test_dry_run_sends_nothing(prom: ManagedProcess, tmp_path: Path, smtp) -> None:  # type: ignore[no-untyped-def]

@@ -1,7 +1,7 @@
 """``chargeback report`` and ``chargeback compare``.
 
 Exit status: 0 done; 2 bad config, period or method parameters; 3 Prometheus (or the ledger)
-failed — nothing was written or sent; 4 some emails could not be delivered (the others were).
+failed — nothing was written or sent; 4 some (or all) emails could not be delivered.
 """
 
 from __future__ import annotations
@@ -299,9 +299,20 @@ def _email(cfg: Config, st: Statement, dry_run: bool) -> int:
     if failures:
         for f in failures:
             print(f"chargeback: email to {f.recipient} ({f.message}) failed: {f.error}", file=sys.stderr)
-        print(f"chargeback: {len(failures)} recipients failed; the others were delivered", file=sys.stderr)
+        print(f"chargeback: {email_outcome(len(delivered), len(failures))}", file=sys.stderr)
         return EXIT_EMAIL
     return 0
+
+
+def email_outcome(delivered: int, failed: int) -> str:
+    """What to say when some recipients failed: never that others were delivered when none was."""
+    total = delivered + failed
+    if delivered == 0:
+        return f"no email was delivered: all {total} recipient{'s' if total != 1 else ''} failed"
+    return (
+        f"{failed} of {total} recipients failed; "
+        f"the other {delivered} {'was' if delivered == 1 else 'were'} delivered"
+    )
 
 
 # --------------------------------------------------------------------------- compare
