@@ -5,7 +5,11 @@ Every value is validated at load time; an error names the file, the key path and
     chargeback.yaml: teams.research.budget: expected a number, got "lots"
 
 ``${NAME}`` (or ``${NAME:-default}``) anywhere in a string is replaced by the environment variable,
-so secrets never have to be written into the file.
+so secrets never have to be written into the file; any other ``${`` is an error.
+
+The file must be UTF-8 and not empty. YAML anchors and aliases work, within bounds: an alias that
+contains itself, values nested more than ``MAX_YAML_DEPTH`` deep, or aliases expanding to more than
+``MAX_YAML_VALUES`` values (an "alias bomb") are refused before anything is expanded.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from exporter.proxy.redact import public_url
+
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MAX_YAML_VALUES = 2_000_000  # scalars, lists and mappings once every alias is expanded
+MAX_YAML_DEPTH = 64
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]*$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+$")
 
@@ -330,6 +338,13 @@ class _Reader:
             raise self.error(path, f"must be at most {maximum:g}, got {value}")
         return result
 
+    def seconds(self, value: Any, path: str, default: float) -> float:
+        """A duration that must be greater than 0 (a timeout or interval of 0 would never wait)."""
+        result = self.number(value, path, default)
+        if result <= 0:
+            raise self.error(path, f"must be greater than 0 seconds, got {value}")
+        return result
+
     def integer(self, value: Any, path: str, default: int | None = None, minimum: int = 0) -> int | None:
         if value is None:
             return default
@@ -361,6 +376,17 @@ def substitute_env(value: Any, path: str, reader: _Reader, environ: dict[str, st
     if isinstance(value, list):
         return [substitute_env(v, f"{path}[{i}]", reader, environ) for i, v in enumerate(value)]
     if isinstance(value, str) and "${" in value:
+        start = value.find("${")
+        while start != -1:
+            if not ENV_PATTERN.match(value, start):
+                end = value.find("}", start)
+                ref = value[start : end + 1 if end != -1 else len(value)]
+                raise reader.error(
+                    path,
+                    f"malformed environment reference {_describe(ref)}: expected ${{NAME}} or "
+                    "${NAME:-default}, NAME made of letters, digits and _",
+                )
+            start = value.find("${", start + 2)
 
         def repl(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
@@ -384,21 +410,91 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{filename}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{filename}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start});"
+            " save the file as UTF-8"
+        ) from None
     return parse_config(text, filename, environ)
+
+
+def _yaml_children(node: yaml.Node, path: str) -> list[tuple[yaml.Node, str]]:
+    """A node's children with their key paths (``teams.research``, ``models.m1.upstreams[0]``)."""
+    if isinstance(node, yaml.SequenceNode):
+        return [(child, f"{path}[{i}]") for i, child in enumerate(node.value)]
+    if isinstance(node, yaml.MappingNode):
+        out: list[tuple[yaml.Node, str]] = []
+        for key, value in node.value:
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+            out += [(key, path), (value, f"{path}.{name}" if path else name)]
+        return out
+    return []
+
+
+def _check_yaml_graph(root: yaml.Node, reader: _Reader) -> None:
+    """Refuse a document whose aliases loop or expand beyond bounds, before anything is expanded:
+    each node's expanded size is computed once (iteratively, so depth cannot exhaust the stack)."""
+    size: dict[int, int] = {}
+    open_nodes: set[int] = set()  # on the current path: meeting one again is a loop
+    stack: list[tuple[yaml.Node, str, int, bool]] = [(root, "", 1, False)]
+
+    def fail(path: str, node: yaml.Node, message: str) -> ConfigError:
+        mark = node.start_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return reader.error(path if len(path) <= 80 else path[:79] + "…", message + where)
+
+    while stack:
+        node, path, depth, finished = stack.pop()
+        key = id(node)
+        if finished:
+            open_nodes.discard(key)
+            total = 1 + sum(size[id(c)] for c, _ in _yaml_children(node, path))
+            if total > MAX_YAML_VALUES:
+                raise fail(
+                    path, node, f"YAML aliases expand to more than {MAX_YAML_VALUES} values (an alias bomb)"
+                )
+            size[key] = total
+            continue
+        if key in size:
+            continue
+        if depth > MAX_YAML_DEPTH:
+            raise fail(path, node, f"nested more than {MAX_YAML_DEPTH} levels deep")
+        open_nodes.add(key)
+        stack.append((node, path, depth, True))
+        for child, child_path in _yaml_children(node, path):
+            if id(child) in open_nodes:
+                raise fail(
+                    child_path, child, "a YAML alias refers to a value that contains it (recursive alias)"
+                )
+            if id(child) not in size:
+                stack.append((child, child_path, depth + 1, False))
+
+
+def _load_yaml(text: str, reader: _Reader) -> Any:
+    """The YAML document, checked by ``_check_yaml_graph`` before it is built."""
+    loader = _YAML_LOADER(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_graph(node, reader)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def parse_config(text: str, filename: str = "<config>", environ: dict[str, str] | None = None) -> Config:
     reader = _Reader(Path(filename).name if filename != "<config>" else filename)
     try:
         # libyaml's parser when present: ~10x faster, which matters for 10k-user directories.
-        raw = yaml.load(text, Loader=_YAML_LOADER)
+        raw = _load_yaml(text, reader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise reader.error("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    raw = substitute_env(
-        raw if raw is not None else {}, "", reader, dict(os.environ if environ is None else environ)
-    )
+    if raw is None:
+        raise reader.error("", "the file is empty (expected a YAML mapping of settings: models, teams, ...)")
+    raw = substitute_env(raw, "", reader, dict(os.environ if environ is None else environ))
     top = reader.mapping(
         raw,
         "",
@@ -535,7 +631,15 @@ def _models(r: _Reader, value: Any, pools: dict[str, Pool], teams: dict[str, Tea
             raise r.error(f"{p}.upstreams", "at least one upstream base URL is required")
         for i, u in enumerate(upstreams):
             if not re.match(r"^https?://[^/\s]+", u):
-                raise r.error(f"{p}.upstreams[{i}]", f"expected an http(s) URL, got {_describe(u)}")
+                raise r.error(
+                    f"{p}.upstreams[{i}]", f"expected an http(s) URL, got {_describe(public_url(u))}"
+                )
+            if b.get("api_key") and "@" in u.split("/", 3)[2]:
+                raise r.error(
+                    f"{p}.upstreams[{i}]",
+                    "has user:password@ and the model has an api_key: an upstream gets one credential, "
+                    "remove one of them",
+                )
         pool = r.string(b.get("pool"), f"{p}.pool", required=True)
         if pool not in pools:
             raise r.error(
@@ -624,7 +728,7 @@ def _ledger(r: _Reader, value: Any) -> LedgerConfig:
         url=url,
         batch_size=r.integer(b.get("batch_size"), "ledger.batch_size", d.batch_size, minimum=1)
         or d.batch_size,
-        flush_interval_seconds=r.number(
+        flush_interval_seconds=r.seconds(
             b.get("flush_interval_seconds"), "ledger.flush_interval_seconds", d.flush_interval_seconds
         ),
         max_queue_rows=r.integer(
@@ -632,7 +736,7 @@ def _ledger(r: _Reader, value: Any) -> LedgerConfig:
         )
         or d.max_queue_rows,
         spool_dir=r.string(b.get("spool_dir"), "ledger.spool_dir", d.spool_dir) or d.spool_dir,
-        retry_seconds=r.number(b.get("retry_seconds"), "ledger.retry_seconds", d.retry_seconds),
+        retry_seconds=r.seconds(b.get("retry_seconds"), "ledger.retry_seconds", d.retry_seconds),
         retention_months=r.integer(b.get("retention_months"), "ledger.retention_months", None, minimum=1),
     )
 
@@ -673,10 +777,10 @@ def _proxy(r: _Reader, value: Any) -> ProxyConfig:
         metrics_listen=metrics_listen,
         max_body_bytes=r.integer(b.get("max_body_bytes"), "proxy.max_body_bytes", d.max_body_bytes, minimum=1)
         or d.max_body_bytes,
-        connect_timeout_seconds=r.number(
+        connect_timeout_seconds=r.seconds(
             b.get("connect_timeout_seconds"), "proxy.connect_timeout_seconds", d.connect_timeout_seconds
         ),
-        upstream_timeout_seconds=r.number(
+        upstream_timeout_seconds=r.seconds(
             b.get("upstream_timeout_seconds"), "proxy.upstream_timeout_seconds", d.upstream_timeout_seconds
         ),
         shutdown_grace_seconds=r.number(

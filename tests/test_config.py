@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from decimal import Decimal
@@ -170,3 +171,74 @@ def test_check_config_command(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert 'bad.yaml: teams.research.budget: expected a number, got "lots"' in out.stderr
+
+
+def _bomb(levels: int = 9) -> str:
+    """The "billion laughs": each level lists the previous one nine times (9**9 values expanded)."""
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        prev, cur = chr(96 + i), chr(97 + i)
+        lines.append(f"{cur}: &{cur} [{', '.join(['*' + prev] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+HOSTILE_FILES: dict[str, tuple[bytes, str]] = {
+    "not UTF-8": (
+        MINIMAL.encode() + b"# caf\xe9\n",
+        f"{{path}}: not UTF-8 text (byte 0xe9 at offset {len(MINIMAL) + 5}); save the file as UTF-8",
+    ),
+    "recursive alias": (
+        b"models: &m {m1: *m}\n",
+        "{name}: models.m1: a YAML alias refers to a value that contains it (recursive alias) (line 1, column 9)",
+    ),
+    "alias bomb": (
+        _bomb().encode(),
+        "{name}: i[8][8]: YAML aliases expand to more than 2000000 values (an alias bomb) (line 7, column 4)",
+    ),
+    "space in a variable name": (
+        MINIMAL.encode() + b"ledger: {url: '${MISSING VAR}'}\n",
+        '{name}: ledger.url: malformed environment reference "${{MISSING VAR}}": expected ${{NAME}} or '
+        "${{NAME:-default}}, NAME made of letters, digits and _",
+    ),
+    "zero timeout": (
+        MINIMAL.encode() + b"proxy: {upstream_timeout_seconds: 0}\n",
+        "{name}: proxy.upstream_timeout_seconds: must be greater than 0 seconds, got 0",
+    ),
+    "empty": (b"", "{name}: the file is empty (expected a YAML mapping of settings: models, teams, ...)"),
+    "comments only": (
+        b"# nothing yet\n",
+        "{name}: the file is empty (expected a YAML mapping of settings: models, teams, ...)",
+    ),
+    "credential twice": (
+        MINIMAL.replace("http://127.0.0.1", "http://u:pw@127.0.0.1")
+        .replace("pool: a100}", "pool: a100, api_key: k}")
+        .encode(),
+        "{name}: models.m1.upstreams[0]: has user:password@ and the model has an api_key: an upstream gets "
+        "one credential, remove one of them",
+    ),
+}
+
+
+def _limits() -> None:
+    """The child may use 1 GiB of address space and 20 s of CPU: an unbounded alias expansion dies."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    resource.setrlimit(resource.RLIMIT_CPU, (20, 20))
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_FILES))
+def test_hostile_config_files_get_a_clear_error(tmp_path: Path, case: str) -> None:
+    data, message = HOSTILE_FILES[case]
+    path = tmp_path / "chargeback.yaml"
+    path.write_bytes(data)
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "check-config", "--config.file", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MISSING": "set, but the name has a space"},
+        preexec_fn=_limits,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == f"chargeback: config error: {message.format(path=path, name=path.name)}\n"
+    assert "u:pw" not in out.stderr
