@@ -136,6 +136,8 @@ class LedgerConfig:
     retry_seconds: float = 2.0
     # Months of raw rows `chargeback ledger maintain` keeps (current month included); None: all.
     retention_months: int | None = None
+    # `chargeback ledger query` connects here when set: a read-only role (docs/ledger.md).
+    query_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -718,12 +720,16 @@ def _ledger(r: _Reader, value: Any) -> LedgerConfig:
         value,
         "ledger",
         {"url", "batch_size", "flush_interval_seconds", "max_queue_rows", "spool_dir", "retry_seconds"}
-        | {"retention_months"},
+        | {"retention_months", "query_url"},
     )
     d = LedgerConfig()
     url = r.string(b.get("url"), "ledger.url", d.url) or d.url
-    if not re.match(r"^(sqlite:///|sqlite://:memory:|postgres(ql)?://)", url):
-        raise r.error("ledger.url", f"expected sqlite:///PATH or postgresql://..., got {_describe(url)}")
+    query_url = r.string(b.get("query_url"), "ledger.query_url")
+    for key, value in (("ledger.url", url), ("ledger.query_url", query_url)):
+        if value is not None and not re.match(r"^(sqlite:///|sqlite://:memory:|postgres(ql)?://)", value):
+            raise r.error(
+                key, f"expected sqlite:///PATH or postgresql://..., got {_describe(public_url(value))}"
+            )
     return LedgerConfig(
         url=url,
         batch_size=r.integer(b.get("batch_size"), "ledger.batch_size", d.batch_size, minimum=1)
@@ -738,6 +744,7 @@ def _ledger(r: _Reader, value: Any) -> LedgerConfig:
         spool_dir=r.string(b.get("spool_dir"), "ledger.spool_dir", d.spool_dir) or d.spool_dir,
         retry_seconds=r.seconds(b.get("retry_seconds"), "ledger.retry_seconds", d.retry_seconds),
         retention_months=r.integer(b.get("retention_months"), "ledger.retention_months", None, minimum=1),
+        query_url=query_url,
     )
 
 

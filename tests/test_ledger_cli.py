@@ -162,7 +162,11 @@ def test_ledger_query_verbatim_table_and_csv(run, ledger_url, tmp_path):
     store.insert_rows(rows)
     store.close()
     absent = str(tmp_path / "absent.yaml")
-    code, out, err = run("ledger", "query", VERBATIM_SQL, "--ledger.url", ledger_url, "--config.file", absent)
+    # the test database's role is the superuser postgres (tests/test_ledger_query_safety.py: a reader)
+    su = ["--allow-superuser"] if ledger_url.startswith("postgresql") else []
+    code, out, err = run(
+        "ledger", "query", VERBATIM_SQL, "--ledger.url", ledger_url, "--config.file", absent, *su
+    )
     assert code == 0, err
     assert out == (
         "user_email       model  total_tokens_sum  prompt_tokens_sum  output_tokens_sum\n"
@@ -176,7 +180,7 @@ def test_ledger_query_verbatim_table_and_csv(run, ledger_url, tmp_path):
         "(6 rows)\n"
     )
     code, out, _ = run(
-        "ledger", "query", VERBATIM_SQL, "--csv", "--ledger.url", ledger_url, "--config.file", absent
+        "ledger", "query", VERBATIM_SQL, "--csv", "--ledger.url", ledger_url, "--config.file", absent, *su
     )
     assert out.splitlines()[:2] == [
         "user_email,model,total_tokens_sum,prompt_tokens_sum,output_tokens_sum",
@@ -185,7 +189,14 @@ def test_ledger_query_verbatim_table_and_csv(run, ledger_url, tmp_path):
     assert len(out.splitlines()) == 7
 
     code, out, err = run(
-        "ledger", "query", "DELETE FROM http_analytics", "--ledger.url", ledger_url, "--config.file", absent
+        "ledger",
+        "query",
+        "DELETE FROM http_analytics",
+        "--ledger.url",
+        ledger_url,
+        "--config.file",
+        absent,
+        *su,
     )
     assert code == 1 and out == "" and "read-only" in err
     code, _, err = run(
@@ -196,6 +207,7 @@ def test_ledger_query_verbatim_table_and_csv(run, ledger_url, tmp_path):
         ledger_url,
         "--config.file",
         absent,
+        *su,
     )
     assert code == 1 and "query failed" in err and "nope" in err
     assert open_store(ledger_url).count_rows() == 60

@@ -67,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="e.g. 'SELECT user_email, SUM(total_tokens) FROM public.http_analytics GROUP BY 1'",
     )
     p.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    p.add_argument(
+        "--allow-superuser",
+        action="store_true",
+        help="run even when the PostgreSQL role can run programs or read server files (a superuser); "
+        "the statement then runs as pg_read_all_data",
+    )
     p.set_defaults(func=cmd_ledger_query)
 
     p = lsub.add_parser("summary", help="requests and tokens per user, team and model")
@@ -217,12 +223,35 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_query(args: argparse.Namespace) -> int:
-    def body(cfg: Config | None, store: LedgerStore) -> int:
-        cols, rows = store.query(args.sql)
-        print_result(cols, rows, csv_out=args.csv)
-        return 0
+    """One read-only statement on its own read-only connection (exporter/ledger/adhoc.py): the
+    ledger is neither created nor migrated, and ``ledger.query_url`` (a read-only role) is preferred."""
+    from exporter.ledger.adhoc import open_adhoc
 
-    return _run(args, body)
+    try:
+        cfg = _config(args)
+        if args.ledger_url:
+            url, source = args.ledger_url, "--ledger.url"
+        elif cfg is not None and cfg.ledger.query_url:
+            url, source = cfg.ledger.query_url, f"{cfg.path}: ledger.query_url"
+        elif cfg is not None:
+            url, source = cfg.ledger.url, f"{cfg.path}: ledger.url"
+        else:
+            return _fail("no ledger URL: set ledger.url in the config or pass --ledger.url")
+        query = open_adhoc(url, source, allow_superuser=args.allow_superuser)
+    except StoreError as exc:
+        return _fail(str(exc))
+    try:
+        cols, rows = query.query(args.sql)
+    except ReadOnlyError as exc:
+        return _fail(str(exc))
+    except QueryError as exc:
+        return _fail(f"query failed: {exc}")
+    except StoreError as exc:
+        return _fail(str(exc))
+    finally:
+        query.close()
+    print_result(cols, rows, csv_out=args.csv)
+    return 0
 
 
 def parse_when(value: str | None, tz: ZoneInfo, flag: str) -> datetime | None:

@@ -88,6 +88,39 @@ def _read_only_authorizer(action: int, *_: Any) -> int:
     return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
 
 
+def read_only_connection(target: str, busy_timeout_ms: int) -> sqlite3.Connection:
+    """A connection for ad-hoc reads: an empty in-memory database with the ledger ``target`` (a
+    ``file:`` URI, ``mode=ro`` for files) attached as ``public``, and only reading authorized."""
+    conn = sqlite3.connect("file::memory:", uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("ATTACH DATABASE ? AS public", (target,))
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute("PRAGMA query_only = ON")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"cannot open the SQLite ledger read-only ({target}): {exc}") from None
+    conn.set_authorizer(_read_only_authorizer)
+    return conn
+
+
+def run_read_query(
+    conn: sqlite3.Connection, sql: str, params: Sequence[Any]
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """One statement on a ``read_only_connection``: (column names, rows)."""
+    try:
+        cur = conn.execute(sql, tuple(params))
+        rows = cur.fetchall()
+    except sqlite3.DatabaseError as exc:
+        if any(s in str(exc) for s in ("not authorized", "authorization denied", "readonly", "query_only")):
+            raise ReadOnlyError(f"the ledger query is read-only; refused: {exc}") from None
+        raise QueryError(str(exc)) from None
+    except sqlite3.Warning as exc:
+        raise QueryError(str(exc)) from None
+    if cur.description is None:
+        return [], []
+    return [d[0] for d in cur.description], rows
+
+
 def parse_sqlite_url(url: str) -> tuple[str, bool, dict[str, str]]:
     """(path or shared-memory URI, is_memory, options) from sqlite:///rel.db, sqlite:////abs.db, sqlite://:memory:."""
     rest = url[len("sqlite:") :]
@@ -241,32 +274,13 @@ class SqliteStore(StoreOpsMixin):
 
     def _reader(self) -> sqlite3.Connection:
         if self._read is None:
-            conn = sqlite3.connect("file::memory:", uri=True, isolation_level=None, check_same_thread=False)
             target = self._target if self._memory else "file:" + quote(str(self.path)) + "?mode=ro"
-            conn.execute("ATTACH DATABASE ? AS public", (target,))
-            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
-            conn.execute("PRAGMA query_only = ON")
-            conn.set_authorizer(_read_only_authorizer)
-            self._read = conn
+            self._read = read_only_connection(target, self.busy_timeout_ms)
         return self._read
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self._read_lock:
-            try:
-                cur = self._reader().execute(sql, tuple(params))
-                rows = cur.fetchall()
-            except sqlite3.DatabaseError as exc:
-                if any(
-                    s in str(exc)
-                    for s in ("not authorized", "authorization denied", "readonly", "query_only")
-                ):
-                    raise ReadOnlyError(f"the ledger query is read-only; refused: {exc}") from None
-                raise QueryError(str(exc)) from None
-            except sqlite3.Warning as exc:
-                raise QueryError(str(exc)) from None
-            if cur.description is None:
-                return [], []
-            return [d[0] for d in cur.description], rows
+            return run_read_query(self._reader(), sql, params)
 
     def timestamp_param(self, value: str | datetime) -> Any:
         """A timestamp as this backend compares it with the ``timestamp`` column (for query params)."""
