@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -389,3 +390,12 @@ def test_deeply_nested_json_is_400(edge: Edge) -> None:
         assert (row["status_code"], row["user_email"], row["error"]) == (
             400, user, "malformed JSON body: nested too deeply",
         )  # fmt: skip
+
+
+def test_ledger_files_are_private(edge: Edge) -> None:
+    if not edge.ledger_url.startswith("sqlite"):
+        pytest.skip("the database files are PostgreSQL's")
+    db = Path(edge.ledger_url.removeprefix("sqlite:///"))
+    files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in db.parent.glob("ledger.db*")}
+    assert files == {"ledger.db": 0o600, "ledger.db-wal": 0o600, "ledger.db-shm": 0o600}
+    assert stat.S_IMODE((db.parent / "spool").stat().st_mode) == 0o700

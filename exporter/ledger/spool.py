@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+from exporter.ledger.private_files import make_private_dir, open_private
 from exporter.ledger.row import LedgerRow
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class Spool:
 
     def prepare(self) -> None:
         """Create the directory (raises OSError with the path if impossible)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.dir)
 
     def append(self, rows: Sequence[LedgerRow]) -> None:
         """Durably append rows (write + fsync). Raises OSError when the disk refuses."""
@@ -65,7 +66,7 @@ class Spool:
         self._seq += 1
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         path = self.dir / f"ledger-spool-{stamp}-{os.getpid()}-{self._seq:04d}.jsonl"
-        f = open(path, "ab")  # noqa: SIM115 - held open across appends
+        f = open_private(path, "ab")  # held open across appends
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         _fsync_dir(self.dir)  # the new file's name must survive a crash too
         self._file, self._path, self._file_rows = f, path, 0
@@ -150,8 +151,8 @@ class Spool:
         self.rejected_rows += 1
         log.error("ledger row rejected (kept in %s): %s", self.dir / "rejected", reason)
         rdir = self.dir / "rejected"
-        rdir.mkdir(parents=True, exist_ok=True)
-        with open(rdir / f"rejected-{os.getpid()}.jsonl", "a", encoding="utf-8") as out:
+        make_private_dir(rdir)
+        with open_private(rdir / f"rejected-{os.getpid()}.jsonl", "a", encoding="utf-8") as out:
             out.write(json.dumps({"reason": reason, "row": line}) + "\n")
             out.flush()
             os.fsync(out.fileno())

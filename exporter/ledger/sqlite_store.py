@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 from exporter.ledger import rollup
+from exporter.ledger.private_files import create_private_file, make_private_dir
 from exporter.ledger.row import COLUMNS, LedgerRow
 from exporter.ledger.store import (
     TS_FORMAT,
@@ -155,9 +156,10 @@ class SqliteStore(StoreOpsMixin):
         else:
             p = Path(path).expanduser()
             try:
-                p.parent.mkdir(parents=True, exist_ok=True)
+                make_private_dir(p.parent)
+                create_private_file(p)  # 0600, and so are its -wal and -shm files
             except OSError as exc:
-                raise StoreError(f"cannot create the directory for the ledger {p}: {exc}") from None
+                raise StoreError(f"cannot create the ledger {p}: {exc}") from None
             self.path = p.resolve()
             self._target = str(self.path)
         try:
