@@ -83,6 +83,16 @@ def usage_problem(
 def tokens_problem(prompt: int, completion: int, total: int, cached: int) -> str | None:
     """The same rules for a usage already read into numbers (the last check before a row is built,
     whichever path counted it)."""
+    if (
+        type(prompt) is int
+        and type(completion) is int
+        and type(total) is int
+        and type(cached) is int
+        and 0 <= cached <= prompt <= MAX_TOKENS
+        and 0 <= completion <= MAX_TOKENS
+        and 0 <= total <= MAX_TOKENS
+    ):
+        return None  # the usual case, in one expression: a row is built per request
     return usage_problem(
         (("prompt_tokens", prompt), ("completion_tokens", completion), ("total_tokens", total)),
         ("cached_tokens", cached),
