@@ -183,7 +183,7 @@ def install_log_redaction(models: Iterable[Any] = ()) -> None:
             message = record.getMessage()
         except Exception:  # a bad format string: keep the record as it is, logging reports it
             return record
-        record.msg, record.args = scrub_log_text(message), None
+        record.msg, record.args = scrub_log_text(message), ()
         if record.exc_info:
             record.exc_text = scrub_log_text(formatter.formatException(record.exc_info))
         if record.stack_info:
