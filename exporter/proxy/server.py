@@ -66,7 +66,9 @@ class QuietRequestHandler(RequestHandler):
         if not isinstance(exc, http_exceptions.HttpProcessingError):
             return super().handle_error(request, status, exc, message)
         reason = parse_error_reason(exc)
-        log.info("refused a malformed HTTP request from %s: %s", request.remote, reason)
+        # a bad request line is what scanners and TLS clients on a plain port send: debug, like aiohttp
+        level = logging.DEBUG if isinstance(exc, http_exceptions.BadStatusLine) else logging.INFO
+        log.log(level, "refused a malformed HTTP request from %s: %s", request.remote, reason)
         if request.writer.output_size > 0:  # as aiohttp does: too late for an answer
             raise ConnectionError("response already started; cannot send the error")
         resp = web.Response(
