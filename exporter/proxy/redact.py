@@ -101,14 +101,7 @@ class Redactor:
 
     def headers(self, headers: CIMultiDict[str]) -> CIMultiDict[str]:
         """The headers with every secret replaced, in names and values (a new multidict if any was)."""
-        if not self._text:
-            return headers
-        hit = False
-        for k, v in headers.items():
-            if self.text(k) != k or self.text(v) != v:
-                hit = True
-                break
-        if not hit:
+        if not self._text or not any(s in k or s in v for k, v in headers.items() for s in self._text):
             return headers
         return CIMultiDict((self.text(k), self.text(v)) for k, v in headers.items())
 
