@@ -131,6 +131,8 @@ def usage_counters() -> list[tuple[dict[str, str], str, Counter]]:
         }
         for key, counter in metrics.items():
             counter.restarts = restarts
+            # requests by code on the per-user counter: the shape before chargeback_requests_by_code_total,
+            # which a month spanning an upgrade still holds; the reporter adds the codes up
             if key.startswith("requests_"):
                 out.append(
                     ({**labels, "code": key.removeprefix("requests_")}, contract.REQUESTS_TOTAL, counter)
