@@ -174,3 +174,47 @@ def test_every_metrics_listener_honours_gzip(tmp_path: Path) -> None:
             zipped = _raw_get(url + "/metrics", {"Accept-Encoding": "gzip"})
             assert zipped.headers["Content-Encoding"] == "gzip"
             assert f"# TYPE {family} gauge" in gzip.decompress(zipped.content).decode()
+
+
+@pytest.mark.parametrize("mode", ["user", "team"])
+def test_render_and_collect_agree_in_each_mode(mode: str) -> None:
+    """The fast text renderer and client_python's collect() expose the same samples."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.proxy.metrics import ProxyMetrics
+
+    cfg = parse_config(
+        "pools:\n  p: {gpu_hourly_cost: 1}\nmodels:\n  m: {upstreams: [http://127.0.0.1:1/v1], pool: p}\nteams:\n  a: {}\n  b: {}\n"
+        f"proxy: {{metrics_labels: {mode}}}\n",
+        "chargeback.yaml",
+    )
+    m = ProxyMetrics(cfg)
+    m.usage.record("x@corp", "a", "m", 200, 10, 2, 1, 0.5, False)
+    m.usage.record("y@corp", "a", "m", 200, 20, 3, 0, 0.25, True)
+    m.usage.record("z@corp", "b", "m", 503, 5, 0, 0, 0.125, True)
+    reg = m.full_registry
+    if mode == "user":
+        assert (
+            reg.get_sample_value(contract.PROMPT_TOKENS_TOTAL, {"user": "y@corp", "team": "a", "model": "m"})
+            == 20
+        )
+    else:
+        assert reg.get_sample_value(contract.PROMPT_TOKENS_TOTAL, {"team": "a", "model": "m"}) == 30
+        assert reg.get_sample_value(contract.REQUEST_SECONDS_TOTAL, {"team": "a", "model": "m"}) == 0.75
+        assert reg.get_sample_value(contract.USAGE_ESTIMATED_TOTAL, {"team": "b", "model": "m"}) == 1
+    assert (
+        reg.get_sample_value(contract.REQUESTS_BY_CODE_TOTAL, {"team": "a", "model": "m", "code": "200"}) == 2
+    )
+    assert (
+        reg.get_sample_value(contract.REQUESTS_BY_CODE_TOTAL, {"team": "b", "model": "m", "code": "503"}) == 1
+    )
+
+    def samples(families: object) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return {
+            (s.name, tuple(sorted(s.labels.items())), s.value)
+            for f in families  # type: ignore[attr-defined]
+            for s in f.samples
+            if not s.name.endswith("_created")
+        }
+
+    assert samples(text_string_to_metric_families(m.usage.render())) == samples(m.usage.collect())
