@@ -5,8 +5,10 @@ compares per team × model."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import report_scenario as sc
@@ -18,7 +20,7 @@ from exporter.report.period import parse_period
 from exporter.report.promql import PromClient
 from exporter.report.reconcile import reconcile, team_line
 from exporter.report.statement import build_statement
-from exporter.stack import ManagedProcess, start_prometheus
+from exporter.stack import ManagedProcess, chargeback_argv, start_prometheus
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +31,12 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     p.stop()
 
 
+def team_cfg_text(prom: ManagedProcess, out: str = "statements") -> str:
+    return sc.config_text(prom.url or "", out=out) + "proxy:\n  metrics_labels: team\n"
+
+
 def team_cfg(prom: ManagedProcess) -> Config:
-    return parse_config(
-        sc.config_text(prom.url or "") + "proxy:\n  metrics_labels: team\n", "chargeback.yaml"
-    )
+    return parse_config(team_cfg_text(prom), "chargeback.yaml")
 
 
 def test_team_mode_statement_has_the_per_user_scenarios_team_totals(prom: ManagedProcess) -> None:
@@ -81,3 +85,21 @@ def test_team_mode_reconciles_per_team_and_model(prom: ManagedProcess) -> None:
     assert len(per_user.drifts) == 7  # 5 ledger users + 2 user-less Prometheus lines (one per model)
     assert {d.cause for d in per_user.drifts} == {"only_ledger", "only_prometheus"}
     assert team_line("alpha") == "(all users of team alpha)"
+
+
+def test_cli_report_from_prometheus_says_lines_are_per_team(prom: ManagedProcess, tmp_path: Path) -> None:
+    """`chargeback report` as a command: the statement is written, and stderr says up front that
+    Prometheus has no per-user figures in team mode and that --source ledger has them."""
+    config = tmp_path / "chargeback.yaml"
+    config.write_text(team_cfg_text(prom, str(tmp_path / "out")))
+    res = subprocess.run(
+        chargeback_argv("report", "--period", "2026-10", "--format", "csv", "--config.file", str(config)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"chargeback: warning: {NO_USER_LABEL_NOTE}" in res.stderr
+    assert "--source ledger" in res.stderr
+    assert f"note: {NO_USER_LABEL_NOTE}" in res.stdout
+    assert "alpha 1689.68" in res.stdout

@@ -20,7 +20,14 @@ from typing import Any
 
 from exporter.cliutil import add_config_flag, add_log_flag, config_from_args, setup_logging
 from exporter.config import METHODS, Config, ConfigError
-from exporter.report.inputs import Inputs, gather_ledger, gather_prometheus, ledger_usage, statement_team
+from exporter.report.inputs import (
+    NO_USER_LABEL_NOTE,
+    Inputs,
+    gather_ledger,
+    gather_prometheus,
+    ledger_usage,
+    statement_team,
+)
 from exporter.report.methods import CENTRAL, MethodError, allocate
 from exporter.report.output import FORMATS, parse_formats, statement_dir, write_statement
 from exporter.report.period import Period, PeriodError, parse_period
@@ -231,6 +238,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (MethodError, ConfigError) as exc:
         return _fail(EXIT_CONFIG, f"config error: {exc}")
 
+    if NO_USER_LABEL_NOTE in inputs.notes:  # said up front, not only among the notes
+        print(f"chargeback: warning: {NO_USER_LABEL_NOTE}", file=sys.stderr)
     out = Path(args.out or cfg.report.output_dir)
     target, written = write_statement(st, out, formats)
     print(_summary_line(st))
