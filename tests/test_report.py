@@ -260,14 +260,23 @@ def test_token_share(prom, inputs) -> None:  # type: ignore[no-untyped-def]
         "unassigned": "67.73",
         "central-it": "0.00",
     }
-    # alpha lines: floors 1181.72 + 507.95 = 1689.67, one cent to al (.45 > .41)
-    # beta lines: floors 1798.27 + 169.31 = 1967.58, one cent to bob-small (.818 > .586)
+    # Lines are rounded by team (rows) and by pool (columns) at once. Remainders in cents:
+    #   big:   ann .41, bob .59; floors 2979.99 → 1 cent     small: al .45, bob .82, zed .73; floors 744.98 → 2
+    #   rows: alpha 1 cent, beta 1, unassigned 1 (the totals above)
+    # Largest first: alpha → al (small), beta → bob-small (small); small is then full and zed can
+    # only take small, so alpha gives its cent back (al's .45 is the least lost) and takes ann's.
+    # Before per-pool rounding (per team only) alpha's lines were ann 1181.72 + al 507.96 and the
+    # pools recovered 2979.99 (big) and 745.01 (small) of their costs 2980.00 and 745.00.
     assert charges(st) == {
-        ("alpha", "usage", "al@corp.test", "m-small"): "507.96",
-        ("alpha", "usage", "ann@corp.test", "m-big"): "1181.72",
+        ("alpha", "usage", "al@corp.test", "m-small"): "507.95",
+        ("alpha", "usage", "ann@corp.test", "m-big"): "1181.73",
         ("beta", "usage", "bob@corp.test", "m-big"): "1798.27",
         ("beta", "usage", "bob@corp.test", "m-small"): "169.32",
         ("unassigned", "usage", "zed@corp.test", "m-small"): "67.73",
+    }
+    assert {p.name: (st.money(p.cost), st.money(p.recovered)) for p in st.pools} == {
+        "big": ("2980.00", "2980.00"),
+        "small": ("745.00", "745.00"),
     }
     assert_reconciles(st)
     assert (st.money(st.total_pool_cost), st.money(st.recovered), st.money(st.unrecovered)) == (

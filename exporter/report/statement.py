@@ -1,13 +1,17 @@
 """The statement model: rounded amounts per team and line, and the summary for central IT.
 
-Rounding (see :mod:`exporter.report.money`) happens in three steps, each by largest remainder:
+Rounding (see :mod:`exporter.report.money`) happens in four steps, each by largest remainder:
 
 1. pool costs → the total pool cost, rounded;
 2. team totals → their exact sum, rounded (= recovered); central IT keeps total cost − recovered;
-3. each team's lines (and central IT's) → that team's rounded total.
+3. what the teams pay per pool → the same recovered total (so under a full-recovery method a
+   pool's "recovered" is its cost, to the minor unit);
+4. the team × pool table → team totals by row and per-pool recovered by column (controlled
+   rounding), then each cell's lines → that cell; central IT's lines → its total.
 
-So lines add up to their team's total, and team totals plus central IT add up to the total pool
-cost, to the minor unit. Nothing in a statement depends on the time the report was run.
+So lines add up to their team's total, the lines on a pool add up to what the pool recovered, and
+team totals plus central IT add up to the total pool cost, to the minor unit. Nothing in a
+statement's amounts depends on the time the report was run.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ from typing import Any
 from exporter.config import Config
 from exporter.report.inputs import UNASSIGNED, Inputs
 from exporter.report.methods import CENTRAL, USAGE, Allocation, Charge, all_teams
-from exporter.report.money import fmt_decimal, fmt_money, largest_remainder, round_money
+from exporter.report.money import (
+    fmt_decimal,
+    fmt_money,
+    largest_remainder,
+    largest_remainder_table,
+    round_money,
+)
 from exporter.report.period import Period
 
 HOUR = Decimal(3600)
@@ -176,11 +186,24 @@ def build_statement(cfg: Config, inputs: Inputs, alloc: Allocation) -> Statement
     recovered = sum(team_totals.values(), Decimal(0))
     unrecovered = total_cost - recovered
 
-    # 3. lines within each team (and central IT)
+    # 3. what the teams pay per pool, and 4. the team × pool table, then lines within each cell
+    cell_exact: dict[tuple[str, str], Decimal] = {}
+    for c in alloc.charges:
+        cell_exact[(c.team, c.pool)] = cell_exact.get((c.team, c.pool), Decimal(0)) + c.amount
+    pool_exact: dict[str, Decimal] = {}
+    for (_, pool), amount in sorted(cell_exact.items(), key=lambda kv: kv[0][1]):
+        pool_exact[pool] = pool_exact.get(pool, Decimal(0)) + amount
+    pool_recovered = largest_remainder(pool_exact, minor, recovered) if pool_exact else {}
+    cell_rounded = largest_remainder_table(cell_exact, minor, team_totals, pool_recovered)
+    line_charge: dict[int, Decimal] = {}
+    for cell, target in cell_rounded.items():
+        members = [c for c in alloc.charges if (c.team, c.pool) == cell]
+        rounded = largest_remainder({id(c): c.amount for c in members}, minor, target)
+        line_charge.update(rounded)
+
     statements: list[TeamStatement] = []
     for t in teams:
         charges = by_team[t]
-        rounded = largest_remainder({i: c.amount for i, c in enumerate(charges)}, minor, team_totals[t])
         conf = cfg.teams.get(t)
         statements.append(
             TeamStatement(
@@ -189,7 +212,7 @@ def build_statement(cfg: Config, inputs: Inputs, alloc: Allocation) -> Statement
                 cost_center=conf.cost_center if conf else "",
                 billing_contacts=conf.billing_contacts if conf else (),
                 budget=conf.budget if conf else None,
-                lines=[_line(c, rounded[i]) for i, c in enumerate(charges)],
+                lines=[_line(c, line_charge[id(c)]) for c in charges],
                 total=team_totals[t],
                 idle_share=round_money(sum((c.idle_amount for c in charges), Decimal(0)), minor),
             )
