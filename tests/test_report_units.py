@@ -21,7 +21,10 @@ def test_month_to_date_and_explicit_ranges() -> None:
         "2026-11-29T13:30:00+01:00",
     )
     # file names sort and say where the period ends; people read the title
-    assert (mtd.label, mtd.title) == ("2026-11-01_2026-11-29T1330", "2026-11 (1–29 Nov, to 13:30 Europe/Berlin)")
+    assert (mtd.label, mtd.title) == (
+        "2026-11-01_2026-11-29T1330",
+        "2026-11 (1–29 Nov, to 13:30 Europe/Berlin)",
+    )
     rng = parse_period(None, "Europe/Berlin", start="2026-10-01", end="2026-10-16")
     assert (rng.label, rng.seconds) == ("2026-10-01_2026-10-16", 15 * 86400)
     assert parse_period("2026-12", "UTC").end.isoformat() == "2027-01-01T00:00:00+00:00"

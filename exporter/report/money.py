@@ -155,7 +155,9 @@ def largest_remainder_table(
                 # columns cannot all hold: give the row its unit on its largest free remainder
                 k = next((k for k in cand.get(row, []) if k not in chosen), None)
                 if k is None:
-                    raise ValueError(f"row {row!r}: its target is more than one unit per cell above its amounts")
+                    raise ValueError(
+                        f"row {row!r}: its target is more than one unit per cell above its amounts"
+                    )
                 chosen.add(k)
                 used[k[1]] = used.get(k[1], 0) + 1
     return {k: floors[k] + (q if k in chosen else 0) for k in cells}
@@ -176,13 +178,17 @@ def fmt_decimal(value: Decimal, places: int) -> str:
     return f"{v:.{places}f}"
 
 
-def fmt_hours(hours: Decimal) -> str:
-    """Hours with two decimals, or as many more as a small non-zero value needs to show (so
-    0.004 idle hours next to an idle cost is "0.004", never "0.00")."""
+def hours_places(hours: Decimal) -> int:
+    """Two decimals, or as many more (up to 6) as a small non-zero value needs to show: 0.004
+    idle hours next to an idle cost must not read "0.00"."""
     places = 2
     while places < 6 and hours != 0 and hours.quantize(Decimal(1).scaleb(-places)) == 0:
         places += 1
-    return fmt_decimal(hours, places)
+    return places
+
+
+def fmt_hours(hours: Decimal) -> str:
+    return fmt_decimal(hours, hours_places(hours))
 
 
 @cache
@@ -207,7 +213,11 @@ def fmt_money_locale(amount: Decimal, currency: str, minor_units: int, locale_na
     v = amount.quantize(quantum(minor_units))
     if v == 0:
         v = abs(v)
-    return str(_currency_pattern(locale_name, minor_units).apply(v, locale(locale_name), currency=currency, currency_digits=False))
+    return str(
+        _currency_pattern(locale_name, minor_units).apply(
+            v, locale(locale_name), currency=currency, currency_digits=False
+        )
+    )
 
 
 def fmt_number_locale(value: Decimal | int, locale_name: str, places: int | None = None) -> str:
@@ -220,4 +230,6 @@ def fmt_number_locale(value: Decimal | int, locale_name: str, places: int | None
     d = d.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
     if d == 0:
         d = abs(d)
-    return format_decimal(d, format=f"#,##0.{'0' * places}" if places else "#,##0", locale=locale(locale_name))
+    return format_decimal(
+        d, format=f"#,##0.{'0' * places}" if places else "#,##0", locale=locale(locale_name)
+    )

@@ -178,7 +178,11 @@ def previous_period(p: Period) -> Period:
     if p.is_calendar_month:
         prev = p.start - timedelta(days=1)
         return month_period(prev.year, prev.month, tz)
-    if p.start.day == 1 and p.start.time() == datetime.min.time() and p.end < month_period(p.start.year, p.start.month, tz).end:
+    if (
+        p.start.day == 1
+        and p.start.time() == datetime.min.time()
+        and p.end < month_period(p.start.year, p.start.month, tz).end
+    ):
         prev_day = p.start - timedelta(days=1)
         month = month_period(prev_day.year, prev_day.month, tz)
         offset = p.end.replace(tzinfo=None) - p.start.replace(tzinfo=None)  # wall-clock offset
@@ -187,4 +191,6 @@ def previous_period(p: Period) -> Period:
             return month
         return month_to_date(month, stop)
     start = datetime.fromtimestamp(p.start_ts - p.seconds, tz)
-    return Period(start, p.start, _range_label(start, p.start), p.timezone, range_title(start, p.start, p.timezone))
+    return Period(
+        start, p.start, _range_label(start, p.start), p.timezone, range_title(start, p.start, p.timezone)
+    )

@@ -16,7 +16,9 @@ statement's amounts depends on the time the report was run.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +28,8 @@ from exporter.report.methods import CENTRAL, USAGE, Allocation, Charge, all_team
 from exporter.report.money import (
     fmt_decimal,
     fmt_money,
+    fmt_money_locale,
+    fmt_number_locale,
     largest_remainder,
     largest_remainder_table,
     round_money,
@@ -33,6 +37,25 @@ from exporter.report.money import (
 from exporter.report.period import Period
 
 HOUR = Decimal(3600)
+MILLION = Decimal(1_000_000)
+
+GLOSSARY = (
+    (
+        "weighted tokens",
+        "prompt tokens × the model's prompt weight + completion tokens × its completion weight. "
+        "Weights make a token of a large model count for more than one of a small model; pool cost "
+        "is shared out in proportion to them.",
+    ),
+    (
+        "idle share",
+        "the part of a charge that pays for GPU time in which the pool served nobody. The GPUs cost "
+        "money all the same; under idle_handling spread it is shared in proportion to usage.",
+    ),
+    (
+        "price per 1M weighted tokens",
+        "the charge ÷ weighted tokens × 1,000,000: what the period's usage effectively cost.",
+    ),
+)
 
 
 def fmt_qty(value: Decimal | int) -> str:
@@ -89,6 +112,14 @@ class TeamStatement:
     idle_share: Decimal  # the part of total that pays for idle GPU time (where allocated)
 
     @property
+    def over_budget(self) -> bool:
+        return self.budget is not None and self.total > self.budget
+
+    @property
+    def weighted_tokens(self) -> Decimal:
+        return sum((line.weighted_tokens for line in self.lines if line.kind == USAGE), Decimal(0))
+
+    @property
     def budget_used_percent(self) -> Decimal | None:
         if self.budget is None or self.budget == 0:
             return None
@@ -122,6 +153,31 @@ class PoolSummary:
     recovered: Decimal  # Σ of team lines attributed to this pool
 
 
+@dataclass(frozen=True)
+class Previous:
+    """The figures of the period before (see :func:`exporter.report.period.previous_period`),
+    from the same source and method, to set this period against."""
+
+    period: Period
+    totals: dict[str, Decimal]  # team (and central IT) → total
+    weighted_tokens: dict[str, Decimal]  # team → weighted tokens
+    total_pool_cost: Decimal
+    recovered: Decimal
+
+
+def unit_price(total: Decimal, weighted_tokens: Decimal) -> Decimal | None:
+    """Charge per 1M weighted tokens (exact; renderers round it), None without tokens."""
+    if weighted_tokens <= 0:
+        return None
+    return total / weighted_tokens * MILLION
+
+
+def change_percent(now: Decimal, before: Decimal) -> Decimal | None:
+    if before == 0:
+        return None
+    return ((now - before) / before * 100).quantize(Decimal("0.1"))
+
+
 @dataclass
 class Statement:
     period: Period
@@ -138,6 +194,31 @@ class Statement:
     unrecovered: Decimal
     idle_cost: Decimal
     notes: list[str] = field(default_factory=list)
+    issue_date: date | None = None
+    locale: str = "en_US"
+    billing_contact: str = ""
+    previous: Previous | None = None
+
+    def number(self, team: str | None = None) -> str:
+        """The statement number: the same period, method and team always give the same number
+        (``CB-2026-10-ALPHA-3F2A91``; the summary's has no team part), so a rerun reissues the
+        same statement rather than a new one."""
+        key = f"{self.period.label}|{self.method}|{team or ''}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:6].upper()
+        name = "".join(ch for ch in (team or "").upper() if ch.isalnum())[:12]
+        return "-".join(p for p in ("CB", self.period.label, name, digest) if p)
+
+    def previous_total(self, team: str) -> Decimal | None:
+        if self.previous is None:
+            return None
+        return self.previous.totals.get(team, Decimal(0))
+
+    def previous_unit_price(self, team: str) -> Decimal | None:
+        if self.previous is None:
+            return None
+        return unit_price(
+            self.previous.totals.get(team, Decimal(0)), self.previous.weighted_tokens.get(team, Decimal(0))
+        )
 
     def team(self, name: str) -> TeamStatement:
         for t in self.teams:
@@ -148,7 +229,16 @@ class Statement:
         raise KeyError(name)
 
     def money(self, amount: Decimal) -> str:
+        """Plain fixed-point text (machine formats, subjects, logs)."""
         return fmt_money(amount, self.minor_units)
+
+    def cash(self, amount: Decimal) -> str:
+        """Money for people, by the locale's convention: ``1.234,50 €`` (de_DE), ``€1,234.50``."""
+        return fmt_money_locale(amount, self.currency, self.minor_units, self.locale)
+
+    def num(self, value: Decimal | int, places: int | None = None) -> str:
+        """A quantity for people, with the locale's grouping and decimal sign."""
+        return fmt_number_locale(value, self.locale, places)
 
 
 def _line(c: Charge, charge: Decimal) -> Line:
@@ -170,7 +260,25 @@ def _line(c: Charge, charge: Decimal) -> Line:
     )
 
 
-def build_statement(cfg: Config, inputs: Inputs, alloc: Allocation) -> Statement:
+def previous_figures(st: Statement) -> Previous:
+    return Previous(
+        period=st.period,
+        totals={t.team: t.total for t in [*st.teams, st.central]},
+        weighted_tokens={t.team: t.weighted_tokens for t in st.teams},
+        total_pool_cost=st.total_pool_cost,
+        recovered=st.recovered,
+    )
+
+
+def build_statement(
+    cfg: Config,
+    inputs: Inputs,
+    alloc: Allocation,
+    issue_date: date | None = None,
+    previous: Previous | None = None,
+) -> Statement:
+    """The rounded statement. ``issue_date`` and ``previous`` (the period before, for comparison)
+    are printed on it and change no amount."""
     minor = cfg.currency_minor_units
     # 1. pool costs
     pool_costs = largest_remainder({p: inputs.pools[p].cost for p in sorted(inputs.pools)}, minor)
@@ -272,6 +380,10 @@ def build_statement(cfg: Config, inputs: Inputs, alloc: Allocation) -> Statement
         unrecovered=unrecovered,
         idle_cost=sum((p.idle_cost for p in pools), Decimal(0)),
         notes=sorted(set(inputs.notes)) + alloc.notes,
+        issue_date=issue_date,
+        locale=cfg.report.locale,
+        billing_contact=cfg.report.billing_contact,
+        previous=previous,
     )
 
 
