@@ -119,7 +119,9 @@ def test_report_files_all_formats_and_byte_identical(prom: ManagedProcess, tmp_p
     assert [row.rsplit(",", 1)[1] for row in alpha[1:]] == ["507.95", "1181.73", "1689.68"]
     assert "al@corp.test,m-small,small,,80,600000,150000,0,750000,1500.000,507.95" in alpha[1]
     number = json.loads(a["2026-10/token-share/teams/alpha.json"])["statement_number"]
-    assert alpha[3].endswith(f",total,,,,statement {number},235,2000000,450000,100000,3050000,3000.000,1689.68")
+    assert alpha[3].endswith(
+        f",total,,,,statement {number},235,2000000,450000,100000,3050000,3000.000,1689.68"
+    )
     assert json.loads(a["2026-10/token-share/teams/alpha.json"])["issue_date"] == "2026-11-02"
     html = a["2026-10/token-share/summary.html"].decode()
     assert "<svg" in html and "<script" not in html and "€3,725.00" in html  # en_US by default
@@ -326,7 +328,9 @@ def test_relative_period_from_now_flag(prom: ManagedProcess, tmp_path: Path) -> 
     is still October 31st in UTC, and the statements are October's, byte for byte."""
     cfg = write_config(tmp_path, prom.url or "")
     now = "2026-11-01T00:30:00+01:00"
-    r = run(cfg, "report", "--period", "2026-10", "--now", now, "--format", "json", "--out", str(tmp_path / "a"))
+    r = run(
+        cfg, "report", "--period", "2026-10", "--now", now, "--format", "json", "--out", str(tmp_path / "a")
+    )
     assert r.returncode == 0, r.stderr
     r = run(
         cfg,

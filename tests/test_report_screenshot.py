@@ -184,4 +184,10 @@ def test_over_budget_is_highlighted_and_figures_by_locale(pages: Path, tmp_path:
     # 2592.30 / (3.8M + 0.175M) × 1M = 652.150943…
     assert team["price_per_million_weighted_tokens"] == "652.150943"
     assert team["over_budget"] is True
+    assert re.fullmatch(r"CB-2026-10-BETA-[0-9A-F]{6}", team["statement_number"])
+    assert st["statement_number"] != team["statement_number"]
+    assert (st["issue_date"], st["billing_contact"]) == (
+        "2026-11-02",
+        "IT Finance, finops@corp.test, +49 30 1234 567",
+    )
     assert team["previous"]["total"] == "1200.00"

@@ -7,8 +7,16 @@ from decimal import Decimal
 
 import pytest
 
-from exporter.report.money import largest_remainder
-from exporter.report.period import PeriodError, parse_period
+from exporter.config import ConfigError, parse_config
+from exporter.report.email import sender_domain
+from exporter.report.money import (
+    fmt_hours,
+    fmt_money_locale,
+    fmt_number_locale,
+    largest_remainder,
+    largest_remainder_table,
+)
+from exporter.report.period import PeriodError, parse_period, previous_period
 from exporter.report.promql import PromClient, regex_matcher
 
 
@@ -105,3 +113,88 @@ def test_proxy_price_uses_the_time_the_pool_was_priced_for() -> None:
     # price = 60 / (100 tokens/s × 36,000 s) = 60 / 3,600,000 per token; 1.8 M tokens → 30, 30 unrecovered
     assert sum(c.amount for c in alloc.charges) == Decimal(30)
     assert sum(c.amount for c in alloc.central) == Decimal(30)
+
+
+def test_largest_remainder_table_holds_rows_and_columns() -> None:
+    d = Decimal
+    # two teams × two pools, every cell 1.333…, 1.336: rows and columns each need one cent
+    cells = {("a", "x"): d("1.333"), ("a", "y"): d("1.333"), ("b", "x"): d("1.333"), ("b", "y"): d("1.336")}
+    rows = {"a": d("2.67"), "b": d("2.67")}
+    cols = {"x": d("2.67"), "y": d("2.67")}
+    got = largest_remainder_table(cells, 2, rows, cols)
+    # b's cent goes to its largest remainder (y); a's then to x, the column that still has one
+    assert got == {("a", "x"): d("1.34"), ("a", "y"): d("1.33"), ("b", "x"): d("1.33"), ("b", "y"): d("1.34")}
+    # largest first would take both cents in column y; the augmenting path moves a's to x
+    cells = {("a", "y"): d("0.009"), ("a", "x"): d("0.001"), ("b", "y"): d("0.005")}
+    got = largest_remainder_table(
+        cells, 2, {"a": d("0.01"), "b": d("0.01")}, {"x": d("0.01"), "y": d("0.01")}
+    )
+    assert got == {("a", "y"): d("0.00"), ("a", "x"): d("0.01"), ("b", "y"): d("0.01")}
+    # unreachable columns (a tie broken one way by rows, the other by columns): rows still hold
+    cells = {("a", "x"): d("1.005"), ("b", "y"): d("2.005")}
+    got = largest_remainder_table(
+        cells, 2, {"a": d("1.01"), "b": d("2.00")}, {"x": d("1.00"), "y": d("2.01")}
+    )
+    assert got == {("a", "x"): d("1.01"), ("b", "y"): d("2.00")}
+
+
+def test_locale_money_numbers_and_hours() -> None:
+    d = Decimal("1234567.885")
+    assert fmt_money_locale(d, "EUR", 2, "de_DE") == "1.234.567,88\xa0€"  # half-even
+    assert fmt_money_locale(d, "EUR", 2, "en_US") == "€1,234,567.88"
+    assert fmt_money_locale(Decimal("-0.001"), "USD", 2, "en_US") == "$0.00"  # never "-0.00"
+    assert fmt_money_locale(Decimal("1234"), "JPY", 0, "ja_JP") == "￥1,234"
+    assert fmt_number_locale(3_050_000, "de_DE") == "3.050.000"
+    assert fmt_number_locale(Decimal("1234.5"), "en_US", 3) == "1,234.500"
+    # "idle hours 0.0 next to idle cost 0.09": small hours get the digits they need
+    assert (fmt_hours(Decimal("0.0041")), fmt_hours(Decimal("12.345")), fmt_hours(Decimal(0))) == (
+        "0.004",
+        "12.34",
+        "0.00",
+    )
+    with pytest.raises(ValueError, match="unknown locale 'xx_YY'"):
+        fmt_money_locale(d, "EUR", 2, "xx_YY")
+    with pytest.raises(ConfigError, match=r'chargeback.yaml: report.locale: unknown locale "de_XX"'):
+        parse_config("report: {locale: de_XX}", "chargeback.yaml")
+
+
+def test_previous_period_and_titles() -> None:
+    berlin = "Europe/Berlin"
+    oct_ = parse_period("2026-10", berlin)
+    assert (oct_.title, previous_period(oct_).label, previous_period(oct_).title) == (
+        "October 2026",
+        "2026-09",
+        "September 2026",
+    )
+    jan = parse_period("2027-01", berlin)
+    assert previous_period(jan).label == "2026-12"
+    # month-to-date: the month before up to the same day and time
+    mtd = parse_period("month-to-date", berlin, now=datetime(2026, 12, 3, 15, 56, 30, tzinfo=UTC))
+    prev = previous_period(mtd)
+    assert (prev.label, prev.title) == (
+        "2026-11-01_2026-11-03T1656",
+        "2026-11 (1–3 Nov, to 16:56 Europe/Berlin)",
+    )
+    # ... at most that month's end: 31 March against all of February
+    mar = parse_period("month-to-date", berlin, now=datetime(2026, 3, 31, 12, 0, tzinfo=UTC))
+    assert (mar.title, previous_period(mar).label) == (
+        "2026-03 (1–31 Mar, to 14:00 Europe/Berlin)",
+        "2026-02",
+    )
+    # other ranges: the same length just before
+    rng = parse_period(None, berlin, start="2026-10-05", end="2026-10-07")
+    assert (rng.title, previous_period(rng).label) == (
+        "5–6 Oct 2026 (Europe/Berlin)",
+        "2026-10-03_2026-10-05",
+    )
+    odd = parse_period(None, "UTC", start="2026-12-20T06:00", end="2027-01-05")
+    assert (odd.label, odd.title) == (
+        "2026-12-20T0600_2027-01-05",
+        "from 20 Dec 2026 06:00 to 5 Jan 2027 00:00 (UTC)",
+    )
+
+
+def test_email_sender_domain() -> None:
+    assert sender_domain("chargeback@corp.example") == "corp.example"
+    assert sender_domain("Chargeback <billing@finance.corp.example>") == "finance.corp.example"
+    assert sender_domain("chargeback") == "localhost"

@@ -35,6 +35,7 @@ def team_dict(st: Statement, t: TeamStatement) -> dict[str, Any]:
     totals = t.usage_totals()
     return {
         "team": t.team,
+        "statement_number": st.number(t.team),
         "business_unit": t.business_unit,
         "cost_center": t.cost_center,
         "billing_contacts": list(t.billing_contacts),
