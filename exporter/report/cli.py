@@ -238,7 +238,7 @@ def _previous(cfg: Config, args: argparse.Namespace, period: Period, method: str
 def _summary_line(st: Statement) -> str:
     teams = ", ".join(f"{t.team} {st.money(t.total)}" for t in st.teams)
     return (
-        f"{st.period.label} {st.method}: pool cost {st.money(st.total_pool_cost)} {st.currency}, "
+        f"{st.period.title} {st.method}: pool cost {st.money(st.total_pool_cost)} {st.currency}, "
         f"recovered {st.money(st.recovered)}, central IT {st.money(st.unrecovered)} ({teams})"
     )
 
@@ -391,7 +391,7 @@ def render_compare(
             w.writerow([period.label, currency, t, *(table[t].get(m, "") for m in methods)])
         return buf.getvalue()
     out = [
-        f"# Method comparison {period.label} ({currency})",
+        f"# Method comparison {period.title} ({currency})",
         "",
         "| team | " + " | ".join(methods) + " |",
         "|---|" + "---:|" * len(methods),
