@@ -29,6 +29,10 @@ class Period:
     timezone: str
     title: str = ""  # for people: "October 2026", "2026-12 (1–3 Dec, to 16:56 Europe/Berlin)"
 
+    def __post_init__(self) -> None:
+        if not self.title:  # a period built by hand still has a name for people
+            object.__setattr__(self, "title", self.label)
+
     @property
     def start_ts(self) -> int:
         return int(self.start.timestamp())
