@@ -71,6 +71,13 @@ def assert_reconciles(st: Statement) -> None:
     for t in [*st.teams, st.central]:
         for line in t.lines:
             assert line.charge == line.charge.quantize(Decimal("0.01"))
+    # per pool too: what the teams pay on a pool is its recovered amount, and under a method that
+    # recovers everything that is the pool's cost, to the cent
+    for p in st.pools:
+        on_pool = [line.charge for t in st.teams for line in t.lines if line.pool == p.name]
+        assert sum(on_pool, Decimal(0)) == p.recovered, p.name
+        if st.unrecovered == 0 and not st.central.lines:
+            assert p.recovered == p.cost, p.name
 
 
 # --------------------------------------------------------------------------- inputs
