@@ -152,3 +152,16 @@ def test_month_to_date_files_and_titles(prom: ManagedProcess, tmp_path: Path) ->
     )
     # alice pays pool p (114.96); nobody used q: central IT keeps its 107.76
     assert "**Total: €114.96**" in (target / "teams/t.md").read_text()
+
+    def report(*extra: str) -> subprocess.CompletedProcess[str]:
+        argv = chargeback_argv(
+            "report", "--period", "month-to-date", "--now", NOW, "--config.file", str(cfg), *extra
+        )
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+    r = report("--issue-date", "2026-12-07", "--format", "md", "--out", str(tmp_path / "later"))
+    assert r.returncode == 0, r.stderr
+    later = tmp_path / "later/2026-12-01_2026-12-03T1656/token-share/summary.md"
+    assert "- Issue date: 2026-12-07" in later.read_text()
+    r = report("--issue-date", "7 Dec")
+    assert r.returncode == 2 and "expected a date YYYY-MM-DD, got '7 Dec'" in r.stderr
