@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
 
 from exporter.config import ConfigError, parse_config
 from exporter.report.email import sender_domain
+from exporter.report.inputs import Inputs, PoolInput, Usage
+from exporter.report.methods import allocate
 from exporter.report.money import (
     fmt_hours,
     fmt_money_locale,
@@ -18,6 +20,8 @@ from exporter.report.money import (
 )
 from exporter.report.period import PeriodError, parse_period, previous_period
 from exporter.report.promql import PromClient, regex_matcher
+from exporter.report.render_md import render_summary_md
+from exporter.report.statement import build_statement
 
 
 def test_month_to_date_and_explicit_ranges() -> None:
@@ -147,10 +151,10 @@ def test_locale_money_numbers_and_hours() -> None:
     assert fmt_number_locale(3_050_000, "de_DE") == "3.050.000"
     assert fmt_number_locale(Decimal("1234.5"), "en_US", 3) == "1,234.500"
     # "idle hours 0.0 next to idle cost 0.09": small hours get the digits they need
-    assert (fmt_hours(Decimal("0.0041")), fmt_hours(Decimal("12.345")), fmt_hours(Decimal(0))) == (
-        "0.004",
-        "12.34",
-        "0.00",
+    assert (fmt_hours(Decimal("0.00041")), fmt_hours(Decimal("12.3456")), fmt_hours(Decimal(0))) == (
+        "0.0004",
+        "12.346",
+        "0.000",
     )
     with pytest.raises(ValueError, match="unknown locale 'xx_YY'"):
         fmt_money_locale(d, "EUR", 2, "xx_YY")
@@ -198,3 +202,26 @@ def test_email_sender_domain() -> None:
     assert sender_domain("chargeback@corp.example") == "corp.example"
     assert sender_domain("Chargeback <billing@finance.corp.example>") == "finance.corp.example"
     assert sender_domain("chargeback") == "localhost"
+
+
+def test_idle_hours_shown_with_the_digits_their_cost_needs() -> None:
+    """A pool idle for 90 s at 3.60/h: idle cost 0.09, idle hours 0.025 — not "0.0" next to 0.09."""
+    cfg = parse_config(
+        "pools: {p: {gpu_hourly_cost: 3.60, gpus: 1}}\n"
+        "models: {m: {upstreams: ['http://127.0.0.1:1/v1'], pool: p}}\n"
+        "teams: {t: {budget: 1}}\n",
+        "chargeback.yaml",
+    )
+    period = parse_period(None, "UTC", start="2026-10-05", end="2026-10-06")
+    pool = PoolInput("p", Decimal("86.4"), "prometheus", 1, Decimal(86400), Decimal(86310), Decimal(90),
+                     Decimal("0.09"), None)  # fmt: skip
+    usage = [
+        Usage("t", "u@corp.test", "m", "p", requests=3, prompt_tokens=1000, weighted_tokens=Decimal(1000))
+    ]
+    inputs = Inputs(period, usage, {"p": pool}, "prometheus")
+    st = build_statement(cfg, inputs, allocate(inputs, cfg), issue_date=date(2026, 10, 6))
+    md = render_summary_md(st)
+    assert "| p | €86.40 | prometheus | 1 | 24.000 | 0.025 | €0.09 | 1,000 | €86.40 |" in md
+    # over budget (86.40 of 1.00), in bold; the totals row under the teams
+    assert "| **t** |  | **1,000** | **€0.09** | **€86.40** |" in md
+    assert "| **Total** |  | **1,000** | **€0.09** | **€86.40** |" in md

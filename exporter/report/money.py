@@ -179,9 +179,10 @@ def fmt_decimal(value: Decimal, places: int) -> str:
 
 
 def hours_places(hours: Decimal) -> int:
-    """Two decimals, or as many more (up to 6) as a small non-zero value needs to show: 0.004
-    idle hours next to an idle cost must not read "0.00"."""
-    places = 2
+    """Three decimals (3.6 s: at GPU prices of up to 10 an hour, hours × price then lands within
+    half a cent of the cost shown next to it), or as many more (up to 6) as a small non-zero value
+    needs to show: 90 idle seconds read 0.025 h next to an idle cost of 0.09, not 0.0 or 0.02."""
+    places = 3
     while places < 6 and hours != 0 and hours.quantize(Decimal(1).scaleb(-places)) == 0:
         places += 1
     return places
