@@ -78,6 +78,11 @@ def assert_reconciles(st: Statement) -> None:
         assert sum(on_pool, Decimal(0)) == p.recovered, p.name
         if st.unrecovered == 0 and not st.central.lines:
             assert p.recovered == p.cost, p.name
+    # methods that share out pool cost (every line names its pool): recovered + central IT = cost
+    if all(line.pool for t in [*st.teams, st.central] for line in t.lines):
+        for p in st.pools:
+            central = sum((line.charge for line in st.central.lines if line.pool == p.name), Decimal(0))
+            assert p.recovered + central == p.cost, p.name
 
 
 # --------------------------------------------------------------------------- inputs

@@ -4,14 +4,15 @@ Rounding (see :mod:`exporter.report.money`) happens in four steps, each by large
 
 1. pool costs → the total pool cost, rounded;
 2. team totals → their exact sum, rounded (= recovered); central IT keeps total cost − recovered;
-3. what the teams pay per pool → the same recovered total (so under a full-recovery method a
-   pool's "recovered" is its cost, to the minor unit);
-4. the team × pool table → team totals by row and per-pool recovered by column (controlled
-   rounding), then each cell's lines → that cell; central IT's lines → its total.
+3. what is spent per pool (by teams and central IT) → the total pool cost: the pool's cost again
+   wherever the method shares out pool cost;
+4. the (teams + central IT) × pool table → row totals from 2. and column totals from 3.
+   (controlled rounding), then each cell's lines → that cell.
 
-So lines add up to their team's total, the lines on a pool add up to what the pool recovered, and
-team totals plus central IT add up to the total pool cost, to the minor unit. Nothing in a
-statement's amounts depends on the time the report was run.
+So lines add up to their team's total, team totals plus central IT add up to the total pool cost,
+and on every pool what the teams pay ("recovered") plus central IT's lines on it add up to the
+pool's cost — under a full-recovery method, recovered is the cost — to the minor unit. Nothing in
+a statement's amounts depends on the time the report was run.
 """
 
 from __future__ import annotations
@@ -294,20 +295,25 @@ def build_statement(
     recovered = sum(team_totals.values(), Decimal(0))
     unrecovered = total_cost - recovered
 
-    # 3. what the teams pay per pool, and 4. the team × pool table, then lines within each cell
+    # 3. the table of teams and central IT (rows) × pools (columns): every row keeps its total,
+    # every column what was spent on the pool (its cost, where the method shares out pool cost),
+    # then 4. each cell's lines → that cell
+    if not alloc.central and unrecovered != 0:
+        raise AssertionError(f"internal: {unrecovered} unrecovered with no central line")
+    everyone = [*alloc.charges, *alloc.central]
     cell_exact: dict[tuple[str, str], Decimal] = {}
-    for c in alloc.charges:
+    for c in everyone:
         cell_exact[(c.team, c.pool)] = cell_exact.get((c.team, c.pool), Decimal(0)) + c.amount
-    pool_exact: dict[str, Decimal] = {}
+    col_exact: dict[str, Decimal] = {}
     for (_, pool), amount in sorted(cell_exact.items(), key=lambda kv: kv[0][1]):
-        pool_exact[pool] = pool_exact.get(pool, Decimal(0)) + amount
-    pool_recovered = largest_remainder(pool_exact, minor, recovered) if pool_exact else {}
-    cell_rounded = largest_remainder_table(cell_exact, minor, team_totals, pool_recovered)
+        col_exact[pool] = col_exact.get(pool, Decimal(0)) + amount
+    col_targets = largest_remainder(col_exact, minor, total_cost) if col_exact else {}
+    row_targets = {**team_totals, CENTRAL: unrecovered}
+    cell_rounded = largest_remainder_table(cell_exact, minor, row_targets, col_targets)
     line_charge: dict[int, Decimal] = {}
     for cell, target in cell_rounded.items():
-        members = [c for c in alloc.charges if (c.team, c.pool) == cell]
-        rounded = largest_remainder({id(c): c.amount for c in members}, minor, target)
-        line_charge.update(rounded)
+        members = [c for c in everyone if (c.team, c.pool) == cell]
+        line_charge.update(largest_remainder({id(c): c.amount for c in members}, minor, target))
 
     statements: list[TeamStatement] = []
     for t in teams:
@@ -325,20 +331,13 @@ def build_statement(
                 idle_share=round_money(sum((c.idle_amount for c in charges), Decimal(0)), minor),
             )
         )
-    central_rounded = (
-        largest_remainder({i: c.amount for i, c in enumerate(alloc.central)}, minor, unrecovered)
-        if alloc.central
-        else {}
-    )
-    if not alloc.central and unrecovered != 0:
-        raise AssertionError(f"internal: {unrecovered} unrecovered with no central line")
     central = TeamStatement(
         team=CENTRAL,
         business_unit="central IT",
         cost_center="",
         billing_contacts=tuple(cfg.report.finance_recipients),
         budget=None,
-        lines=[_line(c, central_rounded[i]) for i, c in enumerate(alloc.central)],
+        lines=[_line(c, line_charge[id(c)]) for c in alloc.central],
         total=unrecovered,
         idle_share=Decimal(0),
     )
