@@ -39,6 +39,7 @@ from exporter.report.period import Period
 
 HOUR = Decimal(3600)
 MILLION = Decimal(1_000_000)
+NOISE = Decimal("1e-20")  # far below any minor unit, far above 50-digit division noise
 
 GLOSSARY = (
     (
@@ -291,7 +292,12 @@ def build_statement(
     for c in alloc.charges:
         by_team[c.team].append(c)
     exact_totals = {t: sum((c.amount for c in by_team[t]), Decimal(0)) for t in teams}
-    team_totals = largest_remainder(exact_totals, minor)
+    exact_cost = sum((p.cost for p in inputs.pools.values()), Decimal(0))
+    # Shares are computed to 50 digits, so what a full-recovery method hands out can differ from
+    # the exact cost in the 40th digit; a cost of exactly x.xx5 would then round up on one side
+    # and down on the other. Such a method recovers the rounded cost, to the cent.
+    full = abs(sum(exact_totals.values(), Decimal(0)) - exact_cost) < NOISE
+    team_totals = largest_remainder(exact_totals, minor, total_cost if full else None)
     recovered = sum(team_totals.values(), Decimal(0))
     unrecovered = total_cost - recovered
 
@@ -307,6 +313,9 @@ def build_statement(
     col_exact: dict[str, Decimal] = {}
     for (_, pool), amount in sorted(cell_exact.items(), key=lambda kv: kv[0][1]):
         col_exact[pool] = col_exact.get(pool, Decimal(0)) + amount
+    for pool, amount in col_exact.items():  # the same arithmetic noise, per pool
+        if pool in inputs.pools and abs(amount - inputs.pools[pool].cost) < NOISE:
+            col_exact[pool] = inputs.pools[pool].cost
     col_targets = largest_remainder(col_exact, minor, total_cost) if col_exact else {}
     row_targets = {**team_totals, CENTRAL: unrecovered}
     cell_rounded = largest_remainder_table(cell_exact, minor, row_targets, col_targets)
