@@ -272,18 +272,18 @@ def test_token_share(prom, inputs) -> None:  # type: ignore[no-untyped-def]
         "unassigned": "67.73",
         "central-it": "0.00",
     }
-    # Lines are rounded by team (rows) and by pool (columns) at once. Remainders in cents:
+    # Lines are rounded by pool and by team at once. Remainders in cents:
     #   big:   ann .41, bob .59; floors 2979.99 → 1 cent     small: al .45, bob .82, zed .73; floors 744.98 → 2
-    #   rows: alpha 1 cent, beta 1, unassigned 1 (the totals above)
-    # Largest first: alpha → al (small), beta → bob-small (small); small is then full and zed can
-    # only take small, so alpha gives its cent back (al's .45 is the least lost) and takes ann's.
-    # Before per-pool rounding (per team only) alpha's lines were ann 1181.72 + al 507.96 and the
-    # pools recovered 2979.99 (big) and 745.01 (small) of their costs 2980.00 and 745.00.
+    #   teams: alpha 1 cent, beta 1, unassigned 1 (the totals above)
+    # big's cent goes to bob (.59 > .41); beta has its cent then, so small's two go to the largest
+    # remainders whose teams still need one: zed (.73) and al (.45).
+    # Before per-pool rounding (per team only) beta's lines were 1798.27 + 169.32 and the pools
+    # recovered 2979.99 (big) and 745.01 (small) of their costs 2980.00 and 745.00.
     assert charges(st) == {
-        ("alpha", "usage", "al@corp.test", "m-small"): "507.95",
-        ("alpha", "usage", "ann@corp.test", "m-big"): "1181.73",
-        ("beta", "usage", "bob@corp.test", "m-big"): "1798.27",
-        ("beta", "usage", "bob@corp.test", "m-small"): "169.32",
+        ("alpha", "usage", "al@corp.test", "m-small"): "507.96",
+        ("alpha", "usage", "ann@corp.test", "m-big"): "1181.72",
+        ("beta", "usage", "bob@corp.test", "m-big"): "1798.28",
+        ("beta", "usage", "bob@corp.test", "m-small"): "169.31",
         ("unassigned", "usage", "zed@corp.test", "m-small"): "67.73",
     }
     assert {p.name: (st.money(p.cost), st.money(p.recovered)) for p in st.pools} == {

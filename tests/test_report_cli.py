@@ -116,8 +116,8 @@ def test_report_files_all_formats_and_byte_identical(prom: ManagedProcess, tmp_p
         "2026-10,2026-10-01T00:00:00+02:00,2026-11-01T00:00:00+01:00,EUR,token-share,alpha,R&D,CC-1,usage,"
     )
     # the lines (rounded per team and per pool: see test_report.test_token_share), then the totals row
-    assert [row.rsplit(",", 1)[1] for row in alpha[1:]] == ["507.95", "1181.73", "1689.68"]
-    assert "al@corp.test,m-small,small,,80,600000,150000,0,750000,1500.000,507.95" in alpha[1]
+    assert [row.rsplit(",", 1)[1] for row in alpha[1:]] == ["507.96", "1181.72", "1689.68"]
+    assert "al@corp.test,m-small,small,,80,600000,150000,0,750000,1500.000,507.96" in alpha[1]
     number = json.loads(a["2026-10/token-share/teams/alpha.json"])["statement_number"]
     assert alpha[3].endswith(
         f",total,,,,statement {number},235,2000000,450000,100000,3050000,3000.000,1689.68"

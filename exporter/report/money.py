@@ -154,6 +154,12 @@ def largest_remainder_table(
             if not augment(row, set()):
                 # columns cannot all hold: give the row its unit on its largest free remainder
                 k = next((k for k in cand.get(row, []) if k not in chosen), None)
+                if k is None:  # only exact cells left (target noise): the least-loaded column's
+                    k = min(
+                        (k for k in cells if k[0] == row and k not in chosen),
+                        key=lambda c: (used.get(c[1], 0) - col_cap.get(c[1], 0), position[c]),
+                        default=None,
+                    )
                 if k is None:
                     raise ValueError(
                         f"row {row!r}: its target is more than one unit per cell above its amounts"

@@ -6,8 +6,9 @@ Rounding (see :mod:`exporter.report.money`) happens in four steps, each by large
 2. team totals → their exact sum, rounded (= recovered); central IT keeps total cost − recovered;
 3. what is spent per pool (by teams and central IT) → the total pool cost: the pool's cost again
    wherever the method shares out pool cost;
-4. the (teams + central IT) × pool table → row totals from 2. and column totals from 3.
-   (controlled rounding), then each cell's lines → that cell.
+4. the pool × (teams + central IT) table → pool totals from 3. always, team totals from 2.
+   wherever the table allows (controlled rounding; otherwise a team's total moves by a unit to
+   follow its pool), then each cell's lines → that cell.
 
 So lines add up to their team's total, team totals plus central IT add up to the total pool cost,
 and on every pool what the teams pay ("recovered") plus central IT's lines on it add up to the
@@ -301,28 +302,34 @@ def build_statement(
     recovered = sum(team_totals.values(), Decimal(0))
     unrecovered = total_cost - recovered
 
-    # 3. the table of teams and central IT (rows) × pools (columns): every row keeps its total,
-    # every column what was spent on the pool (its cost, where the method shares out pool cost),
-    # then 4. each cell's lines → that cell
+    # 3. the table of pools (rows) × teams and central IT (columns): every pool keeps what was
+    # spent on it (its cost, where the method shares out pool cost); every team keeps its total
+    # from 2. wherever the pools allow (a team alone on a pool whose cent went the other way takes
+    # its pool's), so its total is the sum of its cells. Then 4. each cell's lines → that cell.
     if not alloc.central and unrecovered != 0:
         raise AssertionError(f"internal: {unrecovered} unrecovered with no central line")
     everyone = [*alloc.charges, *alloc.central]
     cell_exact: dict[tuple[str, str], Decimal] = {}
-    for c in everyone:
-        cell_exact[(c.team, c.pool)] = cell_exact.get((c.team, c.pool), Decimal(0)) + c.amount
-    col_exact: dict[str, Decimal] = {}
-    for (_, pool), amount in sorted(cell_exact.items(), key=lambda kv: kv[0][1]):
-        col_exact[pool] = col_exact.get(pool, Decimal(0)) + amount
-    for pool, amount in col_exact.items():  # the same arithmetic noise, per pool
+    for c in sorted(everyone, key=lambda c: c.pool):
+        cell_exact[(c.pool, c.team)] = cell_exact.get((c.pool, c.team), Decimal(0)) + c.amount
+    pool_exact: dict[str, Decimal] = {}
+    for (pool, _), amount in cell_exact.items():
+        pool_exact[pool] = pool_exact.get(pool, Decimal(0)) + amount
+    for pool, amount in pool_exact.items():  # the same arithmetic noise, per pool
         if pool in inputs.pools and abs(amount - inputs.pools[pool].cost) < NOISE:
-            col_exact[pool] = inputs.pools[pool].cost
-    col_targets = largest_remainder(col_exact, minor, total_cost) if col_exact else {}
-    row_targets = {**team_totals, CENTRAL: unrecovered}
-    cell_rounded = largest_remainder_table(cell_exact, minor, row_targets, col_targets)
+            pool_exact[pool] = inputs.pools[pool].cost
+    pool_targets = largest_remainder(pool_exact, minor, total_cost) if pool_exact else {}
+    cell_rounded = largest_remainder_table(
+        cell_exact, minor, pool_targets, {**team_totals, CENTRAL: unrecovered}
+    )
     line_charge: dict[int, Decimal] = {}
-    for cell, target in cell_rounded.items():
-        members = [c for c in everyone if (c.team, c.pool) == cell]
+    for (pool, team), target in cell_rounded.items():
+        members = [c for c in everyone if (c.pool, c.team) == (pool, team)]
         line_charge.update(largest_remainder({id(c): c.amount for c in members}, minor, target))
+    for t in team_totals:
+        team_totals[t] = sum((line_charge[id(c)] for c in by_team[t]), Decimal(0))
+    recovered = sum(team_totals.values(), Decimal(0))
+    unrecovered = total_cost - recovered
 
     statements: list[TeamStatement] = []
     for t in teams:
