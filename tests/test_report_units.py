@@ -256,3 +256,51 @@ def test_full_recovery_of_a_cost_ending_in_half_a_cent() -> None:
     )
     assert [p.recovered for p in st.pools] == [Decimal("35.32")]
     assert sum((t.total for t in st.teams), Decimal(0)) == Decimal("35.32")
+
+
+@pytest.mark.parametrize("idle_handling", ["spread", "absorb", "even"])
+def test_rounding_invariants_over_random_statements(idle_handling: str) -> None:
+    """300 seeded random statements (three pools, up to seven teams, costs to a tenth of a cent):
+    lines sum to team totals, teams + central IT to the total pool cost, and on every pool what the
+    teams pay plus central IT's lines on it to the pool's cost; team totals stay within 2 cents."""
+    import random
+
+    rng = random.Random(20261203)
+    teams = "abcdefg"
+    cfg = parse_config(
+        "pools: {p: {gpu_hourly_cost: 3.6, gpus: 1}, q: {gpu_hourly_cost: 1, gpus: 1}, r: {gpu_hourly_cost: 1, gpus: 1}}\n"
+        "models: {m: {upstreams: ['http://127.0.0.1:1/v1'], pool: p}, n: {upstreams: ['http://127.0.0.1:1/v1'], "
+        "pool: q}, o: {upstreams: ['http://127.0.0.1:1/v1'], pool: r}}\n"
+        "teams: {" + ", ".join(f"{t}: {{}}" for t in teams) + "}\n"
+        f"report: {{idle_handling: {idle_handling}}}\n",
+        "chargeback.yaml",
+    )
+    period = parse_period(None, "UTC", start="2026-10-05", end="2026-10-06")
+    pool_of = {"m": "p", "n": "q", "o": "r"}
+    for _ in range(300):
+        pools = {}
+        for name in "pqr":
+            cost = Decimal(rng.randint(0, 100_000)) / 1000
+            idle = min(cost, Decimal(rng.randint(0, 10_000)) / 1000)
+            pools[name] = PoolInput(
+                name, cost, "prometheus", 1, Decimal(86400), Decimal(0), Decimal(0), idle, None
+            )
+        usage = [
+            Usage(t, f"{t}{u}@corp.test", model, pool_of[model], prompt_tokens=n, weighted_tokens=Decimal(n))
+            for t in teams[: rng.randint(1, 7)]
+            for model in rng.sample("mno", rng.randint(1, 3))
+            for u in range(rng.randint(1, 3))
+            for n in [rng.randint(0, 1_000_000)]
+        ]
+        inputs = Inputs(period, usage, pools, "prometheus")
+        alloc = allocate(inputs, cfg)
+        st = build_statement(cfg, inputs, alloc)
+        for t in [*st.teams, st.central]:
+            assert sum((line.charge for line in t.lines), Decimal(0)) == t.total
+        assert sum((t.total for t in st.teams), Decimal(0)) + st.central.total == st.total_pool_cost
+        for p in st.pools:
+            central = sum((line.charge for line in st.central.lines if line.pool == p.name), Decimal(0))
+            assert p.recovered + central == p.cost, p.name
+        for t in st.teams:
+            exact = sum((c.amount for c in alloc.charges if c.team == t.team), Decimal(0))
+            assert abs(t.total - exact) < Decimal("0.02"), t.team
