@@ -17,6 +17,14 @@ USAGE_ESTIMATED_TOTAL = "chargeback_usage_estimated_total"
 USAGE_SOURCE_TOTAL = "chargeback_usage_source_total"
 # {code}: refused before a user and a configured model were known (401/400/404/413/503); no user label
 REJECTED_REQUESTS_TOTAL = "chargeback_rejected_requests_total"
+# limits (issue 15)
+LIMIT_REJECTIONS_TOTAL = "chargeback_limit_rejections_total"  # {team, user, limit}
+TEAM_LIMIT = "chargeback_team_limit"  # {team, limit, enforce}: the configured value
+LIMIT_REMAINING_BUDGET = "chargeback_limit_remaining_budget"  # {team}, currency at the limit price
+LIMIT_REMAINING_WEIGHTED_TOKENS = "chargeback_limit_remaining_weighted_tokens"  # {team}
+LIMIT_STORE_UP = "chargeback_limit_store_up"
+LIMIT_STORE_ERRORS_TOTAL = "chargeback_limit_store_errors_total"
+LIMIT_UNCHECKED_REQUESTS_TOTAL = "chargeback_limit_unchecked_requests_total"
 
 # --- proxy: latency and load, label {model}
 REQUEST_DURATION_SECONDS = "chargeback_request_duration_seconds"

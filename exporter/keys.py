@@ -15,7 +15,8 @@ import hashlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -37,6 +38,27 @@ class KeyRecord:
     created_at: str  # ISO 8601 UTC
     revoked_at: str | None  # None while the key is active
     prefix: str = ""  # first characters of the token, shown in `keys list` (never the whole token)
+    expires_at: str | None = None  # ISO 8601 UTC; None: never
+    rotated_to: str = ""  # the key id that replaced this one (`keys rotate`)
+    last_used_at: str | None = None  # updated in batches by the proxies (see KeyCache.touch)
+    expires_ts: float | None = field(default=None, compare=False, repr=False)  # expires_at as Unix seconds
+
+    def __post_init__(self) -> None:
+        if self.expires_at and self.expires_ts is None:
+            ts = datetime.fromisoformat(self.expires_at.replace("Z", "+00:00")).timestamp()
+            object.__setattr__(self, "expires_ts", ts)
+
+
+def expired_message(record: KeyRecord, now: float) -> str | None:
+    """Why the key no longer works, or None while it is valid."""
+    if record.expires_ts is None or now < record.expires_ts:
+        return None
+    if record.rotated_to:
+        return (
+            f"API key {record.key_id} expired at {record.expires_at}: it was rotated to"
+            f" {record.rotated_to}; use the new key"
+        )
+    return f"API key {record.key_id} expired at {record.expires_at}; ask your administrator for a new key"
 
 
 def generate_token() -> str:
@@ -75,6 +97,10 @@ class KeyCache:
         self.loaded_at: float | None = None  # time.time() of the last successful load
         self.last_error: str | None = None
         self.refresh_errors = 0
+        # key id → last use (ISO, UTC seconds), written in one batch per refresh, not per request
+        self._used: dict[str, str] = {}
+        self._second = -1
+        self._second_text = ""
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -114,12 +140,32 @@ class KeyCache:
         self.loaded_at = time.time()
         return True
 
+    def touch(self, record: KeyRecord) -> None:
+        """Note that a key was used now (one dict write; flushed with the next refresh)."""
+        now = int(time.time())
+        if now != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+            self._second = now
+        self._used[record.key_id] = self._second_text
+
+    def _flush_used(self) -> None:
+        if not self._used or self._store is None:
+            return
+        used, self._used = self._used, {}
+        try:
+            self._store.touch_keys(used)
+        except Exception:
+            for k, v in used.items():  # keep them for the next try
+                self._used.setdefault(k, v)
+            raise
+
     def _load(self) -> dict[str, KeyRecord]:
         from exporter.ledger.store import open_store
 
         if self._store is None:
             self._store = open_store(self.ledger_url)
         try:
+            self._flush_used()
             return dict(self._store.load_active_keys())
         except Exception:
             store, self._store = self._store, None  # reconnect next time
@@ -133,7 +179,8 @@ class KeyCache:
             await self.refresh()
 
     def lookup(self, token: str) -> KeyRecord | None:
-        """The active key for this token, or None (unknown or revoked)."""
+        """The key for this token, or None (unknown or revoked). An expired key is returned: the caller
+        tells its holder so (see ``expired_message``)."""
         if not token.startswith(TOKEN_PREFIX):
             return None
         # No secret is compared byte by byte: the lookup is keyed by the token's SHA-256, and how
@@ -151,6 +198,8 @@ class KeyCache:
                 await self._task
             self._task = None
         if self._store is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._flush_used)
             store, self._store = self._store, None
             await asyncio.to_thread(store.close)
 

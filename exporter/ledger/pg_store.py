@@ -33,7 +33,7 @@ from exporter.ledger.store import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -75,9 +75,15 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE http_analytics ADD COLUMN usage_source TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE http_analytics ADD COLUMN usage_reason TEXT NOT NULL DEFAULT ''",
     ],
-    3: [],  # reserved (issue 15)
+    3: [],  # reserved (stays empty: databases at version 4 exist)
     # 4: monthly partitions, the daily rollup, extended statistics (issue 17)
     4: pg_partitions.MIGRATION,
+    # 5: key expiry, rotation and last use (issue 15)
+    5: [
+        "ALTER TABLE api_keys ADD COLUMN expires_at TIMESTAMPTZ",
+        "ALTER TABLE api_keys ADD COLUMN rotated_to TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE api_keys ADD COLUMN last_used_at TIMESTAMPTZ",
+    ],
 }
 
 # One statement per batch (arrays unnested server-side): the rollup trigger then aggregates the

@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter.config import Config, Model
+from exporter.keys import expired_message
 from exporter.ledger.row import LedgerRow
 from exporter.proxy.errors import error_body, error_response
 from exporter.proxy.metrics import ProxyMetrics
@@ -86,6 +87,7 @@ MAX_UPSTREAM_BODY = 256 * 1024 * 1024  # a non-streaming response bigger than th
 class KeyLookup(Protocol):
     async def start(self) -> None: ...
     def lookup(self, token: str) -> Any: ...
+    def touch(self, record: Any) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -108,6 +110,7 @@ class ProxyState:
     inflight: int = 0
     # counts usage with the model server's tokenizer after a response that carried none
     counter: UsageCounter = field(default_factory=UsageCounter)
+    limiter: Any = None  # exporter.limits.limiter.Limiter when the config has a limits: section
 
 
 STATE = web.AppKey("chargeback_proxy_state", ProxyState)
@@ -226,6 +229,10 @@ def _finish(state: ProxyState, call: Call) -> None:
             usage_reason=call.usage_reason[:200],
         )
         state.ledger.submit(row)
+        if state.limiter is not None and call.forwarded and call.model is not None:
+            state.limiter.record(
+                call.user, call.team, call.model, usage.prompt_tokens, usage.completion_tokens
+            )
         m = state.metrics
         if call.user and call.model is not None:
             m.usage.record(
@@ -345,6 +352,10 @@ async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.Str
     call.user = record.user_email
     call.team = cfg.team_of(record.user_email) or record.team
     call.api_key_id = str(record.key_id)
+    expired = expired_message(record, time.time())
+    if expired is not None:
+        return _reply(call, 401, expired, "invalid_request_error", "expired_api_key")
+    state.keys.touch(record)
 
     if request.content_type not in ("application/json", "", "application/octet-stream", "text/plain"):
         return _reply(
@@ -404,6 +415,14 @@ async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.Str
     # Unchanged bodies go upstream as the client sent them (no re-serialisation); anything that is
     # not plain UTF-8 JSON text (a BOM, UTF-16) is re-encoded so the upstream can read it.
     payload = json.dumps(body, separators=(",", ":")).encode() if changed or raw.lstrip()[:1] != b"{" else raw
+    if state.limiter is not None:
+        refused = await state.limiter.check(call.user, call.team)
+        if refused is not None:  # not forwarded; recorded as a 429 with the limit's code and reason
+            call.status, call.error = 429, f"{refused.code}: {refused.message}"
+            headers = {"X-Request-Id": call.request_id}
+            if refused.retry_after is not None:
+                headers["Retry-After"] = str(refused.retry_after)
+            return error_response(429, refused.message, refused.code, refused.code, headers=headers)
     return await _forward(request, state, call, model, payload, hide_usage)
 
 
@@ -604,6 +623,26 @@ async def _models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
+async def _usage(request: web.Request) -> web.Response:
+    """GET /v1/usage: the caller's own usage this billing month and the limits that apply."""
+    state = request.app[STATE]
+    token = _bearer(request)
+    record = state.keys.lookup(token) if token else None
+    if record is None:
+        return error_response(401, "invalid or missing API key", code="invalid_api_key")
+    expired = expired_message(record, time.time())
+    if expired is not None:
+        return error_response(401, expired, code="expired_api_key")
+    if state.limiter is None:
+        return error_response(
+            404,
+            "this proxy does not count usage per billing month: its config has no limits: section",
+            code="usage_not_tracked",
+        )
+    team = state.cfg.team_of(record.user_email) or record.team
+    return web.json_response(await state.limiter.usage(record.user_email, team))
+
+
 async def _healthz(request: web.Request) -> web.Response:
     if request.app[STATE].draining:
         return web.Response(status=503, text="shutting down\n")
@@ -618,6 +657,8 @@ def _lifecycle(state: ProxyState, close_timeout: float) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         await state.ledger.start()
         await state.keys.start()
+        if state.limiter is not None:
+            await state.limiter.start()
         proxy = state.cfg.proxy
         timeout = aiohttp.ClientTimeout(
             total=None, connect=proxy.connect_timeout_seconds, sock_read=proxy.upstream_timeout_seconds
@@ -636,6 +677,8 @@ def _lifecycle(state: ProxyState, close_timeout: float) -> Any:
         finally:
             await state.counter.drain()  # deferred tokenize counts: finished or estimated, then recorded
             await state.session.close()
+            if state.limiter is not None:
+                await state.limiter.close()
             await state.keys.close()
             await state.ledger.close(close_timeout)
 
@@ -653,6 +696,11 @@ def create_state(cfg: Config, keys: KeyLookup | None = None, ledger: LedgerSink 
         ledger = LedgerWriter(cfg.ledger.url, cfg.ledger)
     state = ProxyState(cfg=cfg, keys=keys, ledger=ledger, metrics=ProxyMetrics(cfg, ledger.stats))
     state.metrics.registry.register(state.counter.sources)
+    if cfg.limits is not None:
+        from exporter.limits.limiter import Limiter
+
+        state.limiter = Limiter(cfg)
+        state.metrics.registry.register(state.limiter.metrics)
     return state
 
 
@@ -663,6 +711,7 @@ def create_app(state: ProxyState, ledger_close_timeout: float = 30.0) -> web.App
     for path in ENDPOINTS:
         app.router.add_post(path, _handle)
     app.router.add_get("/v1/models", _models)
+    app.router.add_get("/v1/usage", _usage)
     app.router.add_get("/healthz", _healthz)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     app.cleanup_ctx.append(_lifecycle(state, ledger_close_timeout))

@@ -1,0 +1,400 @@
+"""Limits that act (issue 15): real Redis, two proxy processes sharing it, the openai SDK as client
+and the simulator (which counts the calls that reached it) upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import openai
+import pytest
+import requests
+
+from exporter.config import ConfigError, parse_config
+from exporter.limits.limiter import Limiter
+from exporter.limits.resp import RedisClient
+from exporter.limits.store import MemoryStore, RedisStore
+from exporter.sim.harness import (
+    DEFAULT_MODELS,
+    ProxyProcess,
+    create_keys,
+    metric,
+    proxy_config,
+    read_metrics,
+    start_proxy,
+    start_simulator,
+    wait_for_rows,
+    write_config,
+)
+from exporter.sim.upstream import expected_usage
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+ALICE, BOB = "alice@corp.example", "bob@corp.example"
+MESSAGES = [{"role": "user", "content": "count these five words"}]
+BODY = {"model": "sim-small", "messages": MESSAGES, "max_tokens": 5}
+TOKENS_PER_REQUEST = expected_usage("/v1/chat/completions", BODY)["total_tokens"]  # weights 1 and 1
+
+
+def _redis_keys(pattern: str) -> list[bytes]:
+    async def go() -> list[bytes]:
+        c = RedisClient(REDIS_URL, timeout=2)
+        try:
+            return list(await c.execute("KEYS", pattern))
+        finally:
+            await c.close()
+
+    return asyncio.run(go())
+
+
+def _redis_delete(pattern: str) -> None:
+    async def go() -> None:
+        c = RedisClient(REDIS_URL, timeout=2)
+        try:
+            keys = await c.execute("KEYS", pattern)
+            if keys:
+                await c.execute("DEL", *keys)
+        finally:
+            await c.close()
+
+    asyncio.run(go())
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    ns = f"cbtest-{secrets.token_hex(4)}"
+    yield ns
+    _redis_delete(f"{ns}:*")
+
+
+@dataclass
+class Replicas:
+    proxies: list[ProxyProcess]
+    sim_url: str
+    tokens: dict[str, str]
+    ledger_url: str
+
+    def client(self, i: int, user: str = ALICE) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.proxies[i].url + "/v1", api_key=self.tokens[user], max_retries=0)
+
+    def upstream_calls(self) -> int:
+        return int(requests.get(f"{self.sim_url}/sim/stats", timeout=5).json()["requests"])
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    started: list[Any] = []
+
+    def start(limits: dict[str, Any], n: int = 2, timezone: str = "UTC") -> Replicas:
+        sim = start_simulator(tmp_path, models=DEFAULT_MODELS)
+        started.append(sim)
+        ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+        doc = proxy_config(
+            upstreams={m: [f"{sim.url}/v1"] for m in DEFAULT_MODELS},
+            ledger_url=ledger_url,
+            spool_dir=str(tmp_path / "spool"),
+            users={ALICE: "research", BOB: "research"},
+            extra={"limits": limits, "timezone": timezone},
+        )
+        cfg = write_config(tmp_path / "chargeback.yaml", doc)
+        tokens = create_keys(ledger_url, {ALICE: "research", BOB: "research"})
+        proxies = []
+        for i in range(n):
+            p = start_proxy(tmp_path, cfg, name=f"proxy{i}")
+            started.append(p)
+            proxies.append(p)
+        return Replicas(proxies, str(sim.url), tokens, ledger_url)
+
+    yield start
+    for p in reversed(started):
+        p.stop()
+
+
+def _chat(client: openai.OpenAI) -> Any:
+    return client.chat.completions.create(model="sim-small", messages=MESSAGES, max_tokens=5)
+
+
+def test_quota_lets_exactly_what_fits_through_across_two_replicas(replicas: Any, namespace: str) -> None:
+    fits = 5
+    r = replicas(
+        {
+            "store": {"url": REDIS_URL, "namespace": namespace},
+            "teams": {"research": {"enforce": "block", "monthly_tokens": fits * TOKENS_PER_REQUEST}},
+        }
+    )
+    passed, refused = 0, []
+    for i in range(fits + 4):
+        try:
+            _chat(r.client(i % 2))
+            passed += 1
+        except openai.RateLimitError as exc:
+            refused.append(exc)
+    assert passed == fits
+    assert len(refused) == 4
+    assert r.upstream_calls() == fits  # blocked requests cost no upstream call
+    err = refused[0]
+    assert err.status_code == 429
+    body = err.body
+    assert body["code"] == "quota_exceeded" and body["type"] == "quota_exceeded"
+    month = datetime.now(ZoneInfo("UTC"))  # the message names the current billing month
+    used = fits * TOKENS_PER_REQUEST
+    assert body["message"].startswith(
+        f"team research has used {used:,} of its {used:,} weighted-token quota for {month:%B %Y} (UTC)"
+    )
+    assert "Retry-After" not in err.response.headers
+    # refusals are in the ledger with their own code and reason, and in the counters
+    rows = wait_for_rows(r.ledger_url, 4, status_code=429)
+    assert {row["error"].split(":")[0] for row in rows} == {"quota_exceeded"}
+    assert all(row["upstream"] == "" and row["total_tokens"] == 0 for row in rows)
+    total = sum(
+        metric(read_metrics(p.metrics_url), "chargeback_limit_rejections_total", team="research", user=ALICE)
+        for p in r.proxies
+    )
+    assert total == 4
+    assert all(
+        metric(read_metrics(p.metrics_url), "chargeback_limit_store_up") == 1 for p in r.proxies
+    )
+    # the namespace's keys carry the billing month
+    assert any(f":{month:%Y-%m}:team:research".encode() in k for k in _redis_keys(f"{namespace}:*"))
+
+
+def test_budget_blocks_with_a_message_a_person_understands(replicas: Any, namespace: str) -> None:
+    # price: 1,000,000 per million weighted tokens = 1 EUR per token; budget 2.5 requests' worth
+    r = replicas(
+        {
+            "store": {"url": REDIS_URL, "namespace": namespace},
+            "price_per_million_weighted_tokens": {"sim-small": 1000000},
+            "teams": {"research": {"enforce": "block", "budget": TOKENS_PER_REQUEST * 2.5}},
+        },
+        timezone="Europe/Berlin",
+    )
+    for i in range(3):
+        _chat(r.client(i % 2))
+    with pytest.raises(openai.RateLimitError) as info:
+        _chat(r.client(1, BOB))
+    assert r.upstream_calls() == 3
+    month = datetime.now(ZoneInfo("Europe/Berlin"))
+    used = Decimal(3 * TOKENS_PER_REQUEST)
+    budget = Decimal(TOKENS_PER_REQUEST) * Decimal("2.5")
+    assert info.value.body["code"] == "budget_exceeded"
+    assert info.value.body["message"].startswith(
+        f"team research has used {used:,.2f} of its {budget:,.2f} EUR budget for {month:%B %Y}"
+        " (Europe/Berlin); it resets on "
+    )
+    # self-service usage: own numbers only
+    doc = requests.get(
+        r.proxies[0].url + "/v1/usage", headers={"Authorization": f"Bearer {r.tokens[BOB]}"}, timeout=5
+    ).json()
+    assert doc["user"] == BOB and doc["team"] == "research"
+    assert doc["models"] == []  # Bob's only request was refused
+    assert doc["team_budget"]["used"] == f"{used:.2f}"
+    assert doc["team_budget"]["remaining"] == "0.00"
+    assert ALICE not in str(doc)
+    doc = requests.get(
+        r.proxies[1].url + "/v1/usage", headers={"Authorization": f"Bearer {r.tokens[ALICE]}"}, timeout=5
+    ).json()
+    (m,) = doc["models"]
+    assert m["model"] == "sim-small" and m["requests"] == 3
+    assert m["estimated_spend"] == f"{used:.2f}"
+    assert doc["limits"][0]["limit"] == "budget" and doc["limits"][0]["enforce"] == "block"
+
+
+def test_rate_limit_holds_within_one_window(replicas: Any, namespace: str) -> None:
+    rpm = 6
+    r = replicas(
+        {
+            "store": {"url": REDIS_URL, "namespace": namespace},
+            "users": {ALICE: {"enforce": "block", "requests_per_minute": rpm}},
+        }
+    )
+    if 60 - time.time() % 60 < 15:  # start in a fresh minute so all requests share one window
+        time.sleep(60 - time.time() % 60 + 0.2)
+    window = int(time.time() // 60)
+    passed, refused = 0, []
+    for i in range(rpm + 5):
+        try:
+            _chat(r.client(i % 2))
+            passed += 1
+        except openai.RateLimitError as exc:
+            refused.append(exc)
+    same_window = int(time.time() // 60) == window
+    assert rpm <= passed <= 2 * rpm
+    if same_window:
+        assert passed == rpm
+    assert refused and refused[0].body["code"] == "rate_limited"
+    retry = int(refused[0].response.headers["Retry-After"])
+    assert 1 <= retry <= 60
+    assert refused[0].body["message"] == (
+        f"user {ALICE} has reached their limit of {rpm} requests per minute; retry in {retry} s"
+    )
+    _chat(r.client(0, BOB))  # Bob has no limit
+    assert r.upstream_calls() == passed + 1
+
+
+def test_alert_only_limits_never_block(replicas: Any, namespace: str) -> None:
+    r = replicas(
+        {"store": {"url": REDIS_URL, "namespace": namespace}, "teams": {"research": {"monthly_tokens": 1}}},
+        n=1,
+    )
+    for _ in range(3):
+        _chat(r.client(0))
+    assert r.upstream_calls() == 3
+    samples = read_metrics(r.proxies[0].metrics_url)
+    deadline = time.monotonic() + 5
+    while metric(samples, "chargeback_limit_remaining_weighted_tokens", team="research") != 1 - 3 * TOKENS_PER_REQUEST:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+        samples = read_metrics(r.proxies[0].metrics_url)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_redis_down_fails_open_with_the_metric_set(replicas: Any) -> None:
+    r = replicas(
+        {
+            "store": {"url": f"redis://127.0.0.1:{_closed_port()}/0", "retry_seconds": 30},
+            "teams": {"research": {"enforce": "block", "monthly_tokens": 1}},
+        },
+        n=1,
+    )
+    for _ in range(3):
+        _chat(r.client(0))  # the quota is long exceeded, but nobody can tell
+    assert r.upstream_calls() == 3
+    samples = read_metrics(r.proxies[0].metrics_url)
+    assert metric(samples, "chargeback_limit_store_up") == 0
+    assert metric(samples, "chargeback_limit_unchecked_requests_total") == 3
+    assert metric(samples, "chargeback_limit_store_errors_total") >= 1
+
+
+def test_expired_and_rotated_keys(tmp_path: Path) -> None:
+    from exporter.ledger.store import open_store
+    from exporter.sim.harness import proxy_stack
+
+    with proxy_stack(tmp_path, users={ALICE: "research"}) as stack:
+        store = open_store(stack.ledger_url)
+        try:
+            old_token, old = store.create_key(BOB, "research", "2020-01-01T00:00:00Z")
+            live_token, live = store.create_key(BOB, "research", "2099-01-01T00:00:00Z")
+            new_token, new, rotated = store.rotate_key(live.key_id, 0)
+        finally:
+            store.close()
+        assert rotated.rotated_to == new.key_id
+        assert new.expires_at is not None and rotated.expires_at is not None
+        time.sleep(0.6)  # the proxy refreshes keys every 0.2 s
+
+        def call(token: str) -> Any:
+            return openai.OpenAI(base_url=stack.api_url + "/v1", api_key=token, max_retries=0)
+
+        with pytest.raises(openai.AuthenticationError) as info:
+            _chat(call(old_token))
+        assert info.value.body["code"] == "expired_api_key"
+        assert info.value.body["message"] == (
+            f"API key {old.key_id} expired at 2020-01-01T00:00:00Z; ask your administrator for a new key"
+        )
+        with pytest.raises(openai.AuthenticationError) as info:
+            _chat(call(live_token))
+        assert info.value.body["message"] == (
+            f"API key {live.key_id} expired at {rotated.expires_at}: it was rotated to {new.key_id};"
+            " use the new key"
+        )
+        _chat(call(new_token))
+        # last use is written in a batch with the next key refresh
+        deadline = time.monotonic() + 5
+        while True:
+            store = open_store(stack.ledger_url)
+            try:
+                keys = {k.key_id: k for k in store.list_keys()}
+            finally:
+                store.close()
+            if keys[new.key_id].last_used_at is not None:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert keys[old.key_id].last_used_at is None
+
+
+# --------------------------------------------------------------------------- injected clock
+
+
+CONFIG = """
+timezone: Europe/Berlin
+pools: {p: {gpu_hourly_cost: 3.6, gpus: 1, capacity_tokens_per_second: 1000}}
+models: {m: {upstream: "http://127.0.0.1:1/v1", pool: p}}
+teams: {research: {budget: 100}}
+users: {"alice@corp.example": research}
+limits:
+  store: {url: %s, namespace: %s}
+  teams: {research: {enforce: block, monthly_tokens: 100}}
+"""
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_month_rollover_in_berlin_resets_quotas_at_local_midnight(backend: str, namespace: str) -> None:
+    url = REDIS_URL if backend == "redis" else "null"
+    cfg = parse_config(CONFIG % (url, namespace))
+    berlin = ZoneInfo("Europe/Berlin")
+    now = [datetime(2026, 12, 31, 23, 59, 0, tzinfo=berlin).timestamp()]  # 22:59 UTC
+    store = RedisStore(REDIS_URL, namespace, 1.0) if backend == "redis" else MemoryStore()
+    limiter = Limiter(cfg, store=store, clock=lambda: now[0])
+    model = cfg.models["m"]
+
+    async def scenario() -> None:
+        assert await limiter.check(ALICE, "research") is None
+        limiter.record(ALICE, "research", model, 60, 40)
+        await asyncio.sleep(0.05)
+        refused = await limiter.check(ALICE, "research")
+        assert refused is not None and refused.code == "quota_exceeded"
+        assert refused.message == (
+            "team research has used 100 of its 100 weighted-token quota for December 2026"
+            " (Europe/Berlin); it resets on 2027-01-01"
+        )
+        now[0] += 59.9  # 23:59:59.9 local: still December
+        assert await limiter.check(ALICE, "research") is not None
+        now[0] += 0.1  # local midnight (23:00 UTC): a new month
+        assert await limiter.check(ALICE, "research") is None
+        doc = await limiter.usage(ALICE, "research")
+        assert doc["period"]["month"] == "2027-01"
+        assert doc["period"]["start"] == "2026-12-31T23:00:00Z"
+        # spend at the proxy price: 3.6/h / 3600 / 1000 tokens/s = 1e-6 per weighted token
+        assert doc["limits"][0] == {
+            "scope": "team",
+            "name": "research",
+            "limit": "budget",
+            "enforce": "block",  # the team's enforce applies to the budget it inherits
+            "value": "100.00",
+            "used": "0.00",
+            "remaining": "100.00",
+            "used_ratio": 0.0,
+            "period": "month",
+            "resets_at": "2027-02-01T00:00:00+01:00",
+        }
+        await limiter.close()
+
+    asyncio.run(scenario())
+
+
+def test_limits_config_errors_name_the_key() -> None:
+    base = CONFIG.split("limits:")[0]
+    with pytest.raises(ConfigError, match=r"limits.teams.research.enforce: expected one of alert, block"):
+        parse_config(base + "limits: {teams: {research: {enforce: stop}}}")
+    with pytest.raises(ConfigError, match=r"limits.teams.nobody: unknown team"):
+        parse_config(base + "limits: {teams: {nobody: {budget: 1}}}")
+    with pytest.raises(ConfigError, match=r'limits.teams.research.requests_per_minute: expected a number, got "lots"'):
+        parse_config(base + "limits: {teams: {research: {requests_per_minute: lots}}}")
+    with pytest.raises(ConfigError, match=r"limits.store.url: expected redis://"):
+        parse_config(base + "limits: {store: {url: 'http://x'}}")
+    no_capacity = base.replace(", capacity_tokens_per_second: 1000", "")
+    with pytest.raises(ConfigError, match=r"a blocking budget needs a price for model m"):
+        parse_config(no_capacity + "limits: {teams: {research: {enforce: block}}}")
