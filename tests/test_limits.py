@@ -159,9 +159,7 @@ def test_quota_lets_exactly_what_fits_through_across_two_replicas(replicas: Any,
         for p in r.proxies
     )
     assert total == 4
-    assert all(
-        metric(read_metrics(p.metrics_url), "chargeback_limit_store_up") == 1 for p in r.proxies
-    )
+    assert all(metric(read_metrics(p.metrics_url), "chargeback_limit_store_up") == 1 for p in r.proxies)
     # the namespace's keys carry the billing month
     assert any(f":{month:%Y-%m}:team:research".encode() in k for k in _redis_keys(f"{namespace}:*"))
 
@@ -249,7 +247,10 @@ def test_alert_only_limits_never_block(replicas: Any, namespace: str) -> None:
     assert r.upstream_calls() == 3
     samples = read_metrics(r.proxies[0].metrics_url)
     deadline = time.monotonic() + 5
-    while metric(samples, "chargeback_limit_remaining_weighted_tokens", team="research") != 1 - 3 * TOKENS_PER_REQUEST:
+    while (
+        metric(samples, "chargeback_limit_remaining_weighted_tokens", team="research")
+        != 1 - 3 * TOKENS_PER_REQUEST
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.1)
         samples = read_metrics(r.proxies[0].metrics_url)
@@ -391,7 +392,9 @@ def test_limits_config_errors_name_the_key() -> None:
         parse_config(base + "limits: {teams: {research: {enforce: stop}}}")
     with pytest.raises(ConfigError, match=r"limits.teams.nobody: unknown team"):
         parse_config(base + "limits: {teams: {nobody: {budget: 1}}}")
-    with pytest.raises(ConfigError, match=r'limits.teams.research.requests_per_minute: expected a number, got "lots"'):
+    with pytest.raises(
+        ConfigError, match=r'limits.teams.research.requests_per_minute: expected a number, got "lots"'
+    ):
         parse_config(base + "limits: {teams: {research: {requests_per_minute: lots}}}")
     with pytest.raises(ConfigError, match=r"limits.store.url: expected redis://"):
         parse_config(base + "limits: {store: {url: 'http://x'}}")
