@@ -28,6 +28,7 @@ from dashboards.common import (
     targets,
     timeseries,
 )
+from dashboards.limits import add_team_limit_panels
 
 T = 'team="$team"'
 TU = 'team="$team", user=~"$user"'
@@ -349,6 +350,8 @@ def build(currency: str) -> Dashboard:
         12,
         9,
     )
+
+    add_team_limit_panels(lay, T, money)
 
     return dashboard(
         "team",

@@ -713,6 +713,44 @@ label_replace(
         {"name": "chargeback-budget-alerts", "rules": budget_rules},
         {"name": "chargeback-gpu-alerts", "rules": gpu_rules},
         {"name": "chargeback-health-alerts", "rules": health_rules},
+        {"name": "chargeback-limit-alerts", "rules": limit_alerts(p, text)},
+    ]
+
+
+TEAM_BLOCKED_WINDOW = "10m"
+LIMIT_STORE_DOWN_FOR = "2m"
+
+
+def limit_alerts(p: str, text: AlertText = DEFAULT_TEXT) -> list[dict[str, object]]:
+    """Limits that act (issue 15): a team refused by a monthly limit, and the shared store gone."""
+    monthly = 'limit=~"budget|monthly_tokens"'
+    return [
+        alert(
+            "ChargebackTeamBlocked",
+            f"sum by (team, limit) (increase(chargeback_limit_rejections_total{sel(p, monthly)}"
+            f"[{TEAM_BLOCKED_WINDOW}])) > 0",
+            "0m",
+            "warning",
+            "Team {{ $labels.team }} is blocked by its monthly {{ $labels.limit }} limit",
+            "The proxies refused {{ $value | printf `%.0f` }} request(s) of team {{ $labels.team }} (or one of"
+            " its users) with 429 in the last " + TEAM_BLOCKED_WINDOW + " because its monthly"
+            " {{ $labels.limit }} limit (enforce: block) is used up. Requests stay refused until the billing"
+            " month ends or the limit is raised.",
+            text,
+            dashboard_url=text.team_dashboard(),
+        ),
+        alert(
+            "ChargebackLimitStoreUnreachable",
+            f"max by (job, instance) (chargeback_limit_store_up{sel(p)}) == 0",
+            LIMIT_STORE_DOWN_FOR,
+            "warning",
+            "Proxy {{ $labels.instance }} cannot reach its limit store",
+            "Proxy {{ $labels.instance }} has not reached its limit store (Redis) for "
+            + LIMIT_STORE_DOWN_FOR
+            + ": it lets every request through unchecked (fail-open), so budgets, quotas and rate limits"
+            " with enforce: block are not enforced there, and its usage is not counted towards them.",
+            text,
+        ),
     ]
 
 

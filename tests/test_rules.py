@@ -66,6 +66,8 @@ ALERTS = [
     "ChargebackLedgerBacklog",
     "ChargebackGPUsUnmapped",
     "ChargebackRuleEvaluationFailures",
+    "ChargebackTeamBlocked",
+    "ChargebackLimitStoreUnreachable",
 ]
 
 
