@@ -140,6 +140,10 @@ class RedisClient:
         self.connect_timeout = connect_timeout
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
+        # commands sent without waiting, written together at the next loop turn (or with the next
+        # waited-for command): one system call for many, and none on the request's own path
+        self._pending: list[bytes] = []
+        self._flush_scheduled = False
 
     async def _connection(self) -> _Protocol:
         proto = self._proto
@@ -168,20 +172,43 @@ class RedisClient:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         assert proto.transport is not None
         proto.waiting.append(fut)
-        proto.transport.write(encode(*args))
+        data = encode(*args)
+        if self._pending:  # earlier commands first: replies are matched in order
+            self._pending.append(data)
+            data = b"".join(self._pending)
+            self._pending.clear()
+        proto.transport.write(data)
         return fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        proto = self._proto
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        if proto is not None and not proto.closed and proto.transport is not None:
+            proto.transport.write(data)
 
     async def _send(self, proto: _Protocol, args: tuple[str | int | bytes, ...], wait: float) -> Any:
         fut = self._write(proto, args)
+        # a timer instead of asyncio.wait_for: no extra task or future on the request's path
+        timer = asyncio.get_running_loop().call_later(wait, self._timed_out, proto, fut, wait)
         try:
-            return await asyncio.wait_for(fut, wait)
-        except TimeoutError:
-            # A reply may still come; the FIFO would then pair it with the wrong command.
-            # Dropping the connection is the only safe way on.
-            self._drop(proto)
-            raise RedisUnavailable(f"Redis did not answer within {wait * 1000:g} ms") from None
+            return await fut
+        finally:
+            timer.cancel()
+
+    def _timed_out(self, proto: _Protocol, fut: asyncio.Future[Any], wait: float) -> None:
+        if fut.done():
+            return
+        fut.set_exception(RedisUnavailable(f"Redis did not answer within {wait * 1000:g} ms"))
+        # A reply may still come; the FIFO would then pair it with the wrong command.
+        # Dropping the connection is the only safe way on.
+        self._drop(proto)
 
     def _drop(self, proto: _Protocol) -> None:
+        self._pending.clear()
         if proto.transport is not None:
             proto.transport.abort()
         proto.connection_lost(None)
@@ -197,7 +224,14 @@ class RedisClient:
         proto = self._proto
         if proto is None or proto.closed:
             return None
-        return self._write(proto, args)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        proto.waiting.append(fut)
+        self._pending.append(encode(*args))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return fut
 
     async def close(self) -> None:
         if self._proto is not None:

@@ -217,21 +217,21 @@ for i = 0, n - 1 do
 end
 if out[1] == 0 then
   for i = 0, n - 1 do
-    redis.call('HINCRBY', KEYS[2 * i + 2], 'r', 1)
-    redis.call('EXPIRE', KEYS[2 * i + 2], ARGV[2])
+    if redis.call('HINCRBY', KEYS[2 * i + 2], 'r', 1) == 1 then redis.call('EXPIRE', KEYS[2 * i + 2], ARGV[2]) end
   end
 end
 return out
 """
 
 _RECORD = """
+-- a key's expiry is set when it is created (its first increment), not on every request
 for i = 1, 2 do
   redis.call('HINCRBY', KEYS[i], 'spend', ARGV[1])
   redis.call('HINCRBY', KEYS[i], 'tokens', ARGV[2])
-  redis.call('HINCRBY', KEYS[i], 'requests', 1)
-  redis.call('EXPIRE', KEYS[i], ARGV[7])
-  redis.call('HINCRBY', KEYS[i + 2], 't', ARGV[3])
-  redis.call('EXPIRE', KEYS[i + 2], ARGV[8])
+  if redis.call('HINCRBY', KEYS[i], 'requests', 1) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[7]) end
+  if redis.call('HINCRBY', KEYS[i + 2], 't', ARGV[3]) == tonumber(ARGV[3]) then
+    redis.call('EXPIRE', KEYS[i + 2], ARGV[8])
+  end
 end
 local p = 'm:' .. ARGV[4] .. ':'
 redis.call('HINCRBY', KEYS[2], p .. 'requests', 1)
