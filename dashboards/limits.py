@@ -8,10 +8,10 @@ Panel ids start at 900 so they never collide with the dashboards' own.
 
 from __future__ import annotations
 
-from dashboards.common import TOKENS, Layout, stat, steps, target, targets, timeseries
+from dashboards.common import REQUESTS_PER_SECOND, TOKENS, Layout, stat, steps, target, targets, timeseries
 
 STORE_UP_STEPS = steps(("red", None), ("green", 1))
-REFUSALS = "short"
+REFUSALS = REQUESTS_PER_SECOND
 
 
 def add_team_limit_panels(lay: Layout, team: str, money: str) -> None:
@@ -47,7 +47,7 @@ def add_team_limit_panels(lay: Layout, team: str, money: str) -> None:
     lay.add(
         timeseries(
             903,
-            "Requests refused by limits",
+            "Requests blocked by limits",
             "429s per second by user and limit (chargeback_limit_rejections_total): budget and monthly_tokens "
             "block until the month ends (alert ChargebackTeamBlocked); rate limits clear within a minute.",
             REFUSALS,
@@ -70,7 +70,7 @@ def add_overview_limit_panels(lay: Layout) -> None:
     lay.add(
         timeseries(
             911,
-            "Requests refused by limits, by team",
+            "Requests blocked by limits, by team",
             "429s per second by team and limit (chargeback_limit_rejections_total). A team refused by "
             "budget or monthly_tokens is blocked for the rest of the billing month (ChargebackTeamBlocked).",
             REFUSALS,
