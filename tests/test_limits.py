@@ -401,3 +401,99 @@ def test_limits_config_errors_name_the_key() -> None:
     no_capacity = base.replace(", capacity_tokens_per_second: 1000", "")
     with pytest.raises(ConfigError, match=r"a blocking budget needs a price for model m"):
         parse_config(no_capacity + "limits: {teams: {research: {enforce: block}}}")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_keys_expiry_rotation_import_and_usage_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exporter import cli
+    from exporter.ledger.store import open_store
+    from exporter.ledger.testing import make_row
+
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cfg = tmp_path / "chargeback.yaml"
+    cfg.write_text(
+        CONFIG.replace("url: %s, namespace: %s", "namespace: x").replace(
+            'users: {"alice@corp.example": research}', f"users: {{{ALICE}: research, {BOB}: research}}"
+        )
+        + f"ledger: {{url: '{ledger_url}'}}\n"
+    )
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = cli.main([*argv, "--config.file", str(cfg)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = run("keys", "create", "--user", ALICE, "--expires", "90d")
+    assert code == 0, err
+    key_id = out.split("key id: ")[1].split()[0]
+    expires = out.split("expires: ")[1].split()[0]
+    created = datetime.fromisoformat(expires.replace("Z", "+00:00")).timestamp()
+    assert abs(created - (time.time() + 90 * 86400)) < 60
+    code, _, err = run("keys", "create", "--user", ALICE, "--expires", "soon")
+    assert code == 2 and "--expires 'soon': expected a duration (90d, 12h, 2w) or a date" in err
+
+    code, out, err = run("keys", "rotate", key_id, "--overlap", "1h")
+    assert code == 0, err
+    new_id = out.split("key id: ")[1].split()[0]
+    old_until = out.split("which works until ")[1].split(")")[0]
+    assert (
+        abs(datetime.fromisoformat(old_until.replace("Z", "+00:00")).timestamp() - (time.time() + 3600)) < 60
+    )
+    new_expires = out.split("expires: ")[1].split()[0]
+    assert abs(datetime.fromisoformat(new_expires.replace("Z", "+00:00")).timestamp() - created) < 60
+
+    code, out, _ = run("keys", "list", "--csv")
+    rows = {r.split(",")[0]: r.split(",") for r in out.splitlines()[1:]}
+    assert rows[key_id][6] == old_until and rows[key_id][8] == new_id
+    assert rows[new_id][6] == new_expires and rows[new_id][7] == ""  # never used yet
+
+    src = tmp_path / "keys.csv"
+    src.write_text(f"user,team,expires\n{BOB},research,30d\n{BOB},research,\n")
+    code, out, err = run("keys", "import", str(src), "--out", str(tmp_path / "tokens.csv"))
+    assert code == 0, err
+    store = open_store(ledger_url)
+    try:
+        bob = sorted((k for k in store.list_keys() if k.user_email == BOB), key=lambda k: k.expires_at or "")
+        assert bob[0].expires_at is None
+        assert bob[1].expires_at is not None
+        # usage from the ledger (no Redis configured): one request of alice on model m this month
+        store.insert_rows(
+            [
+                make_row(
+                    1,
+                    request_id="r1",
+                    timestamp="2026-11-15T10:00:00Z",
+                    user_email=ALICE,
+                    team="research",
+                    model="m",
+                    prompt_tokens=30,
+                    completion_tokens=20,
+                    total_tokens=50,
+                )
+            ]
+        )
+    finally:
+        store.close()
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("exporter.limits.cli",))
+    code, out, err = run("usage", "--user", ALICE, "--now", "2026-11-20T12:00:00")
+    assert code == 0, err
+    import json
+
+    doc = json.loads(out)
+    assert doc["period"]["month"] == "2026-11" and doc["period"]["timezone"] == "Europe/Berlin"
+    (m,) = doc["models"]
+    assert (m["model"], m["requests"], m["prompt_tokens"], m["completion_tokens"]) == ("m", 1, 30, 20)
+    assert m["weighted_tokens"] == "50" and m["estimated_spend"] == "0.00"  # 50 × 1e-6 EUR
+    assert doc["team_budget"] == {
+        "budget": "100.00",
+        "used": "0.00",
+        "remaining": "100.00",
+        "used_ratio": 0.0,
+        "enforce": "block",
+    }
+    quota = next(lim for lim in doc["limits"] if lim["limit"] == "monthly_tokens")
+    assert (quota["used"], quota["remaining"], quota["used_ratio"]) == ("50", "50", 0.5)

@@ -19,6 +19,18 @@ if TYPE_CHECKING:
     from exporter.limits.limiter import Limiter
 
 
+def plain_money(amount: Decimal, minor: int) -> str:
+    """'5012.33': the currency's minor units, no thousands separator (JSON consumers parse it)."""
+    return money(amount, minor).replace(",", "")
+
+
+def plain_number(value: Decimal) -> str:
+    """'50', '12.5': no exponent, no trailing zeros."""
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")
+
+
 def _ratio(used: Decimal, limit: Decimal) -> float:
     return float(used / limit) if limit else 0.0
 
@@ -42,11 +54,7 @@ def _limits(limit_set: LimitSet | None, c: Counters, month: BillingMonth, minor:
         if lim is None:
             continue
         used = _used(kind, c)
-        fmt = (
-            (lambda d: money(d, minor).replace(",", ""))
-            if kind == BUDGET
-            else (lambda d: str(d.normalize() if d == d.to_integral_value() else d))
-        )
+        fmt = (lambda d: plain_money(d, minor)) if kind == BUDGET else plain_number
         out.append(
             {
                 "scope": limit_set.scope,
@@ -78,8 +86,8 @@ def usage_document(
                 "requests": m.get("requests", 0),
                 "prompt_tokens": m.get("prompt", 0),
                 "completion_tokens": m.get("completion", 0),
-                "weighted_tokens": str(Decimal(m.get("tokens", 0)) / 1000),
-                "estimated_spend": money(from_nano(m.get("spend", 0)), minor).replace(",", ""),
+                "weighted_tokens": plain_number(Decimal(m.get("tokens", 0)) / 1000),
+                "estimated_spend": plain_money(from_nano(m.get("spend", 0)), minor),
                 "price_source": limiter.prices[name].source if name in limiter.prices else "none",
             }
         )
@@ -89,9 +97,9 @@ def usage_document(
     if budget is not None:
         used = from_nano(t.spend_nano)
         team_budget = {
-            "budget": money(budget.value, minor).replace(",", ""),
-            "used": money(used, minor).replace(",", ""),
-            "remaining": money(max(budget.value - used, Decimal(0)), minor).replace(",", ""),
+            "budget": plain_money(budget.value, minor),
+            "used": plain_money(used, minor),
+            "remaining": plain_money(max(budget.value - used, Decimal(0)), minor),
             "used_ratio": round(_ratio(used, budget.value), 6),
             "enforce": budget.enforce,
         }
@@ -109,8 +117,8 @@ def usage_document(
         "models": models,
         "totals": {
             "requests": u.requests,
-            "weighted_tokens": str(Decimal(u.tokens_milli) / 1000),
-            "estimated_spend": money(from_nano(u.spend_nano), minor).replace(",", ""),
+            "weighted_tokens": plain_number(Decimal(u.tokens_milli) / 1000),
+            "estimated_spend": plain_money(from_nano(u.spend_nano), minor),
         },
         "team_budget": team_budget,
         "limits": _limits(team_set, t, month, minor)
