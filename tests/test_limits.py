@@ -497,3 +497,61 @@ def test_keys_expiry_rotation_import_and_usage_on_the_command_line(
     }
     quota = next(lim for lim in doc["limits"] if lim["limit"] == "monthly_tokens")
     assert (quota["used"], quota["remaining"], quota["used_ratio"]) == ("50", "50", 0.5)
+
+
+def test_a_killed_redis_fails_open_and_enforcement_resumes_when_it_is_back(
+    replicas: Any, tmp_path: Path
+) -> None:
+    import shutil
+    import subprocess
+
+    from exporter.stack import free_port
+
+    port = free_port()
+    argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return proc
+            assert time.monotonic() < deadline, "private redis-server did not start"
+            time.sleep(0.05)
+
+    redis = start_redis()
+    try:
+        r = replicas(
+            {
+                "store": {"url": f"redis://127.0.0.1:{port}/0", "retry_seconds": 0.5},
+                "teams": {"research": {"enforce": "block", "monthly_tokens": 2 * TOKENS_PER_REQUEST}},
+            }
+        )
+        _chat(r.client(0))
+        _chat(r.client(1))
+        with pytest.raises(openai.RateLimitError):
+            _chat(r.client(0))
+        redis.kill()
+        redis.wait()
+        for i in range(3):
+            _chat(r.client(i % 2))  # fail-open: the proxies cannot tell that the quota is used up
+        for p in r.proxies:
+            samples = read_metrics(p.metrics_url)
+            assert metric(samples, "chargeback_limit_store_up") == 0
+        redis = start_redis()  # empty again: this Redis keeps nothing on disk
+        deadline = time.monotonic() + 10
+        while not all(
+            metric(read_metrics(p.metrics_url), "chargeback_limit_store_up") == 1 for p in r.proxies
+        ):
+            assert time.monotonic() < deadline, "the proxies did not notice Redis is back"
+            time.sleep(0.2)
+        _chat(r.client(0))
+        _chat(r.client(1))
+        with pytest.raises(openai.RateLimitError):
+            _chat(r.client(1))
+        assert r.upstream_calls() == 2 + 3 + 2
+    finally:
+        redis.kill()
+        redis.wait()
