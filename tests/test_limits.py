@@ -555,3 +555,35 @@ def test_a_killed_redis_fails_open_and_enforcement_resumes_when_it_is_back(
     finally:
         redis.kill()
         redis.wait()
+
+
+def test_key_expiry_rotation_and_last_use_on_both_ledger_backends(ledger_url: str) -> None:
+    """Schema version 5 on SQLite and PostgreSQL: expiry, rotation and batched last use."""
+    from exporter.ledger.store import StoreError, open_store
+
+    store = open_store(ledger_url)
+    try:
+        assert store.query("SELECT MAX(version) FROM schema_version")[1][0][0] == 5
+        _, plain = store.create_key(ALICE, "research")
+        _, expiring = store.create_key(ALICE, "research", "2099-06-30T12:00:00Z")
+        (_, imported), (_, imported_plain) = store.create_keys(
+            [(BOB, "research", "2099-01-01T00:00:00Z"), (BOB, "research")]
+        )
+        token, new, old = store.rotate_key(expiring.key_id, 3600)
+        assert old.rotated_to == new.key_id and old.expires_at is not None
+        assert new.expires_at is not None and new.expires_at > old.expires_at
+        with pytest.raises(StoreError, match="no key 'key_nope'"):
+            store.rotate_key("key_nope", 60)
+        store.touch_keys({plain.key_id: "2026-12-01T10:00:00Z", new.key_id: "2026-12-01T11:00:00Z"})
+        store.touch_keys({plain.key_id: "2026-12-01T09:00:00Z"})  # older: ignored
+        keys = {k.key_id: k for k in store.list_keys()}
+        assert keys[plain.key_id].last_used_at == "2026-12-01T10:00:00Z"
+        assert keys[new.key_id].last_used_at == "2026-12-01T11:00:00Z"
+        assert keys[plain.key_id].expires_at is None
+        assert keys[imported.key_id].expires_at == "2099-01-01T00:00:00Z"
+        assert keys[imported_plain.key_id].expires_at is None
+        active = dict(store.load_active_keys())
+        assert {r.key_id for r in active.values()} == set(keys)  # expired keys load too (for the 401 text)
+        assert token.startswith("cbk_")
+    finally:
+        store.close()
