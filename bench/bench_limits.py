@@ -10,6 +10,8 @@ figure is the latency a single request sees; the proxy's HTTP work is the same w
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import secrets
 import statistics
 import time
@@ -107,11 +109,16 @@ def run(quick: bool) -> str:
         lines.append(f"| {name} | {_us(values):.1f} | {_us(values, 0.99):.1f} | {added * 1e6:.1f} |")
     added = (statistics.median(results["check + record, Redis"]) - base) * 1e6
     floor = _us(results["Redis PING (round-trip floor)"])
+    own = added - floor
+    load = ""
+    with contextlib.suppress(OSError):
+        load = f" Load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs."
     lines += [
         "",
         f"Target: ≤ 100 µs median added by a limit check with a local Redis; measured {added:.1f} µs"
         f" ({'met' if added <= 100 else 'NOT met'}), of which {floor:.1f} µs is the loopback round trip"
-        " itself (PING on the same connection).",
+        f" itself (PING on the same connection) and {own:.1f} µs the limiter's own work (keys, script,"
+        f" reply, the record's encoding).{load}",
     ]
     return "\n".join(lines)
 
