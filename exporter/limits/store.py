@@ -280,6 +280,7 @@ class RedisStore:
         self._record = _Script(_RECORD)
         self._read = _Script(_READ)
         self._read_teams = _Script(_READ_TEAMS)
+        self._tasks: set[asyncio.Task[Any]] = set()  # records sent while (re)connecting
 
     async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         try:
@@ -324,19 +325,25 @@ class RedisStore:
         )
         fut = self.client.execute_nowait("EVALSHA", self._record.sha, len(keys), *keys, *args)
         if fut is None:  # not connected: connect and send in a task
-            task = asyncio.ensure_future(self._eval(self._record, keys, args))
-            task.add_done_callback(lambda t: done(self._team_counters(t)))
+            self._spawn(keys, args, done)
             return
 
         def finished(f: asyncio.Future[Any]) -> None:
             exc = None if f.cancelled() else f.exception()
             if isinstance(exc, RedisError) and str(exc).startswith("NOSCRIPT"):
-                task = asyncio.ensure_future(self._eval(self._record, keys, args))
-                task.add_done_callback(lambda t: done(self._team_counters(t)))
+                self._spawn(keys, args, done)
                 return
             done(self._team_counters(f))
 
         fut.add_done_callback(finished)
+
+    def _spawn(
+        self, keys: Sequence[str], args: Sequence[str | int], done: Callable[[Counters | None], None]
+    ) -> None:
+        task = asyncio.ensure_future(self._eval(self._record, keys, args))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: done(self._team_counters(t)))
 
     @staticmethod
     def _team_counters(f: asyncio.Future[Any]) -> Counters | None:

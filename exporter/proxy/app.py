@@ -614,6 +614,9 @@ async def _models(request: web.Request) -> web.Response:
     if record is None:
         state.metrics.usage.reject(401)
         return error_response(401, "invalid or missing API key", code="invalid_api_key")
+    expired = expired_message(record, time.time())
+    if expired is not None:
+        return error_response(401, expired, code="expired_api_key")
     team = state.cfg.team_of(record.user_email) or record.team
     data = [
         {"id": m.name, "object": "model", "created": 0, "owned_by": "chargeback"}
