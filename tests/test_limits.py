@@ -217,9 +217,7 @@ def test_rate_limit_holds_within_one_window(replicas: Any, namespace: str) -> No
             "users": {ALICE: {"enforce": "block", "requests_per_minute": rpm}},
         }
     )
-    if 60 - time.time() % 60 < 15:  # start in a fresh minute so all requests share one window
-        time.sleep(60 - time.time() % 60 + 0.2)
-    window = int(time.time() // 60)
+    window = _wait_for_fresh_minute()  # so that all requests share one window
     passed, refused = 0, []
     for i in range(rpm + 5):
         try:
@@ -239,6 +237,69 @@ def test_rate_limit_holds_within_one_window(replicas: Any, namespace: str) -> No
     )
     _chat(r.client(0, BOB))  # Bob has no limit
     assert r.upstream_calls() == passed + 1
+
+
+def _wait_for_fresh_minute(need_seconds: float = 15) -> int:
+    if 60 - time.time() % 60 < need_seconds:
+        time.sleep(60 - time.time() % 60 + 0.2)
+    return int(time.time() // 60)
+
+
+def test_concurrent_requests_on_two_replicas_never_pass_a_rate_limit_twice(
+    replicas: Any, namespace: str
+) -> None:
+    """The check is one atomic script: 24 requests at once through both replicas, 7 per minute allowed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rpm = 7
+    r = replicas(
+        {
+            "store": {"url": REDIS_URL, "namespace": namespace},
+            "teams": {"research": {"enforce": "block", "requests_per_minute": rpm}},
+        }
+    )
+    clients = [r.client(0), r.client(1, BOB)]
+    window = _wait_for_fresh_minute()
+
+    def one(i: int) -> int:
+        try:
+            _chat(clients[i % 2])
+            return 200
+        except openai.RateLimitError:
+            return 429
+
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(one, range(24)))
+    passed = codes.count(200)
+    assert rpm <= passed <= 2 * rpm  # within one window's tolerance in any case
+    if int(time.time() // 60) == window:
+        assert passed == rpm
+    assert codes.count(429) == 24 - passed
+    assert r.upstream_calls() == passed
+
+
+def test_tokens_per_minute(replicas: Any, namespace: str) -> None:
+    r = replicas(
+        {
+            "store": {"url": REDIS_URL, "namespace": namespace},
+            "users": {BOB: {"enforce": "block", "tokens_per_minute": 2 * TOKENS_PER_REQUEST + 1}},
+        },
+        n=1,
+    )
+    window = _wait_for_fresh_minute()
+    passed = 0
+    with pytest.raises(openai.RateLimitError) as info:
+        for _ in range(10):
+            _chat(r.client(0, BOB))
+            passed += 1
+    if int(time.time() // 60) == window:
+        assert passed == 3  # 2 × N + 1 tokens: the third request starts below the line and crosses it
+    retry = int(info.value.response.headers["Retry-After"])
+    assert info.value.body["message"] == (
+        f"user {BOB} has used {passed * TOKENS_PER_REQUEST:,} of their {2 * TOKENS_PER_REQUEST + 1:,}"
+        f" tokens per minute; retry in {retry} s"
+    )
+    assert r.upstream_calls() == passed
 
 
 def test_alert_only_limits_never_block(replicas: Any, namespace: str) -> None:
