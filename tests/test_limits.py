@@ -94,7 +94,9 @@ class Replicas:
 def replicas(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
     started: list[Any] = []
 
-    def start(limits: dict[str, Any], n: int = 2, timezone: str = "UTC") -> Replicas:
+    def start(
+        limits: dict[str, Any], n: int = 2, timezone: str = "UTC", extra: dict[str, Any] | None = None
+    ) -> Replicas:
         sim = start_simulator(tmp_path, models=DEFAULT_MODELS)
         started.append(sim)
         ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -103,7 +105,7 @@ def replicas(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
             ledger_url=ledger_url,
             spool_dir=str(tmp_path / "spool"),
             users={ALICE: "research", BOB: "research"},
-            extra={"limits": limits, "timezone": timezone},
+            extra={"limits": limits, "timezone": timezone, **(extra or {})},
         )
         cfg = write_config(tmp_path / "chargeback.yaml", doc)
         tokens = create_keys(ledger_url, {ALICE: "research", BOB: "research"})
@@ -207,6 +209,68 @@ def test_budget_blocks_with_a_message_a_person_understands(replicas: Any, namesp
     assert m["model"] == "sim-small" and m["requests"] == 3
     assert m["estimated_spend"] == f"{used:.2f}"
     assert doc["limits"][0]["limit"] == "budget" and doc["limits"][0]["enforce"] == "block"
+
+
+def test_budget_reconciled_with_the_recording_rules_month_to_date(
+    replicas: Any, namespace: str, tmp_path: Path
+) -> None:
+    """The statement estimate (team:chargeback_spend:month_to_date, from a real Prometheus) blocks a
+    team whose unit-price figure is still far below its budget."""
+    import yaml
+
+    from exporter.stack import start_prometheus
+
+    rules = tmp_path / "mtd.yaml"
+    rules.write_text(
+        yaml.safe_dump(
+            {
+                "groups": [
+                    {
+                        "name": "test-mtd",
+                        "rules": [
+                            {
+                                "record": "team:chargeback_spend:month_to_date",
+                                "expr": 'label_replace(vector(6012.334), "team", "research", "", "")',
+                            }
+                        ],
+                    }
+                ]
+            }
+        )
+    )
+    prom = start_prometheus(tmp_path / "prom", rule_files=[rules])
+    try:
+        deadline = time.monotonic() + 30
+        while not requests.get(
+            f"{prom.url}/api/v1/query", params={"query": "team:chargeback_spend:month_to_date"}, timeout=5
+        ).json()["data"]["result"]:
+            assert time.monotonic() < deadline, "the recording rule never evaluated"
+            time.sleep(0.2)
+        r = replicas(
+            {
+                "store": {"url": REDIS_URL, "namespace": namespace},
+                "reconcile_with_prometheus_seconds": 5,
+                "teams": {"research": {"enforce": "block", "budget": 5000}},
+            },
+            n=1,
+            extra={"prometheus": {"url": prom.url}},
+        )
+        with pytest.raises(openai.RateLimitError) as info:
+            _chat(r.client(0))
+        assert r.upstream_calls() == 0
+        assert info.value.body["code"] == "budget_exceeded"
+        assert re.fullmatch(
+            r"team research has used 6,012.33 of its 5,000.00 EUR budget for [A-Z][a-z]+ \d{4} \(UTC\);"
+            r" it resets on \d{4}-\d{2}-01",
+            info.value.body["message"],
+        ), info.value.body["message"]
+        doc = requests.get(
+            r.proxies[0].url + "/v1/usage", headers={"Authorization": f"Bearer {r.tokens[ALICE]}"}, timeout=5
+        ).json()
+        assert doc["team_budget"]["statement_month_to_date"] == "6012.33"
+        assert doc["team_budget"]["used"] == "0.00"  # the unit-price figure: nothing was forwarded
+    finally:
+        prom.stop()
 
 
 def test_rate_limit_holds_within_one_window(replicas: Any, namespace: str) -> None:

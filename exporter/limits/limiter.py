@@ -94,6 +94,10 @@ class Limiter:
         self._down_until = 0.0
         self._outage_logged = False
         self._task: asyncio.Task[None] | None = None
+        self._reconcile_task: asyncio.Task[None] | None = None
+        # team → month-to-date spend (nano) from the recording rules, for the month in reconciled_month
+        self.statement_spend: dict[str, int] = {}
+        self.reconciled_month = ""
 
     # ------------------------------------------------------------------ helpers
 
@@ -141,6 +145,10 @@ class Limiter:
         if team_scope is None and user_scope is None:
             return None
         now = self.clock()
+        if team_scope is not None and team_scope.budget_nano and self.statement_spend:
+            refused = self._statement_check(team_scope, user, now)
+            if refused is not None:
+                return refused
         if now < self._down_until:
             self.metrics.unchecked += 1
             return None
@@ -162,6 +170,16 @@ class Limiter:
         counters = result.counters[result.blocked_scope]
         rejection = self._rejection(scope, result.blocked_kind, counters, month, now)
         self.metrics.reject(team, user, rejection.limit)
+        return rejection
+
+    def _statement_check(self, scope: Scope, user: str, now: float) -> Rejection | None:
+        """The team's month-to-date spend from the recording rules has reached its blocking budget."""
+        month = self.month(now)
+        spent = self.statement_spend.get(scope.name, 0)
+        if month.key != self.reconciled_month or spent < scope.budget_nano:
+            return None
+        rejection = self._rejection(scope, BUDGET, Counters(spend_nano=spent), month, now)
+        self.metrics.reject(scope.name, user, BUDGET)
         return rejection
 
     def _rejection(self, scope: Scope, kind: str, c: Counters, month: BillingMonth, now: float) -> Rejection:
@@ -232,6 +250,42 @@ class Limiter:
         await self.refresh()
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="chargeback-limit-gauges")
+        if self.limits.reconcile_seconds and self._reconcile_task is None:
+            await self.reconcile()  # before the first request: a team already over budget stays blocked
+            self._reconcile_task = asyncio.create_task(
+                self._reconcile_loop(), name="chargeback-limit-reconcile"
+            )
+
+    async def reconcile(self) -> bool:
+        """Poll ``team:chargeback_spend:month_to_date`` from Prometheus (False when that failed)."""
+        from exporter.report.promql import PromClient, PromQLError
+
+        prom = self.cfg.prometheus
+        month = self.month()
+        now = self.clock()
+        client = PromClient(prom.url, min(prom.timeout_seconds, 10.0), prom.selector)
+        try:
+            got = await asyncio.to_thread(
+                client.vector, client.selector("team:chargeback_spend:month_to_date"), now
+            )
+        except PromQLError as exc:
+            log.warning("limit reconciliation: %s", exc)
+            return False
+        finally:
+            client.session.close()
+        spend: dict[str, int] = {}
+        for labels, value in got.items():
+            team = dict(labels).get("team")
+            if team:
+                spend[team] = max(spend.get(team, 0), to_nano(value))
+        self.statement_spend = spend
+        self.reconciled_month = month.key
+        return True
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.reconcile_seconds)
+            await self.reconcile()
 
     async def seed_from_ledger(self) -> None:
         """In-process counters start from the ledger's month to date (a restart forgets nothing
@@ -262,11 +316,12 @@ class Limiter:
             await self.refresh()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._reconcile_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._reconcile_task = None
         await self.store.close()
 
     # ------------------------------------------------------------------ self-service usage

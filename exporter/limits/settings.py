@@ -8,6 +8,7 @@ limits:
     retry_seconds: 5                  # after a failure, requests pass unchecked this long
   price_per_million_weighted_tokens:  # the unit price money limits block on (default: proxy price)
     llama-70b: 4.50
+  reconcile_with_prometheus_seconds: 60   # also block on team:chargeback_spend:month_to_date (0: off)
   teams:
     research:
       enforce: block                  # alert (default: today's behaviour) | block
@@ -75,6 +76,9 @@ class LimitsConfig:
     teams: dict[str, LimitSet] = field(default_factory=dict)
     users: dict[str, LimitSet] = field(default_factory=dict)
     price_per_million: dict[str, Decimal] = field(default_factory=dict)  # model → price
+    # poll the recording rules' month-to-date spend this often (0: never); a team whose statement
+    # estimate has reached its blocking budget is refused even if the unit-price figure has not
+    reconcile_seconds: float = 0.0
 
 
 def _limit_set(
@@ -113,7 +117,11 @@ def parse_limits(
 ) -> LimitsConfig | None:
     if value is None:
         return None
-    b = r.mapping(value, "limits", {"store", "teams", "users", "price_per_million_weighted_tokens"})
+    b = r.mapping(
+        value,
+        "limits",
+        {"store", "teams", "users", "price_per_million_weighted_tokens", "reconcile_with_prometheus_seconds"},
+    )
     sb = r.mapping(b.get("store"), "limits.store", {"url", "namespace", "timeout_ms", "retry_seconds"})
     url = r.string(sb.get("url"), "limits.store.url")
     if url is not None:
@@ -157,4 +165,17 @@ def parse_limits(
         if users and email not in users:
             raise r.error(p, f'unknown user "{email}" (add it under users: first)')
         user_limits[str(email)] = _limit_set(r, body, p, "user", str(email), None)
-    return LimitsConfig(store=store, teams=team_limits, users=user_limits, price_per_million=prices)
+    reconcile = r.number(
+        b.get("reconcile_with_prometheus_seconds"), "limits.reconcile_with_prometheus_seconds", 0.0
+    )
+    if 0 < reconcile < 5:
+        raise r.error(
+            "limits.reconcile_with_prometheus_seconds", f"must be 0 (off) or at least 5, got {reconcile:g}"
+        )
+    return LimitsConfig(
+        store=store,
+        teams=team_limits,
+        users=user_limits,
+        price_per_million=prices,
+        reconcile_seconds=reconcile,
+    )

@@ -103,6 +103,10 @@ def usage_document(
             "used_ratio": round(_ratio(used, budget.value), 6),
             "enforce": budget.enforce,
         }
+        if limiter.statement_spend and limiter.reconciled_month == month.key:
+            team_budget["statement_month_to_date"] = plain_money(
+                from_nano(limiter.statement_spend.get(team, 0)), minor
+            )
     return {
         "object": "usage",
         "user": user,
