@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from datetime import datetime
@@ -31,10 +32,12 @@ def _run(args: argparse.Namespace) -> int:
     if team is None:
         print(f"chargeback: --team is required ({args.user} has no team in {cfg.path})", file=sys.stderr)
         return 2
-    if cfg.limits is None:
-        from exporter.limits.settings import LimitsConfig
+    if cfg.limits is None:  # no limits: section: the teams' budgets, alert only, counted from the ledger
+        from exporter.config import _Reader
+        from exporter.limits.settings import parse_limits
 
-        cfg = type(cfg)(**{**cfg.__dict__, "limits": LimitsConfig()})
+        limits = parse_limits(_Reader(cfg.path), {}, cfg.teams, cfg.users, cfg.models)
+        cfg = dataclasses.replace(cfg, limits=limits)
     clock = None
     if args.now:
         try:
