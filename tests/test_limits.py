@@ -440,6 +440,15 @@ def test_expired_and_rotated_keys(tmp_path: Path) -> None:
             " use the new key"
         )
         _chat(call(new_token))
+        # this proxy's config has no limits: section, so it keeps no monthly counters to report
+        got = requests.get(
+            stack.api_url + "/v1/usage", headers={"Authorization": f"Bearer {new_token}"}, timeout=5
+        )
+        assert got.status_code == 404 and got.json()["error"]["code"] == "usage_not_tracked"
+        got = requests.get(
+            stack.api_url + "/v1/usage", headers={"Authorization": f"Bearer {old_token}"}, timeout=5
+        )
+        assert got.status_code == 401 and got.json()["error"]["code"] == "expired_api_key"
         # last use is written in a batch with the next key refresh
         deadline = time.monotonic() + 5
         while True:
@@ -716,3 +725,22 @@ def test_key_expiry_rotation_and_last_use_on_both_ledger_backends(ledger_url: st
         assert token.startswith("cbk_")
     finally:
         store.close()
+
+
+def test_usage_on_the_command_line_without_a_limits_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from exporter import cli
+
+    cfg = tmp_path / "chargeback.yaml"
+    cfg.write_text(CONFIG.split("limits:")[0] + f"ledger: {{url: 'sqlite:///{tmp_path / 'ledger.db'}'}}\n")
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("exporter.limits.cli",))
+    code = cli.main(["usage", "--user", ALICE, "--now", "2026-11-20T12:00:00", "--config.file", str(cfg)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["models"] == [] and doc["totals"]["requests"] == 0
+    assert doc["team_budget"]["budget"] == "100.00" and doc["team_budget"]["enforce"] == "alert"
+    assert [lim["limit"] for lim in doc["limits"]] == ["budget"]

@@ -94,6 +94,12 @@ class LimitStore(Protocol):
     async def close(self) -> None: ...
 
 
+def _previous(month: str) -> str:
+    """'2027-01' → '2026-12'."""
+    year, mon = int(month[:4]), int(month[5:7])
+    return f"{year - 1:04d}-12" if mon == 1 else f"{year:04d}-{mon - 1:02d}"
+
+
 def _month_key(ns: str, month: str, kind: str, name: str) -> str:
     return f"{ns}:{month}:{kind}:{name}"
 
@@ -114,11 +120,15 @@ class MemoryStore:
     def __init__(self) -> None:
         self.months: dict[tuple[str, str, str], Counters] = {}
         self.windows: dict[tuple[str, str], tuple[int, Counters]] = {}
+        self._latest = ""
 
     def _month(self, month: str, kind: str, name: str) -> Counters:
         key = (month, kind, name)
         c = self.months.get(key)
         if c is None:
+            if month > self._latest:  # a new billing month: keep only it and the previous one
+                self._latest = month
+                self.months = {k: v for k, v in self.months.items() if k[0] >= _previous(month)}
             c = self.months[key] = Counters()
         return c
 

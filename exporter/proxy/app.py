@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -40,6 +40,9 @@ from exporter.proxy.usage import (
     response_texts,
 )
 from exporter.proxy.usage_count import UsageCounter
+
+if TYPE_CHECKING:
+    from exporter.limits.limiter import Limiter
 
 log = logging.getLogger("chargeback.proxy")
 
@@ -110,7 +113,7 @@ class ProxyState:
     inflight: int = 0
     # counts usage with the model server's tokenizer after a response that carried none
     counter: UsageCounter = field(default_factory=UsageCounter)
-    limiter: Any = None  # exporter.limits.limiter.Limiter when the config has a limits: section
+    limiter: Limiter | None = None  # when the config has a limits: section
 
 
 STATE = web.AppKey("chargeback_proxy_state", ProxyState)
