@@ -722,9 +722,26 @@ LIMIT_STORE_DOWN_FOR = "2m"
 
 
 def limit_alerts(p: str, text: AlertText = DEFAULT_TEXT) -> list[dict[str, object]]:
-    """Limits that act (issue 15): a team refused by a monthly limit, and the shared store gone."""
+    """Limits that act (issue 15): a team refused by a monthly limit, an alert-only token quota used
+    up, and the shared store gone. (An alert-only budget is ChargebackTeamBudgetExceeded's job.)"""
     monthly = 'limit=~"budget|monthly_tokens"'
+    quota = 'limit="monthly_tokens"'
+    blocking = 'enforce="block"'
     return [
+        alert(
+            "ChargebackTeamQuotaExceeded",
+            # the overrun, as a positive number of weighted tokens
+            f"-min by (team) (chargeback_limit_remaining_weighted_tokens{sel(p)}) > 0\n"
+            f"unless on (team)\nmax by (team) (chargeback_team_limit{sel(p, quota, blocking)})",
+            "0m",
+            "warning",
+            "Team {{ $labels.team }} is over its monthly token quota",
+            "Team {{ $labels.team }} has used {{ $value | printf `%.0f` }} weighted tokens more than its monthly"
+            " quota (limits.teams.<team>.monthly_tokens, enforce: alert) this billing month. Nothing is"
+            " refused; this is the notice.",
+            text,
+            dashboard_url=text.team_dashboard(),
+        ),
         alert(
             "ChargebackTeamBlocked",
             f"sum by (team, limit) (increase(chargeback_limit_rejections_total{sel(p, monthly)}"

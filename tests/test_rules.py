@@ -67,6 +67,7 @@ ALERTS = [
     "ChargebackGPUsUnmapped",
     "ChargebackRuleEvaluationFailures",
     "ChargebackTeamBlocked",
+    "ChargebackTeamQuotaExceeded",
     "ChargebackLimitStoreUnreachable",
 ]
 
