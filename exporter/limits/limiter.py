@@ -162,8 +162,8 @@ class Limiter:
             self.metrics.unchecked += 1
             return None
         self._ok()
-        if team_scope is not None:
-            self.metrics.team_counters(team, result.counters[0], month.key)
+        if team_scope is not None and (team_scope.budget_nano or team_scope.tokens_milli):
+            self.metrics.team_counters(team, result.counters[0], month.key)  # read only for these
         if result.blocked_scope < 0:
             return None
         scope = scopes[result.blocked_scope]

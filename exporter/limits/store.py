@@ -7,7 +7,8 @@ the same in-process for a single replica without Redis. Both follow the same rul
 
 - a request is refused when, before it, a counter has already reached its limit (``used >= limit``);
   the request that crosses the line passes, the next one is refused;
-- rate windows are fixed calendar minutes; a refused request is not counted in them;
+- rate windows are fixed calendar minutes; a refused request is not counted in them, nor is a
+  request in the window of a scope without a rate limit;
 - keys: ``{namespace}:{YYYY-MM}:{team|user}:{name}`` (a hash) for the billing month, whose
   ``YYYY-MM`` is the month in the config's ``timezone:``, and ``{namespace}:w:{minute}:{team|user}:{name}``
   for the minute window (expires after two minutes).
@@ -157,8 +158,9 @@ class MemoryStore:
                 blocked, kind = i, TOKENS_PER_MINUTE
         if blocked < 0:
             for s, c in zip(scopes, out, strict=True):
-                self._window(window, s.kind, s.name).window_requests += 1
-                c.window_requests += 1
+                if s.rpm or s.tpm:
+                    self._window(window, s.kind, s.name).window_requests += 1
+                    c.window_requests += 1
         return CheckResult(blocked, kind, out)
 
     def record(self, month: str, window: int, usage: Usage, done: Callable[[Counters | None], None]) -> None:
@@ -204,16 +206,24 @@ class MemoryStore:
 # --------------------------------------------------------------------------- Redis
 
 _CHECK = """
+-- only what the scope's limits need is read: monthly counters for a budget or quota, the minute
+-- window for a rate limit
 local n = tonumber(ARGV[1])
 local out = {0, 0}
+local windowed = {}
 for i = 0, n - 1 do
-  local m = redis.call('HMGET', KEYS[2 * i + 1], 'spend', 'tokens', 'requests')
-  local w = redis.call('HMGET', KEYS[2 * i + 2], 'r', 't')
+  local a = 3 + 4 * i
+  local b, q, rl, tl = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local m = {false, false, false}
+  local w = {false, false}
+  if b > 0 or q > 0 then m = redis.call('HMGET', KEYS[2 * i + 1], 'spend', 'tokens', 'requests') end
+  if rl > 0 or tl > 0 then
+    w = redis.call('HMGET', KEYS[2 * i + 2], 'r', 't')
+    windowed[#windowed + 1] = KEYS[2 * i + 2]
+  end
   local spend, tokens = tonumber(m[1]) or 0, tonumber(m[2]) or 0
   local r, t = tonumber(w[1]) or 0, tonumber(w[2]) or 0
   if out[1] == 0 then
-    local a = 3 + 4 * i
-    local b, q, rl, tl = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
     if b > 0 and spend >= b then out[1] = i + 1; out[2] = 1
     elseif q > 0 and tokens >= q then out[1] = i + 1; out[2] = 2
     elseif rl > 0 and r >= rl then out[1] = i + 1; out[2] = 3
@@ -226,8 +236,8 @@ for i = 0, n - 1 do
   out[#out + 1] = t
 end
 if out[1] == 0 then
-  for i = 0, n - 1 do
-    if redis.call('HINCRBY', KEYS[2 * i + 2], 'r', 1) == 1 then redis.call('EXPIRE', KEYS[2 * i + 2], ARGV[2]) end
+  for _, key in ipairs(windowed) do
+    if redis.call('HINCRBY', key, 'r', 1) == 1 then redis.call('EXPIRE', key, ARGV[2]) end
   end
 end
 return out
