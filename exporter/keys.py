@@ -140,9 +140,8 @@ class KeyCache:
         self.loaded_at = time.time()
         return True
 
-    def touch(self, record: KeyRecord) -> None:
+    def _touch(self, record: KeyRecord, now: int) -> None:
         """Note that a key was used now (one dict write; flushed with the next refresh)."""
-        now = int(time.time())
         if now != self._second:
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
             self._second = now
@@ -187,9 +186,12 @@ class KeyCache:
         # long it takes depends only on that digest, which a caller cannot steer towards a stored
         # one (preimage resistance). So response timing tells nothing about how close a guess was.
         record = self._by_hash.get(hash_token(token))
-        if record is None:
+        if record is None or record.revoked_at is not None:
             return None
-        return record if record.revoked_at is None else None
+        now = time.time()
+        if record.expires_ts is None or now < record.expires_ts:
+            self._touch(record, int(now))  # last use: only of keys that still work
+        return record
 
     async def close(self) -> None:
         if self._task is not None:

@@ -90,7 +90,6 @@ MAX_UPSTREAM_BODY = 256 * 1024 * 1024  # a non-streaming response bigger than th
 class KeyLookup(Protocol):
     async def start(self) -> None: ...
     def lookup(self, token: str) -> Any: ...
-    def touch(self, record: Any) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -358,7 +357,6 @@ async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.Str
     expired = expired_message(record, time.time())
     if expired is not None:
         return _reply(call, 401, expired, "invalid_request_error", "expired_api_key")
-    state.keys.touch(record)
 
     if request.content_type not in ("application/json", "", "application/octet-stream", "text/plain"):
         return _reply(
