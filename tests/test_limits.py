@@ -744,3 +744,46 @@ def test_usage_on_the_command_line_without_a_limits_section(
     assert doc["models"] == [] and doc["totals"]["requests"] == 0
     assert doc["team_budget"]["budget"] == "100.00" and doc["team_budget"]["enforce"] == "alert"
     assert [lim["limit"] for lim in doc["limits"]] == ["budget"]
+
+
+def test_user_budget_and_quota_messages_in_process() -> None:
+    """A user's own limits ("their"), checked after the team's; in-process store, injected clock."""
+    cfg = parse_config(
+        CONFIG.replace("url: %s, namespace: %s", "namespace: x").replace(
+            "  teams: {research: {enforce: block, monthly_tokens: 100}}",
+            "  teams: {research: {monthly_tokens: 100}}\n"  # alert only: never refuses
+            "  users: {alice@corp.example: {enforce: block, budget: 1, monthly_tokens: 1000}}\n"
+            "  price_per_million_weighted_tokens: {m: 10000}",  # 0.01 EUR per weighted token
+        )
+    )
+    now = datetime(2026, 3, 15, 12, 0, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+    limiter = Limiter(cfg, store=MemoryStore(), clock=lambda: now)
+    model = cfg.models["m"]
+
+    async def scenario() -> None:
+        assert await limiter.check(ALICE, "research") is None
+        limiter.record(ALICE, "research", model, 80, 40)  # 120 weighted tokens × 0.01 = 1.20 EUR
+        refused = await limiter.check(ALICE, "research")
+        assert refused is not None and (refused.code, refused.scope) == ("budget_exceeded", "user")
+        assert refused.message == (
+            "user alice@corp.example has used 1.20 of their 1.00 EUR budget for March 2026"
+            " (Europe/Berlin); it resets on 2026-04-01"
+        )
+        assert await limiter.check(BOB, "research") is None  # the team's quota only alerts
+        doc = await limiter.usage(ALICE, "research")
+        team_quota, user_budget, user_quota = doc["limits"][1], doc["limits"][2], doc["limits"][3]
+        assert (team_quota["limit"], team_quota["used"], team_quota["remaining"]) == (
+            "monthly_tokens",
+            "120",
+            "0",
+        )
+        assert (user_budget["used"], user_budget["remaining"], user_budget["enforce"]) == (
+            "1.20",
+            "0.00",
+            "block",
+        )
+        assert doc["totals"]["estimated_spend"] == "1.20" and doc["models"][0]["price_source"] == "configured"
+        assert (user_quota["used"], user_quota["used_ratio"]) == ("120", 0.12)
+        assert limiter.metrics.rejections == {("research", ALICE, "budget"): 1}
+
+    asyncio.run(scenario())
