@@ -4,9 +4,12 @@ and the simulator (which counts the calls that reached it) upstream."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ import requests
 
 from exporter.config import ConfigError, parse_config
 from exporter.limits.limiter import Limiter
-from exporter.limits.resp import RedisClient
+from exporter.limits.resp import RedisClient, RedisUnavailable
 from exporter.limits.store import MemoryStore, RedisStore
 from exporter.sim.harness import (
     DEFAULT_MODELS,
@@ -43,6 +46,57 @@ ALICE, BOB = "alice@corp.example", "bob@corp.example"
 MESSAGES = [{"role": "user", "content": "count these five words"}]
 BODY = {"model": "sim-small", "messages": MESSAGES, "max_tokens": 5}
 TOKENS_PER_REQUEST = expected_usage("/v1/chat/completions", BODY)["total_tokens"]  # weights 1 and 1
+
+
+def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """A private redis-server on 127.0.0.1:``port`` that keeps nothing on disk."""
+    argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        assert proc.poll() is None and time.monotonic() < deadline, "private redis-server did not start"
+        time.sleep(0.05)
+
+
+def _answers(url: str) -> bool:
+    async def go() -> bool:
+        c = RedisClient(url, timeout=2)
+        try:
+            return await c.execute("PING") == "PONG"
+        except (OSError, RedisUnavailable):
+            return False
+        finally:
+            await c.close()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The machine's Redis (127.0.0.1:6379, or CHARGEBACK_TEST_REDIS_URL); when none answers, a
+    private redis-server for this module (``make deps`` installs it)."""
+    global REDIS_URL
+    url = os.environ.get("CHARGEBACK_TEST_REDIS_URL", REDIS_URL)
+    if _answers(url):
+        REDIS_URL = url
+        yield
+        return
+    if shutil.which("redis-server") is None:
+        pytest.skip("no Redis answers on 127.0.0.1:6379 and redis-server is not installed (make deps)")
+    from exporter.stack import free_port
+
+    port = free_port()
+    proc = _start_redis(port, tmp_path_factory.mktemp("redis"))
+    REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _redis_keys(pattern: str) -> list[bytes]:
@@ -640,26 +694,10 @@ def test_keys_expiry_rotation_import_and_usage_on_the_command_line(
 def test_a_killed_redis_fails_open_and_enforcement_resumes_when_it_is_back(
     replicas: Any, tmp_path: Path
 ) -> None:
-    import shutil
-    import subprocess
-
     from exporter.stack import free_port
 
     port = free_port()
-    argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1"]
-    argv += ["--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
-
-    def start_redis() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return proc
-            assert time.monotonic() < deadline, "private redis-server did not start"
-            time.sleep(0.05)
-
-    redis = start_redis()
+    redis = _start_redis(port, tmp_path)
     try:
         r = replicas(
             {
@@ -678,7 +716,7 @@ def test_a_killed_redis_fails_open_and_enforcement_resumes_when_it_is_back(
         for p in r.proxies:
             samples = read_metrics(p.metrics_url)
             assert metric(samples, "chargeback_limit_store_up") == 0
-        redis = start_redis()  # empty again: this Redis keeps nothing on disk
+        redis = _start_redis(port, tmp_path)  # empty again: this Redis keeps nothing on disk
         deadline = time.monotonic() + 10
         while not all(
             metric(read_metrics(p.metrics_url), "chargeback_limit_store_up") == 1 for p in r.proxies
