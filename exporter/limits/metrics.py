@@ -24,9 +24,11 @@ class LimitMetrics(Collector):
         self.unchecked = 0
         self.team_used: dict[str, tuple[int, int]] = {}  # team → (spend nano, tokens milli)
         self._month = ""
+        # proxy.metrics_labels: team keeps user names out of the metrics (the ledger has them)
+        self.user_label = cfg.proxy.metrics_labels != "team"
 
     def reject(self, team: str, user: str, limit: str) -> None:
-        key = (team, user, limit)
+        key = (team, user if self.user_label else "", limit)
         self.rejections[key] = self.rejections.get(key, 0) + 1
 
     def team_counters(self, team: str, c: Counters, month: str) -> None:
