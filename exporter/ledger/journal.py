@@ -95,7 +95,9 @@ class Journal:
     def __init__(self, directory: str | os.PathLike[str], fsync_seconds: float = 0.01) -> None:
         self.dir = Path(directory)
         self.fsync_seconds = fsync_seconds
-        self.instance = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.instance = (
+            f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{secrets.token_hex(3)}"
+        )
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
         self._cur: _Open | None = None

@@ -56,7 +56,8 @@ def is_transient(exc: BaseException) -> bool:
     # connection lost, timeouts (57014 query_canceled), locks, resources; a schema that is being
     # migrated (42P01 undefined table) is cured by waiting too
     return isinstance(
-        exc, (psycopg.OperationalError, psycopg.InterfaceError, psycopg.InternalError, psycopg.ProgrammingError)
+        exc,
+        (psycopg.OperationalError, psycopg.InterfaceError, psycopg.InternalError, psycopg.ProgrammingError),
     )
 
 

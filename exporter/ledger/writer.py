@@ -55,7 +55,9 @@ class LedgerStats:
     rows_written: int  # rows inserted into the database (counter)
     write_errors: int  # failed write attempts (counter)
     queue_rows: int  # rows waiting in memory, including the batch being written (gauge)
-    spooled_rows: int  # rows waiting on disk only: journaled while the queue was full, or by an earlier run (gauge)
+    spooled_rows: (
+        int  # rows waiting on disk only: journaled while the queue was full, or by an earlier run (gauge)
+    )
     rows_submitted: int = 0  # rows handed to submit() (counter)
     rows_spooled_total: int = 0  # rows ever journaled without a copy in memory (counter)
     rows_duplicate: int = 0  # rows skipped because their request_id was already written (replays)
@@ -135,6 +137,8 @@ class LedgerWriter:
             )
             self._journal = None
             return
+        with self._cond:
+            self._segs[self._journal.current_seq] = _Seg()
         self._scan_orphans()
 
     def _scan_orphans(self) -> None:
@@ -422,9 +426,7 @@ class LedgerWriter:
                     self._segs.setdefault(j.current_seq, _Seg(disk=self._disk_mode))
                     current = j.current_seq
             done = [
-                seq
-                for seq, s in self._segs.items()
-                if seq != current and s.pending <= 0 and s.begins <= 0
+                seq for seq, s in self._segs.items() if seq != current and s.pending <= 0 and s.begins <= 0
             ]
             for seq in done:
                 del self._segs[seq]
@@ -521,9 +523,7 @@ class LedgerWriter:
             return False
         with self._cond:
             current = j.current_seq
-            own = sorted(
-                seq for seq, s in self._segs.items() if s.disk and s.pending > 0 and seq != current
-            )
+            own = sorted(seq for seq, s in self._segs.items() if s.disk and s.pending > 0 and seq != current)
         if own:
             seq = own[0]
             if not self._replay_files([j.segment_path(seq)], resolve_begins=False):
