@@ -190,6 +190,9 @@ class LedgerWriter:
                 seq = self._append(line, final=False)
                 if seq:
                     self._segs[seq].begins += 1
+                    old = self._begun.get(row.request_id)
+                    if old is not None and old in self._segs:  # begun twice: the newer record counts
+                        self._segs[old].begins -= 1
                     self._begun[row.request_id] = seq
         except Exception:  # pragma: no cover - defensive
             log.exception("ledger: could not journal the start of %r", getattr(row, "request_id", "?"))

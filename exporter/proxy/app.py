@@ -333,7 +333,9 @@ async def _handle(request: web.Request) -> web.StreamResponse:
                 call.usage_reason = call.usage_reason or "client closed before usage was reported"
         raise
     finally:
-        if not state.counter.defer(state, call, _finish):
+        if state.counter.defer(state, call, _finish):
+            journal_begin(state.ledger, call, call.status)  # recorded after the response is sent
+        else:
             _finish(state, call)
 
 
@@ -468,11 +470,13 @@ async def _forward(
             return opened
         call.forwarded = True
         upstream = opened
-        journal_begin(state.ledger, call, upstream.status)
         try:
             call.first_byte = time.perf_counter()
             ctype = upstream.headers.get("Content-Type", "")
             if upstream.status < 400 and ctype.startswith("text/event-stream"):
+                # A stream's response starts long before its row exists: journal the start now. (A
+                # plain response's row is journaled before its first byte is sent.)
+                journal_begin(state.ledger, call, upstream.status)
                 state.streams.add(call.request_id, upstream)
                 try:
                     return await _relay_stream(request, call, upstream, hide_usage)
