@@ -160,7 +160,7 @@ class KeyCache:
                 await asyncio.wait_for(daemon_call(store.close), CLOSE_TIMEOUT)
 
 
-CLOSE_TIMEOUT = 2.0
+CLOSE_TIMEOUT = 1.0  # the key store at shutdown: the ledger has been closed already
 
 
 async def daemon_call(fn: Callable[[], T]) -> T:

@@ -83,6 +83,7 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/r
 INCLUDE_USAGE_ENDPOINTS = frozenset(("/v1/chat/completions", "/v1/completions"))
 MAX_UPSTREAM_BODY = 256 * 1024 * 1024  # a non-streaming response bigger than this is refused (502)
 LEDGER_CLOSE_MIN_SECONDS = 2.0  # the ledger's time at shutdown when the grace period is used up
+COUNT_DRAIN_MAX_SECONDS = 10.0  # tokenize counts still running at shutdown get at most this
 
 
 class KeyLookup(Protocol):
@@ -657,7 +658,11 @@ def _lifecycle(state: ProxyState, close_timeout: float) -> Any:
         try:
             yield
         finally:
-            await state.counter.drain()  # deferred tokenize counts: finished or estimated, then recorded
+            # deferred tokenize counts: finished or estimated, then recorded; within the shutdown budget
+            wait = None
+            if state.shutdown_deadline is not None:
+                wait = min(max(state.shutdown_deadline - time.monotonic(), 0.5), COUNT_DRAIN_MAX_SECONDS)
+            await (state.counter.drain() if wait is None else state.counter.drain(wait))
             await state.session.close()
             # The ledger first, with what is left of the shutdown budget: the key store may hang on
             # a frozen database, and the ledger's rows are what must not be lost.
