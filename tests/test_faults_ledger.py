@@ -11,6 +11,7 @@ import os
 import stat
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import openai
@@ -217,3 +218,42 @@ async def test_journal_files_are_private(tmp_path: Path) -> None:
         await w.close()
     finally:
         os.umask(old)
+
+
+async def test_begin_records_are_replayed_only_for_a_dead_process(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    open_store(url).close()
+    cfg = _config(tmp_path, url)
+    w1 = LedgerWriter(url, cfg)
+    await w1.start()
+    cut_short = make_row(1, error=CRASH_REASON, estimated=True)  # a stream still running
+    finished = make_row(2)
+    w1.begin(cut_short)
+    w1.begin(make_row(2, error=CRASH_REASON))
+    w1.submit(finished)  # its begin record is superseded
+    assert await w1.flush()
+    # A replica sharing the directory while w1 runs: w1's journal is locked, nothing of it replays.
+    w2 = LedgerWriter(url, cfg)
+    await w2.start()
+    await asyncio.sleep(0.3)
+    assert await w2.flush()
+    await w2.close()
+    assert {r["request_id"] for r in ledger_rows(url)} == {"req-00000002"}
+    # w1 "crashes": a copy of its journal, with its lock free, as a dead process leaves it.
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for f in (tmp_path / "spool").glob("journal-*"):
+        (crashed / f.name).write_bytes(f.read_bytes())
+    w3 = LedgerWriter(url, replace(cfg, spool_dir=str(crashed)))
+    await w3.start()
+    assert await w3.flush()
+    await w3.close()
+    await w1.close()
+    rows = {r["request_id"]: r for r in ledger_rows(url)}
+    assert sorted(rows) == ["req-00000001", "req-00000002"]
+    assert rows["req-00000001"]["error"] == CRASH_REASON and rows["req-00000001"]["estimated"]
+    assert (
+        rows["req-00000002"]["error"] == "" and rows["req-00000002"]["total_tokens"] == finished.total_tokens
+    )
+    assert (w3.stats().rows_written, w3.stats().rows_duplicate) == (1, 1)
+    assert not list(crashed.glob("journal-*"))

@@ -69,6 +69,13 @@ class LedgerStats:
     rows_lost: int = 0  # rows that could be neither written nor journaled (counter; exit code 1)
 
 
+def _free(orphan: Orphan) -> bool:
+    """Nobody holds this journal: it is ours to replay (and to count in our backlog). A replica
+    sharing the directory keeps its own journal locked while it runs."""
+    with claim(orphan) as mine:
+        return mine
+
+
 @dataclass
 class _Seg:
     pending: int = 0  # final rows in this segment not yet in the database
@@ -145,7 +152,7 @@ class LedgerWriter:
         if self._journal is None:
             return
         found = find_orphans(Path(self.cfg.spool_dir), self._journal.instance)
-        new = [o for o in found if o.key not in self._orphans]
+        new = [o for o in found if o.key not in self._orphans and _free(o)]
         counted = {o.key: (o, *count_lines(o.files)) for o in new}
         with self._cond:
             self._orphans.update(counted)
