@@ -59,7 +59,10 @@ async def test_stream_cut_by_shutdown_gets_an_error_event_and_its_own_row(tmp_pa
         await client.close()
         assert stack.proxy.process.proc is not None
         assert await asyncio.to_thread(stack.proxy.process.proc.wait, 30) == 0
+        log = stack.proxy.process.log_tail(200)
         [row] = ledger_rows(stack.ledger_url)
+    # the grace period ran once, then the stream was ended (not a second wait of the same length)
+    assert log.count("grace period of 1.0s over: ending 1 stream(s)") == 1
     assert row["request_id"] == rid
     assert (row["status_code"], row["error"]) == (SHUTDOWN_STATUS, SHUTDOWN_REASON)
     assert row["stream"] and row["estimated"]  # no usage event came: the delivered text is estimated
