@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import stat
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -257,3 +259,47 @@ async def test_begin_records_are_replayed_only_for_a_dead_process(tmp_path: Path
     )
     assert (w3.stats().rows_written, w3.stats().rows_duplicate) == (1, 1)
     assert not list(crashed.glob("journal-*"))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: a disk that fills up (needs the right to mount, e.g. root)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_full_journal_disk_keeps_rows_in_memory_until_the_database_takes_them(
+    tmp_path: Path, tiny_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporter.ledger import journal
+
+    monkeypatch.setattr(journal, "SEGMENT_BYTES", 64 * 1024)
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}?busy_timeout_ms=20"
+    open_store(url).close()
+    cfg = replace(_config(tmp_path, url), spool_dir=str(tiny_disk / "spool"), max_queue_rows=100_000)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the database refuses writes meanwhile
+    w = LedgerWriter(url, cfg)
+    await w.start()
+    try:
+        rows = [make_row(i) for i in range(2000)]  # ~900 KB of journal: far more than the disk
+        for r in rows:
+            w.submit(r)
+        s = w.stats()
+        assert s.rows_unjournaled > 0 and s.journal_rows + s.rows_unjournaled == 2000
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert await w.flush(30)
+    await w.close()
+    s = w.stats()
+    assert (s.rows_written, s.rows_unjournaled, s.rows_lost) == (2000, 0, 0)
+    assert {r["request_id"] for r in ledger_rows(url)} == {r.request_id for r in rows}

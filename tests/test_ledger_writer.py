@@ -15,6 +15,7 @@ from dataclasses import replace
 import pytest
 
 from exporter.config import LedgerConfig
+from exporter.ledger.journal import journal_lines
 from exporter.ledger.store import open_store
 from exporter.ledger.testing import (
     async_wait_for,
@@ -45,7 +46,11 @@ SPOOL_GLOB = "ledger-spool-*.jsonl"  # spool files of versions before the journa
 def spool_lines(tmp_path):
     """Rows (not begin records) in the journal and old spool files."""
     files = [*(tmp_path / "spool").glob("journal-*.jsonl"), *(tmp_path / "spool").glob(SPOOL_GLOB)]
-    return sum(1 for p in files for line in p.read_text().splitlines() if '"_begin":1' not in line)
+    n = 0
+    for p in files:
+        with open(p, "rb") as f:
+            n += sum(1 for _, line in journal_lines(f) if line.strip() and b'"_begin":1' not in line)
+    return n
 
 
 def count(url):

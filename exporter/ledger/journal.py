@@ -2,9 +2,10 @@
 
 Each proxy process (an *instance*) appends JSON lines to numbered segment files in the journal
 directory (``ledger.spool_dir``) and holds an exclusive ``flock`` on its own lock file for as long as
-it runs. ``append`` is one ``write(2)`` into the page cache: from then on the row survives a crash of
-the process (``kill -9``, the OOM killer), because the kernel still owns the data. A group-commit
-thread ``fsync``s the segment every ``fsync_seconds``, so a power cut loses at most that interval.
+it runs. ``append`` copies the line into the segment's shared memory mapping, which is the page
+cache itself: from then on the row survives a crash of the process (``kill -9``, the OOM killer),
+because the kernel owns the data. A group-commit thread ``msync``s the segment every
+``fsync_seconds``, so a power cut loses at most that interval.
 
 Segments whose rows are all in the database are deleted. Segments left behind by an instance whose
 lock is free (it crashed, or stopped while the database was down) are replayed by the next process
@@ -23,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import mmap
 import os
 import re
 import secrets
@@ -31,6 +33,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from exporter.ledger.row import COLUMNS, LedgerRow
 
@@ -40,6 +43,7 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 LEGACY_SPOOL_GLOB = "ledger-spool-*.jsonl"  # files written by versions before the journal
 SEGMENT_ROWS = 20_000  # rotate so that a replay and a deletion never handle a huge file at once
+SEGMENT_BYTES = 8 * 1024 * 1024  # preallocated per segment (about 18,000 rows)
 BEGIN_KEY = "_begin"
 _SEGMENT_RE = re.compile(r"^journal-(?P<inst>[0-9A-Za-z-]+)-(?P<seq>\d{6})\.jsonl$")
 
@@ -86,27 +90,47 @@ def fsync_dir(directory: Path) -> None:
 
 
 @dataclass
-class _Open:
+class _Segment:
+    """A journal file, preallocated and mapped into memory."""
+
     seq: int
     fd: int
+    mm: mmap.mmap
+    size: int
+    pos: int = 0
     rows: int = 0
     dirty: bool = False
 
 
 class Journal:
-    """This process's journal segments. Thread-safe; ``append`` never holds a lock during fsync."""
+    """This process's journal segments. Thread-safe.
 
-    def __init__(self, directory: str | os.PathLike[str], fsync_seconds: float = 0.01) -> None:
+    A segment is preallocated (``posix_fallocate``: a full disk fails here, with an OSError, not
+    later with SIGBUS) and mapped into memory. ``append`` copies the line into the mapping: no
+    system call and no release of the interpreter lock on the request path. The pages belong to
+    the kernel's page cache, so they survive the death of the process; the group-commit thread
+    ``msync``s them every ``fsync_seconds`` and prepares the next segment ahead of time. The
+    unwritten tail of a segment is zero bytes, which readers skip (a journal line never contains a
+    NUL byte: JSON escapes it)."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        fsync_seconds: float = 0.01,
+        segment_bytes: int | None = None,
+    ) -> None:
         self.dir = Path(directory)
         self.fsync_seconds = fsync_seconds
+        self.segment_bytes = segment_bytes or SEGMENT_BYTES
         self.instance = (
             f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{secrets.token_hex(3)}"
         )
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
-        self._cur: _Open | None = None
+        self._cur: _Segment | None = None
+        self._spare: _Segment | None = None  # the next segment, made ahead of time by the sync thread
         self._seq = 0
-        self._to_close: list[int] = []  # rotated segments' fds: fsync'ed and closed by the sync thread
+        self._to_close: list[_Segment] = []  # rotated segments: synced, trimmed, closed by the sync thread
         self._new_dir_entry = False
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
@@ -122,23 +146,23 @@ class Journal:
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._lock_fd = fd
         with self._lock:
-            self._open_segment()
+            self._cur = self._new_segment(self._next_seq(), self.segment_bytes)
         self._syncer = threading.Thread(target=self._run_sync, name="ledger-journal-sync", daemon=True)
         self._syncer.start()
 
     def close(self, remove_lock: bool) -> None:
-        """fsync and close everything; the lock file goes too when nothing of ours is left."""
+        """msync, trim and close everything; the lock file goes too when nothing of ours is left."""
         self._stop.set()
         if self._syncer is not None:
             self._syncer.join(5.0)
         with self._lock:
-            fds = self._to_close + ([self._cur.fd] if self._cur else [])
+            segs = self._to_close + ([self._cur] if self._cur else [])
+            spare, self._spare = self._spare, None
             self._to_close, self._cur = [], None
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.fsync(fd)
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        for seg in segs:
+            self._finish(seg)
+        if spare is not None:
+            self._drop(spare)
         if self._lock_fd is not None:
             if remove_lock:
                 with contextlib.suppress(OSError):
@@ -149,14 +173,56 @@ class Journal:
     def segment_path(self, seq: int) -> Path:
         return self.dir / f"journal-{self.instance}-{seq:06d}.jsonl"
 
-    def _open_segment(self) -> None:
+    def _next_seq(self) -> int:
         self._seq += 1
-        path = self.segment_path(self._seq)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        if self._cur is not None:
-            self._to_close.append(self._cur.fd)
-        self._cur = _Open(self._seq, fd)
+        return self._seq
+
+    def _new_segment(self, seq: int, size: int) -> _Segment:
+        path = self.segment_path(seq)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.posix_fallocate(fd, 0, size)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
         self._new_dir_entry = True
+        return _Segment(seq, fd, mm, size)
+
+    def _rotate_locked(self, need: int) -> _Segment:
+        """Switch to the spare segment (or a new one); the old one is finished by the sync thread."""
+        spare, self._spare = self._spare, None
+        if spare is None or spare.size < need:
+            if spare is not None:
+                self._drop(spare)
+            spare = self._new_segment(self._next_seq(), max(self.segment_bytes, need))
+        if self._cur is not None:
+            self._to_close.append(self._cur)
+        self._cur = spare
+        return spare
+
+    def _finish(self, seg: _Segment) -> None:
+        """msync, trim the unused tail, close."""
+        try:
+            seg.mm.flush()
+            seg.mm.close()
+            os.ftruncate(seg.fd, seg.pos)
+            os.fsync(seg.fd)
+        except (OSError, ValueError) as exc:
+            self.sync_errors += 1
+            log.error("ledger journal segment %d in %s: %s", seg.seq, self.dir, exc)
+        finally:
+            os.close(seg.fd)
+
+    def _drop(self, seg: _Segment) -> None:
+        """An unused spare segment: away with it."""
+        with contextlib.suppress(OSError, ValueError):
+            seg.mm.close()
+        os.close(seg.fd)
+        with contextlib.suppress(OSError):
+            self.segment_path(seg.seq).unlink()
 
     # ------------------------------------------------------------------ writing
 
@@ -165,21 +231,17 @@ class Journal:
         return self._cur.seq if self._cur is not None else 0
 
     def append(self, data: bytes, rows: int = 1) -> int:
-        """Write (not yet fsync) lines; returns the segment's number. OSError when the disk refuses."""
+        """Copy lines into the journal; returns the segment's number. OSError when the disk refuses
+        (a new segment cannot be allocated) or the journal is closed."""
         with self._lock:
             cur = self._cur
             if cur is None:
                 raise OSError(f"ledger journal in {self.dir} is closed")
-            if cur.rows >= SEGMENT_ROWS:
-                self._open_segment()
-                cur = self._cur
-                assert cur is not None
-            n = os.write(cur.fd, data)
-            if n != len(data):  # a short write (disk full mid-line): finish it or fail loudly
-                rest = data[n:]
-                while rest:
-                    n = os.write(cur.fd, rest)
-                    rest = rest[n:]
+            n = len(data)
+            if cur.pos + n > cur.size or cur.rows >= SEGMENT_ROWS:
+                cur = self._rotate_locked(n)
+            cur.mm[cur.pos : cur.pos + n] = data
+            cur.pos += n
             cur.rows += rows
             cur.dirty = True
             return cur.seq
@@ -189,29 +251,34 @@ class Journal:
         with self._lock:
             if self._cur is None:
                 raise OSError(f"ledger journal in {self.dir} is closed")
-            self._open_segment()
-            return self._cur.seq  # type: ignore[union-attr]
+            return self._rotate_locked(0).seq
 
     def sync(self) -> None:
-        """Group commit: fsync the current segment (and finish rotated ones)."""
+        """Group commit: msync the current segment, finish rotated ones, prepare the next one."""
         with self._lock:
             cur = self._cur
-            fd = cur.fd if cur is not None and cur.dirty else None
+            dirty = cur is not None and cur.dirty
             if cur is not None:
                 cur.dirty = False
             old, self._to_close = self._to_close, []
+            need_spare = self._spare is None and cur is not None
             new_entry, self._new_dir_entry = self._new_dir_entry, False
-        try:
-            for f in old:
-                try:
-                    os.fsync(f)
-                finally:
-                    os.close(f)
-            if fd is not None:
-                os.fsync(fd)
-        except OSError as exc:
-            self.sync_errors += 1
-            log.error("ledger journal fsync in %s failed: %s", self.dir, exc)
+        for seg in old:
+            self._finish(seg)
+        if dirty and cur is not None:
+            try:
+                cur.mm.flush()
+            except (OSError, ValueError) as exc:  # ValueError: closed meanwhile by close()
+                self.sync_errors += 1
+                log.error("ledger journal msync in %s failed: %s", self.dir, exc)
+        if need_spare:
+            with self._lock:
+                if self._spare is None and self._cur is not None and not self._stop.is_set():
+                    try:
+                        self._spare = self._new_segment(self._next_seq(), self.segment_bytes)
+                    except OSError as exc:  # the disk is full: append() reports it when it needs one
+                        log.debug("ledger journal: no spare segment yet: %s", exc)
+            new_entry = True
         if new_entry:
             fsync_dir(self.dir)
 
@@ -223,6 +290,19 @@ class Journal:
     def remove(self, seq: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.segment_path(seq).unlink()
+
+
+def journal_lines(f: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a journal or spool file, stopping at the zero bytes of a segment's
+    unwritten tail (a line cut by them is returned as it is, and fails to parse)."""
+    for lineno, raw in enumerate(f, 1):
+        if raw[:1] == b"\x00":
+            return
+        cut = raw.find(b"\x00")
+        if cut >= 0:
+            yield lineno, raw[:cut]
+            return
+        yield lineno, raw
 
 
 # --------------------------------------------------------------------------- replay of old files
@@ -289,7 +369,7 @@ def count_lines(paths: list[Path]) -> tuple[int, int]:
     for p in paths:
         try:
             with open(p, "rb") as f:
-                for line in f:
+                for _, line in journal_lines(f):
                     size += len(line)
                     if line.strip() and b'"_begin":1' not in line:
                         rows += 1

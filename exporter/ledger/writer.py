@@ -1,8 +1,8 @@
 """The asynchronous ledger writer: every row journaled on local disk first, then batched into the
 database; nothing acknowledged is lost, and no row can hold up the others.
 
-``submit`` appends the row to the write-ahead journal (one ``write(2)`` into the page cache, a few
-microseconds; see ``journal.py``) and to an in-memory queue, then returns; it never waits for the
+``submit`` appends the row to the write-ahead journal (a copy into a memory-mapped file, i.e. the
+page cache: no system call; see ``journal.py``) and to an in-memory queue, then returns; it never waits for the
 database and never raises. From that moment the row survives a crash of the process; a
 group-commit thread fsyncs the journal every ``journal_fsync_seconds`` against power loss. A worker
 thread writes batches of ``batch_size`` rows (or whatever arrived within ``flush_interval_seconds``)
@@ -39,6 +39,7 @@ from exporter.ledger.journal import (
     decode_line,
     encode_row,
     find_orphans,
+    journal_lines,
 )
 from exporter.ledger.row import LedgerRow
 from exporter.ledger.store import LedgerStore, is_transient, open_store, redact_url
@@ -575,7 +576,7 @@ class LedgerWriter:
             except FileNotFoundError:
                 continue
             with f:
-                for lineno, raw in enumerate(f, 1):
+                for lineno, raw in journal_lines(f):
                     if not raw.strip():
                         continue
                     try:
