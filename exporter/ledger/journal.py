@@ -12,9 +12,9 @@ lock is free (it crashed, or stopped while the database was down) are replayed b
 that starts in the same directory; replays are idempotent because the database skips request ids
 it already has.
 
-Two kinds of record share a segment: a final row (the plain row as JSON, the same format the older
-spool files had, which are replayed too) and a *begin* record (``"_begin": 1``) written when a
-response starts. A begin without a final row after a crash is a request the client saw start but
+Two kinds of record share a segment (see ``encode_row``): a final row and a *begin* record written
+when a stream's response starts. Spool files of older versions (one JSON object a line) are
+replayed too. A begin without a final row after a crash is a request the client saw start but
 whose row was never finished; replay records it from the begin record (see docs/ledger.md).
 """
 
@@ -25,6 +25,7 @@ import fcntl
 import json
 import logging
 import mmap
+import operator
 import os
 import re
 import secrets
@@ -49,24 +50,28 @@ _SEGMENT_RE = re.compile(r"^journal-(?P<inst>[0-9A-Za-z-]+)-(?P<seq>\d{6})\.json
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+_FIELDS = operator.attrgetter(*COLUMNS)
+_ROW, _BEGIN = (0,), (1,)
 
 
 def encode_row(row: LedgerRow, begin: bool = False) -> bytes:
-    """One journal line. ``ensure_ascii`` escapes every non-ASCII code point, lone surrogates
-    included, so encoding never fails whatever text a row holds. (A dict built by hand: three
-    times cheaper than ``dataclasses.asdict``, and this runs on the request path.)"""
-    d = {name: getattr(row, name) for name in COLUMNS}
-    if begin:
-        d[BEGIN_KEY] = 1
-    return (_ENCODE(d) + "\n").encode("ascii")
+    """One journal line: ``[kind, <the row's fields in COLUMNS order>]``, kind 0 for a row and 1 for
+    a begin record. Positional, because this runs on the request path and an array encodes twice
+    as fast as an object; a column added later goes at the end with a default, so older lines stay
+    readable. ``ensure_ascii`` escapes every non-ASCII code point, lone surrogates included, so
+    encoding never fails whatever text a row holds."""
+    return (_ENCODE((_BEGIN if begin else _ROW) + _FIELDS(row)) + "\n").encode("ascii")
 
 
 def decode_line(raw: bytes) -> tuple[LedgerRow, bool]:
-    """(row, is_begin) from a journal or spool line; ValueError/TypeError/KeyError when torn."""
+    """(row, is_begin) from a journal line, or an object line of an old spool file;
+    ValueError/TypeError/KeyError when the line is torn or not a row."""
     d = json.loads(raw)
-    if not isinstance(d, dict):
-        raise ValueError("not a JSON object")
-    return LedgerRow.from_dict(d), bool(d.get(BEGIN_KEY))
+    if isinstance(d, list) and d and d[0] in (0, 1):
+        return LedgerRow(*d[1:]), d[0] == 1
+    if isinstance(d, dict):
+        return LedgerRow.from_dict(d), bool(d.get(BEGIN_KEY))
+    raise ValueError("not a journal line")
 
 
 def secure_dir(path: Path) -> None:
@@ -371,7 +376,7 @@ def count_lines(paths: list[Path]) -> tuple[int, int]:
             with open(p, "rb") as f:
                 for _, line in journal_lines(f):
                     size += len(line)
-                    if line.strip() and b'"_begin":1' not in line:
+                    if line.strip() and not line.startswith(b"[1,"):
                         rows += 1
         except OSError:
             continue
