@@ -11,6 +11,7 @@ import os
 import sqlite3
 import stat
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -303,3 +304,30 @@ async def test_full_journal_disk_keeps_rows_in_memory_until_the_database_takes_t
     s = w.stats()
     assert (s.rows_written, s.rows_unjournaled, s.rows_lost) == (2000, 0, 0)
     assert {r["request_id"] for r in ledger_rows(url)} == {r.request_id for r in rows}
+
+
+def test_every_postgres_call_is_bounded_even_when_the_server_is_frozen(private_pg, pg_url) -> None:
+    from exporter.ledger.pg_store import PostgresStore
+
+    store = PostgresStore(pg_url, statement_timeout=0.2)
+    try:
+        assert store._exec_read("SHOW statement_timeout", ()) == [("200ms",)]
+        assert store._exec_read("SHOW lock_timeout", ()) == [("200ms",)]
+        private_pg.freeze()  # the server accepts TCP and never answers: no server-side timeout fires
+        outcome: list[BaseException | object] = []
+
+        def refresh() -> None:  # what the proxy's key refresh does
+            try:
+                outcome.append(store.load_active_keys())
+            except BaseException as exc:
+                outcome.append(exc)
+
+        t = threading.Thread(target=refresh, daemon=True)
+        t.start()
+        t.join(60)  # a guard against a hang, not a timing assertion: the watchdog ends it first
+        assert not t.is_alive(), "the key refresh hung on a frozen database"
+        assert isinstance(outcome[0], psycopg.OperationalError)
+        assert not store._lock.locked()  # the store's lock is free again for the ledger and others
+    finally:
+        private_pg.thaw()
+        store.close()
