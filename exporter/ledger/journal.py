@@ -277,15 +277,29 @@ class Journal:
                 self.sync_errors += 1
                 log.error("ledger journal msync in %s failed: %s", self.dir, exc)
         if need_spare:
-            with self._lock:
-                if self._spare is None and self._cur is not None and not self._stop.is_set():
-                    try:
-                        self._spare = self._new_segment(self._next_seq(), self.segment_bytes)
-                    except OSError as exc:  # the disk is full: append() reports it when it needs one
-                        log.debug("ledger journal: no spare segment yet: %s", exc)
+            self._make_spare()
             new_entry = True
         if new_entry:
             fsync_dir(self.dir)
+
+    def _make_spare(self) -> None:
+        """Allocate the next segment outside the lock: ``append`` never waits for the disk."""
+        with self._lock:
+            if self._spare is not None or self._cur is None or self._stop.is_set():
+                return
+            seq = self._next_seq()
+        try:
+            seg = self._new_segment(seq, self.segment_bytes)
+        except OSError as exc:  # the disk is full: append() reports it when it needs a segment
+            log.debug("ledger journal: no spare segment yet: %s", exc)
+            return
+        with self._lock:
+            # a rotation meanwhile made its own, later segment: numbers must follow the order of use
+            installed = self._spare is None and self._cur is not None and self._cur.seq < seq
+            if installed:
+                self._spare = seg
+        if not installed:
+            self._drop(seg)
 
     def _run_sync(self) -> None:
         while not self._stop.wait(self.fsync_seconds):
