@@ -2,7 +2,7 @@
 
 Each run submits N rows as fast as possible and measures until every row is committed (flush()
 returns), with the default batch size (500); every row also goes through the write-ahead journal
-(a copy into a memory-mapped segment per row in submit(), an msync every journal_fsync_seconds). Also measured: the cost of
+(a copy into a memory-mapped segment per row in submit(), an fsync every journal_fsync_seconds). Also measured: the cost of
 submit() on the request path, and the rate at which a journal left by an outage is replayed into
 SQLite by the next start.
 
@@ -105,7 +105,7 @@ async def _run(quick: bool) -> str:
         *[f"| {a} | {b} | {c} |" for a, b, c in results],
         "",
         f"`submit()` on the request path: {submit_ns:,.0f} ns per row (JSON-encoding the row, a copy into the "
-        "journal's memory-mapped segment, a deque append; no system call: the msync is the group-commit thread's, every "
+        "journal's memory-mapped segment, a deque append; no system call: the fsync is the group-commit thread's, every "
         f"{base.journal_fsync_seconds * 1000:g} ms).",
         "",
         "Limits: SQLite commits one fsync per batch (synchronous=FULL), so throughput follows the disk's fsync "

@@ -4,7 +4,7 @@ Each proxy process (an *instance*) appends JSON lines to numbered segment files 
 directory (``ledger.spool_dir``) and holds an exclusive ``flock`` on its own lock file for as long as
 it runs. ``append`` copies the line into the segment's shared memory mapping, which is the page
 cache itself: from then on the row survives a crash of the process (``kill -9``, the OOM killer),
-because the kernel owns the data. A group-commit thread ``msync``s the segment every
+because the kernel owns the data. A group-commit thread ``fsync``s the segment every
 ``fsync_seconds``, so a power cut loses at most that interval.
 
 Segments whose rows are all in the database are deleted. Segments left behind by an instance whose
@@ -114,7 +114,7 @@ class Journal:
     later with SIGBUS) and mapped into memory. ``append`` copies the line into the mapping: no
     system call and no release of the interpreter lock on the request path. The pages belong to
     the kernel's page cache, so they survive the death of the process; the group-commit thread
-    ``msync``s them every ``fsync_seconds`` and prepares the next segment ahead of time. The
+    ``fsync``s them every ``fsync_seconds`` and prepares the next segment ahead of time. The
     unwritten tail of a segment is zero bytes, which readers skip (a journal line never contains a
     NUL byte: JSON escapes it)."""
 
@@ -156,7 +156,7 @@ class Journal:
         self._syncer.start()
 
     def close(self, remove_lock: bool) -> None:
-        """msync, trim and close everything; the lock file goes too when nothing of ours is left."""
+        """fsync, trim and close everything; the lock file goes too when nothing of ours is left."""
         self._stop.set()
         if self._syncer is not None:
             self._syncer.join(5.0)
@@ -209,9 +209,8 @@ class Journal:
         return spare
 
     def _finish(self, seg: _Segment) -> None:
-        """msync, trim the unused tail, close."""
+        """fsync, trim the unused tail, close."""
         try:
-            seg.mm.flush()
             seg.mm.close()
             os.ftruncate(seg.fd, seg.pos)
             os.fsync(seg.fd)
@@ -259,7 +258,7 @@ class Journal:
             return self._rotate_locked(0).seq
 
     def sync(self) -> None:
-        """Group commit: msync the current segment, finish rotated ones, prepare the next one."""
+        """Group commit: fsync the current segment, finish rotated ones, prepare the next one."""
         with self._lock:
             cur = self._cur
             dirty = cur is not None and cur.dirty
@@ -271,11 +270,13 @@ class Journal:
         for seg in old:
             self._finish(seg)
         if dirty and cur is not None:
+            # fsync, not mmap.flush(): on Linux both write the mapping's dirty pages (msync(MS_SYNC)
+            # is fsync of the range), but only os.fsync lets go of the interpreter lock meanwhile.
             try:
-                cur.mm.flush()
-            except (OSError, ValueError) as exc:  # ValueError: closed meanwhile by close()
+                os.fsync(cur.fd)
+            except OSError as exc:  # EBADF: closed meanwhile by close()
                 self.sync_errors += 1
-                log.error("ledger journal msync in %s failed: %s", self.dir, exc)
+                log.error("ledger journal fsync in %s failed: %s", self.dir, exc)
         if need_spare:
             self._make_spare()
             new_entry = True
