@@ -25,6 +25,7 @@ deps:
 	command -v victoria-metrics >/dev/null || missing="$$missing victoria-metrics"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -132,6 +132,8 @@ class LedgerConfig:
     max_queue_rows: int = 100_000
     spool_dir: str = "chargeback-spool"
     retry_seconds: float = 2.0
+    # Group commit: the journal (in spool_dir) is fsync'ed this often; a power cut loses at most this.
+    journal_fsync_seconds: float = 0.01
     # Months of raw rows `chargeback ledger maintain` keeps (current month included); None: all.
     retention_months: int | None = None
 
@@ -656,7 +658,7 @@ def _ledger(r: _Reader, value: Any) -> LedgerConfig:
         value,
         "ledger",
         {"url", "batch_size", "flush_interval_seconds", "max_queue_rows", "spool_dir", "retry_seconds"}
-        | {"retention_months"},
+        | {"retention_months", "journal_fsync_seconds"},
     )
     d = LedgerConfig()
     url = r.string(b.get("url"), "ledger.url", d.url) or d.url
@@ -675,6 +677,13 @@ def _ledger(r: _Reader, value: Any) -> LedgerConfig:
         or d.max_queue_rows,
         spool_dir=r.string(b.get("spool_dir"), "ledger.spool_dir", d.spool_dir) or d.spool_dir,
         retry_seconds=r.number(b.get("retry_seconds"), "ledger.retry_seconds", d.retry_seconds),
+        journal_fsync_seconds=r.number(
+            b.get("journal_fsync_seconds"),
+            "ledger.journal_fsync_seconds",
+            d.journal_fsync_seconds,
+            minimum=0.001,
+            maximum=10.0,
+        ),
         retention_months=r.integer(b.get("retention_months"), "ledger.retention_months", None, minimum=1),
     )
 

@@ -53,6 +53,11 @@ LEDGER_ROWS_WRITTEN_TOTAL = "chargeback_ledger_rows_written_total"
 LEDGER_WRITE_ERRORS_TOTAL = "chargeback_ledger_write_errors_total"
 LEDGER_QUEUE_ROWS = "chargeback_ledger_queue_rows"
 LEDGER_SPOOLED_ROWS = "chargeback_ledger_spooled_rows"
+LEDGER_JOURNAL_ROWS = "chargeback_ledger_journal_rows"  # journaled, not yet in the database
+LEDGER_JOURNAL_BYTES = "chargeback_ledger_journal_bytes"
+LEDGER_UNJOURNALED_ROWS = "chargeback_ledger_unjournaled_rows"  # in memory only: the journal failed
+LEDGER_DEAD_LETTER_ROWS_TOTAL = "chargeback_ledger_dead_letter_rows_total"
+LEDGER_ROWS_LOST_TOTAL = "chargeback_ledger_rows_lost_total"  # neither written nor journaled
 
 # --- GPU exporter, label {uuid} on every per-GPU series
 GPU_INFO = "chargeback_gpu_info"  # {uuid, index, name, pool, driver_version} = 1

@@ -14,15 +14,18 @@ import contextlib
 import hashlib
 import logging
 import secrets
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from exporter.ledger.store import LedgerStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TOKEN_PREFIX = "cbk_"
 # Characters of the token shown in `keys list` so people can tell their keys apart:
@@ -120,7 +123,7 @@ class KeyCache:
     async def refresh(self) -> bool:
         """Reload the active keys now; returns False (and keeps the last good set) on failure."""
         try:
-            loaded = await asyncio.to_thread(self._load)
+            loaded = await daemon_call(self._load)
         except Exception as exc:
             self.refresh_errors += 1
             msg = f"{type(exc).__name__}: {exc}"
@@ -200,10 +203,44 @@ class KeyCache:
                 await self._task
             self._task = None
         if self._store is not None:
+            # Last-use times are a convenience: bounded like the close, never worth a hung shutdown.
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self._flush_used)
+                await asyncio.wait_for(daemon_call(self._flush_used), CLOSE_TIMEOUT)
             store, self._store = self._store, None
-            await asyncio.to_thread(store.close)
+            # A refresh stuck on a frozen database holds the store's lock: never wait for it here.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(daemon_call(store.close), CLOSE_TIMEOUT)
+
+
+CLOSE_TIMEOUT = 1.0  # the key store at shutdown: the ledger has been closed already
+
+
+async def daemon_call(fn: Callable[[], T]) -> T:
+    """``fn()`` in a daemon thread of its own. Unlike ``asyncio.to_thread`` (the default executor,
+    which ``asyncio.run`` waits for at exit), a call stuck on a hung database cannot hold up the
+    process's exit; the database's own timeouts end it soon after anyway."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def run() -> None:
+        try:
+            result: Any = fn()
+            ok = True
+        except BaseException as exc:  # handed to the awaiting task
+            result, ok = exc, False
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, ok, result)
+
+    threading.Thread(target=run, name="chargeback-db-call", daemon=True).start()
+    return await fut
 
 
 def _redact(url: str) -> str:

@@ -53,6 +53,11 @@ IDLE_COST_FOR = "2h"
 UPSTREAM_ERROR_RATIO_THRESHOLD = 0.05  # ChargebackUpstreamErrorRateHigh
 UPSTREAM_ERROR_FOR = "10m"
 LEDGER_QUEUE_ROWS_THRESHOLD = 1000  # ChargebackLedgerBacklog: rows that never drained for 5m
+# ChargebackLedgerJournalBacklog: journaled rows not in the database that never fell below this for
+# 10 minutes. In normal operation the journal holds about one batch (flush_interval_seconds' worth).
+LEDGER_JOURNAL_ROWS_THRESHOLD = 10_000
+LEDGER_JOURNAL_FOR = "10m"
+LEDGER_DEAD_LETTER_WINDOW = "1h"
 BUDGET_EXCEEDED_FOR = "0m"  # month-to-date spend only grows within a month: no flapping to wait out
 BUDGET_FORECAST_FOR = "1h"  # the forecast follows the 5m spend rate: wait out short bursts
 # kubernetes-mixin's TargetDown waits 10m: a scrape that fails for a few minutes (a node drain, a
@@ -693,6 +698,40 @@ label_replace(
             ' the on-disk spool{{ else if eq $labels.reason "queued" }}at least {{ $value | humanize }} rows have'
             " waited in memory for 5 minutes{{ else }}{{ $value | humanize }} ledger writes failed in the last 10"
             " minutes{{ end }}. The ledger database is down, slow or refusing writes.",
+            text,
+        ),
+        alert(
+            "ChargebackLedgerDeadLetters",
+            f"sum by (job, instance) (increase(chargeback_ledger_dead_letter_rows_total{sel(p)}"
+            f"[{LEDGER_DEAD_LETTER_WINDOW}])) > 0",
+            "0m",
+            "warning",
+            "The ledger database refused rows on {{ $labels.instance }}",
+            "Proxy {{ $labels.instance }}: {{ $value | humanize }} ledger rows were refused by the database"
+            f" for good in the last {LEDGER_DEAD_LETTER_WINDOW} and kept in the dead-letter file; they are not"
+            " in the ledger or on the statement until someone repairs and loads them.",
+            text,
+        ),
+        alert(
+            "ChargebackLedgerJournalBacklog",
+            f"""label_replace(
+    min by (job, instance) (
+        min_over_time(chargeback_ledger_journal_rows{sel(p)}[{LEDGER_JOURNAL_FOR}])
+    ) > {LEDGER_JOURNAL_ROWS_THRESHOLD},
+    "reason", "backlog", "", ""
+)
+or
+label_replace(
+    max by (job, instance) (chargeback_ledger_unjournaled_rows{sel(p)}) > 0,
+    "reason", "not_journaled", "", ""
+)""",
+            "5m",
+            "warning",
+            "Ledger journal on {{ $labels.instance }} is not draining or cannot be written",
+            'Proxy {{ $labels.instance }}: {{ if eq $labels.reason "backlog" }}at least {{ $value | humanize }}'
+            f" journaled rows have waited for the database for {LEDGER_JOURNAL_FOR}; the journal's disk fills"
+            " up{{ else }}{{ $value | humanize }} rows are held in memory only because the journal cannot be"
+            " written; a crash now loses them{{ end }}.",
             text,
         ),
         alert(

@@ -64,6 +64,8 @@ ALERTS = [
     "ChargebackUsageEstimated",
     "ChargebackUpstreamErrorRateHigh",
     "ChargebackLedgerBacklog",
+    "ChargebackLedgerDeadLetters",
+    "ChargebackLedgerJournalBacklog",
     "ChargebackGPUsUnmapped",
     "ChargebackRuleEvaluationFailures",
     "ChargebackTeamBlocked",

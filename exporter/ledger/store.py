@@ -34,6 +34,33 @@ class RowError(StoreError):
     """A row that can never be written (bad value); retrying it would not help."""
 
 
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that a retry may cure (the database is down, locked, slow, being
+    migrated); False for permanent ones that only this data causes (a data or encoding error, a
+    number out of range, a NUL refused by PostgreSQL). The writer retries the first kind without
+    limit, and isolates and dead-letters rows that hit the second kind."""
+    import sqlite3
+
+    if isinstance(exc, RowError):
+        return False
+    if isinstance(exc, (StoreError, OSError, TimeoutError, sqlite3.OperationalError)):
+        return True
+    if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    if isinstance(exc, (psycopg.DataError, psycopg.IntegrityError)):
+        return False
+    # connection lost, timeouts (57014 query_canceled), locks, resources; a schema that is being
+    # migrated (42P01 undefined table) is cured by waiting too
+    return isinstance(
+        exc,
+        (psycopg.OperationalError, psycopg.InterfaceError, psycopg.InternalError, psycopg.ProgrammingError),
+    )
+
+
 class LedgerStore(Protocol):
     url: str
     backend: str  # "sqlite" | "postgresql"

@@ -29,6 +29,7 @@ from exporter.exposition import metrics_response
 from exporter.keys import expired_message
 from exporter.ledger.row import LedgerRow
 from exporter.proxy.errors import error_body, error_response
+from exporter.proxy.lifecycle import SHUTDOWN_STATUS, Streams, journal_begin, shutdown_cut
 from exporter.proxy.metrics import ProxyMetrics
 from exporter.proxy.usage import (
     SSEFilter,
@@ -85,6 +86,8 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/r
 # endpoints where stream_options.include_usage exists (the Responses API always sends usage)
 INCLUDE_USAGE_ENDPOINTS = frozenset(("/v1/chat/completions", "/v1/completions"))
 MAX_UPSTREAM_BODY = 256 * 1024 * 1024  # a non-streaming response bigger than this is refused (502)
+LEDGER_CLOSE_MIN_SECONDS = 2.0  # the ledger's time at shutdown when the grace period is used up
+COUNT_DRAIN_MAX_SECONDS = 10.0  # tokenize counts still running at shutdown get at most this
 
 
 class KeyLookup(Protocol):
@@ -110,6 +113,9 @@ class ProxyState:
     rr: dict[str, int] = field(default_factory=dict)
     draining: bool = False
     inflight: int = 0
+    cutting: bool = False  # the grace period is over: what still runs is being ended
+    shutdown_deadline: float | None = None  # time.monotonic() by which shutdown must be done
+    streams: Streams = field(default_factory=Streams)
     # counts usage with the model server's tokenizer after a response that carried none
     counter: UsageCounter = field(default_factory=UsageCounter)
     limiter: Limiter | None = None  # when the config has a limits: section
@@ -326,7 +332,10 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         # aiohttp cancels the handler when the client's connection is lost
         if call.complete:
             raise  # the stream was delivered in full; the client closing after its end is no error
-        if not call.status or call.status < 400 or call.forwarded:
+        if state.cutting:  # the proxy ended it, not the client (see server.py)
+            call.status = SHUTDOWN_STATUS
+            call.error = "request cut by proxy shutdown"
+        elif not call.status or call.status < 400 or call.forwarded:
             call.status = 499
             call.error = call.error or "client closed the connection"
             if call.upstream and call.usage is None:
@@ -334,7 +343,9 @@ async def _handle(request: web.Request) -> web.StreamResponse:
                 call.usage_reason = call.usage_reason or "client closed before usage was reported"
         raise
     finally:
-        if not state.counter.defer(state, call, _finish):
+        if state.counter.defer(state, call, _finish):
+            journal_begin(state.ledger, call, call.status)  # recorded after the response is sent
+        else:
             _finish(state, call)
 
 
@@ -484,7 +495,14 @@ async def _forward(
             call.first_byte = time.perf_counter()
             ctype = upstream.headers.get("Content-Type", "")
             if upstream.status < 400 and ctype.startswith("text/event-stream"):
-                return await _relay_stream(request, call, upstream, hide_usage)
+                # A stream's response starts long before its row exists: journal the start now. (A
+                # plain response's row is journaled before its first byte is sent.)
+                journal_begin(state.ledger, call, upstream.status)
+                state.streams.add(call.request_id, upstream)
+                try:
+                    return await _relay_stream(request, call, upstream, hide_usage)
+                finally:
+                    state.streams.discard(call.request_id)
             return await _relay_body(call, upstream)
         except BaseException:
             upstream.close()  # unfinished: drop the connection so the upstream stops working
@@ -571,13 +589,19 @@ async def _relay_stream(
             tail = sse.flush()
             if tail:
                 await send(tail)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            raise  # the client went away (handled below), not the upstream
         except (
             aiohttp.ClientPayloadError,
             aiohttp.ServerDisconnectedError,
             aiohttp.SocketTimeoutError,
+            aiohttp.ClientConnectionError,
         ) as exc:
             upstream.close()
-            if not sse.complete:  # after the end marker the client has the whole answer: no error
+            cut = shutdown_cut(request.app[STATE].streams, call)
+            if cut is not None:
+                await response.write(cut)
+            elif not sse.complete:  # after the end marker the client has the whole answer: no error
                 timeout = isinstance(exc, aiohttp.SocketTimeoutError)
                 call.status = 504 if timeout else 502
                 call.error = (
@@ -679,12 +703,21 @@ def _lifecycle(state: ProxyState, close_timeout: float) -> Any:
         try:
             yield
         finally:
-            await state.counter.drain()  # deferred tokenize counts: finished or estimated, then recorded
+            # deferred tokenize counts: finished or estimated, then recorded; within the shutdown budget
+            wait = None
+            if state.shutdown_deadline is not None:
+                wait = min(max(state.shutdown_deadline - time.monotonic(), 0.5), COUNT_DRAIN_MAX_SECONDS)
+            await (state.counter.drain() if wait is None else state.counter.drain(wait))
             await state.session.close()
+            # The ledger first, with what is left of the shutdown budget: the key store may hang on
+            # a frozen database, and the ledger's rows are what must not be lost.
+            timeout = close_timeout
+            if state.shutdown_deadline is not None:
+                timeout = max(state.shutdown_deadline - time.monotonic(), LEDGER_CLOSE_MIN_SECONDS)
+            await state.ledger.close(timeout)
             if state.limiter is not None:
                 await state.limiter.close()
             await state.keys.close()
-            await state.ledger.close(close_timeout)
 
     return ctx
 
