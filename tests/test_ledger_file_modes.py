@@ -1,6 +1,7 @@
 """The ledger's files are private to the service's user (issue 11, item 9): the SQLite database, its
-WAL and shared-memory files and the spool are created 0600 (directories 0700), whatever the umask
-lets through; files and directories that already exist keep the modes their operator gave them."""
+WAL and shared-memory files are created 0600 (directories 0700), whatever the umask lets through;
+files and directories that already exist keep the modes their operator gave them. (The journal in
+``spool_dir`` sets its own modes: exporter/ledger/journal.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from exporter.ledger.spool import Spool
 from exporter.ledger.store import open_store
 from exporter.ledger.testing import make_row
 
@@ -29,7 +29,7 @@ def permissive_umask() -> Iterator[None]:
         os.umask(old)
 
 
-def test_new_ledger_and_spool_are_private(tmp_path: Path, permissive_umask: None) -> None:
+def test_new_ledger_is_private(tmp_path: Path, permissive_umask: None) -> None:
     db = tmp_path / "data" / "ledger.db"
     store = open_store(f"sqlite:///{db}")
     store.insert_rows([make_row(1)])
@@ -37,14 +37,6 @@ def test_new_ledger_and_spool_are_private(tmp_path: Path, permissive_umask: None
     assert names == {"ledger.db": 0o600, "ledger.db-wal": 0o600, "ledger.db-shm": 0o600}
     assert mode(db.parent) == 0o700
     store.close()
-
-    spool = Spool(tmp_path / "spool")
-    spool.append([make_row(2)])
-    spool.reject('{"torn', "not JSON")
-    spool.close()
-    assert mode(tmp_path / "spool") == 0o700 and mode(tmp_path / "spool" / "rejected") == 0o700
-    files = [p for p in (tmp_path / "spool").rglob("*") if p.is_file()]
-    assert len(files) == 2 and {mode(p) for p in files} == {0o600}
 
 
 def test_existing_modes_are_left_as_configured(tmp_path: Path, permissive_umask: None) -> None:

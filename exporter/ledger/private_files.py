@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import IO, Any
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -25,15 +24,3 @@ def create_private_file(path: Path) -> None:
     except FileExistsError:
         return
     os.close(fd)
-
-
-def open_private(path: Path, mode: str = "ab", **kwargs: Any) -> IO[Any]:
-    """``open(path, mode)`` for appending, creating the file 0600."""
-    if mode not in ("ab", "a"):
-        raise ValueError(f"open_private appends only, not mode {mode!r}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
-    try:
-        return os.fdopen(fd, mode, **kwargs)
-    except BaseException:
-        os.close(fd)
-        raise
