@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
+from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 
 from exporter.proxy.errors import error_body, error_response
@@ -113,41 +114,154 @@ async def relay_body(call: Call, upstream: aiohttp.ClientResponse) -> web.Stream
     return web.Response(status=upstream.status, body=data, headers=client_headers(upstream, call))
 
 
-class ClientStream:
-    """The client's side of a relayed stream: bytes go straight to the connection's transport, one
-    HTTP chunk per write, instead of through ``StreamResponse.write`` and a drain per event."""
+class _Relay:
+    """One stream's relay: takes the upstream's body bytes as they arrive (``take``, synchronous),
+    passes them through the ``SSEFilter`` and writes the result straight to the client's transport,
+    one HTTP chunk per write. ``done`` resolves when the upstream's body ends, or fails with what
+    ended it (an upstream error, or ``ClientConnectionResetError`` when the client has gone)."""
 
-    __slots__ = ("_chunked", "_request", "_response", "_started")
+    __slots__ = (
+        "_chunked",
+        "_drainer",
+        "_request",
+        "_upstream",
+        "call",
+        "done",
+        "first",
+        "sse",
+    )
 
-    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+    def __init__(
+        self,
+        request: web.Request,
+        call: Call,
+        upstream: aiohttp.ClientResponse,
+        sse: SSEFilter,
+        chunked: bool,
+    ) -> None:
         self._request = request
-        self._response = response
-        self._started = False
-        self._chunked = False
+        self._upstream = upstream
+        self._chunked = chunked
+        self.first = True  # nothing forwarded yet
+        self._drainer: asyncio.Task[None] | None = None
+        self.call = call
+        self.sse = sse
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    async def write(self, data: bytes) -> None:
+    def take(self, chunk: bytes) -> None:
+        if self.done.done():
+            return  # ended already (the client went away): the rest is dropped with the upstream
+        data = self.sse.feed(chunk)
+        if data:
+            try:
+                self.send(data)
+            except aiohttp.ClientConnectionResetError as exc:
+                self.end(exc)
+
+    def send(self, data: bytes) -> None:
         """Raises ``ClientConnectionResetError`` when the client has gone, before handing anything on."""
-        if not self._started:
-            # The first write goes through aiohttp: it sends the (buffered) status line and headers
-            # together with the first chunk, and fixes the framing (chunked for HTTP/1.1 clients).
-            await self._response.write(data)
-            self._started = True
-            self._chunked = self._response.headers.get("Transfer-Encoding", "").lower() == "chunked"
-            return
+        call = self.call
+        if self.first:
+            call.first_byte = time.perf_counter()
+            self.first = False
         transport = self._request.transport
         if transport is None or transport.is_closing():
             raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        # Once the end marker has been handed to the transport the client has the whole answer: a
+        # close from then on (the SDK stops reading at [DONE] while the upstream still ends its body)
+        # must not turn a delivered stream into a 499.
+        call.complete = call.complete or self.sse.complete
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
-        if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+        if transport.get_write_buffer_size() > WRITE_HIGH_WATER and self._drainer is None:
+            # a slow client: stop reading the upstream until the client has taken its bytes
+            connection = self._upstream.connection
+            if connection is not None and connection.protocol is not None:
+                connection.protocol.pause_reading()
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
             await self._request.writer.drain()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+            self.end(exc)
+            return
+        finally:
+            self._drainer = None
+        connection = self._upstream.connection
+        if connection is not None and connection.protocol is not None:
+            connection.protocol.resume_reading()
 
-    async def error_event(self, message: str, code: str) -> None:
-        """End the stream with an SSE error event: the status line (200) is gone, so this is how the
-        client learns that the answer is cut short."""
-        await self.write(b"data: " + error_body(message, "upstream_error", code) + b"\n\n")
+    def end(self, exc: BaseException | None = None) -> None:
+        if self.done.done():
+            return
+        if exc is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(exc)
 
-    async def close(self) -> None:
-        await self._response.write_eof()
+    def stop(self) -> None:
+        if self._drainer is not None:
+            self._drainer.cancel()
+        if not self.done.done():
+            self.done.cancel()
+        elif not self.done.cancelled():
+            self.done.exception()  # retrieved: no "exception was never retrieved" warning
+
+
+# The stream's body is taken from aiohttp's payload reader as its HTTP parser hands it over, not by
+# a task that wakes up per event: ``_TappedReader`` is swapped in as the reader's class for the
+# stream's duration (same slots, only these methods differ) and forwards to the stream's ``_Relay``.
+_TAPS: dict[StreamReader, _Relay] = {}
+
+
+class _TappedReader(StreamReader):
+    __slots__ = ()
+
+    def feed_data(self, data: bytes, size: int = 0) -> bool:
+        _TAPS[self].take(data)
+        return False  # nothing buffered: never a reason to pause reading
+
+    def begin_http_chunk_receiving(self) -> None:
+        pass  # chunk boundaries are only kept for readchunk(), which nobody calls on a tapped stream
+
+    def end_http_chunk_receiving(self) -> None:
+        pass
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        relay = _TAPS.get(self)
+        if relay is not None:
+            relay.end()
+
+    def set_exception(self, exc: BaseException, *args: object, **kwargs: object) -> None:
+        super().set_exception(exc, *args, **kwargs)  # type: ignore[arg-type]
+        relay = _TAPS.get(self)
+        if relay is not None:
+            relay.end(exc)
+
+
+async def _pump(relay: _Relay, content: StreamReader) -> None:
+    """Move the upstream's body to the client until it ends (raises what ended it)."""
+    if type(content) is StreamReader and not content.is_eof() and content.exception() is None:
+        early = content.read_nowait()  # what arrived with the headers; nothing can land in between
+        if early:
+            relay.take(early)
+        _TAPS[content] = relay
+        content.__class__ = _TappedReader
+        try:
+            await relay.done
+        finally:
+            content.__class__ = StreamReader
+            del _TAPS[content]
+        return
+    # any other reader (a future aiohttp's): read it chunk by chunk
+    while not relay.done.done():
+        chunk = await content.readany()
+        if not chunk:
+            relay.end()
+            break
+        relay.take(chunk)
+    await relay.done
 
 
 async def relay_stream(
@@ -157,36 +271,37 @@ async def relay_stream(
     response = web.StreamResponse(status=upstream.status, headers=client_headers(upstream, call))
     call.status = upstream.status
     sse = SSEFilter(hide_usage, keep_text=call.model is not None and call.model.usage_fallback == "tokenize")
-    out = ClientStream(request, response)
+    relay: _Relay | None = None
 
     async def send(data: bytes) -> None:
-        # Once the end marker has been handed to the transport the client has the whole answer: a
-        # close from then on (the SDK stops reading at [DONE] while the upstream still ends its body)
-        # must not turn a delivered stream into a 499. write() raises a reset before handing bytes on,
-        # and a cancellation can only land after that, in the drain.
+        """Through aiohttp (the first bytes, with the status line and headers; the rare tail)."""
+        if relay is None or relay.first:
+            call.first_byte = time.perf_counter()
         before = call.complete
-        call.complete = call.complete or sse.complete
+        call.complete = call.complete or sse.complete  # as in _Relay.send
         try:
-            await out.write(data)
+            await response.write(data)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             call.complete = before
             raise
 
-    read = upstream.content.readany
-    feed = sse.feed
-    first = True
     try:
         await response.prepare(request)
         try:
-            chunk = await read()
-            while chunk:
-                data = feed(chunk)
-                if data:
-                    if first:
-                        call.first_byte = time.perf_counter()
-                        first = False
-                    await send(data)
-                chunk = await read()
+            # Up to the first bytes to forward the task reads itself, and aiohttp sends them in one
+            # write with the status line and headers; from then on the relay writes the body.
+            data = b""
+            while not data:
+                chunk = await upstream.content.readany()
+                if not chunk:
+                    break
+                data = sse.feed(chunk)
+            if data:
+                await send(data)
+            chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+            relay = _Relay(request, call, upstream, sse, chunked)
+            relay.first = not data
+            await _pump(relay, upstream.content)
             tail = sse.flush()
             if tail:
                 await send(tail)
@@ -202,8 +317,9 @@ async def relay_stream(
                 call.error = (
                     "upstream timed out mid-stream" if timeout else f"upstream dropped mid-stream: {exc}"
                 )
-                await out.error_event(call.error, "upstream_timeout" if timeout else "upstream_disconnected")
-        await out.close()
+                code = "upstream_timeout" if timeout else "upstream_disconnected"
+                await response.write(b"data: " + error_body(call.error, "upstream_error", code) + b"\n\n")
+        await response.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
         upstream.close()  # stop the upstream generating for nobody
         if not call.complete:
@@ -213,12 +329,15 @@ async def relay_stream(
         upstream.close()
         raise
     finally:
-        call.delivered_chars = sse.delivered_chars
-        call.texts = sse.texts
+        if relay is not None:
+            relay.stop()
         if sse.error and not call.error:  # the status line was 200 already; the row says what happened
             call.error = f"upstream error event: {sse.error}"
         call.usage = sse.usage
         if call.usage is None:
+            # only an estimate (or the tokenizer) needs the delivered text: counted here, once
+            call.delivered_chars = sse.delivered_chars
+            call.texts = sse.texts
             call.estimated = True
             call.usage_reason = call.usage_reason or "stream ended without a usage event"
     return response
