@@ -117,40 +117,25 @@ async def relay_body(call: Call, upstream: aiohttp.ClientResponse) -> web.Stream
 class _Relay:
     """One stream's relay: takes the upstream's body bytes as they arrive (``take``, synchronous),
     passes them through the ``SSEFilter`` and writes the result straight to the client's transport,
-    one HTTP chunk per write. ``done`` resolves when the upstream's body ends, or fails with what
-    ended it (an upstream error, or ``ClientConnectionResetError`` when the client has gone)."""
+    one HTTP chunk per write. ``done`` resolves when the upstream's body ends or the client falls
+    behind (``slow``), or fails with what ended it (an upstream error, or
+    ``ClientConnectionResetError`` when the client has gone)."""
 
-    __slots__ = (
-        "_chunked",
-        "_drainer",
-        "_request",
-        "_upstream",
-        "call",
-        "done",
-        "first",
-        "sse",
-    )
+    __slots__ = ("_chunked", "_transport", "call", "done", "first", "slow", "sse")
 
-    def __init__(
-        self,
-        request: web.Request,
-        call: Call,
-        upstream: aiohttp.ClientResponse,
-        sse: SSEFilter,
-        chunked: bool,
-    ) -> None:
-        self._request = request
-        self._upstream = upstream
+    def __init__(self, request: web.Request, call: Call, sse: SSEFilter, chunked: bool) -> None:
+        self._transport = request.transport  # the connection's, for the response's whole life
         self._chunked = chunked
-        self.first = True  # nothing forwarded yet
-        self._drainer: asyncio.Task[None] | None = None
         self.call = call
         self.sse = sse
+        self.first = True  # nothing forwarded yet
+        # the client's socket buffer went above its high-water mark: from then on the task reads the
+        # stream itself, waiting for the client as needed (aiohttp's reader buffers and pauses the
+        # upstream meanwhile)
+        self.slow = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def take(self, chunk: bytes) -> None:
-        if self.done.done():
-            return  # ended already (the client went away): the rest is dropped with the upstream
         data = self.sse.feed(chunk)
         if data:
             try:
@@ -164,7 +149,7 @@ class _Relay:
         if self.first:
             call.first_byte = time.perf_counter()
             self.first = False
-        transport = self._request.transport
+        transport = self._transport
         if transport is None or transport.is_closing():
             raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
         # Once the end marker has been handed to the transport the client has the whole answer: a
@@ -172,24 +157,13 @@ class _Relay:
         # must not turn a delivered stream into a 499.
         call.complete = call.complete or self.sse.complete
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
-        if transport.get_write_buffer_size() > WRITE_HIGH_WATER and self._drainer is None:
-            # a slow client: stop reading the upstream until the client has taken its bytes
-            connection = self._upstream.connection
-            if connection is not None and connection.protocol is not None:
-                connection.protocol.pause_reading()
-            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        if not self.slow and transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            self.slow = True
+            self.end()
 
-    async def _drain(self) -> None:
-        try:
-            await self._request.writer.drain()
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
-            self.end(exc)
-            return
-        finally:
-            self._drainer = None
-        connection = self._upstream.connection
-        if connection is not None and connection.protocol is not None:
-            connection.protocol.resume_reading()
+    def backlog(self) -> bool:
+        transport = self._transport
+        return transport is not None and transport.get_write_buffer_size() > WRITE_HIGH_WATER
 
     def end(self, exc: BaseException | None = None) -> None:
         if self.done.done():
@@ -200,8 +174,6 @@ class _Relay:
             self.done.set_exception(exc)
 
     def stop(self) -> None:
-        if self._drainer is not None:
-            self._drainer.cancel()
         if not self.done.done():
             self.done.cancel()
         elif not self.done.cancelled():
@@ -218,29 +190,32 @@ class _TappedReader(StreamReader):
     __slots__ = ()
 
     def feed_data(self, data: bytes, size: int = 0) -> bool:
-        _TAPS[self].take(data)
-        return False  # nothing buffered: never a reason to pause reading
+        relay = _TAPS[self]
+        if relay.done.done():
+            # the relay stopped taking (a slow client; or the stream is over): the reader buffers
+            # as usual, pausing the upstream when full, until the task reads it
+            return StreamReader.feed_data(self, data, size)
+        relay.take(data)
+        return False
 
     def begin_http_chunk_receiving(self) -> None:
-        pass  # chunk boundaries are only kept for readchunk(), which nobody calls on a tapped stream
+        if _TAPS[self].done.done():
+            StreamReader.begin_http_chunk_receiving(self)
 
     def end_http_chunk_receiving(self) -> None:
-        pass
+        if _TAPS[self].done.done():
+            StreamReader.end_http_chunk_receiving(self)
 
     def feed_eof(self) -> None:
         super().feed_eof()
-        relay = _TAPS.get(self)
-        if relay is not None:
-            relay.end()
+        _TAPS[self].end()
 
     def set_exception(self, exc: BaseException, *args: object, **kwargs: object) -> None:
         super().set_exception(exc, *args, **kwargs)  # type: ignore[arg-type]
-        relay = _TAPS.get(self)
-        if relay is not None:
-            relay.end(exc)
+        _TAPS[self].end(exc)
 
 
-async def _pump(relay: _Relay, content: StreamReader) -> None:
+async def _pump(relay: _Relay, request: web.Request, content: StreamReader) -> None:
     """Move the upstream's body to the client until it ends (raises what ended it)."""
     if type(content) is StreamReader and not content.is_eof() and content.exception() is None:
         early = content.read_nowait()  # what arrived with the headers; nothing can land in between
@@ -253,15 +228,22 @@ async def _pump(relay: _Relay, content: StreamReader) -> None:
         finally:
             content.__class__ = StreamReader
             del _TAPS[content]
-        return
-    # any other reader (a future aiohttp's): read it chunk by chunk
-    while not relay.done.done():
+        if not relay.slow:
+            return
+    # chunk by chunk, by this task: a slow client (waited for whenever its buffer is full), or a
+    # reader that cannot be tapped
+    while True:
+        if relay.backlog():
+            try:
+                await request.writer.drain()
+            except ConnectionError as exc:
+                raise aiohttp.ClientConnectionResetError(str(exc)) from exc
         chunk = await content.readany()
         if not chunk:
-            relay.end()
-            break
-        relay.take(chunk)
-    await relay.done
+            return
+        data = relay.sse.feed(chunk)
+        if data:
+            relay.send(data)
 
 
 async def relay_stream(
@@ -299,9 +281,9 @@ async def relay_stream(
             if data:
                 await send(data)
             chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
-            relay = _Relay(request, call, upstream, sse, chunked)
+            relay = _Relay(request, call, sse, chunked)
             relay.first = not data
-            await _pump(relay, upstream.content)
+            await _pump(relay, request, upstream.content)
             tail = sse.flush()
             if tail:
                 await send(tail)
