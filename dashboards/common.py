@@ -448,3 +448,11 @@ def dashboard(
         editable=True,
         version=1,
     )
+
+
+# Per-user panels select user!="": with `proxy.metrics_labels: team` the proxies export no user label,
+# and such panels stay empty rather than show one nameless "user" per team.
+PER_USER_NOTE = (
+    " Empty when the proxies run with proxy.metrics_labels: team (no user label, to bound the series):"
+    " per-user figures then come from the ledger (chargeback report --source ledger)."
+)

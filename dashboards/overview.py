@@ -12,6 +12,7 @@ from grafanalib.core import Dashboard
 from dashboards.common import (
     BUDGET_STEPS,
     IDLE_STEPS,
+    PER_USER_NOTE,
     PERCENT_UNIT,
     REQUESTS_PER_SECOND,
     TOKENS,
@@ -36,7 +37,7 @@ from dashboards.common import (
 # real-time method the rules use. Team-pool pairs without traffic in the window drop out (> 0).
 USER_SPEND_PER_HOUR = (
     "sum by (user, team) ("
-    "user_team_pool:chargeback_weighted_tokens:rate5m"
+    'user_team_pool:chargeback_weighted_tokens:rate5m{user!=""}'
     " / on (team, pool) group_left () (team_pool:chargeback_weighted_tokens:rate5m > 0)"
     " * on (team, pool) group_left team_pool:chargeback_spend_per_hour:rate5m"
     ")"
@@ -294,17 +295,17 @@ def build(currency: str) -> Dashboard:
             "team_pool:chargeback_weighted_tokens:rate5m) times the team's spend on that pool "
             "(team_pool:chargeback_spend_per_hour:rate5m); with their weighted tokens per second "
             "(user_team_pool:chargeback_weighted_tokens:rate5m) and requests per second "
-            "(chargeback_requests_total).",
+            "(chargeback_requests_total)." + PER_USER_NOTE,
             money,
             targets(
                 (TOP_USERS, "spend"),
                 (
-                    "sum by (user, team) (user_team_pool:chargeback_weighted_tokens:rate5m)"
+                    'sum by (user, team) (user_team_pool:chargeback_weighted_tokens:rate5m{user!=""})'
                     f" and on (user, team) {TOP_USERS}",
                     "tokens",
                 ),
                 (
-                    "sum by (user, team) (rate(chargeback_requests_total[$__rate_interval]))"
+                    'sum by (user, team) (rate(chargeback_requests_total{user!=""}[$__rate_interval]))'
                     f" and on (user, team) {TOP_USERS}",
                     "requests",
                 ),
@@ -338,11 +339,11 @@ def build(currency: str) -> Dashboard:
             21,
             "Top users: weighted tokens per second",
             "Weighted tokens per second of the ten busiest users at each point in time "
-            "(user_team_pool:chargeback_weighted_tokens:rate5m summed over pools).",
+            "(user_team_pool:chargeback_weighted_tokens:rate5m summed over pools)." + PER_USER_NOTE,
             TOKENS,
             [
                 target(
-                    "topk(10, sum by (user, team) (user_team_pool:chargeback_weighted_tokens:rate5m))",
+                    'topk(10, sum by (user, team) (user_team_pool:chargeback_weighted_tokens:rate5m{user!=""}))',
                     "{{user}} ({{team}})",
                 )
             ],

@@ -11,6 +11,7 @@ from grafanalib.core import Dashboard
 
 from dashboards.common import (
     BUDGET_STEPS,
+    PER_USER_NOTE,
     PERCENT_UNIT,
     REQUESTS_PER_SECOND,
     SECONDS,
@@ -30,7 +31,7 @@ from dashboards.common import (
 )
 
 T = 'team="$team"'
-TU = 'team="$team", user=~"$user"'
+TU = 'team="$team", user!="", user=~"$user"'  # user!="": see PER_USER_NOTE
 
 # Models this team used in the window; the latency histograms only carry a model label, so the
 # team's view of them is "the models it calls".
@@ -193,7 +194,8 @@ def build(currency: str) -> Dashboard:
             12,
             "Tokens per second by user and model",
             "Prompt and completion tokens per second of each selected user on each model "
-            "(user_team_model:chargeback_prompt_tokens:rate5m, user_team_model:chargeback_completion_tokens:rate5m).",
+            "(user_team_model:chargeback_prompt_tokens:rate5m, user_team_model:chargeback_completion_tokens:rate5m)."
+            + PER_USER_NOTE,
             TOKENS,
             targets(
                 (f"user_team_model:chargeback_prompt_tokens:rate5m{{{TU}}}", "{{user}} · {{model}} prompt"),
@@ -213,7 +215,7 @@ def build(currency: str) -> Dashboard:
             "Weighted tokens per second by user",
             "Weighted tokens (prompt × prompt weight + completion × completion weight of the model) per "
             "second of each selected user: user_team_model:chargeback_weighted_tokens:rate5m summed over "
-            "models. Weighted tokens are what pool shares and spend are computed from.",
+            "models. Weighted tokens are what pool shares and spend are computed from." + PER_USER_NOTE,
             TOKENS,
             [
                 target(
@@ -291,7 +293,8 @@ def build(currency: str) -> Dashboard:
             "Tokens by user and model (selected range)",
             "Prompt plus completion tokens each selected user sent to each model during the selected time "
             "range: increase of chargeback_prompt_tokens_total and chargeback_completion_tokens_total over "
-            "the range (no recording rule covers an arbitrary range). One row per user, one column per model.",
+            "the range (no recording rule covers an arbitrary range). One row per user, one column per model."
+            + PER_USER_NOTE,
             TOKENS,
             [
                 target(
@@ -312,7 +315,8 @@ def build(currency: str) -> Dashboard:
             "Users × models detail (selected range)",
             "Per user and model over the selected range: requests, prompt and completion tokens (increase of "
             "chargeback_requests_total, chargeback_prompt_tokens_total, chargeback_completion_tokens_total), "
-            "and current weighted tokens per second (user_team_model:chargeback_weighted_tokens:rate5m).",
+            "and current weighted tokens per second (user_team_model:chargeback_weighted_tokens:rate5m)."
+            + PER_USER_NOTE,
             TOKENS,
             targets(
                 (f"sum by (user, model) (increase(chargeback_requests_total{{{TU}}}[$__range]))", "requests"),
@@ -358,7 +362,12 @@ def build(currency: str) -> Dashboard:
         variables=[
             query_variable("team", "Team", "chargeback_team_info", "team"),
             query_variable(
-                "user", "User", f"chargeback_requests_total{{{T}}}", "user", include_all=True, multi=True
+                "user",
+                "User",
+                f'chargeback_requests_total{{{T}, user!=""}}',
+                "user",
+                include_all=True,
+                multi=True,
             ),
         ],
         time_from="now-24h",
