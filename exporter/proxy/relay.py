@@ -5,13 +5,20 @@ The stream path is the proxy's hot loop: a real inference server sends every tok
 event, so one request costs the proxy a wake-up, a read and a write per token. It therefore does the
 least per event that keeps the accounting exact:
 
-- the upstream's bytes are read as they arrive (``readany``, no per-line or per-event iteration)
-  and written straight to the client's transport, framed as one HTTP chunk per read; events that
-  arrived together leave together;
-- flow control only when the client's socket buffer is above its high-water mark (a slow client
-  still pushes back on the upstream; a fast one costs no drain per event);
-- ``SSEFilter`` (exporter/proxy/usage.py) passes ordinary chunks through after a few byte searches
-  and parses JSON only for the event that carries the usage.
+- no task wake-up per event: after the first event (which aiohttp sends together with the status
+  line and headers) the body is taken from aiohttp's payload reader as its HTTP parser hands it
+  over (``_TappedReader``), inside the upstream connection's ``data_received``, and written straight
+  to the client's transport, one HTTP chunk per upstream read;
+- flow control only when the client's socket buffer is above its high-water mark: the stream is
+  then handed back to the handler's task and aiohttp's reader, which buffers and stops reading the
+  upstream until the client has caught up (a slow client slows its upstream; a fast one costs no
+  drain per event);
+- ``SSEFilter`` (exporter/proxy/usage.py) passes ordinary chunks through after a few byte searches,
+  parses JSON only for the event that carries the usage, and counts the streamed text only if the
+  stream ends without usage.
+
+Where a stream ends early (the upstream breaks it, or times out) ``relay_stream`` closes it with an
+SSE error event: the status line (200) is gone by then, so that is how the client learns of it.
 """
 
 from __future__ import annotations
@@ -246,6 +253,14 @@ async def _pump(relay: _Relay, request: web.Request, content: StreamReader) -> N
             relay.send(data)
 
 
+async def write_error_event(
+    response: web.StreamResponse, message: str, code: str, type_: str = "upstream_error"
+) -> None:
+    """End a started stream with an SSE error event: the status line (200) is gone by then, so this
+    is how the client learns that the answer was cut short."""
+    await response.write(b"data: " + error_body(message, type_, code) + b"\n\n")
+
+
 async def relay_stream(
     request: web.Request, call: Call, upstream: aiohttp.ClientResponse, hide_usage: bool
 ) -> web.StreamResponse:
@@ -300,7 +315,7 @@ async def relay_stream(
                     "upstream timed out mid-stream" if timeout else f"upstream dropped mid-stream: {exc}"
                 )
                 code = "upstream_timeout" if timeout else "upstream_disconnected"
-                await response.write(b"data: " + error_body(call.error, "upstream_error", code) + b"\n\n")
+                await write_error_event(response, call.error, code)
         await response.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
         upstream.close()  # stop the upstream generating for nobody
