@@ -31,6 +31,7 @@ from dashboards.common import (
     timeseries,
     unit_override,
 )
+from dashboards.limits import add_overview_limit_panels
 
 # Spend per hour of each user: their part of their team's weighted tokens on a pool times the
 # team's spend on that pool (team_pool:chargeback_spend_per_hour:rate5m), so it follows whichever
@@ -351,6 +352,8 @@ def build(currency: str) -> Dashboard:
         12,
         9,
     )
+
+    add_overview_limit_panels(lay)
 
     return dashboard(
         "overview",

@@ -29,6 +29,7 @@ from dashboards.common import (
     targets,
     timeseries,
 )
+from dashboards.limits import add_team_limit_panels
 
 T = 'team="$team"'
 TU = 'team="$team", user!="", user=~"$user"'  # user!="": see PER_USER_NOTE
@@ -353,6 +354,8 @@ def build(currency: str) -> Dashboard:
         12,
         9,
     )
+
+    add_team_limit_panels(lay, T, money)
 
     return dashboard(
         "team",

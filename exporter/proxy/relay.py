@@ -17,8 +17,9 @@ least per event that keeps the accounting exact:
   parses JSON only for the event that carries the usage, and counts the streamed text only if the
   stream ends without usage.
 
-Where a stream ends early (the upstream breaks it, or times out) ``relay_stream`` closes it with an
-SSE error event: the status line (200) is gone by then, so that is how the client learns of it.
+Where a stream ends early (the upstream breaks it or times out, or the proxy's shutdown cuts it)
+``relay_stream`` closes it with an SSE error event: the status line (200) is gone by then, so that is
+how the client learns of it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 
 from exporter.proxy.errors import error_body, error_response
+from exporter.proxy.lifecycle import Streams, shutdown_cut
 from exporter.proxy.usage import SSEFilter, extract_usage, response_chars, response_texts
 
 if TYPE_CHECKING:
@@ -262,9 +264,14 @@ async def write_error_event(
 
 
 async def relay_stream(
-    request: web.Request, call: Call, upstream: aiohttp.ClientResponse, hide_usage: bool
+    request: web.Request,
+    call: Call,
+    upstream: aiohttp.ClientResponse,
+    hide_usage: bool,
+    streams: Streams | None = None,
 ) -> web.StreamResponse:
-    """SSE: pass the upstream's events on as they arrive, keep the usage event."""
+    """SSE: pass the upstream's events on as they arrive, keep the usage event. ``streams``: the
+    streams in progress, which shutdown may cut (exporter/proxy/lifecycle.py)."""
     response = web.StreamResponse(status=upstream.status, headers=client_headers(upstream, call))
     call.status = upstream.status
     sse = SSEFilter(hide_usage, keep_text=call.model is not None and call.model.usage_fallback == "tokenize")
@@ -302,13 +309,19 @@ async def relay_stream(
             tail = sse.flush()
             if tail:
                 await send(tail)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            raise  # the client went away (handled below), not the upstream
         except (
             aiohttp.ClientPayloadError,
             aiohttp.ServerDisconnectedError,
             aiohttp.SocketTimeoutError,
+            aiohttp.ClientConnectionError,
         ) as exc:
             upstream.close()
-            if not sse.complete:  # after the end marker the client has the whole answer: no error
+            cut = shutdown_cut(streams, call) if streams is not None else None
+            if cut is not None:
+                await response.write(cut)  # the proxy's shutdown ended it: the event says so
+            elif not sse.complete:  # after the end marker the client has the whole answer: no error
                 timeout = isinstance(exc, aiohttp.SocketTimeoutError)
                 call.status = 504 if timeout else 502
                 call.error = (
