@@ -198,6 +198,11 @@ class ReportConfig:
     flat_fee_default: FlatFee | None = None
     flat_fee_teams: dict[str, FlatFee] = field(default_factory=dict)
     finance_recipients: tuple[str, ...] = ()
+    # How statements show numbers and money to people (CLDR locale, e.g. de_DE: 1.234,50 €)
+    locale: str = "en_US"
+    # Who answers questions about a statement (printed on every statement), e.g.
+    # "IT Finance, finops@corp.example, +49 30 1234"
+    billing_contact: str = ""
 
 
 @dataclass(frozen=True)
@@ -844,6 +849,8 @@ def _report(r: _Reader, value: Any, teams: dict[str, Team]) -> ReportConfig:
             "tiers",
             "flat_fee",
             "finance_recipients",
+            "locale",
+            "billing_contact",
         },
     )
     d = ReportConfig()
@@ -930,7 +937,18 @@ def _report(r: _Reader, value: Any, teams: dict[str, Team]) -> ReportConfig:
     for i, c in enumerate(recipients):
         if not EMAIL_PATTERN.match(c):
             raise r.error(f"report.finance_recipients[{i}]", f"not an email address: {_describe(c)}")
+    locale = r.string(b.get("locale"), "report.locale", d.locale) or d.locale
+    from babel import Locale, UnknownLocaleError  # only the reporter needs CLDR data
+
+    try:
+        Locale.parse(locale.replace("-", "_"))
+    except (UnknownLocaleError, ValueError):
+        raise r.error(
+            "report.locale", f"unknown locale {_describe(locale)} (expected e.g. en_US, de_DE)"
+        ) from None
     return ReportConfig(
+        locale=locale,
+        billing_contact=r.string(b.get("billing_contact"), "report.billing_contact", "") or "",
         method=method,
         realtime_method=realtime,
         idle_handling=idle,
