@@ -6,8 +6,6 @@ hourly and idle cost, and the health of the exporter's NVML reads.
 
 from __future__ import annotations
 
-from grafanalib.core import Dashboard
-
 from dashboards.common import (
     BYTES,
     CELSIUS,
@@ -17,6 +15,7 @@ from dashboards.common import (
     PERCENT_UNIT,
     SECONDS,
     WATTS,
+    Json,
     Layout,
     bargauge,
     currency_unit,
@@ -43,7 +42,7 @@ def per_gpu(expr: str) -> str:
 GPU_LEGEND = "{{pool}} #{{index}} {{uuid}}"
 
 
-def build(currency: str) -> Dashboard:
+def build(currency: str) -> Json:
     money = currency_unit(currency)
     lay = Layout()
 

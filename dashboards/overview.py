@@ -7,14 +7,13 @@ tokens really cost on each pool.
 
 from __future__ import annotations
 
-from grafanalib.core import Dashboard
-
 from dashboards.common import (
     BUDGET_STEPS,
     IDLE_STEPS,
     PERCENT_UNIT,
     REQUESTS_PER_SECOND,
     TOKENS,
+    Json,
     Layout,
     bargauge,
     currency_unit,
@@ -44,7 +43,7 @@ USER_SPEND_PER_HOUR = (
 TOP_USERS = f"topk(10, {USER_SPEND_PER_HOUR})"
 
 
-def build(currency: str) -> Dashboard:
+def build(currency: str) -> Json:
     money = currency_unit(currency)
     team_link = data_link(
         "Open the team dashboard for ${__field.labels.team}", "team", "var-team=${__field.labels.team}"

@@ -7,14 +7,13 @@ users × models for the selected time range.
 
 from __future__ import annotations
 
-from grafanalib.core import Dashboard
-
 from dashboards.common import (
     BUDGET_STEPS,
     PERCENT_UNIT,
     REQUESTS_PER_SECOND,
     SECONDS,
     TOKENS,
+    Json,
     Layout,
     currency_unit,
     dashboard,
@@ -52,7 +51,7 @@ def _ttft(q: str) -> str:
     )
 
 
-def build(currency: str) -> Dashboard:
+def build(currency: str) -> Json:
     money = currency_unit(currency)
     lay = Layout()
 

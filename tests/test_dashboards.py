@@ -337,3 +337,62 @@ def test_every_query_parses(empty_prometheus: stack.ManagedProcess) -> None:
             if body["status"] != "success":
                 errors.append(f"{key} / {title}: {body.get('error')} in {q}")
     assert not errors, "\n".join(errors)
+
+
+# ----------------------------------------------------------------------------- Grafana's schema
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_dashboards_decode_strictly_against_grafanas_schema(key: str) -> None:
+    """Every panel, target, variable and the dashboard itself decode with grafana-foundation-sdk's models
+    and come back unchanged: no key the schema does not know, no legacy shape Grafana would migrate."""
+    strict = importlib.import_module("dashboards.strict")
+    dash = load(key)
+    assert strict.problems(dash) == []
+    assert dash["schemaVersion"] == 41
+    for p in panels(dash):
+        assert p["type"] == "row" or p["pluginVersion"] == "11.6.0", p["title"]
+
+
+def test_strict_check_names_what_grafana_would_migrate() -> None:
+    """The Grafana 6 shapes grafanalib wrote (and issue 16 found) are each named."""
+    strict = importlib.import_module("dashboards.strict")
+    dash = load("overview")
+    (gauge,) = [p for p in dash["panels"] if p["title"] == "Budget consumption by team"]
+    gauge["options"]["fieldOptions"] = {"defaults": {"max": 100}}
+    dash["panels"][5]["fieldConfig"]["defaults"]["color"] = None
+    gauge["targets"][0]["step"] = 10
+    gauge["fieldConfig"]["defaults"]["maxValue"] = 1.5
+    del gauge["pluginVersion"]
+    spend = next(p for p in dash["panels"] if p["type"] == "timeseries")
+    spend["fieldConfig"]["defaults"]["custom"]["fillOpacityy"] = 10
+    dash["rows"] = []
+    dash["schemaVersion"] = 39
+    where = "panel 11 'Budget consumption by team'"
+    got = strict.problems(dash)
+    for expected in [
+        "schemaVersion is 39, not 41",
+        "rows: legacy dashboard key",
+        "panels[5].fieldConfig.defaults.color: null",
+        "panel 6 'Idle cost (per hour)': does not decode (TypeError: argument of type 'NoneType' is not iterable)",
+        f"{where}: legacy key options.fieldOptions",
+        f"{where}: pluginVersion is None, not '11.6.0'",
+        f"{where}: target A: legacy key step",
+        f"{where}: options.fieldOptions: not in Grafana's schema",
+        f"{where}: fieldConfig.defaults.maxValue: not in Grafana's schema",
+        f"panel {spend['id']} {spend['title']!r}: fieldConfig.defaults.custom.fillOpacityy: not in Grafana's schema",
+    ]:
+        assert expected in got, f"{expected!r} not in {got}"
+
+
+def test_bar_gauges_keep_their_field_config() -> None:
+    """What Grafana's bar gauge migration destroyed: max, thresholds and links of the budget gauge, and
+    no max (scaled to the data) for energy."""
+    (budget,) = [p for p in load("overview")["panels"] if p["title"] == "Budget consumption by team"]
+    d = budget["fieldConfig"]["defaults"]
+    assert (d["min"], d["max"], d["unit"]) == (0, 1.5, "percentunit")
+    assert [s["value"] for s in d["thresholds"]["steps"]] == [None, 0.8, 1.0]
+    assert d["links"] and "fieldOptions" not in budget["options"]
+    (energy,) = [p for p in load("gpu_fleet")["panels"] if p["title"] == "Energy used in the selected range"]
+    assert "max" not in energy["fieldConfig"]["defaults"]
+    assert energy["fieldConfig"]["defaults"]["unit"] == "joule"
