@@ -7,6 +7,7 @@ users × models for the selected time range.
 
 from __future__ import annotations
 
+from dashboards import selectors
 from dashboards.common import (
     BUDGET_STEPS,
     PERCENT_UNIT,
@@ -17,10 +18,12 @@ from dashboards.common import (
     Layout,
     currency_unit,
     dashboard,
+    decimals_override,
     matrix,
     merge,
     organize,
     query_variable,
+    scope_variables,
     stat,
     table,
     target,
@@ -28,25 +31,33 @@ from dashboards.common import (
     timeseries,
 )
 
-T = 'team="$team"'
-TU = 'team="$team", user=~"$user"'
+MTD = "team:chargeback_spend:month_to_date"
+TEAM = 'team=~"$team"'
+USER = 'user=~"$user"'
+# Selectors (dashboards/selectors.py): recorded series of the selected teams (and users), and the raw
+# metrics of the proxy job the rules read, narrowed by $cluster and $job.
+R = selectors.recorded(TEAM)
+RU = selectors.recorded(TEAM, USER)
+RAW = selectors.proxy(TEAM)
+RAWU = selectors.proxy(TEAM, USER)
 
-# Models this team used in the window; the latency histograms only carry a model label, so the
+# Models these teams used in the window; the latency histograms only carry a model label, so the
 # team's view of them is "the models it calls".
-TEAM_MODELS = f"sum by (model) (team_model_code:chargeback_requests:rate5m{{{T}}})"
+TEAM_MODELS = f"sum by (model) (team_model_code:chargeback_requests:rate5m{R})"
 
 
 def _error_ratio(code_regex: str) -> str:
     # "or … * 0" keeps a 0 line for models without such errors instead of no series at all.
-    errors = f'sum by (model) (team_model_code:chargeback_requests:rate5m{{{T}, code=~"{code_regex}"}})'
-    total = f"sum by (model) (team_model_code:chargeback_requests:rate5m{{{T}}})"
+    code = f'code=~"{code_regex}"'
+    errors = f"sum by (model) (team_model_code:chargeback_requests:rate5m{selectors.recorded(TEAM, code)})"
+    total = f"sum by (model) (team_model_code:chargeback_requests:rate5m{R})"
     return f"({errors} or {total} * 0) / ({total} > 0)"
 
 
 def _ttft(q: str) -> str:
     return (
         f"histogram_quantile({q}, sum by (le, model) "
-        "(rate(chargeback_time_to_first_token_seconds_bucket[$__rate_interval])))"
+        f"(rate(chargeback_time_to_first_token_seconds_bucket{selectors.proxy()}[$__rate_interval])))"
         f" and on (model) {TEAM_MODELS}"
     )
 
@@ -60,10 +71,10 @@ def build(currency: str) -> Json:
         stat(
             2,
             "Month-to-date spend",
-            f"What $team has been charged since the first of the month (UTC), in {currency}: "
+            f"What $team has been charged since the start of the billing month (config timezone:), in {currency}: "
             "team:chargeback_spend:month_to_date.",
             money,
-            [target(f"team:chargeback_spend:month_to_date{{{T}}}")],
+            [target(f"team:chargeback_spend:month_to_date{R}")],
         ),
         4,
         4,
@@ -75,7 +86,7 @@ def build(currency: str) -> Json:
             "The team's monthly budget from the configuration (teams.<team>.budget), exported by the proxy "
             "as chargeback_team_budget (max over replicas).",
             money,
-            [target(f"max by (team) (chargeback_team_budget{{{T}}})")],
+            [target(f"max by (team) (chargeback_team_budget{RAW})")],
             graph=False,
         ),
         4,
@@ -88,7 +99,7 @@ def build(currency: str) -> Json:
             "Spend at the end of the calendar month if the current pace continues: "
             "team:chargeback_spend:month_forecast.",
             money,
-            [target(f"team:chargeback_spend:month_forecast{{{T}}}")],
+            [target(f"team:chargeback_spend:month_forecast{R}")],
         ),
         4,
         4,
@@ -100,7 +111,7 @@ def build(currency: str) -> Json:
             "Month-to-date spend ÷ monthly budget (team:chargeback_budget_consumption:ratio). "
             "Orange from 80 %, red from 100 %.",
             PERCENT_UNIT,
-            [target(f"team:chargeback_budget_consumption:ratio{{{T}}}")],
+            [target(f"team:chargeback_budget_consumption:ratio{R}")],
             thresholds=BUDGET_STEPS,
         ),
         4,
@@ -113,7 +124,7 @@ def build(currency: str) -> Json:
             "Month-end forecast ÷ monthly budget (team:chargeback_budget_forecast_consumption:ratio): above "
             "100 % the team will overrun its budget at the current pace.",
             PERCENT_UNIT,
-            [target(f"team:chargeback_budget_forecast_consumption:ratio{{{T}}}")],
+            [target(f"team:chargeback_budget_forecast_consumption:ratio{R}")],
             thresholds=BUDGET_STEPS,
         ),
         4,
@@ -125,7 +136,9 @@ def build(currency: str) -> Json:
             "Spend rate (per hour)",
             "What the team is charged per hour right now: team:chargeback_spend_per_hour:rate5m.",
             money,
-            [target(f"team:chargeback_spend_per_hour:rate5m{{{T}}}")],
+            # 0 (not "no data") while the team has no traffic: the month-to-date series exists for every
+            # configured team
+            [target(f"team:chargeback_spend_per_hour:rate5m{R} or on (team) 0 * {MTD}{R}")],
         ),
         4,
         4,
@@ -138,9 +151,9 @@ def build(currency: str) -> Json:
             "(chargeback_team_budget), with the month-end forecast (team:chargeback_spend:month_forecast).",
             money,
             targets(
-                (f"team:chargeback_spend:month_to_date{{{T}}}", "month to date"),
-                (f"team:chargeback_spend:month_forecast{{{T}}}", "month-end forecast"),
-                (f"max by (team) (chargeback_team_budget{{{T}}})", "budget"),
+                (f"team:chargeback_spend:month_to_date{R}", "month to date"),
+                (f"team:chargeback_spend:month_forecast{R}", "month-end forecast"),
+                (f"max by (team) (chargeback_team_budget{RAW})", "budget"),
             ),
             fill=0,
             overrides=[
@@ -166,7 +179,14 @@ def build(currency: str) -> Json:
             "Spend rate by pool (per hour)",
             f"{currency} per hour the team is charged on each GPU pool: team_pool:chargeback_spend_per_hour:rate5m.",
             money,
-            [target(f"team_pool:chargeback_spend_per_hour:rate5m{{{T}}}", "{{pool}}")],
+            # 0 on the pools the team used this month while it has no traffic now
+            [
+                target(
+                    f"team_pool:chargeback_spend_per_hour:rate5m{R}"
+                    f" or on (team, pool) 0 * team_pool:chargeback_spend:month_to_date{R}",
+                    "{{pool}}",
+                )
+            ],
             stacked=True,
         ),
         6,
@@ -179,7 +199,7 @@ def build(currency: str) -> Json:
             "The team's share of each pool's weighted tokens over the last 5 minutes "
             "(team_pool:chargeback_token_share:ratio5m).",
             PERCENT_UNIT,
-            [target(f"team_pool:chargeback_token_share:ratio5m{{{T}}}", "{{pool}}")],
+            [target(f"team_pool:chargeback_token_share:ratio5m{R}", "{{pool}}")],
             max_value=1,
         ),
         6,
@@ -195,9 +215,9 @@ def build(currency: str) -> Json:
             "(user_team_model:chargeback_prompt_tokens:rate5m, user_team_model:chargeback_completion_tokens:rate5m).",
             TOKENS,
             targets(
-                (f"user_team_model:chargeback_prompt_tokens:rate5m{{{TU}}}", "{{user}} · {{model}} prompt"),
+                (f"user_team_model:chargeback_prompt_tokens:rate5m{RU}", "{{user}} · {{model}} prompt"),
                 (
-                    f"user_team_model:chargeback_completion_tokens:rate5m{{{TU}}}",
+                    f"user_team_model:chargeback_completion_tokens:rate5m{RU}",
                     "{{user}} · {{model}} completion",
                 ),
             ),
@@ -216,7 +236,7 @@ def build(currency: str) -> Json:
             TOKENS,
             [
                 target(
-                    f"sum by (user) (user_team_model:chargeback_weighted_tokens:rate5m{{{TU}}})",
+                    f"sum by (user) (user_team_model:chargeback_weighted_tokens:rate5m{RU})",
                     "{{user}}",
                 )
             ],
@@ -234,7 +254,7 @@ def build(currency: str) -> Json:
             REQUESTS_PER_SECOND,
             [
                 target(
-                    f"sum by (model, code) (team_model_code:chargeback_requests:rate5m{{{T}}})",
+                    f"sum by (model, code) (team_model_code:chargeback_requests:rate5m{R})",
                     "{{model}} {{code}}",
                 )
             ],
@@ -255,7 +275,7 @@ def build(currency: str) -> Json:
                 (_error_ratio("5.."), "{{model}} 5xx"),
                 (_error_ratio("4.."), "{{model}} 4xx"),
                 (
-                    f"(model:chargeback_upstream_errors:ratio5m or {TEAM_MODELS} * 0) and on (model) {TEAM_MODELS}",
+                    f"(model:chargeback_upstream_errors:ratio5m{selectors.recorded()} or {TEAM_MODELS} * 0) and on (model) {TEAM_MODELS}",
                     "{{model}} upstream (all teams)",
                 ),
             ),
@@ -294,13 +314,14 @@ def build(currency: str) -> Json:
             TOKENS,
             [
                 target(
-                    f"sum by (user, model) (increase(chargeback_prompt_tokens_total{{{TU}}}[$__range]))"
-                    f" + sum by (user, model) (increase(chargeback_completion_tokens_total{{{TU}}}[$__range]))",
+                    f"sum by (user, model) (increase(chargeback_prompt_tokens_total{RAWU}[$__range]))"
+                    f" + sum by (user, model) (increase(chargeback_completion_tokens_total{RAWU}[$__range]))",
                     instant=True,
                     table=True,
                 )
             ],
             transformations=[matrix("user", "model")],
+            decimals=0,  # increase() extrapolates to fractions of a token: show whole tokens
         ),
         12,
         9,
@@ -314,17 +335,17 @@ def build(currency: str) -> Json:
             "and current weighted tokens per second (user_team_model:chargeback_weighted_tokens:rate5m).",
             TOKENS,
             targets(
-                (f"sum by (user, model) (increase(chargeback_requests_total{{{TU}}}[$__range]))", "requests"),
+                (f"sum by (user, model) (increase(chargeback_requests_total{RAWU}[$__range]))", "requests"),
                 (
-                    f"sum by (user, model) (increase(chargeback_prompt_tokens_total{{{TU}}}[$__range]))",
+                    f"sum by (user, model) (increase(chargeback_prompt_tokens_total{RAWU}[$__range]))",
                     "prompt",
                 ),
                 (
-                    f"sum by (user, model) (increase(chargeback_completion_tokens_total{{{TU}}}[$__range]))",
+                    f"sum by (user, model) (increase(chargeback_completion_tokens_total{RAWU}[$__range]))",
                     "completion",
                 ),
                 (
-                    f"sum by (user, model) (user_team_model:chargeback_weighted_tokens:rate5m{{{TU}}})",
+                    f"sum by (user, model) (user_team_model:chargeback_weighted_tokens:rate5m{RU})",
                     "weighted now",
                 ),
                 instant=True,
@@ -344,6 +365,8 @@ def build(currency: str) -> Json:
                 ),
             ],
             sort_by="Prompt tokens",
+            decimals=0,  # whole requests and tokens (increase() extrapolates to fractions)
+            overrides=[decimals_override("Weighted tokens/s now", 1)],
         ),
         12,
         9,
@@ -351,13 +374,21 @@ def build(currency: str) -> Json:
 
     return dashboard(
         "team",
-        "One team's month against its budget and its usage by user and model. Pick the team (and users) at "
-        "the top. Generated by dashboards/build.py from dashboards/team.py; do not edit in Grafana.",
+        "One team's month against its budget and its usage by user and model. Pick the team (or All) and "
+        "users at the top. Generated by dashboards/build.py from dashboards/team.py; do not edit in Grafana.",
         lay,
         variables=[
-            query_variable("team", "Team", "chargeback_team_info", "team"),
+            *scope_variables(selectors.PROXY_SELECTOR),
             query_variable(
-                "user", "User", f"chargeback_requests_total{{{T}}}", "user", include_all=True, multi=True
+                "team",
+                "Team",
+                f"chargeback_team_info{selectors.proxy()}",
+                "team",
+                include_all=True,
+                multi=True,
+            ),
+            query_variable(
+                "user", "User", f"chargeback_requests_total{RAW}", "user", include_all=True, multi=True
             ),
         ],
         time_from="now-24h",
