@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -396,3 +397,94 @@ def test_bar_gauges_keep_their_field_config() -> None:
     (energy,) = [p for p in load("gpu_fleet")["panels"] if p["title"] == "Energy used in the selected range"]
     assert "max" not in energy["fieldConfig"]["defaults"]
     assert energy["fieldConfig"]["defaults"]["unit"] == "joule"
+
+
+# ----------------------------------------------------------------------------- exact figures (promtool)
+
+
+def _all_selected(expr: str) -> str:
+    """The expression as Grafana sends it with every variable at "All" (``.*``)."""
+    return re.sub(r"\$\{?(cluster|job|team|user|pool|gpu)\}?", ".*", expr)
+
+
+def _panel_expr(key: str, title: str) -> str:
+    (panel,) = [p for p in content_panels(load(key)) if p["title"] == title]
+    (t,) = panel["targets"]
+    return str(t["expr"])
+
+
+def _promtool_values(tmp_path: Path, series: list[tuple[str, str]], expr: str, expected: list[dict]) -> None:
+    """Evaluate ``expr`` at 5m over ``series`` with promtool and require exactly ``expected``."""
+    doc = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series],
+                "promql_expr_test": [{"expr": expr, "eval_time": "5m", "exp_samples": expected}],
+            }
+        ],
+    }
+    path = tmp_path / "dashboard_test.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    res = subprocess.run(
+        [stack.find_binary("promtool"), "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+UNRECOVERED_INPUT = [
+    ('pool:chargeback_unrecovered_cost_per_hour:rate5m{pool="small"}', "0.75+0x10"),
+    ('pool:chargeback_unrecovered_cost_per_hour:rate5m{pool="large"}', "2.5+0x10"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [("proxy-price-per-token", 3.25), ("token-share", 0.0), (None, 0.0)],
+)
+def test_unrecovered_cost_follows_the_realtime_method(
+    tmp_path: Path, method: str | None, expected: float
+) -> None:
+    """Under proxy-price-per-token the panel shows the unused capacity's cost the rules record; under
+    token-share (also the rules' default without chargeback_realtime_method_info) the whole cost is
+    charged and it shows 0, not the proxy-price figure next to a spend that already covers it."""
+    series = list(UNRECOVERED_INPUT)
+    if method:
+        series.append(
+            (
+                f'chargeback_realtime_method_info{{job="chargeback-proxy", instance="p1", method="{method}"}}',
+                "1+0x10",
+            )
+        )
+    expr = _all_selected(_panel_expr("overview", "Unrecovered cost (per hour)"))
+    _promtool_values(tmp_path, series, expr, [{"labels": "{}", "value": expected}])
+
+
+def test_idle_spend_rate_is_zero_not_no_data(tmp_path: Path) -> None:
+    """With no traffic the spend-rate series do not exist (a share of nothing is undefined): the panels
+    show 0 for the whole stack and for every configured team, with the team label kept."""
+    month_to_date = [
+        ('team:chargeback_spend:month_to_date{team="research"}', "3+0x10"),
+        ('team:chargeback_spend:month_to_date{team="legal"}', "0+0x10"),
+    ]
+    _promtool_values(
+        tmp_path,
+        month_to_date,
+        _all_selected(_panel_expr("overview", "Spend rate (per hour)")),
+        [{"labels": "{}", "value": 0}],
+    )
+    by_team = [{"labels": f'{{team="{t}"}}', "value": 0} for t in ("legal", "research")]
+    _promtool_values(
+        tmp_path,
+        month_to_date,
+        _all_selected(_panel_expr("overview", "Spend rate by team (per hour)")),
+        by_team,
+    )
+    _promtool_values(
+        tmp_path, month_to_date, _all_selected(_panel_expr("team", "Spend rate (per hour)")), by_team
+    )
