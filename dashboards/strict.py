@@ -1,18 +1,23 @@
 """Strict check of dashboard JSON against Grafana's own schema (grafana-foundation-sdk, the Python
 models Grafana generates from its CUE schemas; pinned in pyproject's ``test`` extra).
 
-The SDK's decoders read the keys they know and silently skip the rest, so "strict" is a round trip:
-decode the dashboard with the SDK (panels with their plugin's typed options and field config,
-Prometheus targets with the Prometheus query model), encode it again, and require every key and
-value of the input to come back unchanged. A key that does not come back is unknown to the schema,
-a value that changes did not fit its type. On top of that the shapes Grafana would migrate on import
+The SDK's decoders read the keys they know and silently skip the rest, and assign values without
+checking them, so "strict" is two checks: a round trip (decode the dashboard with the SDK: panels with
+their plugin's typed options and field config, Prometheus targets with the Prometheus query model;
+encode it again; every key and value of the input must come back unchanged, a key that does not is
+unknown to the schema) and a type check of the decoded models against their annotations (enums such
+as a legend's ``displayMode``, literals, numbers, strings, lists, nested models). On top of that the shapes Grafana would migrate on import
 are refused: legacy keys, ``null`` colours and data sources, a missing ``pluginVersion`` and an old
 ``schemaVersion``.
 """
 
 from __future__ import annotations
 
+import enum
 import json
+import sys
+import types
+import typing
 from typing import Any
 
 from dashboards.modern import PLUGIN_VERSION, SCHEMA_VERSION
@@ -35,11 +40,91 @@ def _decode(kind: str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _roundtrip_problems(kind: str, data: dict[str, Any], where: str, path: str) -> list[str]:
+    from grafana_foundation_sdk.models import dashboard
+
+    model = {"dashboard": dashboard.Dashboard, "row": dashboard.RowPanel, "panel": dashboard.Panel}[kind]
     try:
         decoded = _decode(kind, data)
+        typed = _type_problems(model.from_json(data), "")
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         return [f"{where}: does not decode ({type(exc).__name__}: {exc})"]
-    return [f"{where}: {e}" for e in _lost(data, decoded, path)]
+    return [f"{where}: {e}" for e in _lost(data, decoded, path) + typed]
+
+
+def _is_model(hint: Any) -> bool:
+    return (
+        isinstance(hint, type)
+        and callable(getattr(hint, "to_json", None))
+        and not issubclass(hint, enum.Enum)
+    )
+
+
+def _type_problems(obj: Any, path: str) -> list[str]:
+    """Every attribute of a decoded SDK model checked against the model's type annotations."""
+    cls = type(obj)
+    hints = typing.get_type_hints(cls.__init__, globalns=vars(sys.modules[cls.__module__]))
+    out: list[str] = []
+    for name, hint in hints.items():
+        if name != "return" and hasattr(obj, name):
+            out.extend(_check(getattr(obj, name), hint, f"{path}.{name}" if path else name))
+    return out
+
+
+def _check(value: Any, hint: Any, path: str) -> list[str]:
+    if value is None:
+        return []
+    if (
+        hint is Any
+        or hint is object
+        or (isinstance(hint, type) and not _is_model(hint) and isinstance(value, hint))
+    ):
+        # untyped in the dashboard model (panel options, custom field config) or an abstract query:
+        # the decoder has put the plugin's own model there, check that one
+        return _type_problems(value, path) if _is_model(type(value)) else []
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        arms = [a for a in args if a is not type(None)]
+        results = [_check(value, a, path) for a in arms]
+        return (
+            []
+            if any(not r for r in results)
+            else results[0]
+            if len(arms) == 1
+            else [f"{path}: {value!r} fits none of {arms}"]
+        )
+    if origin is typing.Literal:
+        return [] if value in args else [f"{path}: {value!r} is not one of {list(args)}"]
+    if origin in (list, dict):
+        if not isinstance(value, origin):
+            return [f"{path}: {value!r} is not a {origin.__name__}"]
+        if origin is list and args:
+            return [e for i, item in enumerate(value) for e in _check(item, args[0], f"{path}[{i}]")]
+        return []
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        allowed = [m.value for m in hint]
+        return (
+            []
+            if value in allowed or isinstance(value, hint)
+            else [f"{path}: {value!r} is not one of {allowed}"]
+        )
+    if _is_model(hint):
+        if isinstance(value, dict):  # kept as raw JSON by the decoder: decode it with its model
+            value = hint.from_json(value)
+        return (
+            _type_problems(value, path)
+            if isinstance(value, hint)
+            else [f"{path}: {value!r} is not a {hint.__name__}"]
+        )
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return [] if ok else [f"{path}: {value!r} is not a number"]
+    if hint in (str, int, bool):
+        ok = isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+        return [] if ok else [f"{path}: {value!r} is not a {hint.__name__}"]
+    if isinstance(hint, type) and not isinstance(value, hint):
+        return [f"{path}: {value!r} is not a {hint.__name__}"]
+    return []
 
 
 def _same(a: Any, b: Any) -> bool:

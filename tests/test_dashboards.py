@@ -367,6 +367,9 @@ def test_strict_check_names_what_grafana_would_migrate() -> None:
     del gauge["pluginVersion"]
     spend = next(p for p in dash["panels"] if p["type"] == "timeseries")
     spend["fieldConfig"]["defaults"]["custom"]["fillOpacityy"] = 10
+    spend["fieldConfig"]["defaults"]["custom"]["drawStyle"] = "squiggle"
+    spend["options"]["legend"]["displayMode"] = "wide"
+    spend["targets"][0]["format"] = "csv"
     dash["rows"] = []
     dash["schemaVersion"] = 39
     where = "panel 11 'Budget consumption by team'"
@@ -382,6 +385,13 @@ def test_strict_check_names_what_grafana_would_migrate() -> None:
         f"{where}: options.fieldOptions: not in Grafana's schema",
         f"{where}: fieldConfig.defaults.maxValue: not in Grafana's schema",
         f"panel {spend['id']} {spend['title']!r}: fieldConfig.defaults.custom.fillOpacityy: not in Grafana's schema",
+        # values that decode but do not fit the type the schema gives them
+        f"panel {spend['id']} {spend['title']!r}: field_config.defaults.custom.draw_style: 'squiggle' is not one "
+        "of ['line', 'bars', 'points']",
+        f"panel {spend['id']} {spend['title']!r}: options.legend.display_mode: 'wide' is not one of "
+        "['list', 'table', 'hidden']",
+        f"panel {spend['id']} {spend['title']!r}: targets[0].format_val: 'csv' is not one of "
+        "['time_series', 'table', 'heatmap']",
     ]:
         assert expected in got, f"{expected!r} not in {got}"
 
@@ -488,3 +498,21 @@ def test_idle_spend_rate_is_zero_not_no_data(tmp_path: Path) -> None:
     _promtool_values(
         tmp_path, month_to_date, _all_selected(_panel_expr("team", "Spend rate (per hour)")), by_team
     )
+
+
+def test_time_zone_follows_the_billing_zone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The committed dashboards use the example config's zone; --config.file gives another one, and a bad
+    zone is refused with the config's own error."""
+    assert {load(k)["timezone"] for k in KEYS} == {"Europe/Berlin"}
+    example = (REPO / "deploy/chargeback.example.yaml").read_text()
+    assert "timezone: Europe/Berlin" in example
+    config = tmp_path / "chargeback.yaml"
+    config.write_text(example.replace("timezone: Europe/Berlin", "timezone: America/New_York"))
+    assert build.main(["--config.file", str(config), "--out", str(tmp_path)]) == 0
+    dash = json.loads((tmp_path / "dashboards" / "chargeback-team.json").read_text())
+    assert dash["timezone"] == "America/New_York"
+    config.write_text(example.replace("timezone: Europe/Berlin", "timezone: Mars/Olympus"))
+    with pytest.raises(SystemExit):
+        build.main(["--config.file", str(config), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "--config.file" in err and "timezone" in err and "Mars/Olympus" in err
