@@ -516,3 +516,37 @@ def test_time_zone_follows_the_billing_zone(tmp_path: Path, capsys: pytest.Captu
         build.main(["--config.file", str(config), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert "--config.file" in err and "timezone" in err and "Mars/Olympus" in err
+
+
+SERIES = re.compile(r"(?<![\w:])((?:[a-z_]+:)?chargeback_[a-z_]+(?::[a-z0-9_]+)?)(\{[^}]*\})?")
+
+
+def test_queries_use_the_rules_selectors_and_the_scope_variables() -> None:
+    """Raw metrics are read from the scrape jobs the rules read (rules/generate.py's selectors) narrowed by
+    $cluster and $job; recorded series (no job label) by $cluster."""
+    rules_generate = importlib.import_module("rules.generate")
+    jobs = {rules_generate.PROXY_SELECTOR, rules_generate.GPU_SELECTOR}
+    checked = 0
+    for key in KEYS:
+        dash = load(key)
+        texts = [f"{title}: {e}" for title, e in all_exprs(dash)] + [
+            f"variable {v['name']}: {v['query']}"
+            for v in dash["templating"]["list"]
+            if v["type"] == "query" and v["name"] not in {"cluster", "job"}
+        ]
+        for text in texts:
+            for name, matchers in SERIES.findall(text):
+                checked += 1
+                matchers = matchers or "{}"
+                assert 'cluster=~"$cluster"' in matchers, f"{key}: {name} without $cluster in {text}"
+                if ":" in name:
+                    continue
+                assert any(job in matchers for job in jobs), (
+                    f"{key}: {name} without the rules' job selector in {text}"
+                )
+                assert 'job=~"$job"' in matchers, f"{key}: {name} without $job in {text}"
+        variables = {v["name"]: v for v in dash["templating"]["list"]}
+        for name in ("cluster", "job", *(["team"] if key == "team" else [])):
+            assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*", name
+            assert variables[name]["multi"], name
+    assert checked > 100
