@@ -55,10 +55,9 @@ def generate(path: Path, users: int, teams: int, interval: int, seed: int = 7) -
             for u in range(users):
                 replica = u % 2
                 for model in (MODELS[u % 4], MODELS[(u + 1) % 4]):
-                    code = ',code="200"' if metric == contract.REQUESTS_TOTAL else ""
                     lab = (
                         f'{metric}{{user="user{u:05d}@corp.example",team="team{u % teams:03d}",model="{model}",'
-                        f'instance="proxy-{replica}",job="chargeback-proxy"{code}}} '
+                        f'instance="proxy-{replica}",job="chargeback-proxy"}} '
                     )
                     value = 0
                     rate = rng.randint(1, 10) * scale

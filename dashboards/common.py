@@ -439,3 +439,11 @@ def dashboard(
         refresh_intervals=["30s", "1m", "5m", "15m", "1h"],
         timezone="browser",
     )
+
+
+# Per-user panels select user!="": with `proxy.metrics_labels: team` the proxies export no user label,
+# and such panels stay empty rather than show one nameless "user" per team.
+PER_USER_NOTE = (
+    " Empty when the proxies run with proxy.metrics_labels: team (no user label, to bound the series):"
+    " per-user figures then come from the ledger (chargeback report --source ledger)."
+)

@@ -11,6 +11,7 @@ from dashboards import selectors
 from dashboards.common import (
     BUDGET_STEPS,
     IDLE_STEPS,
+    PER_USER_NOTE,
     PERCENT_UNIT,
     REQUESTS_PER_SECOND,
     TOKENS,
@@ -31,16 +32,20 @@ from dashboards.common import (
     timeseries,
     unit_override,
 )
+from dashboards.selectors import NAMED_USER
 
 # Spend per hour of each user: their part of their team's weighted tokens on a pool times the
 # team's spend on that pool (team_pool:chargeback_spend_per_hour:rate5m), so it follows whichever
 # real-time method the rules use. Team-pool pairs without traffic in the window drop out (> 0).
 R = selectors.recorded()  # recorded series of the selected clusters
 RAW = selectors.proxy()  # raw metrics of the proxy job the rules read, narrowed by $cluster and $job
+# Per-user series select user!="" (see PER_USER_NOTE: no user label in team mode)
+RU = selectors.recorded(NAMED_USER)
+RAWU = selectors.proxy(NAMED_USER)
 
 USER_SPEND_PER_HOUR = (
     "sum by (user, team) ("
-    f"user_team_pool:chargeback_weighted_tokens:rate5m{R}"
+    f"user_team_pool:chargeback_weighted_tokens:rate5m{RU}"
     f" / on (team, pool) group_left () (team_pool:chargeback_weighted_tokens:rate5m{R} > 0)"
     f" * on (team, pool) group_left team_pool:chargeback_spend_per_hour:rate5m{R}"
     ")"
@@ -311,17 +316,17 @@ def build(currency: str) -> Json:
             "team_pool:chargeback_weighted_tokens:rate5m) times the team's spend on that pool "
             "(team_pool:chargeback_spend_per_hour:rate5m); with their weighted tokens per second "
             "(user_team_pool:chargeback_weighted_tokens:rate5m) and requests per second "
-            "(chargeback_requests_total).",
+            "(chargeback_requests_total)." + PER_USER_NOTE,
             money,
             targets(
                 (TOP_USERS, "spend"),
                 (
-                    f"sum by (user, team) (user_team_pool:chargeback_weighted_tokens:rate5m{R})"
+                    f"sum by (user, team) (user_team_pool:chargeback_weighted_tokens:rate5m{RU})"
                     f" and on (user, team) {TOP_USERS}",
                     "tokens",
                 ),
                 (
-                    f"sum by (user, team) (rate(chargeback_requests_total{RAW}[$__rate_interval]))"
+                    f"sum by (user, team) (rate(chargeback_requests_total{RAWU}[$__rate_interval]))"
                     f" and on (user, team) {TOP_USERS}",
                     "requests",
                 ),
@@ -355,11 +360,11 @@ def build(currency: str) -> Json:
             21,
             "Top users: weighted tokens per second",
             "Weighted tokens per second of the ten busiest users at each point in time "
-            "(user_team_pool:chargeback_weighted_tokens:rate5m summed over pools).",
+            "(user_team_pool:chargeback_weighted_tokens:rate5m summed over pools)." + PER_USER_NOTE,
             TOKENS,
             [
                 target(
-                    f"topk(10, sum by (user, team) (user_team_pool:chargeback_weighted_tokens:rate5m{R}))",
+                    f"topk(10, sum by (user, team) (user_team_pool:chargeback_weighted_tokens:rate5m{RU}))",
                     "{{user}} ({{team}})",
                 )
             ],

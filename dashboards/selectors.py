@@ -28,6 +28,9 @@ CLUSTER_LABEL = "cluster"
 
 CLUSTER = f'{CLUSTER_LABEL}=~"$cluster"'
 JOB = 'job=~"$job"'
+# Per-user panels: with proxy.metrics_labels: team the proxies export no user label (see PER_USER_NOTE
+# in dashboards/common.py); such panels stay empty instead of showing one nameless user per team.
+NAMED_USER = 'user!=""'
 
 
 def _join(*parts: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dashboards import selectors
 from dashboards.common import (
     BUDGET_STEPS,
+    PER_USER_NOTE,
     PERCENT_UNIT,
     REQUESTS_PER_SECOND,
     SECONDS,
@@ -30,16 +31,18 @@ from dashboards.common import (
     targets,
     timeseries,
 )
+from dashboards.selectors import NAMED_USER
 
 MTD = "team:chargeback_spend:month_to_date"
 TEAM = 'team=~"$team"'
 USER = 'user=~"$user"'
 # Selectors (dashboards/selectors.py): recorded series of the selected teams (and users), and the raw
-# metrics of the proxy job the rules read, narrowed by $cluster and $job.
+# metrics of the proxy job the rules read, narrowed by $cluster and $job. Per-user series select
+# user!="" (see PER_USER_NOTE).
 R = selectors.recorded(TEAM)
-RU = selectors.recorded(TEAM, USER)
+RU = selectors.recorded(TEAM, NAMED_USER, USER)
 RAW = selectors.proxy(TEAM)
-RAWU = selectors.proxy(TEAM, USER)
+RAWU = selectors.proxy(TEAM, NAMED_USER, USER)
 
 # Models these teams used in the window; the latency histograms only carry a model label, so the
 # team's view of them is "the models it calls".
@@ -212,7 +215,8 @@ def build(currency: str) -> Json:
             12,
             "Tokens per second by user and model",
             "Prompt and completion tokens per second of each selected user on each model "
-            "(user_team_model:chargeback_prompt_tokens:rate5m, user_team_model:chargeback_completion_tokens:rate5m).",
+            "(user_team_model:chargeback_prompt_tokens:rate5m, user_team_model:chargeback_completion_tokens:rate5m)."
+            + PER_USER_NOTE,
             TOKENS,
             targets(
                 (f"user_team_model:chargeback_prompt_tokens:rate5m{RU}", "{{user}} · {{model}} prompt"),
@@ -232,7 +236,7 @@ def build(currency: str) -> Json:
             "Weighted tokens per second by user",
             "Weighted tokens (prompt × prompt weight + completion × completion weight of the model) per "
             "second of each selected user: user_team_model:chargeback_weighted_tokens:rate5m summed over "
-            "models. Weighted tokens are what pool shares and spend are computed from.",
+            "models. Weighted tokens are what pool shares and spend are computed from." + PER_USER_NOTE,
             TOKENS,
             [
                 target(
@@ -310,7 +314,8 @@ def build(currency: str) -> Json:
             "Tokens by user and model (selected range)",
             "Prompt plus completion tokens each selected user sent to each model during the selected time "
             "range: increase of chargeback_prompt_tokens_total and chargeback_completion_tokens_total over "
-            "the range (no recording rule covers an arbitrary range). One row per user, one column per model.",
+            "the range (no recording rule covers an arbitrary range). One row per user, one column per model."
+            + PER_USER_NOTE,
             TOKENS,
             [
                 target(
@@ -332,7 +337,8 @@ def build(currency: str) -> Json:
             "Users × models detail (selected range)",
             "Per user and model over the selected range: requests, prompt and completion tokens (increase of "
             "chargeback_requests_total, chargeback_prompt_tokens_total, chargeback_completion_tokens_total), "
-            "and current weighted tokens per second (user_team_model:chargeback_weighted_tokens:rate5m).",
+            "and current weighted tokens per second (user_team_model:chargeback_weighted_tokens:rate5m)."
+            + PER_USER_NOTE,
             TOKENS,
             targets(
                 (f"sum by (user, model) (increase(chargeback_requests_total{RAWU}[$__range]))", "requests"),
@@ -388,7 +394,12 @@ def build(currency: str) -> Json:
                 multi=True,
             ),
             query_variable(
-                "user", "User", f"chargeback_requests_total{RAW}", "user", include_all=True, multi=True
+                "user",
+                "User",
+                f"chargeback_requests_total{selectors.proxy(TEAM, NAMED_USER)}",
+                "user",
+                include_all=True,
+                multi=True,
             ),
         ],
         time_from="now-24h",

@@ -33,6 +33,9 @@ METHODS = (
     "flat-fee-with-overages",
 )
 REALTIME_METHODS = ("token-share", "proxy-price-per-token")
+# proxy.metrics_labels: "user" labels the usage counters {user, team, model}; "team" leaves the user
+# label out ({team, model}: series bounded by teams × models), per-user figures then come from the ledger.
+METRICS_LABELS = ("user", "team")
 IDLE_HANDLING = ("absorb", "spread", "even")
 HYBRID_COMPONENTS = ("token_share", "time_share", "fixed_share", "equal_split")
 
@@ -139,6 +142,7 @@ class ProxyConfig:
     upstream_timeout_seconds: float = 600.0
     shutdown_grace_seconds: float = 30.0
     key_refresh_seconds: float = 2.0
+    metrics_labels: str = "user"  # one of METRICS_LABELS
 
 
 @dataclass(frozen=True)
@@ -658,6 +662,7 @@ def _proxy(r: _Reader, value: Any) -> ProxyConfig:
             "upstream_timeout_seconds",
             "shutdown_grace_seconds",
             "key_refresh_seconds",
+            "metrics_labels",
         },
     )
     d = ProxyConfig()
@@ -684,6 +689,9 @@ def _proxy(r: _Reader, value: Any) -> ProxyConfig:
         ),
         key_refresh_seconds=r.number(
             b.get("key_refresh_seconds"), "proxy.key_refresh_seconds", d.key_refresh_seconds, minimum=0.1
+        ),
+        metrics_labels=r.choice(
+            b.get("metrics_labels"), "proxy.metrics_labels", METRICS_LABELS, d.metrics_labels
         ),
     )
 

@@ -6,13 +6,18 @@ proxy replica with identical values: aggregate them with ``max by (...)``, never
 Usage counters carry no replica label beyond the scrape target's own, so ``sum by`` adds replicas.
 """
 
-# --- proxy: usage counters, labels {user, team, model} (+ code on requests)
+# --- proxy: usage counters, labels {user, team, model}; {team, model} alone (no user label) when
+# proxy.metrics_labels is "team": a missing label reads as "" in PromQL, so `sum by (user, team, model)`
+# works on both shapes and `user!=""` selects per-user series.
 REQUESTS_TOTAL = "chargeback_requests_total"
 PROMPT_TOKENS_TOTAL = "chargeback_prompt_tokens_total"
 COMPLETION_TOKENS_TOTAL = "chargeback_completion_tokens_total"
 CACHED_PROMPT_TOKENS_TOTAL = "chargeback_cached_prompt_tokens_total"
 REQUEST_SECONDS_TOTAL = "chargeback_request_seconds_total"
 USAGE_ESTIMATED_TOTAL = "chargeback_usage_estimated_total"
+# {team, model, code}: requests by the HTTP status returned to the client; never a user label, so a
+# new status code adds teams × models series at most
+REQUESTS_BY_CODE_TOTAL = "chargeback_requests_by_code_total"
 # {model, source}: which path counted each request's usage: upstream | tokenize | estimate
 USAGE_SOURCE_TOTAL = "chargeback_usage_source_total"
 # {code}: refused before a user and a configured model were known (401/400/404/413/503); no user label

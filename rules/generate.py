@@ -140,7 +140,8 @@ def recording_rules(p: str, g: str) -> list[dict[str, str]]:
         ),
         {
             "record": "team_model_code:chargeback_requests:rate5m",
-            "expr": f"sum by (team, model, code) (rate(chargeback_requests_total{sel(p)}[{w}]))",
+            # the by-code counter has no user label in either metrics_labels mode
+            "expr": f"sum by (team, model, code) (rate(chargeback_requests_by_code_total{sel(p)}[{w}]))",
         },
         # --- pools (pool of a model from chargeback_model_info)
         {
@@ -649,7 +650,7 @@ team:chargeback_budget_consumption:ratio > 1""",
             # a share of the model's requests, held for a while: one estimated request is no alert
             f"""sum by (model) (rate({estimated}[{USAGE_ESTIMATED_FOR}]))
 /
-(sum by (model) (rate(chargeback_requests_total{sel(p)}[{USAGE_ESTIMATED_FOR}])) > 0)
+(sum by (model) (rate(chargeback_requests_by_code_total{sel(p)}[{USAGE_ESTIMATED_FOR}])) > 0)
 > {USAGE_ESTIMATED_RATIO_THRESHOLD}""",
             USAGE_ESTIMATED_FOR,
             "warning",

@@ -117,9 +117,19 @@ def _traffic_loop(base_url: str, tokens: dict[str, str], stop: threading.Event) 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    yield from _live_stack(tmp_path_factory, "user")
+
+
+@pytest.fixture(scope="module")
+def live_team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """The same stack with ``proxy.metrics_labels: team`` (no user label on the usage counters)."""
+    yield from _live_stack(tmp_path_factory, "team")
+
+
+def _live_stack(tmp_path_factory: pytest.TempPathFactory, metrics_labels: str) -> Iterator[Live]:
     rule_files = _rules_or_skip()
     harness = pytest.importorskip("exporter.sim.harness", reason="proxy test harness not available")
-    workdir = tmp_path_factory.mktemp("dashboards-live")
+    workdir = tmp_path_factory.mktemp(f"dashboards-live-{metrics_labels}")
     procs: list[Any] = []
     stop = threading.Event()
     traffic: threading.Thread | None = None
@@ -133,6 +143,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             spool_dir=str(workdir / "spool"),
             teams=TEAMS,
             allowed_teams={"sim-restricted": ["research"]},
+            proxy={"metrics_labels": metrics_labels},
         )
         doc["pools"] = POOLS
         for model, pool in MODEL_POOLS.items():
@@ -481,3 +492,52 @@ def test_unrecovered_cost_is_zero_under_token_share(live: Live) -> None:
     assert _values_at(live, time.time(), "overview", "Unrecovered cost (per hour)", {}) == {"{}": 0.0}
     (proxy_price,) = stack.prom_query(prom, "sum(pool:chargeback_unrecovered_cost_per_hour:rate5m)")
     assert float(proxy_price["value"][1]) > 5.0  # the small traffic uses a sliver of 4000 + 1500 tokens/s
+
+
+def test_team_mode_per_user_panels_are_empty_and_the_rest_has_data(live_team: Live) -> None:
+    """proxy.metrics_labels: team. Panels whose description carries PER_USER_NOTE select user!=""
+    and must stay empty; every other panel must return data as in user mode."""
+    from dashboards.common import PER_USER_NOTE
+
+    prom = live_team.prometheus.url
+    per_user: dict[str, str] = {}
+    pending: dict[str, tuple[str, str, bool]] = {}
+    for key, variants in selections(live_team).items():
+        dash = json.loads((REPO / build.DASHBOARD_DIR / build.json_name(key)).read_text())
+        notes = {p["title"] for p in dash["panels"] if PER_USER_NOTE in (p.get("description") or "")}
+        for i, variables in enumerate(variants):
+            variables = {**variables, "user": ".*"} if "user" in variables else variables  # no users to pick
+            for label, expr, instant in dashboard_checks(key, live_team):
+                title = label.split(" / ")[1]
+                if title in notes:
+                    per_user[f"{label} [{i}]"] = substitute(expr, variables, 60)
+                else:
+                    pending[f"{label} [{i}]"] = (json.dumps(variables), expr, instant)
+    assert len(per_user) >= 10 and len(pending) > 100
+    deadline = time.monotonic() + DEADLINE_S
+    why: dict[str, str] = {}
+    while pending and time.monotonic() < deadline:
+        now = time.time()
+        range_s = int(now - live_team.started) + 1
+        for label, (variables, expr, instant) in list(pending.items()):
+            ok, reason = run_target(prom, substitute(expr, json.loads(variables), range_s), instant, now)
+            if ok:
+                del pending[label]
+            else:
+                why[label] = reason
+        if pending:
+            time.sleep(1.0)
+    assert not pending, "team mode: no data for " + ", ".join(f"{k} ({why.get(k)})" for k in sorted(pending))
+    now = time.time()
+    for label, expr in per_user.items():  # traffic has run for a while: these stay empty
+        ok, reason = run_target(prom, expr, False, now)
+        assert not ok and reason == "no series", f"{label} shows data in team mode"
+    user_query = next(
+        v["query"]
+        for v in json.loads((REPO / build.DASHBOARD_DIR / build.json_name("team")).read_text())["templating"][
+            "list"
+        ]
+        if v["name"] == "user"
+    )
+    q = substitute(user_query, {**ALL, "team": "research"}, 60)
+    assert variable_values(prom, q, live_team.started, now) == []

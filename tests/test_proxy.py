@@ -40,6 +40,13 @@ def usage_of(stack: Stack, user: str, model: str) -> dict[str, float]:
     }
 
 
+def by_code_delta(before: Any, after: Any, **labels: str) -> float:
+    """Increase of ``chargeback_requests_by_code_total`` (no user label: shared by every test's
+    users, hence a delta) between two scrapes."""
+    name = contract.REQUESTS_BY_CODE_TOTAL
+    return metric(after, name, **labels) - metric(before, name, **labels)
+
+
 def post(
     stack: Stack, token: str | None, body: Any, path: str = "/v1/chat/completions", **kw: Any
 ) -> requests.Response:
@@ -74,6 +81,7 @@ async def test_traffic_counters_and_ledger_are_exact(
 ) -> None:
     users = fresh_users(2, "research") + fresh_users(2, "support")
     models = ["sim-small", "sim-large"]
+    before = read_metrics(proxy_env.metrics_url)
     result = await run_traffic(
         proxy_env.api_url,
         {u: proxy_env.tokens[u] for u in users},
@@ -93,7 +101,7 @@ async def test_traffic_counters_and_ledger_are_exact(
         for model in models:
             t = result.total_for(user, model)
             labels = {"user": user, "team": team, "model": model}
-            assert metric(samples, contract.REQUESTS_TOTAL, code="200", **labels) == t.requests
+            assert metric(samples, contract.REQUESTS_TOTAL, **labels) == t.requests
             assert metric(samples, contract.PROMPT_TOKENS_TOTAL, **labels) == t.prompt_tokens
             assert metric(samples, contract.COMPLETION_TOKENS_TOTAL, **labels) == t.completion_tokens
             assert metric(samples, contract.CACHED_PROMPT_TOKENS_TOTAL, **labels) == t.cached_tokens
@@ -108,6 +116,10 @@ async def test_traffic_counters_and_ledger_are_exact(
             assert all(r["upstream"] == proxy_env.sim_url + "/v1" for r in mrows)
             if t.requests:
                 assert metric(samples, contract.REQUEST_SECONDS_TOTAL, **labels) > 0
+    for team, team_users in (("research", users[:2]), ("support", users[2:])):
+        for model in models:
+            sent = sum(result.total_for(u, model).requests for u in team_users)
+            assert by_code_delta(before, samples, team=team, model=model, code="200") == sent
 
     # the issue's SQL, verbatim, on the SQLite ledger
     from exporter.ledger.store import open_store
@@ -277,6 +289,7 @@ def test_request_errors(proxy_env: Stack, fresh_users: Callable[..., list[str]])
     research, support = fresh_users(1, "research")[0], fresh_users(1, "support")[0]
     tok = proxy_env.tokens[research]
     sim_before = proxy_env.sim_stats()["requests"]
+    before = read_metrics(proxy_env.metrics_url)
     msgs = [{"role": "user", "content": "hi"}]
     err = assert_openai_error(
         post(proxy_env, tok, {"model": "gpt-unknown", "messages": msgs}), 404, "model_not_found"
@@ -301,8 +314,14 @@ def test_request_errors(proxy_env: Stack, fresh_users: Callable[..., list[str]])
         client(proxy_env, support).chat.completions.create(model="sim-restricted", messages=msgs)  # type: ignore[arg-type]
 
     samples = read_metrics(proxy_env.metrics_url)
-    assert metric(samples, contract.REQUESTS_TOTAL, user=support, model="sim-restricted", code="403") == 2
-    assert metric(samples, contract.REQUESTS_TOTAL, user=research, model="sim-restricted", code="200") == 1
+    assert metric(samples, contract.REQUESTS_TOTAL, user=support, model="sim-restricted") == 2
+    assert metric(samples, contract.REQUESTS_TOTAL, user=research, model="sim-restricted") == 1
+    assert by_code_delta(before, samples, team="support", model="sim-restricted", code="403") == 2
+    assert by_code_delta(before, samples, team="research", model="sim-restricted", code="200") == 1
+    assert by_code_delta(before, samples, model="sim-restricted") == 3
+    # status codes never carry the user label, and the per-user counter no status code
+    assert not any(n == contract.REQUESTS_BY_CODE_TOTAL and "user" in dict(ls) for (n, ls) in samples)
+    assert not any(n == contract.REQUESTS_TOTAL and "code" in dict(ls) for (n, ls) in samples)
     # the model label only ever holds configured models
     models = {
         dict(ls).get("model") for (n, ls) in samples if n.startswith("chargeback_") and "model" in dict(ls)
@@ -317,6 +336,7 @@ def test_upstream_errors(proxy_env: Stack, fresh_users: Callable[..., list[str]]
     (user,) = fresh_users(1)
     tok = proxy_env.tokens[user]
     body = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]}
+    before = read_metrics(proxy_env.metrics_url)
     r500 = post(proxy_env, tok, body, headers={"X-Sim-Fault": "500"})
     assert r500.status_code == 500 and r500.json()["error"]["message"] == "simulated 500"
     r429 = post(proxy_env, tok, body, headers={"X-Sim-Fault": "429"})
@@ -331,10 +351,12 @@ def test_upstream_errors(proxy_env: Stack, fresh_users: Callable[..., list[str]]
     slow = post(proxy_env, tok, body, headers={"X-Sim-Fault": "slow", "X-Sim-Slow-Seconds": "3"})
     assert_openai_error(slow, 504, "upstream_timeout")
     samples = read_metrics(proxy_env.metrics_url)
-    assert metric(samples, contract.REQUESTS_TOTAL, user=user, model="sim-small", code="500") == 1
-    assert metric(samples, contract.REQUESTS_TOTAL, user=user, model="sim-small", code="429") == 2
-    assert metric(samples, contract.REQUESTS_TOTAL, user=user, model="sim-dead", code="502") == 1
-    assert metric(samples, contract.REQUESTS_TOTAL, user=user, model="sim-small", code="504") == 1
+    assert metric(samples, contract.REQUESTS_TOTAL, user=user, model="sim-small") == 4
+    assert metric(samples, contract.REQUESTS_TOTAL, user=user, model="sim-dead") == 1
+    assert by_code_delta(before, samples, model="sim-small", code="500") == 1
+    assert by_code_delta(before, samples, model="sim-small", code="429") == 2
+    assert by_code_delta(before, samples, model="sim-dead", code="502") == 1
+    assert by_code_delta(before, samples, model="sim-small", code="504") == 1
     assert metric(samples, contract.PROMPT_TOKENS_TOTAL, user=user) == 0
     rows = wait_for_rows(proxy_env.ledger_url, 5, user_email=user)
     assert sorted(r["status_code"] for r in rows) == [429, 429, 500, 502, 504]
@@ -344,6 +366,7 @@ def test_upstream_drop_mid_stream(proxy_env: Stack, fresh_users: Callable[..., l
     (user,) = fresh_users(1)
     c = client(proxy_env, user)
     msgs = [{"role": "user", "content": "this stream will break"}]
+    before = read_metrics(proxy_env.metrics_url)
     received = []
     with pytest.raises(openai.APIError) as info:
         for ch in c.chat.completions.create(
@@ -364,7 +387,8 @@ def test_upstream_drop_mid_stream(proxy_env: Stack, fresh_users: Callable[..., l
     assert stream_row["completion_tokens"] == math.ceil(len(delivered) / 4)
     assert next(r for r in rows if not r["stream"])["status_code"] == 502
     samples = read_metrics(proxy_env.metrics_url)
-    assert metric(samples, contract.REQUESTS_TOTAL, user=user, code="502") == 2
+    assert metric(samples, contract.REQUESTS_TOTAL, user=user) == 2
+    assert by_code_delta(before, samples, model="sim-small", code="502") == 2
     assert metric(samples, contract.INFLIGHT_REQUESTS, model="sim-small") == 0
 
 
@@ -373,6 +397,7 @@ async def test_client_disconnect_cancels_upstream(
 ) -> None:
     (user,) = fresh_users(1)
     before = proxy_env.sim_stats()["cancelled"]
+    scrape_before = read_metrics(proxy_env.metrics_url)
     body = {
         "model": "sim-large",
         "messages": [{"role": "user", "content": "a long answer please"}],
@@ -394,7 +419,8 @@ async def test_client_disconnect_cancels_upstream(
     assert row["status_code"] == 499 and row["estimated"] and row["stream"]
     assert 0 < row["completion_tokens"] < 40
     samples = read_metrics(proxy_env.metrics_url)
-    assert metric(samples, contract.REQUESTS_TOTAL, user=user, code="499") == 1
+    assert metric(samples, contract.REQUESTS_TOTAL, user=user) == 1
+    assert by_code_delta(scrape_before, samples, model="sim-large", code="499") == 1
     assert metric(samples, contract.USAGE_ESTIMATED_TOTAL, user=user) == 1
     assert metric(samples, contract.INFLIGHT_REQUESTS, model="sim-large") == 0
 

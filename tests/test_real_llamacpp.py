@@ -201,7 +201,7 @@ def test_usage_matches_the_server(real: Real) -> None:
             metric(samples, contract.PROMPT_TOKENS_TOTAL, user=user, model=model) - before
             == expected_prompt[model]
         )
-        assert metric(samples, contract.REQUESTS_TOTAL, user=user, model=model, code="499") == 0
+        assert metric(samples, contract.REQUESTS_BY_CODE_TOTAL, model=model, code="499") == 0
     assert metric(samples, contract.USAGE_SOURCE_TOTAL, model="tiny", source="tokenize") == 4
     assert metric(samples, contract.USAGE_SOURCE_TOTAL, model="tiny-est", source="estimate") == 4
     report(results)

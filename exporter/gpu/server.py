@@ -6,14 +6,14 @@ must never block the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import html
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter import __version__
+from exporter.exposition import metrics_response
 from exporter.gpu.collector import GpuCollector
 
 _PAGE = """<!doctype html>
@@ -39,9 +39,7 @@ def make_app(registry: CollectorRegistry, collector: GpuCollector) -> web.Applic
     app[EXECUTOR_KEY] = executor
 
     async def metrics(request: web.Request) -> web.Response:
-        loop = asyncio.get_running_loop()
-        body = await loop.run_in_executor(executor, generate_latest, registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return await metrics_response(request, lambda: generate_latest(registry), executor)
 
     async def index(request: web.Request) -> web.Response:
         page = _PAGE.format(backend=html.escape(collector.backend.description), version=__version__)

@@ -23,9 +23,9 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter.config import Config, Model
+from exporter.exposition import metrics_response
 from exporter.ledger.row import LedgerRow
 from exporter.proxy.errors import error_body, error_response
 from exporter.proxy.metrics import ProxyMetrics
@@ -670,10 +670,8 @@ def create_app(state: ProxyState, ledger_close_timeout: float = 30.0) -> web.App
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    metrics = request.app[STATE].metrics
-    # Formatting tens of thousands of series takes a while: keep it off the event loop.
-    body = await asyncio.get_running_loop().run_in_executor(None, metrics.render)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    # Formatting (and compressing) tens of thousands of series takes a while: off the event loop.
+    return await metrics_response(request, request.app[STATE].metrics.render)
 
 
 def create_metrics_app(state: ProxyState) -> web.Application:

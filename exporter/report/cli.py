@@ -20,7 +20,14 @@ from typing import Any
 
 from exporter.cliutil import add_config_flag, add_log_flag, config_from_args, setup_logging
 from exporter.config import METHODS, Config, ConfigError
-from exporter.report.inputs import Inputs, gather_ledger, gather_prometheus, ledger_usage
+from exporter.report.inputs import (
+    NO_USER_LABEL_NOTE,
+    Inputs,
+    gather_ledger,
+    gather_prometheus,
+    ledger_usage,
+    statement_team,
+)
 from exporter.report.methods import CENTRAL, MethodError, allocate
 from exporter.report.output import FORMATS, parse_formats, statement_dir, write_statement
 from exporter.report.period import Period, PeriodError, parse_period
@@ -231,6 +238,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     except (MethodError, ConfigError) as exc:
         return _fail(EXIT_CONFIG, f"config error: {exc}")
 
+    if NO_USER_LABEL_NOTE in inputs.notes:  # said up front, not only among the notes
+        print(f"chargeback: warning: {NO_USER_LABEL_NOTE}", file=sys.stderr)
     out = Path(args.out or cfg.report.output_dir)
     target, written = write_statement(st, out, formats)
     print(_summary_line(st))
@@ -271,7 +280,8 @@ def _reconcile(cfg: Config, args: argparse.Namespace, inputs: Inputs, period: Pe
         return _fail(EXIT_SOURCE, str(exc))
     except SourceError as exc:
         return _fail(EXIT_SOURCE, str(exc))
-    rec = reconcile(prom_inputs, ledger)
+    team_mode = cfg.proxy.metrics_labels == "team"
+    rec = reconcile(prom_inputs, ledger, (lambda t: statement_team(cfg, t)) if team_mode else None)
     for name, content in (
         ("reconcile.md", render_reconcile_md(rec)),
         ("reconcile.json", render_reconcile_json(rec)),

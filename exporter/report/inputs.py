@@ -183,6 +183,11 @@ PROXY_COUNTERS = {
     "request_seconds": contract.REQUEST_SECONDS_TOTAL,
 }
 USAGE_LABELS = ("team", "user", "model")
+# Counters without a user label (proxy.metrics_labels: team) give one line per team and model.
+NO_USER_LABEL_NOTE = (
+    "the proxy counters in Prometheus carry no user label (proxy.metrics_labels: team), so usage lines"
+    " are per team and model, not per user; for per-user lines run the report with --source ledger"
+)
 
 
 def _gauge_by(
@@ -405,7 +410,10 @@ def gather_prometheus(
     start, end = period.start_ts, period.end_ts
     notes: list[str] = []
     kwargs: dict[str, Any] = {} if lookback is None else {"lookback": lookback}
-    tasks = {name: (metric, "user") for name, metric in PROXY_COUNTERS.items()}
+    # follow-up queries select series by a regex on a label every series has: with
+    # proxy.metrics_labels: team there is no user label, and team always exists
+    split = "team" if cfg.proxy.metrics_labels == "team" else "user"
+    tasks = {name: (metric, split) for name, metric in PROXY_COUNTERS.items()}
     tasks["busy"] = (contract.GPU_BUSY_SECONDS_TOTAL, "uuid")
     tasks["idle"] = (contract.GPU_IDLE_SECONDS_TOTAL, "uuid")
     tasks["observed"] = (contract.GPU_OBSERVED_SECONDS_TOTAL, "uuid")
@@ -458,6 +466,8 @@ def gather_prometheus(
         )
         weights = {m: (wp.get(m, Decimal(1)), wc.get(m, Decimal(1))) for m in set(wp) | set(wc)}
     usage = build_usage(cfg, raw, model_pools, weights, notes)
+    if any(not u.user for u in usage):
+        notes.append(NO_USER_LABEL_NOTE)
     pools = gather_pools(cfg, client, period, notes, deltas)
     for c in clients.values():
         client.stats.queries += c.stats.queries

@@ -554,9 +554,10 @@ def exact_deltas(
     and C(window) the sum of the values just before each reset inside the window (see
     :func:`_reset_corrections`). Subtracting C([A, start]) keeps resets before the period out.
 
-    ``split_label`` is a label every series has (``user`` for proxy counters, ``uuid`` for GPU
-    counters); the follow-up queries select series through a regex on it. Series without a
-    sample in the period are left out (their delta is 0).
+    ``split_label`` is a label every series has (``user`` for proxy counters, or ``team`` when they
+    have no user label under ``proxy.metrics_labels: team``; ``uuid`` for GPU counters); the
+    follow-up queries select series through a regex on it. Series without a sample in the period
+    are left out (their delta is 0).
     """
     stats = stats if stats is not None else DeltaStats()
     s_ms, e_ms, w_ms, l_ms = (

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -65,10 +66,15 @@ class Reconciliation:
         return not self.drifts
 
 
-def _by_user_model_inputs(inputs: Inputs) -> dict[tuple[str, str], dict[str, int]]:
+def team_line(team: str) -> str:
+    """The "user" of a comparison line when the counters have no user label (metrics_labels: team)."""
+    return f"(all users of team {team})"
+
+
+def _by_user_model_inputs(inputs: Inputs, per_user: bool) -> dict[tuple[str, str], dict[str, int]]:
     out: dict[tuple[str, str], dict[str, int]] = {}
     for u in inputs.usage:
-        d = out.setdefault((u.user, u.model), dict.fromkeys(FIELDS, 0))
+        d = out.setdefault((u.user if per_user else team_line(u.team), u.model), dict.fromkeys(FIELDS, 0))
         d["requests"] += u.requests
         d["prompt_tokens"] += u.prompt_tokens
         d["completion_tokens"] += u.completion_tokens
@@ -76,18 +82,28 @@ def _by_user_model_inputs(inputs: Inputs) -> dict[tuple[str, str], dict[str, int
     return out
 
 
-def _by_user_model_raw(raw: dict[tuple[str, str, str], RawUsage]) -> dict[tuple[str, str], dict[str, int]]:
+def _by_user_model_raw(
+    raw: dict[tuple[str, str, str], RawUsage], team_of: Callable[[str], str] | None
+) -> dict[tuple[str, str], dict[str, int]]:
     out: dict[tuple[str, str], dict[str, int]] = {}
-    for (_team, user, model), r in raw.items():
-        d = out.setdefault((user, model), dict.fromkeys(FIELDS, 0))
+    for (team, user, model), r in raw.items():
+        who = user if team_of is None else team_line(team_of(team))
+        d = out.setdefault((who, model), dict.fromkeys(FIELDS, 0))
         for f in FIELDS:
             d[f] += getattr(r, f)
     return out
 
 
-def reconcile(inputs: Inputs, ledger: dict[tuple[str, str, str], RawUsage]) -> Reconciliation:
-    prom = _by_user_model_inputs(inputs)
-    led = _by_user_model_raw(ledger)
+def reconcile(
+    inputs: Inputs,
+    ledger: dict[tuple[str, str, str], RawUsage],
+    team_of: Callable[[str], str] | None = None,
+) -> Reconciliation:
+    """Compare per user × model; with ``team_of`` (the counters carry no user label:
+    ``proxy.metrics_labels: team``) per team × model instead, the ledger's team labels mapped to
+    statement teams by ``team_of``."""
+    prom = _by_user_model_inputs(inputs, per_user=team_of is None)
+    led = _by_user_model_raw(ledger, team_of)
     drifts = []
     zero = dict.fromkeys(FIELDS, 0)
     for key in sorted(set(prom) | set(led)):
