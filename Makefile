@@ -17,13 +17,17 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian packages (Prometheus, promtool, Alertmanager, amtool, VictoriaMetrics; faketime for the
-# moved-clock tests), installed only when missing.
+# moved-clock tests; redis-server for the limit store tests; headless Chromium for the statements'
+# screenshot test), installed only when missing.
 deps:
 	@missing=""; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v victoria-metrics >/dev/null || missing="$$missing victoria-metrics"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

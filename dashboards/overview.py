@@ -32,6 +32,7 @@ from dashboards.common import (
     timeseries,
     unit_override,
 )
+from dashboards.limits import add_overview_limit_panels
 from dashboards.selectors import NAMED_USER
 
 # Spend per hour of each user: their part of their team's weighted tokens on a pool times the
@@ -372,6 +373,8 @@ def build(currency: str) -> Json:
         12,
         9,
     )
+
+    add_overview_limit_panels(lay)
 
     return dashboard(
         "overview",

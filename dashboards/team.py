@@ -31,6 +31,7 @@ from dashboards.common import (
     targets,
     timeseries,
 )
+from dashboards.limits import add_team_limit_panels
 from dashboards.selectors import NAMED_USER
 
 MTD = "team:chargeback_spend:month_to_date"
@@ -377,6 +378,8 @@ def build(currency: str) -> Json:
         12,
         9,
     )
+
+    add_team_limit_panels(lay, selectors.proxy_matchers(TEAM), money)
 
     return dashboard(
         "team",

@@ -3,7 +3,7 @@ config, so that each team's budget alerts reach its ``billing_contacts`` without
 
 The generator takes a base Alertmanager config (global SMTP settings, the SRE routes, inhibit
 rules: whatever the site has) and adds, as the first child route, one route for
-``alertname=~"ChargebackTeamBudget.*"`` with a sub-route per team that has billing contacts; teams
+``alertname=~"ChargebackTeamBudget.*|ChargebackTeamBlocked|ChargebackTeamQuotaExceeded"`` with a sub-route per team that has billing contacts; teams
 without contacts fall through to the finance receiver (``report.finance_recipients``), or to the
 base's root receiver when there is none. Finance is in copy of every team's mail. Receivers and
 routes it made are named ``chargeback-…`` and replaced on every run, so the output can be
@@ -27,7 +27,9 @@ import yaml
 from exporter.cliutil import add_config_flag, config_from_args
 from exporter.config import Config
 
-BUDGET_MATCHER = 'alertname=~"ChargebackTeamBudget.*"'
+# budget alerts, ChargebackTeamBlocked (a blocking budget or quota used up) and ChargebackTeamQuotaExceeded
+# (an alert-only token quota used up): finance notices per team
+BUDGET_MATCHER = 'alertname=~"ChargebackTeamBudget.*|ChargebackTeamBlocked|ChargebackTeamQuotaExceeded"'
 PREFIX = "chargeback-"
 FINANCE = PREFIX + "finance"
 BUDGET_REPEAT_INTERVAL = "24h"  # a budget is monthly: once a day is reminder enough

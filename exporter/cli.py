@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "exporter.report.cli",  # report, compare
     "exporter.sim.cli",  # simulate-upstream, traffic
     "exporter.alertmanager_config",  # alertmanager-config
+    "exporter.limits.cli",  # usage
 )
 
 

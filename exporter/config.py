@@ -15,10 +15,13 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+
+if TYPE_CHECKING:
+    from exporter.limits.settings import LimitsConfig
 
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]*$")
@@ -129,6 +132,8 @@ class LedgerConfig:
     max_queue_rows: int = 100_000
     spool_dir: str = "chargeback-spool"
     retry_seconds: float = 2.0
+    # Group commit: the journal (in spool_dir) is fsync'ed this often; a power cut loses at most this.
+    journal_fsync_seconds: float = 0.01
     # Months of raw rows `chargeback ledger maintain` keeps (current month included); None: all.
     retention_months: int | None = None
 
@@ -193,6 +198,11 @@ class ReportConfig:
     flat_fee_default: FlatFee | None = None
     flat_fee_teams: dict[str, FlatFee] = field(default_factory=dict)
     finance_recipients: tuple[str, ...] = ()
+    # How statements show numbers and money to people (CLDR locale, e.g. de_DE: 1.234,50 €)
+    locale: str = "en_US"
+    # Who answers questions about a statement (printed on every statement), e.g.
+    # "IT Finance, finops@corp.example, +49 30 1234"
+    billing_contact: str = ""
 
 
 @dataclass(frozen=True)
@@ -222,6 +232,7 @@ class Config:
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    limits: LimitsConfig | None = None  # None: no limits section (alerts only, nothing counted)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -420,6 +431,7 @@ def parse_config(text: str, filename: str = "<config>", environ: dict[str, str] 
             "prometheus",
             "report",
             "smtp",
+            "limits",
         },
     )
     return _build(reader, filename, top)
@@ -448,7 +460,10 @@ def _build(r: _Reader, filename: str, top: dict[str, Any]) -> Config:
     prom = _prometheus(r, top.get("prometheus"))
     report = _report(r, top.get("report"), teams)
     smtp = _smtp(r, top.get("smtp"))
-    return Config(
+    from exporter.limits.settings import parse_limits
+
+    limits = parse_limits(r, top.get("limits"), teams, users, models)
+    cfg = Config(
         path=filename,
         currency=currency,
         currency_minor_units=minor,
@@ -463,7 +478,37 @@ def _build(r: _Reader, filename: str, top: dict[str, Any]) -> Config:
         prometheus=prom,
         report=report,
         smtp=smtp,
+        limits=limits,
     )
+    _check_budget_prices(r, cfg)
+    return cfg
+
+
+def _check_budget_prices(r: _Reader, cfg: Config) -> None:
+    """A budget that blocks needs a price for every model its team can use (see exporter/pricing.py)."""
+    if cfg.limits is None:
+        return
+    from exporter.pricing import price_table
+
+    unpriced = [m for m, p in price_table(cfg).items() if p.per_weighted_token is None]
+    for sets, scope in ((cfg.limits.teams, "teams"), (cfg.limits.users, "users")):
+        for name, limit_set in sets.items():
+            budget = limit_set.limits.get("budget")
+            if budget is None or not budget.blocks:
+                continue
+            team = name if scope == "teams" else cfg.team_of(name)
+            usable = [
+                m
+                for m in unpriced
+                if (cfg.models[m].allowed_teams is None or team in (cfg.models[m].allowed_teams or ()))
+            ]
+            if usable:
+                raise r.error(
+                    f"limits.{scope}.{name}.budget",
+                    f"a blocking budget needs a price for model {usable[0]}: set"
+                    f" limits.price_per_million_weighted_tokens.{usable[0]} or"
+                    f" pools.{cfg.models[usable[0]].pool}.capacity_tokens_per_second",
+                )
 
 
 def _pools(r: _Reader, value: Any) -> dict[str, Pool]:
@@ -618,7 +663,7 @@ def _ledger(r: _Reader, value: Any) -> LedgerConfig:
         value,
         "ledger",
         {"url", "batch_size", "flush_interval_seconds", "max_queue_rows", "spool_dir", "retry_seconds"}
-        | {"retention_months"},
+        | {"retention_months", "journal_fsync_seconds"},
     )
     d = LedgerConfig()
     url = r.string(b.get("url"), "ledger.url", d.url) or d.url
@@ -637,6 +682,13 @@ def _ledger(r: _Reader, value: Any) -> LedgerConfig:
         or d.max_queue_rows,
         spool_dir=r.string(b.get("spool_dir"), "ledger.spool_dir", d.spool_dir) or d.spool_dir,
         retry_seconds=r.number(b.get("retry_seconds"), "ledger.retry_seconds", d.retry_seconds),
+        journal_fsync_seconds=r.number(
+            b.get("journal_fsync_seconds"),
+            "ledger.journal_fsync_seconds",
+            d.journal_fsync_seconds,
+            minimum=0.001,
+            maximum=10.0,
+        ),
         retention_months=r.integer(b.get("retention_months"), "ledger.retention_months", None, minimum=1),
     )
 
@@ -797,6 +849,8 @@ def _report(r: _Reader, value: Any, teams: dict[str, Team]) -> ReportConfig:
             "tiers",
             "flat_fee",
             "finance_recipients",
+            "locale",
+            "billing_contact",
         },
     )
     d = ReportConfig()
@@ -883,7 +937,18 @@ def _report(r: _Reader, value: Any, teams: dict[str, Team]) -> ReportConfig:
     for i, c in enumerate(recipients):
         if not EMAIL_PATTERN.match(c):
             raise r.error(f"report.finance_recipients[{i}]", f"not an email address: {_describe(c)}")
+    locale = r.string(b.get("locale"), "report.locale", d.locale) or d.locale
+    from babel import Locale, UnknownLocaleError  # only the reporter needs CLDR data
+
+    try:
+        Locale.parse(locale.replace("-", "_"))
+    except (UnknownLocaleError, ValueError):
+        raise r.error(
+            "report.locale", f"unknown locale {_describe(locale)} (expected e.g. en_US, de_DE)"
+        ) from None
     return ReportConfig(
+        locale=locale,
+        billing_contact=r.string(b.get("billing_contact"), "report.billing_contact", "") or "",
         method=method,
         realtime_method=realtime,
         idle_handling=idle,

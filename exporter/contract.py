@@ -22,6 +22,14 @@ REQUESTS_BY_CODE_TOTAL = "chargeback_requests_by_code_total"
 USAGE_SOURCE_TOTAL = "chargeback_usage_source_total"
 # {code}: refused before a user and a configured model were known (401/400/404/413/503); no user label
 REJECTED_REQUESTS_TOTAL = "chargeback_rejected_requests_total"
+# limits (issue 15)
+LIMIT_REJECTIONS_TOTAL = "chargeback_limit_rejections_total"  # {team, user, limit}
+TEAM_LIMIT = "chargeback_team_limit"  # {team, limit, enforce}: the configured value
+LIMIT_REMAINING_BUDGET = "chargeback_limit_remaining_budget"  # {team}, currency at the limit price
+LIMIT_REMAINING_WEIGHTED_TOKENS = "chargeback_limit_remaining_weighted_tokens"  # {team}
+LIMIT_STORE_UP = "chargeback_limit_store_up"
+LIMIT_STORE_ERRORS_TOTAL = "chargeback_limit_store_errors_total"
+LIMIT_UNCHECKED_REQUESTS_TOTAL = "chargeback_limit_unchecked_requests_total"
 
 # --- proxy: latency and load, label {model}
 REQUEST_DURATION_SECONDS = "chargeback_request_duration_seconds"
@@ -45,6 +53,11 @@ LEDGER_ROWS_WRITTEN_TOTAL = "chargeback_ledger_rows_written_total"
 LEDGER_WRITE_ERRORS_TOTAL = "chargeback_ledger_write_errors_total"
 LEDGER_QUEUE_ROWS = "chargeback_ledger_queue_rows"
 LEDGER_SPOOLED_ROWS = "chargeback_ledger_spooled_rows"
+LEDGER_JOURNAL_ROWS = "chargeback_ledger_journal_rows"  # journaled, not yet in the database
+LEDGER_JOURNAL_BYTES = "chargeback_ledger_journal_bytes"
+LEDGER_UNJOURNALED_ROWS = "chargeback_ledger_unjournaled_rows"  # in memory only: the journal failed
+LEDGER_DEAD_LETTER_ROWS_TOTAL = "chargeback_ledger_dead_letter_rows_total"
+LEDGER_ROWS_LOST_TOTAL = "chargeback_ledger_rows_lost_total"  # neither written nor journaled
 
 # --- GPU exporter, label {uuid} on every per-GPU series
 GPU_INFO = "chargeback_gpu_info"  # {uuid, index, name, pool, driver_version} = 1

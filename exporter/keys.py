@@ -14,14 +14,18 @@ import contextlib
 import hashlib
 import logging
 import secrets
+import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from exporter.ledger.store import LedgerStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TOKEN_PREFIX = "cbk_"
 # Characters of the token shown in `keys list` so people can tell their keys apart:
@@ -37,6 +41,27 @@ class KeyRecord:
     created_at: str  # ISO 8601 UTC
     revoked_at: str | None  # None while the key is active
     prefix: str = ""  # first characters of the token, shown in `keys list` (never the whole token)
+    expires_at: str | None = None  # ISO 8601 UTC; None: never
+    rotated_to: str = ""  # the key id that replaced this one (`keys rotate`)
+    last_used_at: str | None = None  # updated in batches by the proxies (see KeyCache.touch)
+    expires_ts: float | None = field(default=None, compare=False, repr=False)  # expires_at as Unix seconds
+
+    def __post_init__(self) -> None:
+        if self.expires_at and self.expires_ts is None:
+            ts = datetime.fromisoformat(self.expires_at.replace("Z", "+00:00")).timestamp()
+            object.__setattr__(self, "expires_ts", ts)
+
+
+def expired_message(record: KeyRecord, now: float) -> str | None:
+    """Why the key no longer works, or None while it is valid."""
+    if record.expires_ts is None or now < record.expires_ts:
+        return None
+    if record.rotated_to:
+        return (
+            f"API key {record.key_id} expired at {record.expires_at}: it was rotated to"
+            f" {record.rotated_to}; use the new key"
+        )
+    return f"API key {record.key_id} expired at {record.expires_at}; ask your administrator for a new key"
 
 
 def generate_token() -> str:
@@ -75,6 +100,10 @@ class KeyCache:
         self.loaded_at: float | None = None  # time.time() of the last successful load
         self.last_error: str | None = None
         self.refresh_errors = 0
+        # key id → last use (ISO, UTC seconds), written in one batch per refresh, not per request
+        self._used: dict[str, str] = {}
+        self._second = -1
+        self._second_text = ""
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -94,7 +123,7 @@ class KeyCache:
     async def refresh(self) -> bool:
         """Reload the active keys now; returns False (and keeps the last good set) on failure."""
         try:
-            loaded = await asyncio.to_thread(self._load)
+            loaded = await daemon_call(self._load)
         except Exception as exc:
             self.refresh_errors += 1
             msg = f"{type(exc).__name__}: {exc}"
@@ -114,12 +143,31 @@ class KeyCache:
         self.loaded_at = time.time()
         return True
 
+    def _touch(self, record: KeyRecord, now: int) -> None:
+        """Note that a key was used now (one dict write; flushed with the next refresh)."""
+        if now != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+            self._second = now
+        self._used[record.key_id] = self._second_text
+
+    def _flush_used(self) -> None:
+        if not self._used or self._store is None:
+            return
+        used, self._used = self._used, {}
+        try:
+            self._store.touch_keys(used)
+        except Exception:
+            for k, v in used.items():  # keep them for the next try
+                self._used.setdefault(k, v)
+            raise
+
     def _load(self) -> dict[str, KeyRecord]:
         from exporter.ledger.store import open_store
 
         if self._store is None:
             self._store = open_store(self.ledger_url)
         try:
+            self._flush_used()
             return dict(self._store.load_active_keys())
         except Exception:
             store, self._store = self._store, None  # reconnect next time
@@ -133,16 +181,20 @@ class KeyCache:
             await self.refresh()
 
     def lookup(self, token: str) -> KeyRecord | None:
-        """The active key for this token, or None (unknown or revoked)."""
+        """The key for this token, or None (unknown or revoked). An expired key is returned: the caller
+        tells its holder so (see ``expired_message``)."""
         if not token.startswith(TOKEN_PREFIX):
             return None
         # No secret is compared byte by byte: the lookup is keyed by the token's SHA-256, and how
         # long it takes depends only on that digest, which a caller cannot steer towards a stored
         # one (preimage resistance). So response timing tells nothing about how close a guess was.
         record = self._by_hash.get(hash_token(token))
-        if record is None:
+        if record is None or record.revoked_at is not None:
             return None
-        return record if record.revoked_at is None else None
+        now = time.time()
+        if record.expires_ts is None or now < record.expires_ts:
+            self._touch(record, int(now))  # last use: only of keys that still work
+        return record
 
     async def close(self) -> None:
         if self._task is not None:
@@ -151,8 +203,44 @@ class KeyCache:
                 await self._task
             self._task = None
         if self._store is not None:
+            # Last-use times are a convenience: bounded like the close, never worth a hung shutdown.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(daemon_call(self._flush_used), CLOSE_TIMEOUT)
             store, self._store = self._store, None
-            await asyncio.to_thread(store.close)
+            # A refresh stuck on a frozen database holds the store's lock: never wait for it here.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(daemon_call(store.close), CLOSE_TIMEOUT)
+
+
+CLOSE_TIMEOUT = 1.0  # the key store at shutdown: the ledger has been closed already
+
+
+async def daemon_call(fn: Callable[[], T]) -> T:
+    """``fn()`` in a daemon thread of its own. Unlike ``asyncio.to_thread`` (the default executor,
+    which ``asyncio.run`` waits for at exit), a call stuck on a hung database cannot hold up the
+    process's exit; the database's own timeouts end it soon after anyway."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def run() -> None:
+        try:
+            result: Any = fn()
+            ok = True
+        except BaseException as exc:  # handed to the awaiting task
+            result, ok = exc, False
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, ok, result)
+
+    threading.Thread(target=run, name="chargeback-db-call", daemon=True).start()
+    return await fut
 
 
 def _redact(url: str) -> str:

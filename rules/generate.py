@@ -53,6 +53,11 @@ IDLE_COST_FOR = "2h"
 UPSTREAM_ERROR_RATIO_THRESHOLD = 0.05  # ChargebackUpstreamErrorRateHigh
 UPSTREAM_ERROR_FOR = "10m"
 LEDGER_QUEUE_ROWS_THRESHOLD = 1000  # ChargebackLedgerBacklog: rows that never drained for 5m
+# ChargebackLedgerJournalBacklog: journaled rows not in the database that never fell below this for
+# 10 minutes. In normal operation the journal holds about one batch (flush_interval_seconds' worth).
+LEDGER_JOURNAL_ROWS_THRESHOLD = 10_000
+LEDGER_JOURNAL_FOR = "10m"
+LEDGER_DEAD_LETTER_WINDOW = "1h"
 BUDGET_EXCEEDED_FOR = "0m"  # month-to-date spend only grows within a month: no flapping to wait out
 BUDGET_FORECAST_FOR = "1h"  # the forecast follows the 5m spend rate: wait out short bursts
 # kubernetes-mixin's TargetDown waits 10m: a scrape that fails for a few minutes (a node drain, a
@@ -696,6 +701,40 @@ label_replace(
             text,
         ),
         alert(
+            "ChargebackLedgerDeadLetters",
+            f"sum by (job, instance) (increase(chargeback_ledger_dead_letter_rows_total{sel(p)}"
+            f"[{LEDGER_DEAD_LETTER_WINDOW}])) > 0",
+            "0m",
+            "warning",
+            "The ledger database refused rows on {{ $labels.instance }}",
+            "Proxy {{ $labels.instance }}: {{ $value | humanize }} ledger rows were refused by the database"
+            f" for good in the last {LEDGER_DEAD_LETTER_WINDOW} and kept in the dead-letter file; they are not"
+            " in the ledger or on the statement until someone repairs and loads them.",
+            text,
+        ),
+        alert(
+            "ChargebackLedgerJournalBacklog",
+            f"""label_replace(
+    min by (job, instance) (
+        min_over_time(chargeback_ledger_journal_rows{sel(p)}[{LEDGER_JOURNAL_FOR}])
+    ) > {LEDGER_JOURNAL_ROWS_THRESHOLD},
+    "reason", "backlog", "", ""
+)
+or
+label_replace(
+    max by (job, instance) (chargeback_ledger_unjournaled_rows{sel(p)}) > 0,
+    "reason", "not_journaled", "", ""
+)""",
+            "5m",
+            "warning",
+            "Ledger journal on {{ $labels.instance }} is not draining or cannot be written",
+            'Proxy {{ $labels.instance }}: {{ if eq $labels.reason "backlog" }}at least {{ $value | humanize }}'
+            f" journaled rows have waited for the database for {LEDGER_JOURNAL_FOR}; the journal's disk fills"
+            " up{{ else }}{{ $value | humanize }} rows are held in memory only because the journal cannot be"
+            " written; a crash now loses them{{ end }}.",
+            text,
+        ),
+        alert(
             "ChargebackRuleEvaluationFailures",
             # rule_group is "<file>;<group>": every group of these rules is named chargeback-*
             """sum by (rule_group) (
@@ -714,6 +753,61 @@ label_replace(
         {"name": "chargeback-budget-alerts", "rules": budget_rules},
         {"name": "chargeback-gpu-alerts", "rules": gpu_rules},
         {"name": "chargeback-health-alerts", "rules": health_rules},
+        {"name": "chargeback-limit-alerts", "rules": limit_alerts(p, text)},
+    ]
+
+
+TEAM_BLOCKED_WINDOW = "10m"
+LIMIT_STORE_DOWN_FOR = "2m"
+
+
+def limit_alerts(p: str, text: AlertText = DEFAULT_TEXT) -> list[dict[str, object]]:
+    """Limits that act (issue 15): a team refused by a monthly limit, an alert-only token quota used
+    up, and the shared store gone. (An alert-only budget is ChargebackTeamBudgetExceeded's job.)"""
+    monthly = 'limit=~"budget|monthly_tokens"'
+    quota = 'limit="monthly_tokens"'
+    blocking = 'enforce="block"'
+    return [
+        alert(
+            "ChargebackTeamQuotaExceeded",
+            # the overrun, as a positive number of weighted tokens
+            f"-min by (team) (chargeback_limit_remaining_weighted_tokens{sel(p)}) > 0\n"
+            f"unless on (team)\nmax by (team) (chargeback_team_limit{sel(p, quota, blocking)})",
+            "0m",
+            "warning",
+            "Team {{ $labels.team }} is over its monthly token quota",
+            "Team {{ $labels.team }} has used {{ $value | printf `%.0f` }} weighted tokens more than its monthly"
+            " quota (limits.teams.<team>.monthly_tokens, enforce: alert) this billing month. Nothing is"
+            " refused; this is the notice.",
+            text,
+            dashboard_url=text.team_dashboard(),
+        ),
+        alert(
+            "ChargebackTeamBlocked",
+            f"sum by (team, limit) (increase(chargeback_limit_rejections_total{sel(p, monthly)}"
+            f"[{TEAM_BLOCKED_WINDOW}])) > 0",
+            "0m",
+            "warning",
+            "Team {{ $labels.team }} is blocked by its monthly {{ $labels.limit }} limit",
+            "The proxies refused {{ $value | printf `%.0f` }} request(s) of team {{ $labels.team }} (or one of"
+            " its users) with 429 in the last " + TEAM_BLOCKED_WINDOW + " because its monthly"
+            " {{ $labels.limit }} limit (enforce: block) is used up. Requests stay refused until the billing"
+            " month ends or the limit is raised.",
+            text,
+            dashboard_url=text.team_dashboard(),
+        ),
+        alert(
+            "ChargebackLimitStoreUnreachable",
+            f"max by (job, instance) (chargeback_limit_store_up{sel(p)}) == 0",
+            LIMIT_STORE_DOWN_FOR,
+            "warning",
+            "Proxy {{ $labels.instance }} cannot reach its limit store",
+            "Proxy {{ $labels.instance }} has not reached its limit store (Redis) for "
+            + LIMIT_STORE_DOWN_FOR
+            + ": it lets every request through unchecked (fail-open), so budgets, quotas and rate limits"
+            " with enforce: block are not enforced there, and its usage is not counted towards them.",
+            text,
+        ),
     ]
 
 

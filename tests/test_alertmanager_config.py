@@ -99,6 +99,7 @@ def test_without_finance_recipients_or_base(tmp_path: Path) -> None:
     assert _amtool("check-config", str(out)).returncode == 0
     assert _route(out, "alertname=ChargebackTeamBudgetExceeded", "team=quiet") == "default"
     assert _route(out, "alertname=ChargebackTeamBudgetExceeded", "team=ml") == "chargeback-billing-ml"
+    assert _route(out, "alertname=ChargebackTeamBlocked", "team=ml") == "chargeback-billing-ml"
 
 
 def test_bad_base_is_a_clear_error(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ def test_example_config_loads() -> None:
     }
     assert [t.up_to_tokens for t in cfg.report.tiers] == [100_000_000, 1_000_000_000, None]
     assert cfg.gpu_exporter.pool_by_uuid["GPU-5c1e2a44-0000-0000-0000-000000000001"] == "l40s"
+    assert cfg.ledger.journal_fsync_seconds == 0.01
 
 
 def test_money_is_decimal_not_float() -> None:
@@ -99,6 +100,10 @@ def test_env_substitution() -> None:
         (
             "ledger: {url: 'mysql://x'}",
             'ledger.url: expected sqlite:///PATH or postgresql://..., got "mysql://x"',
+        ),
+        (
+            "ledger: {journal_fsync_seconds: 0}",
+            "ledger.journal_fsync_seconds: must be at least 0.001, got 0",
         ),
         ("proxy: {listen: ['nohost']}", 'proxy.listen[0]: expected HOST:PORT or :PORT, got "nohost"'),
         ("gpu_exporter: {default_pool: nope}", 'gpu_exporter.default_pool: unknown pool "nope"'),

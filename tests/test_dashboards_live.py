@@ -149,6 +149,15 @@ def _live_stack(tmp_path_factory: pytest.TempPathFactory, metrics_labels: str) -
         for model, pool in MODEL_POOLS.items():
             doc["models"][model]["pool"] = pool
         doc["gpu_exporter"] = {"pool_by_index": {0: "small", 1: "small", 2: "large", 3: "large"}}
+        # limits (in-process store): token quotas to count down, and one user per team held to one
+        # request a minute, so that the limit panels have refusals to show
+        doc["limits"] = {
+            "teams": {t: {"monthly_tokens": 10_000_000} for t in TEAMS},
+            "users": {
+                u: {"enforce": "block", "requests_per_minute": 1}
+                for u in ("ben@corp.example", "dee@corp.example")
+            },
+        }
         config_path = harness.write_config(workdir / "chargeback.yaml", doc)
         tokens = harness.create_keys(doc["ledger"]["url"], USERS)
         proxy = harness.start_proxy(workdir, config_path)

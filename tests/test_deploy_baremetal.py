@@ -128,7 +128,10 @@ def test_every_project_alert_is_routed_budget_to_billing_the_rest_to_sre():
         routed = _route(f"alertname={alert}", f"severity={severity}", "team=research", "pool=h100")
         assert len(routed) == 1, (alert, routed)
         [receiver] = routed
-        if alert.startswith("ChargebackTeamBudget"):
+        if alert.startswith("ChargebackTeamBudget") or alert in (
+            "ChargebackTeamBlocked",
+            "ChargebackTeamQuotaExceeded",
+        ):
             assert receiver == "chargeback-billing-research", alert
         else:
             assert receiver == ("sre-pager" if severity == "critical" else "sre"), (alert, severity, receiver)

@@ -106,8 +106,7 @@ def test_import_with_bad_lines_names_each_and_creates_nothing(ledger_url, tmp_pa
         "chargeback: no keys created:",
         f"{src} line 2: user 'not-an-email' is not an email address",
         f"{src} line 3: u00002@corp.example belongs to team 't000' in {cfg}, not 't001'",
-        f"{src} line 4: expires '2025-01-01': key expiry is not supported by this ledger version;"
-        " leave the column empty",
+        f"{src} line 4: expires '2025-01-01' is in the past",
         f"{src} line 5: unknown user 'nobody@corp.example': add it under users: in {cfg} first",
         f"{src} line 6: expected user,team[,expires], got 4 columns",
     ]

@@ -84,7 +84,10 @@ def test_keys_create_list_revoke(run, cfg_file, tmp_path):
     code, out, _ = run("keys", "list", "--config.file", cfg_file)
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["key_id", "prefix", "user_email", "team", "created_at", "revoked_at"]
+    assert lines[0].split() == [
+        "key_id", "prefix", "user_email", "team", "created_at", "revoked_at", "expires_at", "last_used_at",
+        "rotated_to",
+    ]  # fmt: skip
     assert lines[-1] == "(2 rows)"
     assert token not in out and bob_token not in out and token[:12] + "…" in out
 

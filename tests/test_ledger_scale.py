@@ -317,7 +317,8 @@ def test_version_2_ledger_with_rows_migrates_to_4(ledger_url) -> None:
     make_v2(ledger_url, backend, rows)
     store = open_at(ledger_url)
     try:
-        assert store.query("SELECT MAX(version) FROM schema_version")[1] == [(4,)]
+        # on to 4 (rollup) and 5 (key expiry, rotation, last use)
+        assert store.query("SELECT MAX(version) FROM schema_version")[1] == [(5,)]
         _, got = store.query("SELECT request_id, total_tokens FROM http_analytics ORDER BY request_id")
         assert got == sorted((r.request_id, r.total_tokens) for r in rows)
         for since, until in PERIODS:

@@ -1,6 +1,7 @@
 """LedgerWriter against real databases: batching, outages (a real SQLite write lock, a real
-PostgreSQL database refusing connections), the bounded queue spilling to the spool, spool replay
-after a restart (including a replay repeated after a crash), close() flushing, bad rows kept aside."""
+PostgreSQL database refusing connections), the bounded queue spilling to the journal, journal replay
+after a restart (including a replay repeated after a crash), close() flushing, bad rows kept aside,
+old spool files replayed."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import replace
 import pytest
 
 from exporter.config import LedgerConfig
-from exporter.ledger.spool import SPOOL_GLOB
+from exporter.ledger.journal import journal_lines
 from exporter.ledger.store import open_store
 from exporter.ledger.testing import (
     async_wait_for,
@@ -39,8 +40,17 @@ def config(tmp_path, url, **kw):
     return replace(base, **kw)
 
 
+SPOOL_GLOB = "ledger-spool-*.jsonl"  # spool files of versions before the journal
+
+
 def spool_lines(tmp_path):
-    return sum(len(p.read_text().splitlines()) for p in (tmp_path / "spool").glob(SPOOL_GLOB))
+    """Rows (not begin records) in the journal and old spool files."""
+    files = [*(tmp_path / "spool").glob("journal-*.jsonl"), *(tmp_path / "spool").glob(SPOOL_GLOB)]
+    n = 0
+    for p in files:
+        with open(p, "rb") as f:
+            n += sum(1 for _, line in journal_lines(f) if line.strip() and not line.startswith(b"[1,"))
+    return n
 
 
 def count(url):
@@ -147,16 +157,13 @@ async def test_sqlite_outage_queue_overflow_spools_then_recovers(tmp_path, sqlit
         for i in range(40, 1040):
             w.submit(make_row(i))
         await async_wait_for(lambda: w.stats().write_errors >= 1, what="a failed write")
-        # Memory stays bounded (queue ≤ max_queue_rows + the batch being retried); the rest is on disk.
-        await async_wait_for(
-            lambda: (
-                w.stats().queue_rows + w.stats().spooled_rows == 1000
-                and w.stats().queue_rows <= cfg.max_queue_rows + cfg.batch_size
-            ),
-            what="spooling",
-        )
+        # Every row is journaled when submit() returns; memory stays bounded (queue ≤ max_queue_rows
+        # + the batch being retried) and the rest is on disk only.
         s = w.stats()
-        assert s.spooled_rows == spool_lines(tmp_path) >= 1000 - cfg.max_queue_rows - cfg.batch_size
+        assert s.journal_rows == 1000 and spool_lines(tmp_path) == 1040  # + the 40 written ones
+        assert s.queue_rows + s.spooled_rows == 1000
+        assert s.queue_rows <= cfg.max_queue_rows + cfg.batch_size + 1
+        assert s.spooled_rows >= 1000 - cfg.max_queue_rows - cfg.batch_size - 1
         assert not s.database_up and s.rows_written == 40
     finally:
         blocker.execute("ROLLBACK")
@@ -182,9 +189,9 @@ async def test_postgres_outage_and_recovery(tmp_path, pg_url):
         for i in range(100, 700):
             w.submit(make_row(i))
         await async_wait_for(lambda: w.stats().write_errors >= 1, what="a failed write")
-        await async_wait_for(
-            lambda: w.stats().spooled_rows >= 600 - cfg.max_queue_rows - cfg.batch_size, what="spooling"
-        )
+        s = w.stats()  # every row is journaled on submit; beyond the queue's bound, on disk only
+        assert s.journal_rows == 600
+        assert s.spooled_rows >= 600 - cfg.max_queue_rows - cfg.batch_size - 1
         assert w.stats().rows_written == 100 and not w.stats().database_up
     finally:
         unblock_pg_database(pg_url)
@@ -221,8 +228,8 @@ async def test_restart_replays_spool_exactly_once(tmp_path, sqlite_url):
         await w1.start()
         for i in range(500):
             w1.submit(make_row(i))
-        await w1.close(timeout=5)  # database still locked: everything goes to the spool
-        assert w1.stats().rows_written == 0 and w1.stats().spooled_rows == 500 and w1.stats().queue_rows == 0
+        await w1.close(timeout=5)  # database still locked: everything stays in the journal
+        assert w1.stats().rows_written == 0 and w1.stats().journal_rows == 500
         assert spool_lines(tmp_path) == 500
     finally:
         blocker.execute("ROLLBACK")
@@ -238,7 +245,7 @@ async def test_restart_replays_spool_exactly_once(tmp_path, sqlite_url):
     await w2.close()
     assert count(sqlite_url) == 500 and w2.stats().rows_written == 500 and spool_lines(tmp_path) == 0
 
-    for f in saved.glob(SPOOL_GLOB):
+    for f in saved.glob("journal-*"):
         shutil.copy(f, tmp_path / "spool" / f.name)
     w3 = LedgerWriter(sqlite_url, config(tmp_path, sqlite_url))
     await w3.start()
@@ -281,9 +288,9 @@ async def test_bad_row_is_kept_aside_and_the_rest_written(tmp_path, sqlite_url):
     await w.close()
     assert count(sqlite_url) == 9
     assert w.stats().rows_rejected == 1
-    [rejected] = (tmp_path / "spool" / "rejected").glob("*.jsonl")
+    [rejected] = (tmp_path / "spool" / "dead-letter").glob("*.jsonl")
     [entry] = [json.loads(x) for x in rejected.read_text().splitlines()]
-    assert "req-00000004" in entry["row"] and "not ISO 8601" in entry["reason"]
+    assert entry["row"]["request_id"] == "req-00000004" and "not ISO 8601" in entry["reason"]
 
 
 async def test_torn_spool_line_is_rejected_not_dropped(tmp_path, sqlite_url):
@@ -299,7 +306,7 @@ async def test_torn_spool_line_is_rejected_not_dropped(tmp_path, sqlite_url):
     await w.close()
     assert count(sqlite_url) == 3 and w.stats().rows_rejected == 1
     assert not list(spool.glob(SPOOL_GLOB))
-    assert '{\\"request_id\\": \\"req-0' in next((spool / "rejected").glob("*.jsonl")).read_text()
+    assert '{\\"request_id\\": \\"req-0' in next((spool / "dead-letter").glob("*.jsonl")).read_text()
 
 
 async def test_row_submitted_after_close_is_spooled_not_lost(tmp_path, sqlite_url):
@@ -343,10 +350,12 @@ async def test_spool_file_held_by_another_process_is_left_alone(tmp_path, sqlite
     w = LedgerWriter(sqlite_url, config(tmp_path, sqlite_url))
     await w.start()
     try:
-        assert not await w.flush(0.5)
+        await asyncio.sleep(0.5)  # several replay rounds (retry_seconds 0.1)
         assert count(sqlite_url) == 0 and f.exists()
+        assert w.stats().journal_rows == 0  # another process's rows are not this one's backlog
     finally:
         holder.close()  # that replica closed the file
+    await async_wait_for(lambda: count(sqlite_url) == 5, what="the replay")
     assert await w.flush()
     await w.close()
     assert count(sqlite_url) == 5 and not f.exists()

@@ -71,6 +71,18 @@ def assert_reconciles(st: Statement) -> None:
     for t in [*st.teams, st.central]:
         for line in t.lines:
             assert line.charge == line.charge.quantize(Decimal("0.01"))
+    # per pool too: what the teams pay on a pool is its recovered amount, and under a method that
+    # recovers everything that is the pool's cost, to the cent
+    for p in st.pools:
+        on_pool = [line.charge for t in st.teams for line in t.lines if line.pool == p.name]
+        assert sum(on_pool, Decimal(0)) == p.recovered, p.name
+        if st.unrecovered == 0 and not st.central.lines:
+            assert p.recovered == p.cost, p.name
+    # methods that share out pool cost (every line names its pool): recovered + central IT = cost
+    if all(line.pool for t in [*st.teams, st.central] for line in t.lines):
+        for p in st.pools:
+            central = sum((line.charge for line in st.central.lines if line.pool == p.name), Decimal(0))
+            assert p.recovered + central == p.cost, p.name
 
 
 # --------------------------------------------------------------------------- inputs
@@ -260,14 +272,23 @@ def test_token_share(prom, inputs) -> None:  # type: ignore[no-untyped-def]
         "unassigned": "67.73",
         "central-it": "0.00",
     }
-    # alpha lines: floors 1181.72 + 507.95 = 1689.67, one cent to al (.45 > .41)
-    # beta lines: floors 1798.27 + 169.31 = 1967.58, one cent to bob-small (.818 > .586)
+    # Lines are rounded by pool and by team at once. Remainders in cents:
+    #   big:   ann .41, bob .59; floors 2979.99 → 1 cent     small: al .45, bob .82, zed .73; floors 744.98 → 2
+    #   teams: alpha 1 cent, beta 1, unassigned 1 (the totals above)
+    # big's cent goes to bob (.59 > .41); beta has its cent then, so small's two go to the largest
+    # remainders whose teams still need one: zed (.73) and al (.45).
+    # Before per-pool rounding (per team only) beta's lines were 1798.27 + 169.32 and the pools
+    # recovered 2979.99 (big) and 745.01 (small) of their costs 2980.00 and 745.00.
     assert charges(st) == {
         ("alpha", "usage", "al@corp.test", "m-small"): "507.96",
         ("alpha", "usage", "ann@corp.test", "m-big"): "1181.72",
-        ("beta", "usage", "bob@corp.test", "m-big"): "1798.27",
-        ("beta", "usage", "bob@corp.test", "m-small"): "169.32",
+        ("beta", "usage", "bob@corp.test", "m-big"): "1798.28",
+        ("beta", "usage", "bob@corp.test", "m-small"): "169.31",
         ("unassigned", "usage", "zed@corp.test", "m-small"): "67.73",
+    }
+    assert {p.name: (st.money(p.cost), st.money(p.recovered)) for p in st.pools} == {
+        "big": ("2980.00", "2980.00"),
+        "small": ("745.00", "745.00"),
     }
     assert_reconciles(st)
     assert (st.money(st.total_pool_cost), st.money(st.recovered), st.money(st.unrecovered)) == (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -89,9 +90,11 @@ def tree(root: Path) -> dict[str, bytes]:
 
 def test_report_files_all_formats_and_byte_identical(prom: ManagedProcess, tmp_path: Path) -> None:
     cfg = write_config(tmp_path, prom.url or "")
-    r1 = run(cfg, "report", "--period", "2026-10", "--out", str(tmp_path / "a"))
+    # --now fixes the issue date printed on the statements (the day of --now in the billing zone)
+    now = ("--now", "2026-11-02T09:00:00Z")
+    r1 = run(cfg, "report", "--period", "2026-10", *now, "--out", str(tmp_path / "a"))
     assert r1.returncode == 0, r1.stderr
-    r2 = run(cfg, "report", "--period", "2026-10", "--out", str(tmp_path / "b"))
+    r2 = run(cfg, "report", "--period", "2026-10", *now, "--out", str(tmp_path / "b"))
     assert r2.returncode == 0, r2.stderr
     a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
     assert a == b  # same inputs → byte-identical statements
@@ -112,10 +115,16 @@ def test_report_files_all_formats_and_byte_identical(prom: ManagedProcess, tmp_p
     assert alpha[1].startswith(
         "2026-10,2026-10-01T00:00:00+02:00,2026-11-01T00:00:00+01:00,EUR,token-share,alpha,R&D,CC-1,usage,"
     )
-    assert [row.rsplit(",", 1)[1] for row in alpha[1:]] == ["507.96", "1181.72"]
+    # the lines (rounded per team and per pool: see test_report.test_token_share), then the totals row
+    assert [row.rsplit(",", 1)[1] for row in alpha[1:]] == ["507.96", "1181.72", "1689.68"]
     assert "al@corp.test,m-small,small,,80,600000,150000,0,750000,1500.000,507.96" in alpha[1]
+    number = json.loads(a["2026-10/token-share/teams/alpha.json"])["statement_number"]
+    assert alpha[3].endswith(
+        f",total,,,,statement {number},235,2000000,450000,100000,3050000,3000.000,1689.68"
+    )
+    assert json.loads(a["2026-10/token-share/teams/alpha.json"])["issue_date"] == "2026-11-02"
     html = a["2026-10/token-share/summary.html"].decode()
-    assert "<svg" in html and "<script" not in html and "3725.00" in html
+    assert "<svg" in html and "<script" not in html and "€3,725.00" in html  # en_US by default
     summary = json.loads(a["2026-10/token-share/statement.json"])
     assert summary["summary"]["teams"] == {
         "alpha": "1689.68",
@@ -141,7 +150,12 @@ def test_email_statements_to_billing_contacts_and_finance(prom: ManagedProcess, 
         "gamma@corp.test",
     ]
     (alpha,) = got["alpha-lead@corp.test"]
-    assert alpha["Subject"] == "Chargeback statement 2026-10: alpha — 1689.68 EUR"
+    assert alpha["Subject"] == "Chargeback statement October 2026: alpha — €1,689.68"
+    # headers without which relays and clients score a message as spam
+    assert re.fullmatch(r"<[^@<>\s]+@corp\.test>", alpha["Message-ID"]), alpha["Message-ID"]
+    assert alpha["Date"].datetime.tzinfo is not None
+    ids = {m["Message-ID"] for _, m in box.messages}
+    assert len(ids) == len(box.messages) == 4  # alpha, beta, gamma, summary: every id unique
     html = alpha.get_body(("html",)).get_content()
     assert "Chargeback statement: alpha" in html and "<svg" in html
     atts = [(p.get_filename(), p.get_content()) for p in alpha.iter_attachments()]
@@ -184,7 +198,7 @@ def test_dry_run_sends_nothing(prom: ManagedProcess, tmp_path: Path, smtp) -> No
     assert r.returncode == 0, r.stderr
     assert box.messages == []
     assert "To: b1@corp.test, b2@corp.test" in r.stdout
-    assert "Subject: Chargeback statement 2026-10: beta — 215.00 EUR" in r.stdout
+    assert "Subject: Chargeback statement October 2026: beta — €215.00" in r.stdout
     assert "Attachment: chargeback-2026-10-beta.csv" in r.stdout
 
 
@@ -313,9 +327,11 @@ def test_relative_period_from_now_flag(prom: ManagedProcess, tmp_path: Path) -> 
     """``--now`` fixes the instant that last-month is relative to: 00:30 on 1 November in Berlin
     is still October 31st in UTC, and the statements are October's, byte for byte."""
     cfg = write_config(tmp_path, prom.url or "")
-    r = run(cfg, "report", "--period", "2026-10", "--format", "json", "--out", str(tmp_path / "a"))
-    assert r.returncode == 0, r.stderr
     now = "2026-11-01T00:30:00+01:00"
+    r = run(
+        cfg, "report", "--period", "2026-10", "--now", now, "--format", "json", "--out", str(tmp_path / "a")
+    )
+    assert r.returncode == 0, r.stderr
     r = run(
         cfg,
         "report",

@@ -64,8 +64,13 @@ ALERTS = [
     "ChargebackUsageEstimated",
     "ChargebackUpstreamErrorRateHigh",
     "ChargebackLedgerBacklog",
+    "ChargebackLedgerDeadLetters",
+    "ChargebackLedgerJournalBacklog",
     "ChargebackGPUsUnmapped",
     "ChargebackRuleEvaluationFailures",
+    "ChargebackTeamBlocked",
+    "ChargebackTeamQuotaExceeded",
+    "ChargebackLimitStoreUnreachable",
 ]
 
 

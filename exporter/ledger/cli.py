@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import sys
 from collections.abc import Sequence
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
@@ -37,7 +38,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--user", required=True, metavar="EMAIL", help="the person the key belongs to")
     p.add_argument("--team", metavar="TEAM", help="their team (default: the user's team in the config)")
     p.add_argument("--token-only", action="store_true", help="print only the token (for scripts)")
+    p.add_argument(
+        "--expires",
+        metavar="DURATION|DATE",
+        help="the key stops working after this long (90d, 12h, 2w) or at this UTC date/time",
+    )
     p.set_defaults(func=cmd_keys_create)
+
+    p = ksub.add_parser("rotate", help="a new token for a key's holder; the old one works for --overlap more")
+    _common(p)
+    p.add_argument("key", metavar="KEY_ID", help="the key to replace (key_...)")
+    p.add_argument(
+        "--overlap",
+        default="24h",
+        metavar="DURATION",
+        help="how long the old token stays valid (default 24h; 0 stops it now)",
+    )
+    p.add_argument("--token-only", action="store_true", help="print only the new token (for scripts)")
+    p.set_defaults(func=cmd_keys_rotate)
 
     p = ksub.add_parser("list", help="list keys (never shows tokens)")
     _common(p)
@@ -152,19 +170,60 @@ def check_user_team(cfg: Config | None, user: str, team: str | None) -> str:
     return team
 
 
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: str, flag: str) -> float:
+    """'90d', '12h', '30m', '2w', '45s' or '0' → seconds."""
+    text = value.strip()
+    if text == "0":
+        return 0.0
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"{flag} {value!r}: expected a duration such as 90d, 12h, 30m or 2w")
+    return float(int(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+
+
+def parse_expiry(value: str | None, flag: str, now: datetime | None = None) -> str | None:
+    """A key expiry (duration from now, or an ISO date/time in UTC) as 'YYYY-MM-DDTHH:MM:SSZ'."""
+    if not value:
+        return None
+    now = now or datetime.now(UTC)
+    if _DURATION.match(value.strip()):
+        seconds = parse_duration(value, flag)
+        if seconds <= 0:
+            raise ValueError(f"{flag} {value!r}: must be longer than 0")
+        when = now + timedelta(seconds=seconds)
+    else:
+        try:
+            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"{flag} {value!r}: expected a duration (90d, 12h, 2w) or a date (2027-03-31)"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        if when <= now:
+            raise ValueError(f"{flag} {value!r} is in the past")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
     def body(cfg: Config | None, store: LedgerStore) -> int:
         try:
             team = check_user_team(cfg, args.user, args.team)
+            expires = parse_expiry(args.expires, "--expires")
         except ValueError as exc:
             return _fail(str(exc), 2)
-        token, rec = store.create_key(args.user, team)
+        token, rec = store.create_key(args.user, team, expires)
         if args.token_only:
             print(token)
             return 0
         print(f"key id: {rec.key_id}")
         print(f"user:   {rec.user_email}")
         print(f"team:   {rec.team}")
+        print(f"expires: {rec.expires_at or 'never'}")
         print(f"token:  {token}")
         print(
             "The token is shown only this once; only its hash is stored. Give it to the user as their API key.",
@@ -175,7 +234,32 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
-KEY_LIST_COLUMNS = ["key_id", "prefix", "user_email", "team", "created_at", "revoked_at"]
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    try:
+        overlap = parse_duration(args.overlap, "--overlap")
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+
+    def body(cfg: Config | None, store: LedgerStore) -> int:
+        token, new, old = store.rotate_key(args.key, overlap)
+        if args.token_only:
+            print(token)
+            return 0
+        print(f"key id: {new.key_id} (replaces {old.key_id}, which works until {old.expires_at})")
+        print(f"user:   {new.user_email}")
+        print(f"team:   {new.team}")
+        print(f"expires: {new.expires_at or 'never'}")
+        print(f"token:  {token}")
+        print("The token is shown only this once; only its hash is stored.", file=sys.stderr)
+        return 0
+
+    return _run(args, body)
+
+
+KEY_LIST_COLUMNS = [
+    "key_id", "prefix", "user_email", "team", "created_at", "revoked_at", "expires_at", "last_used_at",
+    "rotated_to",
+]  # fmt: skip
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
@@ -184,8 +268,12 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         if args.user:
             keys = [k for k in keys if k.user_email == args.user]
         rows = [
-            (k.key_id, k.prefix + "…", k.user_email, k.team, k.created_at, k.revoked_at or "") for k in keys
-        ]
+            (
+                k.key_id, k.prefix + "…", k.user_email, k.team, k.created_at, k.revoked_at or "",
+                k.expires_at or "", k.last_used_at or "", k.rotated_to,
+            )
+            for k in keys
+        ]  # fmt: skip
         print_result(KEY_LIST_COLUMNS, rows, csv_out=args.csv)
         return 0
 

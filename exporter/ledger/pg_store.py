@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -33,7 +35,7 @@ from exporter.ledger.store import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -75,9 +77,15 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE http_analytics ADD COLUMN usage_source TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE http_analytics ADD COLUMN usage_reason TEXT NOT NULL DEFAULT ''",
     ],
-    3: [],  # reserved (issue 15)
+    3: [],  # reserved (stays empty: databases at version 4 exist)
     # 4: monthly partitions, the daily rollup, extended statistics (issue 17)
     4: pg_partitions.MIGRATION,
+    # 5: key expiry, rotation and last use (issue 15)
+    5: [
+        "ALTER TABLE api_keys ADD COLUMN expires_at TIMESTAMPTZ",
+        "ALTER TABLE api_keys ADD COLUMN rotated_to TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE api_keys ADD COLUMN last_used_at TIMESTAMPTZ",
+    ],
 }
 
 # One statement per batch (arrays unnested server-side): the rollup trigger then aggregates the
@@ -101,12 +109,21 @@ class PostgresStore(StoreOpsMixin):
     placeholder = "%s"  # parameter marker for query(sql, params)
 
     def __init__(
-        self, url: str, connect_timeout: int = 5, clock: Callable[[], datetime] | None = None
+        self,
+        url: str,
+        connect_timeout: int = 5,
+        clock: Callable[[], datetime] | None = None,
+        statement_timeout: float = 30.0,
     ) -> None:
         if url.startswith("postgres://"):
             url = "postgresql://" + url[len("postgres://") :]
         self.url = url
         self.connect_timeout = connect_timeout
+        # Server side: statement_timeout and lock_timeout end a slow statement or a lock wait. A
+        # server that does not answer at all (frozen, a network black hole) cannot enforce them, so
+        # a watchdog thread also cuts the socket when a call runs past this plus a margin.
+        self.statement_timeout = statement_timeout
+        self.client_timeout = statement_timeout + 5.0
         self._clock = clock or (lambda: datetime.now(UTC))
         self._partitions_for: date | None = None  # the month partitions were last ensured for
         self._lock = threading.Lock()
@@ -120,6 +137,12 @@ class PostgresStore(StoreOpsMixin):
         kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in self.url:
             kwargs["connect_timeout"] = self.connect_timeout
+        if "options" not in self.url:  # the URL's own options win (and then set their own timeouts)
+            ms = int(self.statement_timeout * 1000)
+            kwargs["options"] = (
+                f"-c statement_timeout={ms} -c lock_timeout={ms}"
+                f" -c idle_in_transaction_session_timeout={ms * 2}"
+            )
         try:
             return psycopg.connect(self.url, **kwargs)
         except psycopg.Error as exc:
@@ -132,6 +155,48 @@ class PostgresStore(StoreOpsMixin):
             self._conn = self._connect()
         return self._conn
 
+    @contextlib.contextmanager
+    def _deadline(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """Cut the connection's socket if the call inside takes longer than ``client_timeout``: the
+        blocked read then fails at once (OperationalError) instead of waiting for a server that is
+        frozen. Costs one timer thread per call, which is nothing next to a round trip."""
+        try:
+            fd = conn.fileno()
+        except Exception:
+            yield
+            return
+
+        def cut() -> None:
+            log.error(
+                "PostgreSQL ledger %s did not answer within %.0fs; dropping the connection",
+                redact_url(self.url),
+                self.client_timeout,
+            )
+            with contextlib.suppress(OSError):
+                sock = socket.socket(fileno=os.dup(fd))
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                finally:
+                    sock.close()
+
+        timer = threading.Timer(self.client_timeout, cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    @contextlib.contextmanager
+    def _maintenance(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """No statement timeout for maintenance (partitions, retention, ANALYZE): it may take minutes."""
+        conn.execute("SET statement_timeout = 0")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("RESET statement_timeout")
+
     def _drop(self) -> None:
         """Forget a connection after an error, so the next call reconnects."""
         if self._conn is not None:
@@ -143,6 +208,9 @@ class PostgresStore(StoreOpsMixin):
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
+            # A migration may copy the whole table (version 4): no statement timeout for it.
+            conn.execute("SET LOCAL statement_timeout = 0")
+            conn.execute("SET LOCAL lock_timeout = 0")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             current = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0  # type: ignore[index]
@@ -174,12 +242,14 @@ class PostgresStore(StoreOpsMixin):
         """Create the partitions of these months where missing (e.g. before loading history)."""
         with self._lock:
             conn = self._connection()
-            with conn.transaction():
+            with self._maintenance(conn), conn.transaction():
                 return pg_partitions.ensure_partitions(conn, [pg_partitions.month_start(m) for m in months])
 
     def analyze(self) -> None:
         with self._lock:
-            pg_partitions.analyze(self._connection())
+            conn = self._connection()
+            with self._maintenance(conn):
+                pg_partitions.analyze(conn)
 
     def partitions(self) -> list[tuple[str, date | None]]:
         with self._lock:
@@ -191,7 +261,7 @@ class PostgresStore(StoreOpsMixin):
         """Detach (and drop) month partitions older than the last ``keep_months`` months."""
         with self._lock:
             conn = self._connection()
-            with conn.transaction():
+            with self._maintenance(conn), conn.transaction():
                 return pg_partitions.apply_retention(conn, keep_months, now or self._clock(), drop)
 
     # ------------------------------------------------------------------ writes
@@ -205,10 +275,11 @@ class PostgresStore(StoreOpsMixin):
         with self._lock:
             conn = self._connection()
             try:
-                self._ensure_partitions(conn)  # own transaction, once a month: kept if the batch fails
-                with conn.transaction(), conn.cursor() as cur:
-                    cur.execute(_INSERT, columns)
-                    return max(cur.rowcount, 0)
+                with self._deadline(conn):
+                    self._ensure_partitions(conn)  # own transaction, once a month: kept if the batch fails
+                    with conn.transaction(), conn.cursor() as cur:
+                        cur.execute(_INSERT, columns)
+                        return max(cur.rowcount, 0)
             except (pg_errors.DataError, pg_errors.IntegrityError) as exc:
                 raise RowError(str(exc)) from exc
             except psycopg.Error:
@@ -219,7 +290,7 @@ class PostgresStore(StoreOpsMixin):
         with self._lock:
             conn = self._connection()
             try:
-                with conn.transaction():
+                with self._deadline(conn), conn.transaction():
                     cur = conn.execute(sql.replace("?", "%s"), tuple(params))
                     return cur.fetchall() if cur.description else []
             except psycopg.OperationalError:
@@ -230,7 +301,7 @@ class PostgresStore(StoreOpsMixin):
         with self._lock:
             conn = self._connection()
             try:
-                with conn.transaction(), conn.cursor() as cur:
+                with self._deadline(conn), conn.transaction(), conn.cursor() as cur:
                     cur.executemany(sql.replace("?", "%s"), [tuple(p) for p in params])  # pipelined
             except psycopg.OperationalError:
                 self._drop()
@@ -240,7 +311,8 @@ class PostgresStore(StoreOpsMixin):
         with self._lock:
             conn = self._connection()
             try:
-                return conn.execute(sql.replace("?", "%s"), tuple(params)).fetchall()
+                with self._deadline(conn):
+                    return conn.execute(sql.replace("?", "%s"), tuple(params)).fetchall()
             except psycopg.OperationalError:
                 self._drop()
                 raise

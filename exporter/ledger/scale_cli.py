@@ -64,9 +64,12 @@ def register_ledger(lsub: Any) -> None:
 # --------------------------------------------------------------------------- keys import
 
 
-def read_import(path: str, cfg: Config | None) -> tuple[list[tuple[str, str]], list[str]]:
-    """((user, team) per line, errors naming file and line)."""
-    entries: list[tuple[str, str]] = []
+def read_import(path: str, cfg: Config | None) -> tuple[list[tuple[str, str, str | None]], list[str]]:
+    """((user, team, expires_at or None) per line, errors naming file and line). ``expires`` is a
+    duration from now (90d) or a UTC date/time, as for ``keys create --expires``."""
+    from exporter.ledger.cli import parse_expiry
+
+    entries: list[tuple[str, str, str | None]] = []
     errors: list[str] = []
     try:
         f = open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed below
@@ -84,14 +87,9 @@ def read_import(path: str, cfg: Config | None) -> tuple[list[tuple[str, str]], l
                 errors.append(f"{where}: expected user,team[,expires], got {len(cells)} columns")
                 continue
             user, team = cells[0], (cells[1] if len(cells) > 1 and cells[1] else None)
-            if len(cells) > 2 and cells[2]:
-                errors.append(
-                    f"{where}: expires {cells[2]!r}: key expiry is not supported by this ledger version;"
-                    " leave the column empty"
-                )
-                continue
             try:
-                entries.append((user, check_user_team(cfg, user, team)))
+                expires = parse_expiry(cells[2] if len(cells) > 2 else None, "expires")
+                entries.append((user, check_user_team(cfg, user, team), expires))
             except ValueError as exc:
                 errors.append(f"{where}: {str(exc).replace('--user ', 'user ').replace('--team', 'team')}")
     return entries, errors
@@ -124,7 +122,7 @@ def cmd_keys_import(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
-def _create_and_write(store: LedgerStore, entries: list[tuple[str, str]], fd: int) -> list[Any]:
+def _create_and_write(store: LedgerStore, entries: list[tuple[str, str, str | None]], fd: int) -> list[Any]:
     def save(created: list[Any]) -> None:  # runs before the keys are stored
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
             w = csv.writer(out, lineterminator="\n")

@@ -28,7 +28,7 @@ from exporter.ledger.store import (
     row_values,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -70,9 +70,15 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE http_analytics ADD COLUMN usage_source TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE http_analytics ADD COLUMN usage_reason TEXT NOT NULL DEFAULT ''",
     ],
-    3: [],  # reserved (issue 15)
+    3: [],  # reserved (stays empty: databases at version 4 exist)
     # 4: the daily rollup, kept by a trigger (issue 17)
     4: rollup.SQLITE_MIGRATION,
+    # 5: key expiry, rotation and last use (issue 15)
+    5: [
+        "ALTER TABLE api_keys ADD COLUMN expires_at TEXT",
+        "ALTER TABLE api_keys ADD COLUMN rotated_to TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE api_keys ADD COLUMN last_used_at TEXT",
+    ],
 }
 
 _INSERT = (

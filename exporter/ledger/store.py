@@ -34,6 +34,33 @@ class RowError(StoreError):
     """A row that can never be written (bad value); retrying it would not help."""
 
 
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that a retry may cure (the database is down, locked, slow, being
+    migrated); False for permanent ones that only this data causes (a data or encoding error, a
+    number out of range, a NUL refused by PostgreSQL). The writer retries the first kind without
+    limit, and isolates and dead-letters rows that hit the second kind."""
+    import sqlite3
+
+    if isinstance(exc, RowError):
+        return False
+    if isinstance(exc, (StoreError, OSError, TimeoutError, sqlite3.OperationalError)):
+        return True
+    if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    if isinstance(exc, (psycopg.DataError, psycopg.IntegrityError)):
+        return False
+    # connection lost, timeouts (57014 query_canceled), locks, resources; a schema that is being
+    # migrated (42P01 undefined table) is cured by waiting too
+    return isinstance(
+        exc,
+        (psycopg.OperationalError, psycopg.InterfaceError, psycopg.InternalError, psycopg.ProgrammingError),
+    )
+
+
 class LedgerStore(Protocol):
     url: str
     backend: str  # "sqlite" | "postgresql"
@@ -57,11 +84,13 @@ class LedgerStore(Protocol):
 
     def count_rows(self) -> int: ...
 
-    def create_key(self, user_email: str, team: str) -> tuple[str, KeyRecord]: ...
+    def create_key(
+        self, user_email: str, team: str, expires_at: str | None = None
+    ) -> tuple[str, KeyRecord]: ...
 
     def create_keys(
         self,
-        entries: Sequence[tuple[str, str]],
+        entries: Sequence[tuple[str, str] | tuple[str, str, str | None]],
         before_store: Callable[[list[tuple[str, KeyRecord]]], None] | None = None,
     ) -> list[tuple[str, KeyRecord]]: ...
 
@@ -78,6 +107,10 @@ class LedgerStore(Protocol):
     def revoke_user_keys(self, user_email: str) -> list[KeyRecord]: ...
 
     def load_active_keys(self) -> list[tuple[str, KeyRecord]]: ...
+
+    def rotate_key(self, key_id: str, overlap_seconds: float) -> tuple[str, KeyRecord, KeyRecord]: ...
+
+    def touch_keys(self, used: dict[str, str]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -229,7 +262,13 @@ class StoreOpsMixin(abc.ABC):
     @abc.abstractmethod
     def _exec_read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
 
-    _KEY_COLUMNS = "key_id, user_email, team, created_at, revoked_at, prefix"
+    _KEY_COLUMNS = (
+        "key_id, user_email, team, created_at, revoked_at, prefix, expires_at, rotated_to, last_used_at"
+    )
+    _INSERT_KEY = (
+        "INSERT INTO api_keys (key_id, prefix, token_hash, user_email, team, created_at, revoked_at,"
+        " expires_at, rotated_to) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, '')"
+    )
 
     @staticmethod
     def _record(r: tuple[Any, ...]) -> KeyRecord:
@@ -240,9 +279,13 @@ class StoreOpsMixin(abc.ABC):
             created_at=iso_seconds(r[3]) or "",
             revoked_at=iso_seconds(r[4]),
             prefix=r[5],
+            expires_at=iso_seconds(r[6]),
+            rotated_to=r[7] or "",
+            last_used_at=iso_seconds(r[8]),
         )
 
-    def create_key(self, user_email: str, team: str) -> tuple[str, KeyRecord]:
+    def create_key(self, user_email: str, team: str, expires_at: str | None = None) -> tuple[str, KeyRecord]:
+        """A new key; ``expires_at`` (ISO UTC, 'YYYY-MM-DDTHH:MM:SSZ') or None for one that never expires."""
         from exporter.keys import display_prefix, generate_key_id, generate_token, hash_token
 
         check_ident(user_email, "user email")
@@ -250,19 +293,69 @@ class StoreOpsMixin(abc.ABC):
         token = generate_token()
         key_id = generate_key_id()
         now = utc_now_iso()
+        expires = self._key_time(expires_at) if expires_at else None
         self._exec_write(
-            "INSERT INTO api_keys (key_id, prefix, token_hash, user_email, team, created_at, revoked_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, NULL)",
-            (key_id, display_prefix(token), hash_token(token), user_email, team, self._key_time(now)),
+            self._INSERT_KEY,
+            (
+                key_id,
+                display_prefix(token),
+                hash_token(token),
+                user_email,
+                team,
+                self._key_time(now),
+                expires,
+            ),
         )
-        return token, KeyRecord(key_id, user_email, team, now, None, display_prefix(token))
+        return token, KeyRecord(key_id, user_email, team, now, None, display_prefix(token), expires_at)
+
+    def rotate_key(self, key_id: str, overlap_seconds: float) -> tuple[str, KeyRecord, KeyRecord]:
+        """A new key for the same user and team (same lifetime as the old one had, if it expires);
+        the old key stays valid for ``overlap_seconds`` more (or until it expires anyway).
+        Returns (new token, new key, old key as updated)."""
+        from exporter.ledger.store import StoreError
+
+        rows = self._exec_read(f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,))
+        if not rows:
+            raise StoreError(f"no key {key_id!r}")
+        old = self._record(rows[0])
+        if old.revoked_at is not None:
+            raise StoreError(f"key {key_id} was revoked at {old.revoked_at}; create a new one instead")
+        now = datetime.now(UTC)
+        if old.expires_ts is not None and old.expires_ts <= now.timestamp():
+            raise StoreError(f"key {key_id} expired at {old.expires_at}; create a new one instead")
+        new_expiry = None
+        if old.expires_ts is not None:
+            created = parse_timestamp(old.created_at)
+            lifetime = old.expires_ts - created.timestamp()
+            new_expiry = datetime.fromtimestamp(now.timestamp() + lifetime, UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            )
+        token, new = self.create_key(old.user_email, old.team, new_expiry)
+        cut = now.timestamp() + overlap_seconds
+        if old.expires_ts is not None:
+            cut = min(cut, old.expires_ts)
+        cut_iso = datetime.fromtimestamp(cut, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        got = self._exec_write(
+            f"UPDATE api_keys SET expires_at = ?, rotated_to = ? WHERE key_id = ? RETURNING {self._KEY_COLUMNS}",
+            (self._key_time(cut_iso), new.key_id, key_id),
+        )
+        return token, new, self._record(got[0])
+
+    def touch_keys(self, used: dict[str, str]) -> None:
+        """Set last use (ISO UTC) of many keys in one transaction; never moves a time backwards."""
+        if not used:
+            return
+        self._exec_write_many(
+            "UPDATE api_keys SET last_used_at = ? WHERE key_id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+            [(self._key_time(t), k, self._key_time(t)) for k, t in sorted(used.items())],
+        )
 
     def create_keys(
         self,
-        entries: Sequence[tuple[str, str]],
+        entries: Sequence[tuple[str, str] | tuple[str, str, str | None]],
         before_store: Callable[[list[tuple[str, KeyRecord]]], None] | None = None,
     ) -> list[tuple[str, KeyRecord]]:
-        """One new key per (user_email, team), all in one transaction (bulk import): either every
+        """One new key per (user_email, team[, expires_at ISO UTC or None]), all in one transaction (bulk import): either every
         key is stored or none is. ``before_store`` gets the tokens first (to save them where the
         caller wants them: a key whose token was never saved is useless). Returns (token, record)
         in the order given."""
@@ -272,21 +365,20 @@ class StoreOpsMixin(abc.ABC):
         when = self._key_time(now)
         out: list[tuple[str, KeyRecord]] = []
         params: list[tuple[Any, ...]] = []
-        for user_email, team in entries:
+        for entry in entries:
+            user_email, team = entry[0], entry[1]
+            expires_at = entry[2] if len(entry) > 2 else None  # type: ignore[misc]
             check_ident(user_email, "user email")
             check_ident(team, "team")
             token, key_id = generate_token(), generate_key_id()
             prefix = display_prefix(token)
-            params.append((key_id, prefix, hash_token(token), user_email, team, when))
-            out.append((token, KeyRecord(key_id, user_email, team, now, None, prefix)))
+            expires = self._key_time(expires_at) if expires_at else None
+            params.append((key_id, prefix, hash_token(token), user_email, team, when, expires))
+            out.append((token, KeyRecord(key_id, user_email, team, now, None, prefix, expires_at)))
         if before_store is not None:
             before_store(out)
         if params:
-            self._exec_write_many(
-                "INSERT INTO api_keys (key_id, prefix, token_hash, user_email, team, created_at, revoked_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                params,
-            )
+            self._exec_write_many(self._INSERT_KEY, params)
         return out
 
     def _exec_write_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:

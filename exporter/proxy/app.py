@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -26,8 +26,10 @@ from multidict import CIMultiDict
 
 from exporter.config import Config, Model
 from exporter.exposition import metrics_response
+from exporter.keys import expired_message
 from exporter.ledger.row import LedgerRow
 from exporter.proxy.errors import error_body, error_response
+from exporter.proxy.lifecycle import SHUTDOWN_STATUS, Streams, journal_begin, shutdown_cut
 from exporter.proxy.metrics import ProxyMetrics
 from exporter.proxy.usage import (
     SSEFilter,
@@ -39,6 +41,9 @@ from exporter.proxy.usage import (
     response_texts,
 )
 from exporter.proxy.usage_count import UsageCounter
+
+if TYPE_CHECKING:
+    from exporter.limits.limiter import Limiter
 
 log = logging.getLogger("chargeback.proxy")
 
@@ -81,6 +86,8 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/r
 # endpoints where stream_options.include_usage exists (the Responses API always sends usage)
 INCLUDE_USAGE_ENDPOINTS = frozenset(("/v1/chat/completions", "/v1/completions"))
 MAX_UPSTREAM_BODY = 256 * 1024 * 1024  # a non-streaming response bigger than this is refused (502)
+LEDGER_CLOSE_MIN_SECONDS = 2.0  # the ledger's time at shutdown when the grace period is used up
+COUNT_DRAIN_MAX_SECONDS = 10.0  # tokenize counts still running at shutdown get at most this
 
 
 class KeyLookup(Protocol):
@@ -106,8 +113,12 @@ class ProxyState:
     rr: dict[str, int] = field(default_factory=dict)
     draining: bool = False
     inflight: int = 0
+    cutting: bool = False  # the grace period is over: what still runs is being ended
+    shutdown_deadline: float | None = None  # time.monotonic() by which shutdown must be done
+    streams: Streams = field(default_factory=Streams)
     # counts usage with the model server's tokenizer after a response that carried none
     counter: UsageCounter = field(default_factory=UsageCounter)
+    limiter: Limiter | None = None  # when the config has a limits: section
 
 
 STATE = web.AppKey("chargeback_proxy_state", ProxyState)
@@ -226,6 +237,10 @@ def _finish(state: ProxyState, call: Call) -> None:
             usage_reason=call.usage_reason[:200],
         )
         state.ledger.submit(row)
+        if state.limiter is not None and call.forwarded and call.model is not None:
+            state.limiter.record(
+                call.user, call.team, call.model, usage.prompt_tokens, usage.completion_tokens
+            )
         m = state.metrics
         if call.user and call.model is not None:
             m.usage.record(
@@ -317,7 +332,10 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         # aiohttp cancels the handler when the client's connection is lost
         if call.complete:
             raise  # the stream was delivered in full; the client closing after its end is no error
-        if not call.status or call.status < 400 or call.forwarded:
+        if state.cutting:  # the proxy ended it, not the client (see server.py)
+            call.status = SHUTDOWN_STATUS
+            call.error = "request cut by proxy shutdown"
+        elif not call.status or call.status < 400 or call.forwarded:
             call.status = 499
             call.error = call.error or "client closed the connection"
             if call.upstream and call.usage is None:
@@ -325,7 +343,9 @@ async def _handle(request: web.Request) -> web.StreamResponse:
                 call.usage_reason = call.usage_reason or "client closed before usage was reported"
         raise
     finally:
-        if not state.counter.defer(state, call, _finish):
+        if state.counter.defer(state, call, _finish):
+            journal_begin(state.ledger, call, call.status)  # recorded after the response is sent
+        else:
             _finish(state, call)
 
 
@@ -345,6 +365,9 @@ async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.Str
     call.user = record.user_email
     call.team = cfg.team_of(record.user_email) or record.team
     call.api_key_id = str(record.key_id)
+    expired = expired_message(record, time.time())
+    if expired is not None:
+        return _reply(call, 401, expired, "invalid_request_error", "expired_api_key")
 
     if request.content_type not in ("application/json", "", "application/octet-stream", "text/plain"):
         return _reply(
@@ -404,6 +427,14 @@ async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.Str
     # Unchanged bodies go upstream as the client sent them (no re-serialisation); anything that is
     # not plain UTF-8 JSON text (a BOM, UTF-16) is re-encoded so the upstream can read it.
     payload = json.dumps(body, separators=(",", ":")).encode() if changed or raw.lstrip()[:1] != b"{" else raw
+    if state.limiter is not None:
+        refused = await state.limiter.check(call.user, call.team)
+        if refused is not None:  # not forwarded; recorded as a 429 with the limit's code and reason
+            call.status, call.error = 429, f"{refused.code}: {refused.message}"
+            headers = {"X-Request-Id": call.request_id}
+            if refused.retry_after is not None:
+                headers["Retry-After"] = str(refused.retry_after)
+            return error_response(429, refused.message, refused.code, refused.code, headers=headers)
     return await _forward(request, state, call, model, payload, hide_usage)
 
 
@@ -464,7 +495,14 @@ async def _forward(
             call.first_byte = time.perf_counter()
             ctype = upstream.headers.get("Content-Type", "")
             if upstream.status < 400 and ctype.startswith("text/event-stream"):
-                return await _relay_stream(request, call, upstream, hide_usage)
+                # A stream's response starts long before its row exists: journal the start now. (A
+                # plain response's row is journaled before its first byte is sent.)
+                journal_begin(state.ledger, call, upstream.status)
+                state.streams.add(call.request_id, upstream)
+                try:
+                    return await _relay_stream(request, call, upstream, hide_usage)
+                finally:
+                    state.streams.discard(call.request_id)
             return await _relay_body(call, upstream)
         except BaseException:
             upstream.close()  # unfinished: drop the connection so the upstream stops working
@@ -551,13 +589,19 @@ async def _relay_stream(
             tail = sse.flush()
             if tail:
                 await send(tail)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            raise  # the client went away (handled below), not the upstream
         except (
             aiohttp.ClientPayloadError,
             aiohttp.ServerDisconnectedError,
             aiohttp.SocketTimeoutError,
+            aiohttp.ClientConnectionError,
         ) as exc:
             upstream.close()
-            if not sse.complete:  # after the end marker the client has the whole answer: no error
+            cut = shutdown_cut(request.app[STATE].streams, call)
+            if cut is not None:
+                await response.write(cut)
+            elif not sse.complete:  # after the end marker the client has the whole answer: no error
                 timeout = isinstance(exc, aiohttp.SocketTimeoutError)
                 call.status = 504 if timeout else 502
                 call.error = (
@@ -595,6 +639,9 @@ async def _models(request: web.Request) -> web.Response:
     if record is None:
         state.metrics.usage.reject(401)
         return error_response(401, "invalid or missing API key", code="invalid_api_key")
+    expired = expired_message(record, time.time())
+    if expired is not None:
+        return error_response(401, expired, code="expired_api_key")
     team = state.cfg.team_of(record.user_email) or record.team
     data = [
         {"id": m.name, "object": "model", "created": 0, "owned_by": "chargeback"}
@@ -602,6 +649,26 @@ async def _models(request: web.Request) -> web.Response:
         if m.allowed_teams is None or team in m.allowed_teams
     ]
     return web.json_response({"object": "list", "data": data})
+
+
+async def _usage(request: web.Request) -> web.Response:
+    """GET /v1/usage: the caller's own usage this billing month and the limits that apply."""
+    state = request.app[STATE]
+    token = _bearer(request)
+    record = state.keys.lookup(token) if token else None
+    if record is None:
+        return error_response(401, "invalid or missing API key", code="invalid_api_key")
+    expired = expired_message(record, time.time())
+    if expired is not None:
+        return error_response(401, expired, code="expired_api_key")
+    if state.limiter is None:
+        return error_response(
+            404,
+            "this proxy does not count usage per billing month: its config has no limits: section",
+            code="usage_not_tracked",
+        )
+    team = state.cfg.team_of(record.user_email) or record.team
+    return web.json_response(await state.limiter.usage(record.user_email, team))
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -618,6 +685,8 @@ def _lifecycle(state: ProxyState, close_timeout: float) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         await state.ledger.start()
         await state.keys.start()
+        if state.limiter is not None:
+            await state.limiter.start()
         proxy = state.cfg.proxy
         timeout = aiohttp.ClientTimeout(
             total=None, connect=proxy.connect_timeout_seconds, sock_read=proxy.upstream_timeout_seconds
@@ -634,10 +703,21 @@ def _lifecycle(state: ProxyState, close_timeout: float) -> Any:
         try:
             yield
         finally:
-            await state.counter.drain()  # deferred tokenize counts: finished or estimated, then recorded
+            # deferred tokenize counts: finished or estimated, then recorded; within the shutdown budget
+            wait = None
+            if state.shutdown_deadline is not None:
+                wait = min(max(state.shutdown_deadline - time.monotonic(), 0.5), COUNT_DRAIN_MAX_SECONDS)
+            await (state.counter.drain() if wait is None else state.counter.drain(wait))
             await state.session.close()
+            # The ledger first, with what is left of the shutdown budget: the key store may hang on
+            # a frozen database, and the ledger's rows are what must not be lost.
+            timeout = close_timeout
+            if state.shutdown_deadline is not None:
+                timeout = max(state.shutdown_deadline - time.monotonic(), LEDGER_CLOSE_MIN_SECONDS)
+            await state.ledger.close(timeout)
+            if state.limiter is not None:
+                await state.limiter.close()
             await state.keys.close()
-            await state.ledger.close(close_timeout)
 
     return ctx
 
@@ -653,6 +733,11 @@ def create_state(cfg: Config, keys: KeyLookup | None = None, ledger: LedgerSink 
         ledger = LedgerWriter(cfg.ledger.url, cfg.ledger)
     state = ProxyState(cfg=cfg, keys=keys, ledger=ledger, metrics=ProxyMetrics(cfg, ledger.stats))
     state.metrics.registry.register(state.counter.sources)
+    if cfg.limits is not None:
+        from exporter.limits.limiter import Limiter
+
+        state.limiter = Limiter(cfg)
+        state.metrics.registry.register(state.limiter.metrics)
     return state
 
 
@@ -663,6 +748,7 @@ def create_app(state: ProxyState, ledger_close_timeout: float = 30.0) -> web.App
     for path in ENDPOINTS:
         app.router.add_post(path, _handle)
     app.router.add_get("/v1/models", _models)
+    app.router.add_get("/v1/usage", _usage)
     app.router.add_get("/healthz", _healthz)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     app.cleanup_ctx.append(_lifecycle(state, ledger_close_timeout))

@@ -234,7 +234,34 @@ class LedgerCollector(Collector):
             contract.LEDGER_QUEUE_ROWS, "Rows waiting in memory for the ledger.", value=s.queue_rows
         )
         yield GaugeMetricFamily(
-            contract.LEDGER_SPOOLED_ROWS, "Rows waiting in the on-disk spool.", value=s.spooled_rows
+            contract.LEDGER_SPOOLED_ROWS,
+            "Rows waiting on disk only (journaled beyond the memory queue, or by an earlier run).",
+            value=s.spooled_rows,
+        )
+        yield GaugeMetricFamily(
+            contract.LEDGER_JOURNAL_ROWS,
+            "Rows in the write-ahead journal not yet committed to the database (backlog).",
+            value=getattr(s, "journal_rows", 0),
+        )
+        yield GaugeMetricFamily(
+            contract.LEDGER_JOURNAL_BYTES,
+            "Bytes of journal files not yet deleted.",
+            value=getattr(s, "journal_bytes", 0),
+        )
+        yield GaugeMetricFamily(
+            contract.LEDGER_UNJOURNALED_ROWS,
+            "Rows held in memory only because the journal could not be written (a crash loses them).",
+            value=getattr(s, "rows_unjournaled", 0),
+        )
+        yield CounterMetricFamily(
+            contract.LEDGER_DEAD_LETTER_ROWS_TOTAL,
+            "Rows the database refused for good, kept in the dead-letter file.",
+            value=s.rows_rejected,
+        )
+        yield CounterMetricFamily(
+            contract.LEDGER_ROWS_LOST_TOTAL,
+            "Rows that could be neither written to the database nor journaled.",
+            value=getattr(s, "rows_lost", 0),
         )
 
 

@@ -1,9 +1,13 @@
 """Running the proxy: API listener(s) + metrics listener, graceful SIGTERM.
 
-SIGTERM/SIGINT: mark the proxy as draining (health checks turn 503, new requests on kept-alive
-connections get 503), close the listening sockets, let in-flight requests finish for up to
-``proxy.shutdown_grace_seconds`` (then cancel them: they are recorded as 499), flush the ledger,
-stop the metrics listener last (so a final scrape can still see the totals), exit 0.
+SIGTERM/SIGINT: mark the proxy as draining (health checks turn 503, requests on kept-alive
+connections get 503 ``shutting_down``), close the listening sockets, let in-flight requests finish
+for up to ``proxy.shutdown_grace_seconds`` (counted once). Then streams still running are ended with
+a final SSE error event, anything else is cancelled, and both are recorded as 503 "cut by proxy
+shutdown". The ledger gets what is left of the grace period (at least 2 s) to write its queue; rows
+the database did not take stay in the journal for the next start. The metrics listener stops last
+(so a final scrape can still see the totals). Exit code 0, or 1 when a row could be neither
+written nor journaled (e.g. the disk was full while the database was down).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 
 from aiohttp import web
 
@@ -22,6 +27,8 @@ from exporter.webconfig import WebConfig, protect, ssl_context
 log = logging.getLogger("chargeback.proxy")
 
 GC_GEN0_THRESHOLD = 20_000  # CPython's default is 700 allocations
+CUT_WAIT_SECONDS = 1.0  # after the grace period: how long cut streams get to send their error event
+CANCEL_WAIT_SECONDS = 1.0  # then: how long aiohttp waits for cancelled handlers
 
 
 def _scheme(cfg: WebConfig | None) -> str:
@@ -58,7 +65,7 @@ async def serve(
         protect(create_app(state, ledger_close_timeout=max(grace, 5.0)), web_config, basic_auth=False),
         handle_signals=False,
         access_log=None,
-        shutdown_timeout=grace,
+        shutdown_timeout=CANCEL_WAIT_SECONDS,  # the grace period itself is spent in _drain
         handler_cancellation=True,
     )
     metrics = web.AppRunner(
@@ -91,16 +98,43 @@ async def serve(
         await stop.wait()
         log.info("shutting down: draining %d in-flight request(s) (grace %.1fs)", state.inflight, grace)
     finally:
-        state.draining = True
-        await api.cleanup()  # stops listening, waits for in-flight (≤ grace), then flushes the ledger
+        await _drain(state, api, grace)
+        await api.cleanup()  # cancels what is left (≤ 1 s), then closes the ledger and the keys
         stats = state.ledger.stats()
         log.info(
-            "ledger flushed: %d rows written, %d queued, %d spooled",
+            "ledger closed: %d rows written, %d left in the journal for the next start, %d lost",
             stats.rows_written,
-            stats.queue_rows,
-            stats.spooled_rows,
+            getattr(stats, "journal_rows", 0),
+            getattr(stats, "rows_lost", 0),
         )
         await metrics.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    if getattr(stats, "rows_lost", 0):
+        log.critical("%d ledger rows could be neither written nor journaled; exiting 1", stats.rows_lost)
+        return 1
     return 0
+
+
+async def _drain(state: ProxyState, api: web.AppRunner, grace: float) -> None:
+    """Stop listening and wait (once, at most ``grace``) for in-flight requests; then end streams."""
+    started = time.monotonic()
+    state.draining = True
+    state.shutdown_deadline = started + grace
+    for site in list(api.sites):
+        await site.stop()  # no new connections; open keep-alive ones stay, and their requests get 503
+    # Polling: the counters are plain ints the handlers update; 20 ms is nothing next to a drain.
+    while state.inflight > 0 and time.monotonic() < state.shutdown_deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    if state.inflight > 0:
+        state.cutting = True
+        n = state.streams.cut_all()
+        log.warning(
+            "grace period of %.1fs over: ending %d stream(s) and cancelling %d other request(s)",
+            grace,
+            n,
+            max(state.inflight - n, 0),
+        )
+        cut_deadline = time.monotonic() + CUT_WAIT_SECONDS
+        while len(state.streams) and time.monotonic() < cut_deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)

@@ -14,9 +14,10 @@ import logging
 import re
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from exporter.cliutil import add_config_flag, add_log_flag, config_from_args, setup_logging
 from exporter.config import METHODS, Config, ConfigError
@@ -30,9 +31,9 @@ from exporter.report.inputs import (
 )
 from exporter.report.methods import CENTRAL, MethodError, allocate
 from exporter.report.output import FORMATS, parse_formats, statement_dir, write_statement
-from exporter.report.period import Period, PeriodError, parse_period
+from exporter.report.period import Period, PeriodError, parse_period, previous_period
 from exporter.report.promql import PromClient, PromQLError
-from exporter.report.statement import Statement, build_statement
+from exporter.report.statement import Previous, Statement, build_statement, previous_figures
 
 log = logging.getLogger("chargeback.report")
 
@@ -63,6 +64,13 @@ def parse_instant(text: str) -> datetime:
     if dt.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset: add Z or +HH:MM")
     return dt.astimezone(UTC)
+
+
+def parse_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -129,6 +137,13 @@ def register(subparsers: Any) -> None:
         "--format", default="csv,json,html,md", help=f"comma-separated: {', '.join(FORMATS)} (default: all)"
     )
     rp.add_argument("--out", metavar="DIR", help="output directory (default: report.output_dir)")
+    rp.add_argument(
+        "--issue-date",
+        dest="issue_date",
+        type=parse_date,
+        metavar="YYYY-MM-DD",
+        help="the date printed on the statements (default: the day of --now, or today, in the billing zone)",
+    )
     rp.add_argument(
         "--email", action="store_true", help="email each team its statement and finance the summary"
     )
@@ -212,10 +227,25 @@ def _setup(args: argparse.Namespace) -> tuple[Config, Period]:
     return cfg, period
 
 
+def _previous(cfg: Config, args: argparse.Namespace, period: Period, method: str) -> Previous | None:
+    """The period before, queried the same way (source, pool costs, method), for "this month
+    against last month". None when it has no data at all (no usage and no GPU exporter data: the
+    chargeback stack did not run yet) or its method cannot run (e.g. parameters for a new team)."""
+    prev = previous_period(period)
+    inputs = gather(cfg, args, prev)
+    if not inputs.usage and all(p.cost_source == "config" for p in inputs.pools.values()):
+        return None
+    try:
+        return previous_figures(build_statement(cfg, inputs, allocate(inputs, cfg, method)))
+    except MethodError as exc:
+        log.warning("previous period %s: %s; no comparison", prev.title, exc)
+        return None
+
+
 def _summary_line(st: Statement) -> str:
     teams = ", ".join(f"{t.team} {st.money(t.total)}" for t in st.teams)
     return (
-        f"{st.period.label} {st.method}: pool cost {st.money(st.total_pool_cost)} {st.currency}, "
+        f"{st.period.title} {st.method}: pool cost {st.money(st.total_pool_cost)} {st.currency}, "
         f"recovered {st.money(st.recovered)}, central IT {st.money(st.unrecovered)} ({teams})"
     )
 
@@ -230,9 +260,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     email = args.email or args.dry_run
     if email:  # emails carry the HTML and CSV statements; they are on disk before anything is sent
         formats = tuple(dict.fromkeys((*formats, "html", "csv")))
+    issue_date = args.issue_date or (args.now or datetime.now(UTC)).astimezone(ZoneInfo(cfg.timezone)).date()
     try:
         inputs = gather(cfg, args, period)
-        st = build_statement(cfg, inputs, allocate(inputs, cfg, args.method))
+        alloc = allocate(inputs, cfg, args.method)
+        previous = _previous(cfg, args, period, alloc.method)
+        st = build_statement(cfg, inputs, alloc, issue_date=issue_date, previous=previous)
+        if previous is None:
+            st.notes.append(
+                f"no figures for the previous period ({previous_period(period).title}) to compare with"
+            )
     except SourceError as exc:
         return _fail(EXIT_SOURCE, f"{exc}\nno statement written, nothing sent")
     except (MethodError, ConfigError) as exc:
@@ -364,7 +401,7 @@ def render_compare(
             w.writerow([period.label, currency, t, *(table[t].get(m, "") for m in methods)])
         return buf.getvalue()
     out = [
-        f"# Method comparison {period.label} ({currency})",
+        f"# Method comparison {period.title} ({currency})",
         "",
         "| team | " + " | ".join(methods) + " |",
         "|---|" + "---:|" * len(methods),

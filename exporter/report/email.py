@@ -4,6 +4,9 @@ Each team's statement (HTML body, Markdown as the plain-text part, CSV attached)
 billing contacts; the summary (HTML, with lines/teams/pools CSV attached) goes to
 ``report.finance_recipients``. Every message is sent on its own connection and every recipient
 is accounted for: one refused recipient (or one unreachable mailbox) does not stop the others.
+
+Every message carries ``Date:`` and ``Message-ID:`` (on the sender's domain): relays and mail
+clients score messages without them as spam.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import smtplib
 import ssl
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 
 from exporter.config import SmtpConfig
 from exporter.report.output import safe_name
@@ -36,11 +40,19 @@ class Outgoing:
         msg["From"] = sender
         msg["To"] = ", ".join(self.recipients)
         msg["Subject"] = self.subject
+        msg["Date"] = formatdate(localtime=False, usegmt=True)
+        msg["Message-ID"] = make_msgid(idstring="chargeback", domain=sender_domain(sender))
         msg.set_content(self.text)
         msg.add_alternative(self.html, subtype="html")
         for filename, content in self.attachments:
             msg.add_attachment(content.encode("utf-8"), maintype="text", subtype="csv", filename=filename)
         return msg
+
+
+def sender_domain(sender: str) -> str:
+    """``chargeback@corp.example`` (or ``Chargeback <chargeback@corp.example>``) → ``corp.example``."""
+    address = sender.strip().rsplit("<", 1)[-1].rstrip(">").strip()
+    return address.rsplit("@", 1)[1] if "@" in address else "localhost"
 
 
 @dataclass
@@ -54,7 +66,7 @@ def build_messages(st: Statement) -> tuple[list[Outgoing], list[str]]:
     """The emails for a statement, and notes about teams nobody will receive."""
     out: list[Outgoing] = []
     notes: list[str] = []
-    label = st.period.label
+    label, title = st.period.label, st.period.title
     for t in st.teams:
         if not t.billing_contacts:
             notes.append(f"team {t.team}: no billing_contacts configured; statement written but not emailed")
@@ -64,7 +76,8 @@ def build_messages(st: Statement) -> tuple[list[Outgoing], list[str]]:
                 kind="team",
                 name=t.team,
                 recipients=tuple(t.billing_contacts),
-                subject=f"Chargeback statement {label}: {t.team} — {st.money(t.total)} {st.currency}",
+                subject=f"Chargeback statement {title}: {t.team} — {st.cash(t.total)}"
+                + (" (over budget)" if t.over_budget else ""),
                 html=render_team_html(st, t),
                 text=render_team_md(st, t),
                 attachments=[
@@ -78,8 +91,8 @@ def build_messages(st: Statement) -> tuple[list[Outgoing], list[str]]:
                 kind="summary",
                 name="summary",
                 recipients=tuple(st.central.billing_contacts),
-                subject=f"Chargeback summary {label}: {st.money(st.total_pool_cost)} {st.currency} pool cost, "
-                f"{st.money(st.recovered)} recovered",
+                subject=f"Chargeback summary {title}: {st.cash(st.total_pool_cost)} pool cost, "
+                f"{st.cash(st.recovered)} recovered",
                 html=render_summary_html(st),
                 text=render_summary_md(st),
                 attachments=[

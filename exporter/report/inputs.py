@@ -25,6 +25,7 @@ import itertools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -51,6 +52,10 @@ UNKNOWN_POOL = "unknown"
 SECONDS_QUANTUM = Decimal("0.001")
 PRICE_QUANTUM = Decimal("0.000001")
 HOUR = Decimal(3600)
+# A pool's GPUs may fall this many seconds each short of the expected time before a note says so:
+# the last scrape before the period's end, and a series born inside the period, each miss up to a
+# scrape interval that no query can see (Prometheus's own staleness window is 5 minutes).
+PRESENCE_TOLERANCE_SECONDS = Decimal(300)
 
 
 @dataclass
@@ -394,13 +399,54 @@ def gather_pools(
             idle_cost=acc["idle_cost"],
             capacity_tokens_per_second=conf.capacity_tokens_per_second if conf else None,
         )
-        expected = Decimal(period.seconds) * (conf.gpus if conf else len(gpus[name]))
-        if expected and acc["present"] < expected:
-            notes.append(
-                f"pool {name!r}: GPUs observed {acc['present'] / HOUR:.2f} GPU-hours of "
-                f"{expected / HOUR:.2f} expected (exporter gaps or fewer GPUs than configured)"
-            )
+        n_gpus = conf.gpus if conf else len(gpus[name])
+        expected = Decimal(period.seconds) * n_gpus
+        if expected and acc["present"] < expected - PRESENCE_TOLERANCE_SECONDS * n_gpus:
+            # An exporter that started inside the period (installed this month) is no gap: expect
+            # GPU time only from the pool's first sample on.
+            first = first_seen(client, period, sorted(gpus[name]))
+            since = ""
+            if first is not None and first > period.start_ts:
+                expected = (period.end_ts - first) * n_gpus
+                since = f" since the first sample at {iso_utc_ts(first)}"
+            if acc["present"] < expected - PRESENCE_TOLERANCE_SECONDS * n_gpus:
+                notes.append(
+                    f"pool {name!r}: GPUs observed {acc['present'] / HOUR:.2f} GPU-hours of "
+                    f"{expected / HOUR:.2f} expected{since} (exporter gaps or fewer GPUs than configured)"
+                )
     return pools
+
+
+def iso_utc_ts(ts: Decimal) -> str:
+    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def first_seen(client: PromClient, period: Period, uuids: list[str]) -> Decimal | None:
+    """The first second (unix time) by which any of these GPUs had a
+    ``chargeback_gpu_busy_seconds_total`` sample in the period, or None if none has one.
+
+    A bisection on "any sample in (start, t]?" (``count_over_time`` at ``t``): about 22 small
+    queries for a month, run only for a pool that falls short, and the same on Prometheus and
+    VictoriaMetrics (``timestamp()`` inside a subquery is not).
+    """
+    if not uuids:
+        return None
+    sel = client.selector(contract.GPU_BUSY_SECONDS_TOTAL, regex_matcher("uuid", uuids))
+    start = period.start_ts
+
+    def any_by(t: int) -> bool:
+        return bool(client.vector(f"count(count_over_time({sel}[{t - start}s] @ {t}))", t))
+
+    lo, hi = start, period.end_ts
+    if not any_by(hi):
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if any_by(mid):
+            hi = mid
+        else:
+            lo = mid
+    return Decimal(hi)
 
 
 def gather_prometheus(

@@ -1,5 +1,10 @@
 """CSV for finance: one row per statement line, plus team and pool tables. Fixed column order,
-'\\n' line endings, amounts as fixed-point text in the currency's minor unit."""
+'\\n' line endings, amounts as fixed-point text in the currency's minor unit (machine-readable:
+no locale grouping).
+
+A team's own statement (``teams/<team>.csv``) ends with a totals row, ``kind`` = ``total``;
+``lines.csv`` (every line of every team) has none, so its charge column sums to the pool cost.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import io
 from collections.abc import Iterable
 
 from exporter.report.money import fmt_decimal, fmt_money
-from exporter.report.statement import Statement, TeamStatement, fmt_qty
+from exporter.report.statement import Statement, TeamStatement, fmt_qty, unit_price
 
 LINE_COLUMNS = [
     "period", "period_start", "period_end", "currency", "method", "team", "business_unit", "cost_center",
@@ -18,7 +23,8 @@ LINE_COLUMNS = [
 TEAM_COLUMNS = [
     "period", "currency", "method", "team", "business_unit", "cost_center", "requests", "prompt_tokens",
     "completion_tokens", "cached_prompt_tokens", "weighted_tokens", "request_seconds", "idle_share", "total",
-    "budget", "budget_used_percent",
+    "budget", "budget_used_percent", "over_budget", "statement_number", "issue_date", "previous_period",
+    "previous_total", "price_per_million_weighted_tokens",
 ]  # fmt: skip
 POOL_COLUMNS = [
     "period", "currency", "pool", "cost", "cost_source", "gpus", "gpu_hours", "busy_hours", "idle_hours",
@@ -53,7 +59,14 @@ def render_lines_csv(st: Statement, include_central: bool = True) -> str:
 
 
 def render_team_csv(st: Statement, t: TeamStatement) -> str:
-    return _write(LINE_COLUMNS, _line_rows(st, [t]))
+    p, u = st.period, t.usage_totals()
+    total = [
+        p.label, p.start.isoformat(), p.end.isoformat(), st.currency, st.method, t.team, t.business_unit,
+        t.cost_center, "total", "", "", "", f"statement {st.number(t.team)}", str(u["requests"]),
+        str(u["prompt_tokens"]), str(u["completion_tokens"]), str(u["cached_prompt_tokens"]),
+        fmt_qty(u["weighted_tokens"]), fmt_decimal(u["request_seconds"], 3), fmt_money(t.total, st.minor_units),
+    ]  # fmt: skip
+    return _write(LINE_COLUMNS, [*_line_rows(st, [t]), total])
 
 
 def render_teams_csv(st: Statement) -> str:
@@ -67,6 +80,10 @@ def render_teams_csv(st: Statement) -> str:
             str(u["prompt_tokens"]), str(u["completion_tokens"]), str(u["cached_prompt_tokens"]),
             fmt_qty(u["weighted_tokens"]), fmt_decimal(u["request_seconds"], 3), fmt_money(t.idle_share, m),
             fmt_money(t.total, m), "" if t.budget is None else fmt_money(t.budget, m), "" if used is None else str(used),
+            "true" if t.over_budget else "false", st.number(t.team), st.issue_date.isoformat() if st.issue_date else "",
+            "" if st.previous is None else st.previous.period.label,
+            "" if (before := st.previous_total(t.team)) is None else fmt_money(before, m),
+            "" if (price := unit_price(t.total, t.weighted_tokens)) is None or t is st.central else fmt_decimal(price, 6),
         ])  # fmt: skip
     return _write(TEAM_COLUMNS, rows)
 

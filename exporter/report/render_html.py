@@ -1,79 +1,112 @@
-"""HTML for email: self-contained, inline styles, an inline SVG bar chart, no JavaScript."""
+"""HTML for email and print: self-contained, inline styles, an inline SVG bar chart, no JavaScript.
+
+Laid out to fit an A4 page's width (794 CSS px at 96 dpi, less the margins): small table type,
+a chart that scales with the page, long names that wrap. ``tests/test_report_screenshot.py``
+renders both documents in headless Chromium and checks that nothing overflows.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from html import escape
 
-from exporter.report.money import fmt_decimal
 from exporter.report.render_md import _params
-from exporter.report.statement import Statement, TeamStatement, fmt_qty
+from exporter.report.statement import GLOSSARY, Statement, TeamStatement
+from exporter.report.view import (
+    Table,
+    budget_line,
+    meta,
+    summary_figures,
+    summary_pools,
+    summary_teams,
+    team_comparison,
+    team_lines,
+)
 
 STYLE = (
-    "body{font-family:Helvetica,Arial,sans-serif;color:#222;max-width:960px}"
-    "table{border-collapse:collapse;margin:8px 0}"
-    "th,td{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
+    "@page{size:A4;margin:12mm}"
+    "body{font-family:Helvetica,Arial,sans-serif;color:#222;max-width:960px;margin:8px;font-size:13px}"
+    "h1{font-size:22px;margin:8px 0}h2{font-size:16px;margin:18px 0 6px}"
+    "table{border-collapse:collapse;margin:6px 0}"
+    "th,td{border:1px solid #ccc;padding:3px 5px;font-size:11px;overflow-wrap:break-word}"
     "th{background:#f0f0f0;text-align:left}"
-    "td.n{text-align:right;font-variant-numeric:tabular-nums}"
-    ".total{font-size:18px;font-weight:bold}"
+    "td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}td.n{white-space:nowrap}"
+    "tfoot td{font-weight:bold;background:#f7f7f7;border-top:2px solid #888}"
+    "table.meta td{border:none;padding:1px 8px 1px 0;font-size:12px}"
+    "table.meta td:first-child{color:#666}"
+    ".total{font-size:18px;font-weight:bold;margin:10px 0 4px}"
+    ".budget{padding:4px 8px;display:inline-block;border-radius:3px;font-size:13px}"
+    ".ok{background:#e8f3e8;color:#1d5e20}"
+    ".over{background:#fde2e1;color:#9b1c1c;font-weight:bold}"
+    "tr.over td{background:#fde2e1;color:#9b1c1c}"
     ".muted{color:#666;font-size:12px}"
+    "dl{font-size:12px}dt{font-weight:bold}dd{margin:0 0 6px 16px}"
+    "svg{max-width:100%;height:auto}"
 )
 
 
-def bar_chart(title: str, items: list[tuple[str, Decimal]], currency: str, minor: int) -> str:
-    """Horizontal bars, one per item, widths proportional to the amounts (largest = full width)."""
+def bar_chart(title: str, items: list[tuple[str, Decimal]], fmt: Callable[[Decimal], str]) -> str:
+    """Horizontal bars, one per item, widths proportional to the amounts (largest = full width).
+    The SVG has a viewBox and scales down with the page; ``fmt`` formats an amount."""
     items = [(k, v) for k, v in items if v > 0]
     if not items:
         return ""
-    row_h, label_w, bar_w = 22, 220, 460
-    height = row_h * len(items) + 30
+    row_h, label_w, bar_w = 22, 200, 380
+    width, height = label_w + bar_w + 130, row_h * len(items) + 30
     top = max(v for _, v in items)
+    font = 'font-family="Helvetica,Arial,sans-serif"'
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 120}" height="{height}" role="img" '
-        f'aria-label="{escape(title)}">',
-        f'<text x="0" y="16" font-size="14" font-weight="bold" font-family="Helvetica,Arial,sans-serif">{escape(title)}</text>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
+        f'<text x="0" y="16" font-size="14" font-weight="bold" {font}>{escape(title)}</text>',
     ]
     for i, (label, value) in enumerate(items):
         y = 26 + i * row_h
         w = (value / top * bar_w).quantize(Decimal("0.1"))
         parts.append(
-            f'<text x="{label_w - 6}" y="{y + 14}" font-size="12" text-anchor="end" '
-            f'font-family="Helvetica,Arial,sans-serif">{escape(label)}</text>'
+            f'<text x="{label_w - 6}" y="{y + 14}" font-size="12" text-anchor="end" {font}>{escape(label)}</text>'
             f'<rect x="{label_w}" y="{y + 2}" width="{w}" height="{row_h - 6}" fill="#4a7bb7"/>'
-            f'<text x="{label_w + w + 6}" y="{y + 14}" font-size="12" font-family="Helvetica,Arial,sans-serif">'
-            f"{fmt_decimal(value, minor)} {escape(currency)}</text>"
+            f'<text x="{label_w + w + 6}" y="{y + 14}" font-size="12" {font}>{escape(fmt(value))}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _table(header: list[str], rows: list[list[str]], numeric: set[int]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+def _cell(tag: str, text: str, numeric: bool) -> str:
+    cls = ' class="n"' if numeric else ""
+    return f"<{tag}{cls}>{escape(text)}</{tag}>"
+
+
+def _table(t: Table, cls: str = "") -> str:
+    head = "".join(_cell("th", h, i in t.numeric) for i, h in enumerate(t.header))
     body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="n">{escape(c)}</td>' if i in numeric else f"<td>{escape(c)}</td>"
-            for i, c in enumerate(r)
-        )
+        ('<tr class="over">' if r in t.over else "<tr>")
+        + "".join(_cell("td", c, i in t.numeric) for i, c in enumerate(row))
         + "</tr>"
-        for r in rows
+        for r, row in enumerate(t.rows)
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    foot = ""
+    if t.totals is not None:
+        foot = (
+            '<tfoot><tr class="totals">'
+            + "".join(_cell("td", c, i in t.numeric) for i, c in enumerate(t.totals))
+            + "</tr></tfoot>"
+        )
+    attr = f' class="{cls}"' if cls else ""
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody>{foot}</table>"
+
+
+def _meta(pairs: list[tuple[str, str]]) -> str:
+    rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in pairs)
+    return f'<table class="meta"><tbody>{rows}</tbody></table>'
 
 
 def _doc(title: str, body: str) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
-    )
-
-
-def _period_line(st: Statement) -> str:
-    p = st.period
-    return (
-        f'<p class="muted">Period {escape(p.label)} ({escape(p.start.isoformat())} to {escape(p.end.isoformat())}, '
-        f"{escape(p.timezone)}) · method <b>{escape(st.method)}</b> · currency {escape(st.currency)} · "
-        f"quantities from {escape(st.source)}</p>"
     )
 
 
@@ -81,161 +114,71 @@ def _params_html(st: Statement) -> str:
     items = _params(st.params)
     if not items:
         return ""
-    return "<h3>Method parameters</h3><ul>" + "".join(f"<li>{escape(i[2:])}</li>" for i in items) + "</ul>"
+    return "<h2>Method parameters</h2><ul>" + "".join(f"<li>{escape(i[2:])}</li>" for i in items) + "</ul>"
+
+
+def _glossary() -> str:
+    return (
+        "<h2>Glossary</h2><dl>"
+        + "".join(f"<dt>{escape(term)}</dt><dd>{escape(text)}</dd>" for term, text in GLOSSARY)
+        + "</dl>"
+    )
 
 
 def render_team_html(st: Statement, t: TeamStatement) -> str:
-    m = st.money
-    parts = [f"<h1>Chargeback statement: {escape(t.team)}</h1>", _period_line(st)]
-    if t.business_unit or t.cost_center:
-        parts.append(
-            f"<p>Business unit: {escape(t.business_unit or '-')} · cost center: {escape(t.cost_center or '-')}</p>"
-        )
-    parts.append(f'<p class="total">Total: {m(t.total)} {escape(st.currency)}</p>')
-    if t.budget is not None:
-        parts.append(f"<p>Budget {m(t.budget)} {escape(st.currency)}: {t.budget_used_percent} % used</p>")
+    parts = [f"<h1>Chargeback statement: {escape(t.team)}</h1>", _meta(meta(st, t))]
+    parts.append(f'<p class="total">Total: {escape(st.cash(t.total))}</p>')
+    budget = budget_line(st, t)
+    if budget:
+        parts.append(f'<p class="budget {"over" if t.over_budget else "ok"}">{escape(budget)}</p>')
     if t.idle_share:
-        parts.append(f"<p>Of which idle GPU capacity: {m(t.idle_share)} {escape(st.currency)}</p>")
+        parts.append(f"<p>Of which idle GPU capacity: {escape(st.cash(t.idle_share))}</p>")
+    parts.append("<h2>This period against the previous one</h2>")
+    parts.append(_table(team_comparison(st, t)))
     by_user: dict[str, Decimal] = {}
     for line in t.lines:
         key = line.user or line.description
         by_user[key] = by_user.get(key, Decimal(0)) + line.charge
-    parts.append(
-        bar_chart(
-            "Spend by user",
-            sorted(by_user.items(), key=lambda kv: (-kv[1], kv[0])),
-            st.currency,
-            st.minor_units,
-        )
-    )
-    rows = [
-        [
-            line.user or line.description,
-            line.model,
-            line.pool,
-            line.kind,
-            str(line.requests),
-            str(line.prompt_tokens),
-            str(line.completion_tokens),
-            str(line.cached_tokens),
-            fmt_qty(line.weighted_tokens),
-            fmt_decimal(line.request_seconds, 3),
-            m(line.charge),
-        ]
-        for line in t.lines
-    ]
-    if rows:
-        parts.append(
-            _table(
-                [
-                    "user / item",
-                    "model",
-                    "pool",
-                    "kind",
-                    "requests",
-                    "prompt",
-                    "completion",
-                    "cached",
-                    "weighted",
-                    "seconds",
-                    "charge",
-                ],
-                rows,
-                set(range(4, 11)),
-            )
-        )
+    parts.append(bar_chart("Spend by user", sorted(by_user.items(), key=lambda kv: (-kv[1], kv[0])), st.cash))
+    parts.append("<h2>Lines</h2>")
+    if t.lines:
+        parts.append(_table(team_lines(st, t), "lines"))
     else:
         parts.append("<p>No usage in this period.</p>")
     parts.append(_params_html(st))
-    return _doc(f"Chargeback {t.team} {st.period.label}", "\n".join(p for p in parts if p))
+    parts.append(_glossary())
+    return _doc(f"Chargeback {t.team} {st.period.title}", "\n".join(p for p in parts if p))
 
 
 def render_summary_html(st: Statement) -> str:
-    m = st.money
-    cur = escape(st.currency)
     parts = [
         "<h1>Chargeback summary</h1>",
-        _period_line(st),
-        "<ul>"
-        f"<li>Total pool cost: <b>{m(st.total_pool_cost)} {cur}</b></li>"
-        f"<li>Recovered from teams: {m(st.recovered)} {cur}</li>"
-        f"<li>Kept by central IT (unrecovered): {m(st.unrecovered)} {cur}</li>"
-        f"<li>Idle GPU cost: {m(st.idle_cost)} {cur}</li></ul>",
+        _meta(meta(st, None)),
+        _meta(summary_figures(st)),
         bar_chart(
             "Spend by team",
             sorted(((t.team, t.total) for t in st.teams), key=lambda kv: (-kv[1], kv[0])),
-            st.currency,
-            st.minor_units,
+            st.cash,
         ),
+        "<h2>Teams</h2>",
+        _table(summary_teams(st), "teams"),
+        "<h2>Pools</h2>",
+        _table(summary_pools(st), "pools"),
     ]
-    rows = []
-    for t in [*st.teams, st.central]:
-        u = t.usage_totals()
-        rows.append([
-            t.team, t.business_unit, t.cost_center, str(u["requests"]), fmt_qty(u["weighted_tokens"]), m(t.idle_share),
-            m(t.total), "" if t.budget is None else m(t.budget),
-            "" if t.budget_used_percent is None else f"{t.budget_used_percent} %",
-        ])  # fmt: skip
-    parts.append("<h2>Teams</h2>")
-    parts.append(
-        _table(
-            [
-                "team",
-                "business unit",
-                "cost center",
-                "requests",
-                "weighted tokens",
-                "idle share",
-                "total",
-                "budget",
-                "used",
-            ],
-            rows,
-            {3, 4, 5, 6, 7, 8},
-        )
-    )
-    prows = [
-        [
-            p.name,
-            m(p.cost),
-            p.cost_source,
-            str(p.gpus),
-            fmt_decimal(p.gpu_hours, 1),
-            fmt_decimal(p.idle_hours, 1),
-            m(p.idle_cost) if p.idle_known else "n/a",
-            fmt_qty(p.weighted_tokens),
-            m(p.recovered),
-        ]
-        for p in st.pools
-    ]
-    parts.append("<h2>Pools</h2>")
-    parts.append(
-        _table(
-            [
-                "pool",
-                "cost",
-                "source",
-                "GPUs",
-                "GPU hours",
-                "idle hours",
-                "idle cost",
-                "weighted tokens",
-                "recovered",
-            ],
-            prows,
-            {1, 3, 4, 5, 6, 7, 8},
-        )
-    )
     if st.central.lines:
         parts.append("<h2>Central IT</h2>")
         parts.append(
             _table(
-                ["item", "pool", "amount"],
-                [[line.description, line.pool, m(line.charge)] for line in st.central.lines],
-                {2},
+                Table(
+                    ["item", "pool", "amount"],
+                    [[line.description, line.pool, st.cash(line.charge)] for line in st.central.lines],
+                    {2},
+                    ["Total", "", st.cash(st.central.total)],
+                )
             )
         )
     parts.append(_params_html(st))
     if st.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in st.notes) + "</ul>")
-    return _doc(f"Chargeback summary {st.period.label}", "\n".join(p for p in parts if p))
+    parts.append(_glossary())
+    return _doc(f"Chargeback summary {st.period.title}", "\n".join(p for p in parts if p))

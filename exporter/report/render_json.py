@@ -1,12 +1,32 @@
-"""JSON: everything in the statement, keys sorted, amounts as decimal strings (never floats)."""
+"""JSON: everything in the statement, keys sorted, amounts as decimal strings (never floats).
+
+Numbers stay machine-readable here (no locale grouping); the statement number, issue date,
+contacts, the previous period's figures and the price per 1M weighted tokens are plain fields."""
 
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 from exporter.report.money import fmt_decimal, fmt_money
-from exporter.report.statement import Statement, TeamStatement, fmt_qty
+from exporter.report.statement import GLOSSARY, Statement, TeamStatement, fmt_qty, unit_price
+
+PRICE_PLACES = 6  # price per 1M weighted tokens: enough digits to recompute the charge
+
+
+def _price(value: Decimal | None) -> str | None:
+    return None if value is None else fmt_decimal(value, PRICE_PLACES)
+
+
+def _header(st: Statement, team: str | None) -> dict[str, Any]:
+    return {
+        "statement_number": st.number(team),
+        "issue_date": st.issue_date.isoformat() if st.issue_date else None,
+        "billing_contact": st.billing_contact,
+        "locale": st.locale,
+        "glossary": dict(GLOSSARY),
+    }
 
 
 def team_dict(st: Statement, t: TeamStatement) -> dict[str, Any]:
@@ -15,6 +35,7 @@ def team_dict(st: Statement, t: TeamStatement) -> dict[str, Any]:
     totals = t.usage_totals()
     return {
         "team": t.team,
+        "statement_number": st.number(t.team),
         "business_unit": t.business_unit,
         "cost_center": t.cost_center,
         "billing_contacts": list(t.billing_contacts),
@@ -22,6 +43,16 @@ def team_dict(st: Statement, t: TeamStatement) -> dict[str, Any]:
         "budget_used_percent": None if used is None else str(used),
         "total": fmt_money(t.total, m),
         "idle_share": fmt_money(t.idle_share, m),
+        "over_budget": t.over_budget,
+        "price_per_million_weighted_tokens": _price(unit_price(t.total, t.weighted_tokens)),
+        "previous": None
+        if st.previous is None
+        else {
+            "period": st.previous.period.label,
+            "total": fmt_money(st.previous.totals.get(t.team, Decimal(0)), m),
+            "weighted_tokens": fmt_qty(st.previous.weighted_tokens.get(t.team, Decimal(0))),
+            "price_per_million_weighted_tokens": _price(st.previous_unit_price(t.team)),
+        },
         "usage": {
             **{k: v for k, v in totals.items() if isinstance(v, int)},
             "weighted_tokens": fmt_qty(totals["weighted_tokens"]),
@@ -33,8 +64,18 @@ def team_dict(st: Statement, t: TeamStatement) -> dict[str, Any]:
 
 def statement_dict(st: Statement) -> dict[str, Any]:
     m = st.minor_units
+    prev = st.previous
     return {
+        **_header(st, None),
         "period": st.period.as_dict(),
+        "previous_period": None
+        if prev is None
+        else {
+            **prev.period.as_dict(),
+            "total_pool_cost": fmt_money(prev.total_pool_cost, m),
+            "recovered": fmt_money(prev.recovered, m),
+            "teams": {k: fmt_money(v, m) for k, v in prev.totals.items()},
+        },
         "method": st.method,
         "parameters": st.params,
         "currency": st.currency,
@@ -76,6 +117,7 @@ def render_json(st: Statement) -> str:
 
 def render_team_json(st: Statement, t: TeamStatement) -> str:
     body = {
+        **_header(st, t.team),
         "period": st.period.as_dict(),
         "method": st.method,
         "parameters": st.params,
