@@ -11,7 +11,9 @@ response. Latency is measured per request from just before the write to the last
         --body '{"model": ...}' --concurrency 16 --requests 3000 [--warmup 200]
 
 Prints one JSON object: {"latencies": [s...], "ttfts": [s...], "seconds": wall, "errors": n,
-"statuses": {...}}.
+"statuses": {...}}. With ``--events`` it also counts the SSE events of every answer (blank-line
+terminated, counted in the de-chunked body) and reports ``events`` (all of them, warm-up included)
+and ``gaps``: the time between consecutive events of one answer, as seen by this client.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class _Conn(asyncio.Protocol):
         self.chunk_left = 0  # bytes left in the current chunk (+2 for its CRLF); 0 = expect a size line
         self.first_body: float | None = None
         self.finished = False
+        self.last_event: float | None = None  # arrival of the answer's previous SSE event
+        self.prev_lf = False  # the body's last byte so far was a line feed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -90,10 +94,12 @@ class _Conn(asyncio.Protocol):
         if self.length == -2:
             buf.clear()
             return
-        # chunked
+        # chunked: chunk_left counts the chunk's data and then its CRLF (the last 2 bytes)
         while buf:
             if self.chunk_left:
                 take = min(self.chunk_left, len(buf))
+                if self.gen.count_events and self.chunk_left > 2:
+                    self._events(bytes(buf[: min(take, self.chunk_left - 2)]))
                 del buf[:take]
                 self.chunk_left -= take
                 continue
@@ -109,6 +115,22 @@ class _Conn(asyncio.Protocol):
                 return
             del buf[: eol + 2]
             self.chunk_left = size + 2
+
+    def _events(self, data: bytes) -> None:
+        """Count the SSE events that end in ``data`` (a blank line: two line feeds, possibly split)."""
+        if not data:
+            return
+        n = data.count(b"\n\n") + (1 if self.prev_lf and data[0] == 0x0A else 0)
+        self.prev_lf = data[-1] == 0x0A and not data.endswith(b"\n\n")
+        if n:
+            gen = self.gen
+            gen.events += n
+            now = time.perf_counter()
+            if gen.recording:
+                if self.last_event is not None:
+                    gen.gaps.append(now - self.last_event)
+                gen.gaps.extend([0.0] * (n - 1))  # events that arrived together
+            self.last_event = now
 
     def _complete(self) -> None:
         if self.done is not None and not self.done.done():
@@ -138,7 +160,15 @@ class _Conn(asyncio.Protocol):
 
 
 class LoadGen:
-    def __init__(self, url: str, body: bytes, token: str | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        body: bytes,
+        token: str | None,
+        headers: list[str] | None = None,
+        count_events: bool = False,
+    ) -> None:
+        extra = list(headers or ())
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
@@ -152,12 +182,16 @@ class LoadGen:
         ]
         if token:
             headers.append(f"Authorization: Bearer {token}")
+        headers += extra
         self.request = ("\r\n".join(headers) + "\r\n\r\n").encode() + body
         self.remaining = 0
         self.recording = True
         self.latencies: list[float] = []
         self.ttfts: list[float] = []
         self.statuses: dict[int, int] = {}
+        self.count_events = count_events
+        self.events = 0
+        self.gaps: list[float] = []
 
     async def phase(self, concurrency: int, requests: int, stagger: float = 0.0) -> float:
         loop = asyncio.get_running_loop()
@@ -178,7 +212,7 @@ class LoadGen:
 
 
 async def main_async(args: argparse.Namespace) -> dict:
-    gen = LoadGen(args.url, args.body.encode(), args.token)
+    gen = LoadGen(args.url, args.body.encode(), args.token, args.header, args.events)
     if args.warmup:
         gen.recording = False
         await gen.phase(min(args.concurrency, 8), args.warmup)
@@ -191,6 +225,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         "seconds": seconds,
         "errors": errors,
         "statuses": {str(k): v for k, v in gen.statuses.items()},
+        **({"events": gen.events, "gaps": gen.gaps} if args.events else {}),
     }
 
 
@@ -208,6 +243,8 @@ def main() -> int:
         default=0.0,
         help="spread the connections' first requests evenly over this many seconds",
     )
+    p.add_argument("--header", action="append", default=[], help="an extra request header 'Name: value'")
+    p.add_argument("--events", action="store_true", help="count SSE events and the gaps between them")
     args = p.parse_args()
     try:
         import uvloop

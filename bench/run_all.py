@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-ORDER = ["proxy", "ledger", "gpu", "report", "scale", "series", "limits"]
+ORDER = ["proxy", "stream", "ledger", "gpu", "report", "scale", "series", "limits"]
 
 
 def load(name: str):  # type: ignore[no-untyped-def]

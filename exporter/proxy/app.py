@@ -22,24 +22,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from exporter.config import Config, Model
 from exporter.exposition import metrics_response
 from exporter.keys import expired_message
 from exporter.ledger.row import LedgerRow
-from exporter.proxy.errors import error_body, error_response
-from exporter.proxy.lifecycle import SHUTDOWN_STATUS, Streams, journal_begin, shutdown_cut
+from exporter.proxy.errors import error_response
+from exporter.proxy.lifecycle import SHUTDOWN_STATUS, Streams, journal_begin
 from exporter.proxy.metrics import ProxyMetrics
-from exporter.proxy.usage import (
-    SSEFilter,
-    Usage,
-    estimate_tokens,
-    extract_usage,
-    prompt_chars,
-    response_chars,
-    response_texts,
-)
+from exporter.proxy.relay import HOP_BY_HOP, relay_body, relay_stream
+from exporter.proxy.usage import Usage, estimate_tokens, prompt_chars
 from exporter.proxy.usage_count import UsageCounter
 
 if TYPE_CHECKING:
@@ -47,21 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chargeback.proxy")
 
-# RFC 9110 §7.6.1 hop-by-hop headers, plus what the proxy sets itself or must never pass on.
-HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Proxy-Connection",
-    )
-)
 REQUEST_DROP = HOP_BY_HOP | {
     "host",
     "content-length",
@@ -72,20 +49,10 @@ REQUEST_DROP = HOP_BY_HOP | {
     "content-encoding",
     "cookie",
 }
-RESPONSE_DROP = HOP_BY_HOP | {
-    "content-length",
-    "content-encoding",
-    "server",
-    "date",
-    "set-cookie",
-    "www-authenticate",
-    "authorization",
-}
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 # endpoints where stream_options.include_usage exists (the Responses API always sends usage)
 INCLUDE_USAGE_ENDPOINTS = frozenset(("/v1/chat/completions", "/v1/completions"))
-MAX_UPSTREAM_BODY = 256 * 1024 * 1024  # a non-streaming response bigger than this is refused (502)
 LEDGER_CLOSE_MIN_SECONDS = 2.0  # the ledger's time at shutdown when the grace period is used up
 COUNT_DRAIN_MAX_SECONDS = 10.0  # tokenize counts still running at shutdown get at most this
 
@@ -304,17 +271,6 @@ def _upstream_headers(request: web.Request, model: Model, call: Call) -> dict[st
     return headers
 
 
-def _client_headers(upstream: aiohttp.ClientResponse, call: Call) -> CIMultiDict[str]:
-    connection = upstream.headers.get("Connection")
-    drop = RESPONSE_DROP | {h.strip().lower() for h in connection.split(",")} if connection else RESPONSE_DROP
-    # Case-insensitive and multi-valued, like HTTP headers: an upstream that echoes ``x-request-id``
-    # in any spelling is replaced, not joined (the client must see exactly the ledger's request id),
-    # and repeated headers (Link, Vary) survive.
-    headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
-    headers["X-Request-Id"] = call.request_id
-    return headers
-
-
 def _upstream_order(state: ProxyState, model: Model) -> list[str]:
     n = len(model.upstreams)
     i = state.rr.get(model.name, 0)
@@ -500,10 +456,10 @@ async def _forward(
                 journal_begin(state.ledger, call, upstream.status)
                 state.streams.add(call.request_id, upstream)
                 try:
-                    return await _relay_stream(request, call, upstream, hide_usage)
+                    return await relay_stream(request, call, upstream, hide_usage, state.streams)
                 finally:
                     state.streams.discard(call.request_id)
-            return await _relay_body(call, upstream)
+            return await relay_body(call, upstream)
         except BaseException:
             upstream.close()  # unfinished: drop the connection so the upstream stops working
             raise
@@ -512,124 +468,6 @@ async def _forward(
     finally:
         state.inflight -= 1
         state.metrics.inflight_dec(model.name)
-
-
-async def _relay_body(call: Call, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-    """Non-streaming: read the (bounded) JSON, take its usage, pass it on."""
-    try:
-        if (upstream.content_length or 0) > MAX_UPSTREAM_BODY:
-            raise ValueError("upstream response too large")
-        data = await upstream.read()
-    except aiohttp.SocketTimeoutError:
-        upstream.close()
-        return _reply(
-            call, 504, "upstream timed out while sending the response", "upstream_error", "upstream_timeout"
-        )
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
-        upstream.close()
-        call.estimated = True
-        call.usage_reason = call.usage_reason or "upstream failed while sending the response"
-        return _reply(
-            call,
-            502,
-            f"upstream failed while sending the response: {exc}",
-            "upstream_error",
-            "upstream_error",
-        )
-    call.status = upstream.status
-    if upstream.status < 300:
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            obj = None
-        call.usage = extract_usage(obj)
-        if call.usage is None:
-            call.estimated = True
-            call.usage_reason = call.usage_reason or "response carried no usage"
-            call.delivered_chars = response_chars(obj)
-            if call.model is not None and call.model.usage_fallback == "tokenize":
-                call.texts = response_texts(obj)
-    else:
-        call.error = f"upstream returned {upstream.status}"
-    return web.Response(status=upstream.status, body=data, headers=_client_headers(upstream, call))
-
-
-async def _relay_stream(
-    request: web.Request, call: Call, upstream: aiohttp.ClientResponse, hide_usage: bool
-) -> web.StreamResponse:
-    """SSE: pass every complete event on as it arrives, keep the usage event."""
-    response = web.StreamResponse(status=upstream.status, headers=_client_headers(upstream, call))
-    call.status = upstream.status
-    sse = SSEFilter(hide_usage, keep_text=call.model is not None and call.model.usage_fallback == "tokenize")
-
-    async def send(out: bytes) -> None:
-        # Once the end marker has been handed to the transport the client has the whole answer: a
-        # close from then on (the SDK stops reading at [DONE] while the upstream still ends its body)
-        # must not turn a delivered stream into a 499. write() raises a reset before handing bytes on,
-        # and a cancellation can only land after that, in the drain.
-        before = call.complete
-        call.complete = call.complete or sse.complete
-        try:
-            await response.write(out)
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            call.complete = before
-            raise
-
-    first = True
-    try:
-        await response.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_any():
-                out = sse.feed(chunk)
-                if out:
-                    if first:
-                        call.first_byte = time.perf_counter()
-                        first = False
-                    await send(out)
-            tail = sse.flush()
-            if tail:
-                await send(tail)
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            raise  # the client went away (handled below), not the upstream
-        except (
-            aiohttp.ClientPayloadError,
-            aiohttp.ServerDisconnectedError,
-            aiohttp.SocketTimeoutError,
-            aiohttp.ClientConnectionError,
-        ) as exc:
-            upstream.close()
-            cut = shutdown_cut(request.app[STATE].streams, call)
-            if cut is not None:
-                await response.write(cut)
-            elif not sse.complete:  # after the end marker the client has the whole answer: no error
-                timeout = isinstance(exc, aiohttp.SocketTimeoutError)
-                call.status = 504 if timeout else 502
-                call.error = (
-                    "upstream timed out mid-stream" if timeout else f"upstream dropped mid-stream: {exc}"
-                )
-                event = error_body(
-                    call.error, "upstream_error", "upstream_timeout" if timeout else "upstream_disconnected"
-                )
-                await response.write(b"data: " + event + b"\n\n")
-        await response.write_eof()
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
-        upstream.close()  # stop the upstream generating for nobody
-        if not call.complete:
-            call.status = 499
-            call.error = f"client closed the connection: {exc}"
-    except asyncio.CancelledError:
-        upstream.close()
-        raise
-    finally:
-        call.delivered_chars = sse.delivered_chars
-        call.texts = sse.texts
-        if sse.error and not call.error:  # the status line was 200 already; the row says what happened
-            call.error = f"upstream error event: {sse.error}"
-        call.usage = sse.usage
-        if call.usage is None:
-            call.estimated = True
-            call.usage_reason = call.usage_reason or "stream ended without a usage event"
-    return response
 
 
 async def _models(request: web.Request) -> web.Response:

@@ -155,32 +155,69 @@ def _last_boundary(buf: bytes, before: int) -> int:
 
 class SSEFilter:
     """Splits an upstream SSE byte stream into events, passes each complete event on, remembers the
-    usage event, and drops the usage-only chunk the proxy asked for when the client did not."""
+    usage event, and drops the usage-only chunk the proxy asked for when the client did not.
 
-    __slots__ = ("_buf", "complete", "delivered_chars", "error", "hide_usage", "texts", "usage")
+    The generated text (for an estimate, should no usage ever come) is counted lazily: forwarded
+    blocks are kept (up to ``PENDING_TEXT_BYTES``) and scanned in one go when ``delivered_chars``
+    or ``texts`` is read. The relay reads them only when the stream ended without usage, so the
+    usual stream is never scanned for text at all."""
+
+    __slots__ = (
+        "_buf",
+        "_chars",
+        "_pending",
+        "_pending_size",
+        "_texts",
+        "complete",
+        "error",
+        "hide_usage",
+        "usage",
+    )
+
+    PENDING_TEXT_BYTES = 64 * 1024
 
     def __init__(self, hide_usage: bool, keep_text: bool = False) -> None:
         self._buf = b""
         self.hide_usage = hide_usage
         self.usage: Usage | None = None
-        self.delivered_chars = 0
+        self._chars = 0
         # the delivered text itself, for counting it with the server's tokenizer afterwards
-        self.texts: list[str] | None = [] if keep_text else None
+        self._texts: list[str] | None = [] if keep_text else None
+        # forwarded blocks whose text is not counted yet (in delivery order)
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         # set once the stream's end marker ([DONE], or the Responses API's final event) has been
         # returned for forwarding: after it, the client has the whole answer
         self.complete = False
         # the message of an error event the upstream sent inside the stream (status already 200)
         self.error: str | None = None
 
+    @property
+    def delivered_chars(self) -> int:
+        """Characters of generated text passed on so far (decoded, like the non-streamed path)."""
+        if self._pending:
+            self._count_pending()
+        return self._chars
+
+    @property
+    def texts(self) -> list[str] | None:
+        """The generated text passed on so far, when asked to keep it (``keep_text``)."""
+        if self._pending:
+            self._count_pending()
+        return self._texts
+
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to forward now: every complete event in the input so far (possibly rewritten)."""
-        buf = self._buf + chunk if self._buf else chunk
-        end = _last_boundary(buf, len(buf))
-        if end == 0:
-            self._buf = buf
-            return b""
-        done = buf[:end] if end < len(buf) else buf
-        self._buf = buf[end:]
+        if not self._buf and chunk.endswith(b"\n\n"):
+            done = chunk  # the usual chunk: whole events, nothing held back
+        else:
+            buf = self._buf + chunk if self._buf else chunk
+            end = _last_boundary(buf, len(buf))
+            if end == 0:
+                self._buf = buf
+                return b""
+            done = buf[:end] if end < len(buf) else buf
+            self._buf = buf[end:]
         if b'"type":"response.' in done:
             if b'"type":"response.completed"' in done:
                 self._mark_complete(done)
@@ -191,8 +228,8 @@ class SSEFilter:
             self._note_error(done)
         found = _USAGE_OBJECT.search(done)
         if found is None:
-            # Almost every chunk: no usage here, so the events pass through as they are, and their
-            # generated text is counted in one scan (for an estimate, should no usage ever come).
+            # Almost every chunk: no usage here, so the events pass through as they are (their
+            # generated text is counted later, if at all).
             self._count_text(done)
             return done
         # The usage event: pass the events before it as they are; parse from the one that holds it.
@@ -230,23 +267,36 @@ class SSEFilter:
                     return
 
     def _count_text(self, block: bytes) -> None:
-        if b"data:" not in block:
-            return
-        if self.texts is None and block.isascii() and b"\\" not in block:
-            # the common block: plain ASCII without escapes, so each text is its own length
-            self.delivered_chars += sum(len(m) for m in _TEXT_FIELDS.findall(block))
-            return
-        self._take(_TEXT_FIELDS.findall(block))
+        """Note a forwarded block for counting its text later (now, once enough is pending)."""
+        self._pending.append(block)
+        self._pending_size += len(block)
+        if self._pending_size > self.PENDING_TEXT_BYTES:
+            self._count_pending()
+
+    def _count_pending(self) -> None:
+        pending = self._pending
+        self._pending = []
+        self._pending_size = 0
+        for block in pending:  # block by block: a match never spans two of them
+            if b"data:" not in block:
+                continue
+            if self._texts is None and block.isascii() and b"\\" not in block:
+                # the common block: plain ASCII without escapes, so each text is its own length
+                self._chars += sum(len(m) for m in _TEXT_FIELDS.findall(block))
+            else:
+                self._take(_TEXT_FIELDS.findall(block))
 
     def _take(self, found: list[bytes]) -> None:
         """Count (and keep, if asked) generated text, as decoded characters like the non-streamed path."""
-        if self.texts is not None:
+        if self._pending:  # blocks forwarded earlier come first (the kept texts stay in order)
+            self._count_pending()
+        if self._texts is not None:
             for raw in found:
                 text = _decode(raw)
-                self.delivered_chars += len(text)
-                self.texts.append(text)
+                self._chars += len(text)
+                self._texts.append(text)
             return
-        self.delivered_chars += sum(len(_decode(raw)) for raw in found)
+        self._chars += sum(len(_decode(raw)) for raw in found)
 
     def _events(self, block: bytes) -> bytes:
         """Complete events, one at a time (possibly rewritten)."""

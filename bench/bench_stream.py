@@ -1,0 +1,235 @@
+"""Streaming relay benchmark: the proxy's CPU per relayed SSE event against a bare TCP relay's, on the
+same paced traffic in the same run.
+
+A real inference server sends each token as its own SSE event, tens of milliseconds apart, over
+hundreds of concurrent streams: every event reaches the proxy on its own and costs it a wake-up, a
+read and a write. This measures that per-event cost, with the simulator pacing its events (as
+``--tokens-per-second`` does) and 256 concurrent streams, three ways, one after the other:
+
+- **direct**: the load generator talks to the simulator (the gaps between events as sent);
+- **bare relay**: through ``bench/bare_relay.py`` (exporter/sim/relay.py on uvloop: one read and one
+  write per TCP segment, no HTTP parsing) — the floor for anything that passes bytes on;
+- **proxy**: through the chargeback proxy (authentication, usage accounting, ledger row per request).
+
+CPU is each relaying process's CPU time (utime + stime from /proc, all threads) over the run,
+divided by the SSE events the clients received (warm-up included, counted by the load generator).
+Inter-event gaps are measured at the client, in its own process; the proxy's added gap is its p99
+minus the direct run's p99.
+
+    .venv/bin/python bench/bench_stream.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH))
+
+from bench_proxy import Placement, cpu_seconds, pct, pin, placement, start  # noqa: E402
+
+from exporter.sim.harness import UPSTREAM_API_KEY  # noqa: E402
+
+LOADGEN = BENCH / "loadgen.py"
+RELAY = BENCH / "bare_relay.py"
+STREAMS = 256
+# 24 tokens (one SSE event each) after the role event, then the finish chunk, the usage chunk and
+# [DONE]: 28 events per answer. The prompt is chosen so that the simulator's answer is max_tokens long.
+BODY = {
+    "model": "bench-a",
+    "messages": [{"role": "user", "content": "benchmark the accounting proxy please"}],
+    "max_tokens": 24,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
+# (label, events per second per stream)
+PACES = (("50 ms between events", 20.0), ("20 ms between events", 50.0))
+
+
+@dataclass
+class Run:
+    events: int  # SSE events received, warm-up included
+    gaps: list[float]  # seconds between consecutive events of one answer (measured phase)
+    seconds: float  # measured phase
+    cpu: float  # CPU seconds of the relaying process over the whole load-generator run
+    answers: int  # answers in the measured phase
+
+    @property
+    def delivered_per_second(self) -> float:
+        """Events per second the client received in the measured phase (each answer: gaps + 1)."""
+        return (len(self.gaps) + self.answers) / self.seconds
+
+    @property
+    def us_per_event(self) -> float:
+        return self.cpu / self.events * 1e6
+
+    @property
+    def events_per_core_second(self) -> float:
+        return self.events / self.cpu if self.cpu else float("inf")
+
+    @property
+    def p99_gap(self) -> float:
+        return pct(self.gaps, 0.99)
+
+
+def drive(url: str, token: str, rate: float, requests: int, cpus: set[int] | None, pid: int | None) -> Run:
+    answer_seconds = BODY["max_tokens"] / rate
+    argv = [
+        sys.executable,
+        str(LOADGEN),
+        "--url",
+        url,
+        "--token",
+        token,
+        "--body",
+        json.dumps(BODY),
+        "--header",
+        f"X-Sim-Tokens-Per-Second: {rate}",
+        "--concurrency",
+        str(STREAMS),
+        "--requests",
+        str(requests),
+        "--warmup",
+        "16",
+        "--stagger",
+        str(answer_seconds),
+        "--events",
+    ]
+    before = cpu_seconds(pid) if pid else 0.0
+    out = subprocess.run(
+        argv,
+        capture_output=True,
+        timeout=600,
+        check=False,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+    )
+    used = cpu_seconds(pid) - before if pid else 0.0
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr.decode()[-2000:]}")
+    data = json.loads(out.stdout)
+    if data["errors"] or len(data["latencies"]) != requests:
+        raise RuntimeError(f"{url}: {len(data['latencies'])}/{requests} answers, statuses {data['statuses']}")
+    return Run(data["events"], data["gaps"], data["seconds"], used, requests)
+
+
+class BareRelay:
+    def __init__(self, target: str, cpus: set[int] | None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(RELAY), "--target", target],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        pin(self.proc.pid, cpus)
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def bench(quick: bool) -> tuple[str, dict[str, dict[str, Run]]]:
+    where: Placement = placement()
+    load = os.getloadavg()[0]
+    per_stream = 2 if quick else 4  # answers per connection
+    requests = STREAMS * per_stream
+    results: dict[str, dict[str, Run]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmpdir:
+        cm, stack = start(Path(tmpdir), "stream", {"bench00000@corp.example": "research"}, where)
+        relay = None
+        try:
+            token = next(iter(stack.tokens.values()))
+            proxy_pid = stack.proxy.process.proc.pid  # type: ignore[union-attr]
+            sim = stack.sim_url.removeprefix("http://")
+            relay = BareRelay(sim, where.proxy)  # the relay gets the proxy's CPU: the same seat
+            relay_url = f"http://127.0.0.1:{relay.port}/v1/chat/completions"
+            for label, rate in PACES:
+                results[label] = {
+                    "direct": drive(
+                        f"{stack.sim_url}/v1/chat/completions",
+                        UPSTREAM_API_KEY,
+                        rate,
+                        requests,
+                        where.loadgen,
+                        None,
+                    ),
+                    "relay": drive(
+                        relay_url, UPSTREAM_API_KEY, rate, requests, where.loadgen, relay.proc.pid
+                    ),
+                    "proxy": drive(
+                        f"{stack.api_url}/v1/chat/completions",
+                        token,
+                        rate,
+                        requests,
+                        where.loadgen,
+                        proxy_pid,
+                    ),
+                }
+        finally:
+            if relay is not None:
+                relay.close()
+            cm.__exit__(None, None, None)
+
+    rows = []
+    for label, rate in PACES:
+        r = results[label]
+        d, b, p = r["direct"], r["relay"], r["proxy"]
+        ratio = p.us_per_event / b.us_per_event
+        rows.append(
+            f"| {label} | {STREAMS * rate:,.0f} | {b.us_per_event:.1f} | {p.us_per_event:.1f} | {ratio:.2f} | "
+            f"{b.events_per_core_second:,.0f} | {p.events_per_core_second:,.0f} | "
+            f"{p.delivered_per_second:,.0f} | "
+            f"{d.p99_gap * 1000:.2f} | {b.p99_gap * 1000:.2f} | {p.p99_gap * 1000:.2f} | "
+            f"{(p.p99_gap - d.p99_gap) * 1000:.2f} |"
+        )
+    lines = [
+        "## Streaming relay: proxy vs bare TCP relay" + (" (quick run)" if quick else ""),
+        "",
+        f"Method: `bench/bench_stream.py`. {STREAMS} concurrent streams from `bench/loadgen.py` (its own process), "
+        f"each answer {BODY['max_tokens']} tokens paced by the simulator (one SSE event per token, plus the role, "
+        "finish, usage and [DONE] events: 28 events per answer), "
+        f"{per_stream} answers per connection, connections started staggered over one answer's duration. "
+        "The same traffic goes direct to the simulator, through a bare TCP relay (exporter/sim/relay.py "
+        "on uvloop, `bench/bare_relay.py`: the floor for anything that passes bytes on) and through the "
+        f"proxy, in this order, in the same run. CPU placement: {where.describe()}; the relay sits on the "
+        "proxy's CPU. `µs/event` is the relaying process's CPU time (utime + stime of all its threads; the "
+        "proxy's includes authentication, the counters and the ledger row of each request) divided by the "
+        "SSE events the client received; `events/s per core` is its inverse. Gaps are the times between "
+        "consecutive events of one answer at the client; `added p99 gap` is the proxy's p99 minus the "
+        f"direct run's. Load average at start: {load:.2f} (the machine is shared: CPU per event is the "
+        "robust figure, gaps are noisier).",
+        "",
+        "| pacing | events/s offered | relay µs/event | proxy µs/event | proxy / relay | relay events/s per core "
+        "| proxy events/s per core | events/s delivered (proxy) | direct p99 gap ms | relay p99 gap ms "
+        "| proxy p99 gap ms | added p99 gap ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
+    return "\n".join(lines), results
+
+
+def run(quick: bool) -> str:
+    return bench(quick)[0]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    started = time.monotonic()
+    print(run(parser.parse_args().quick))
+    print(f"({time.monotonic() - started:.0f} s)", file=sys.stderr)

@@ -1,0 +1,353 @@
+"""Passing the upstream's answer on to the client: a JSON body (``relay_body``) or an SSE stream
+(``relay_stream``), reading the usage on the way.
+
+The stream path is the proxy's hot loop: a real inference server sends every token as its own SSE
+event, so one request costs the proxy a wake-up, a read and a write per token. It therefore does the
+least per event that keeps the accounting exact:
+
+- no task wake-up per event: after the first event (which aiohttp sends together with the status
+  line and headers) the body is taken from aiohttp's payload reader as its HTTP parser hands it
+  over (``_TappedReader``), inside the upstream connection's ``data_received``, and written straight
+  to the client's transport, one HTTP chunk per upstream read;
+- flow control only when the client's socket buffer is above its high-water mark: the stream is
+  then handed back to the handler's task and aiohttp's reader, which buffers and stops reading the
+  upstream until the client has caught up (a slow client slows its upstream; a fast one costs no
+  drain per event);
+- ``SSEFilter`` (exporter/proxy/usage.py) passes ordinary chunks through after a few byte searches,
+  parses JSON only for the event that carries the usage, and counts the streamed text only if the
+  stream ends without usage.
+
+Where a stream ends early (the upstream breaks it or times out, or the proxy's shutdown cuts it)
+``relay_stream`` closes it with an SSE error event: the status line (200) is gone by then, so that is
+how the client learns of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDict
+
+from exporter.proxy.errors import error_body, error_response
+from exporter.proxy.lifecycle import Streams, shutdown_cut
+from exporter.proxy.usage import SSEFilter, extract_usage, response_chars, response_texts
+
+if TYPE_CHECKING:
+    from exporter.proxy.app import Call
+
+# RFC 9110 §7.6.1 hop-by-hop headers, plus what the proxy sets itself or must never pass on.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Proxy-Connection",
+    )
+)
+RESPONSE_DROP = HOP_BY_HOP | {
+    "content-length",
+    "content-encoding",
+    "server",
+    "date",
+    "set-cookie",
+    "www-authenticate",
+    "authorization",
+}
+MAX_UPSTREAM_BODY = 256 * 1024 * 1024  # a non-streaming response bigger than this is refused (502)
+# Above this many bytes waiting in the client's socket buffer the relay waits for it to drain (the
+# transport's own default high-water mark), so a slow client slows the upstream instead of growing
+# the proxy's memory.
+WRITE_HIGH_WATER = 64 * 1024
+
+
+def client_headers(upstream: aiohttp.ClientResponse, call: Call) -> CIMultiDict[str]:
+    connection = upstream.headers.get("Connection")
+    drop = RESPONSE_DROP | {h.strip().lower() for h in connection.split(",")} if connection else RESPONSE_DROP
+    # Case-insensitive and multi-valued, like HTTP headers: an upstream that echoes ``x-request-id``
+    # in any spelling is replaced, not joined (the client must see exactly the ledger's request id),
+    # and repeated headers (Link, Vary) survive.
+    headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
+    headers["X-Request-Id"] = call.request_id
+    return headers
+
+
+def _upstream_error(call: Call, status: int, message: str, code: str) -> web.Response:
+    call.status = status
+    call.error = message
+    return error_response(status, message, "upstream_error", code, headers={"X-Request-Id": call.request_id})
+
+
+async def relay_body(call: Call, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    """Non-streaming: read the (bounded) JSON, take its usage, pass it on."""
+    try:
+        if (upstream.content_length or 0) > MAX_UPSTREAM_BODY:
+            raise ValueError("upstream response too large")
+        data = await upstream.read()
+    except aiohttp.SocketTimeoutError:
+        upstream.close()
+        return _upstream_error(call, 504, "upstream timed out while sending the response", "upstream_timeout")
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        upstream.close()
+        call.estimated = True
+        call.usage_reason = call.usage_reason or "upstream failed while sending the response"
+        return _upstream_error(
+            call, 502, f"upstream failed while sending the response: {exc}", "upstream_error"
+        )
+    call.status = upstream.status
+    if upstream.status < 300:
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            obj = None
+        call.usage = extract_usage(obj)
+        if call.usage is None:
+            call.estimated = True
+            call.usage_reason = call.usage_reason or "response carried no usage"
+            call.delivered_chars = response_chars(obj)
+            if call.model is not None and call.model.usage_fallback == "tokenize":
+                call.texts = response_texts(obj)
+    else:
+        call.error = f"upstream returned {upstream.status}"
+    return web.Response(status=upstream.status, body=data, headers=client_headers(upstream, call))
+
+
+class _Relay:
+    """One stream's relay: takes the upstream's body bytes as they arrive (``take``, synchronous),
+    passes them through the ``SSEFilter`` and writes the result straight to the client's transport,
+    one HTTP chunk per write. ``done`` resolves when the upstream's body ends or the client falls
+    behind (``slow``), or fails with what ended it (an upstream error, or
+    ``ClientConnectionResetError`` when the client has gone)."""
+
+    __slots__ = ("_chunked", "_transport", "call", "done", "first", "slow", "sse")
+
+    def __init__(self, request: web.Request, call: Call, sse: SSEFilter, chunked: bool) -> None:
+        self._transport = request.transport  # the connection's, for the response's whole life
+        self._chunked = chunked
+        self.call = call
+        self.sse = sse
+        self.first = True  # nothing forwarded yet
+        # the client's socket buffer went above its high-water mark: from then on the task reads the
+        # stream itself, waiting for the client as needed (aiohttp's reader buffers and pauses the
+        # upstream meanwhile)
+        self.slow = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def take(self, chunk: bytes) -> None:
+        data = self.sse.feed(chunk)
+        if data:
+            try:
+                self.send(data)
+            except aiohttp.ClientConnectionResetError as exc:
+                self.end(exc)
+
+    def send(self, data: bytes) -> None:
+        """Raises ``ClientConnectionResetError`` when the client has gone, before handing anything on."""
+        call = self.call
+        if self.first:
+            call.first_byte = time.perf_counter()
+            self.first = False
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        # Once the end marker has been handed to the transport the client has the whole answer: a
+        # close from then on (the SDK stops reading at [DONE] while the upstream still ends its body)
+        # must not turn a delivered stream into a 499.
+        call.complete = call.complete or self.sse.complete
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        if not self.slow and transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            self.slow = True
+            self.end()
+
+    def backlog(self) -> bool:
+        transport = self._transport
+        return transport is not None and transport.get_write_buffer_size() > WRITE_HIGH_WATER
+
+    def end(self, exc: BaseException | None = None) -> None:
+        if self.done.done():
+            return
+        if exc is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(exc)
+
+    def stop(self) -> None:
+        if not self.done.done():
+            self.done.cancel()
+        elif not self.done.cancelled():
+            self.done.exception()  # retrieved: no "exception was never retrieved" warning
+
+
+# The stream's body is taken from aiohttp's payload reader as its HTTP parser hands it over, not by
+# a task that wakes up per event: ``_TappedReader`` is swapped in as the reader's class for the
+# stream's duration (same slots, only these methods differ) and forwards to the stream's ``_Relay``.
+_TAPS: dict[StreamReader, _Relay] = {}
+
+
+class _TappedReader(StreamReader):
+    __slots__ = ()
+
+    def feed_data(self, data: bytes, size: int = 0) -> bool:
+        relay = _TAPS[self]
+        if relay.done.done():
+            # the relay stopped taking (a slow client; or the stream is over): the reader buffers
+            # as usual, pausing the upstream when full, until the task reads it
+            return StreamReader.feed_data(self, data, size)
+        relay.take(data)
+        return False
+
+    def begin_http_chunk_receiving(self) -> None:
+        if _TAPS[self].done.done():
+            StreamReader.begin_http_chunk_receiving(self)
+
+    def end_http_chunk_receiving(self) -> None:
+        if _TAPS[self].done.done():
+            StreamReader.end_http_chunk_receiving(self)
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        _TAPS[self].end()
+
+    def set_exception(self, exc: BaseException, *args: object, **kwargs: object) -> None:
+        super().set_exception(exc, *args, **kwargs)  # type: ignore[arg-type]
+        _TAPS[self].end(exc)
+
+
+async def _pump(relay: _Relay, request: web.Request, content: StreamReader) -> None:
+    """Move the upstream's body to the client until it ends (raises what ended it)."""
+    if type(content) is StreamReader and not content.is_eof() and content.exception() is None:
+        early = content.read_nowait()  # what arrived with the headers; nothing can land in between
+        if early:
+            relay.take(early)
+        _TAPS[content] = relay
+        content.__class__ = _TappedReader
+        try:
+            await relay.done
+        finally:
+            content.__class__ = StreamReader
+            del _TAPS[content]
+        if not relay.slow:
+            return
+    # chunk by chunk, by this task: a slow client (waited for whenever its buffer is full), or a
+    # reader that cannot be tapped
+    while True:
+        if relay.backlog():
+            try:
+                await request.writer.drain()
+            except ConnectionError as exc:
+                raise aiohttp.ClientConnectionResetError(str(exc)) from exc
+        chunk = await content.readany()
+        if not chunk:
+            return
+        data = relay.sse.feed(chunk)
+        if data:
+            relay.send(data)
+
+
+async def write_error_event(
+    response: web.StreamResponse, message: str, code: str, type_: str = "upstream_error"
+) -> None:
+    """End a started stream with an SSE error event: the status line (200) is gone by then, so this
+    is how the client learns that the answer was cut short."""
+    await response.write(b"data: " + error_body(message, type_, code) + b"\n\n")
+
+
+async def relay_stream(
+    request: web.Request,
+    call: Call,
+    upstream: aiohttp.ClientResponse,
+    hide_usage: bool,
+    streams: Streams | None = None,
+) -> web.StreamResponse:
+    """SSE: pass the upstream's events on as they arrive, keep the usage event. ``streams``: the
+    streams in progress, which shutdown may cut (exporter/proxy/lifecycle.py)."""
+    response = web.StreamResponse(status=upstream.status, headers=client_headers(upstream, call))
+    call.status = upstream.status
+    sse = SSEFilter(hide_usage, keep_text=call.model is not None and call.model.usage_fallback == "tokenize")
+    relay: _Relay | None = None
+
+    async def send(data: bytes) -> None:
+        """Through aiohttp (the first bytes, with the status line and headers; the rare tail)."""
+        if relay is None or relay.first:
+            call.first_byte = time.perf_counter()
+        before = call.complete
+        call.complete = call.complete or sse.complete  # as in _Relay.send
+        try:
+            await response.write(data)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            call.complete = before
+            raise
+
+    try:
+        await response.prepare(request)
+        try:
+            # Up to the first bytes to forward the task reads itself, and aiohttp sends them in one
+            # write with the status line and headers; from then on the relay writes the body.
+            data = b""
+            while not data:
+                chunk = await upstream.content.readany()
+                if not chunk:
+                    break
+                data = sse.feed(chunk)
+            if data:
+                await send(data)
+            chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+            relay = _Relay(request, call, sse, chunked)
+            relay.first = not data
+            await _pump(relay, request, upstream.content)
+            tail = sse.flush()
+            if tail:
+                await send(tail)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            raise  # the client went away (handled below), not the upstream
+        except (
+            aiohttp.ClientPayloadError,
+            aiohttp.ServerDisconnectedError,
+            aiohttp.SocketTimeoutError,
+            aiohttp.ClientConnectionError,
+        ) as exc:
+            upstream.close()
+            cut = shutdown_cut(streams, call) if streams is not None else None
+            if cut is not None:
+                await response.write(cut)  # the proxy's shutdown ended it: the event says so
+            elif not sse.complete:  # after the end marker the client has the whole answer: no error
+                timeout = isinstance(exc, aiohttp.SocketTimeoutError)
+                call.status = 504 if timeout else 502
+                call.error = (
+                    "upstream timed out mid-stream" if timeout else f"upstream dropped mid-stream: {exc}"
+                )
+                code = "upstream_timeout" if timeout else "upstream_disconnected"
+                await write_error_event(response, call.error, code)
+        await response.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+        upstream.close()  # stop the upstream generating for nobody
+        if not call.complete:
+            call.status = 499
+            call.error = f"client closed the connection: {exc}"
+    except asyncio.CancelledError:
+        upstream.close()
+        raise
+    finally:
+        if relay is not None:
+            relay.stop()
+        if sse.error and not call.error:  # the status line was 200 already; the row says what happened
+            call.error = f"upstream error event: {sse.error}"
+        call.usage = sse.usage
+        if call.usage is None:
+            # only an estimate (or the tokenizer) needs the delivered text: counted here, once
+            call.delivered_chars = sse.delivered_chars
+            call.texts = sse.texts
+            call.estimated = True
+            call.usage_reason = call.usage_reason or "stream ended without a usage event"
+    return response
