@@ -12,22 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import attr
-from grafanalib.core import (
-    BarGauge,
-    Dashboard,
-    DashboardLink,
-    GridPos,
-    RowPanel,
-    Stat,
-    Table,
-    Target,
-    Template,
-    Templating,
-    Time,
-    TimePicker,
-    TimeSeries,
-)
+from dashboards import modern, selectors
+from dashboards.modern import Json
 
 # Default currency of the generated JSON (the example config uses EUR). ``build.py --currency USD``
 # regenerates the dashboards for another ISO 4217 code.
@@ -98,33 +84,12 @@ def currency_unit(code: str) -> str:
     return f"currency:{code} "
 
 
-@attr.s
-class PromTarget(Target):
-    """A Prometheus query in today's Grafana form (``range``/``instant`` and ``editorMode``), always
-    pointing at the ``${datasource}`` variable."""
-
-    def to_json_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = super().to_json_data()
-        data["range"] = not self.instant
-        data["editorMode"] = "code"
-        return data
+def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False, table: bool = False) -> Json:
+    """A Prometheus query on the ``${datasource}`` variable (range unless ``instant``)."""
+    return modern.prometheus_target(expr, DATASOURCE, legend, ref, instant, table)
 
 
-def target(
-    expr: str, legend: str = "", ref: str = "A", instant: bool = False, table: bool = False
-) -> PromTarget:
-    return PromTarget(
-        expr=expr,
-        legendFormat=legend,
-        refId=ref,
-        instant=instant,
-        format="table" if table else "time_series",
-        intervalFactor=1,
-        datasource=DATASOURCE,
-    )
-
-
-def targets(*specs: tuple[str, str], instant: bool = False, table: bool = False) -> list[PromTarget]:
+def targets(*specs: tuple[str, str], instant: bool = False, table: bool = False) -> list[Json]:
     """(expr, legend) pairs → targets A, B, C, …"""
     return [
         target(expr, legend, ref=chr(ord("A") + i), instant=instant, table=table)
@@ -148,37 +113,50 @@ def timeseries(
     title: str,
     description: str,
     unit: str,
-    tgts: Sequence[PromTarget],
+    tgts: Sequence[Json],
     stacked: bool = False,
     fill: int = 10,
     legend_calcs: Sequence[str] = ("lastNotNull", "max"),
-    max_value: int | None = None,
+    max_value: float | None = None,
     overrides: Sequence[dict[str, Any]] = (),
     draw_style: str = "line",
     links: Sequence[dict[str, Any]] = (),
     thresholds: Sequence[dict[str, Any]] = GREEN_ONLY,
-) -> TimeSeries:
-    return TimeSeries(
-        id=id,
-        title=title,
-        description=description,
-        dataSource=DATASOURCE,
-        targets=list(tgts),
-        unit=unit,
-        stacking={"mode": "normal", "group": "A"} if stacked else {"mode": "none", "group": "A"},
-        fillOpacity=fill,
-        drawStyle=draw_style,
-        legendDisplayMode="table",
-        legendPlacement="bottom",
-        legendCalcs=list(legend_calcs),
-        tooltipMode="multi",
-        tooltipSort="desc",
-        valueMin=0,
-        valueMax=max_value,
-        overrides=list(overrides),
-        links=list(links),
-        thresholds=list(thresholds),
-        maxDataPoints=None,
+    decimals: int | None = None,
+) -> Json:
+    custom = {
+        "drawStyle": draw_style,
+        "lineWidth": 1,
+        "fillOpacity": fill,
+        "gradientMode": "none",
+        "showPoints": "never",
+        "spanNulls": False,
+        "axisPlacement": "auto",
+        "stacking": {"mode": "normal" if stacked else "none", "group": "A"},
+        "thresholdsStyle": {"mode": "off"},
+    }
+    return modern.panel(
+        "timeseries",
+        id,
+        title,
+        description,
+        DATASOURCE,
+        tgts,
+        modern.field_defaults(
+            unit,
+            steps=thresholds,
+            color_mode="palette-classic",
+            min_value=0,
+            max_value=max_value,
+            decimals=decimals,
+            links=links,
+            custom=custom,
+        ),
+        {
+            "legend": modern.legend(legend_calcs),
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+        overrides=overrides,
     )
 
 
@@ -187,29 +165,38 @@ def stat(
     title: str,
     description: str,
     unit: str,
-    tgts: Sequence[PromTarget],
+    tgts: Sequence[Json],
     thresholds: Sequence[dict[str, Any]] = GREEN_ONLY,
     decimals: int | None = None,
     mappings: Sequence[dict[str, Any]] = (),
     graph: bool = True,
     text_mode: str = "auto",
-) -> Stat:
-    return Stat(
-        id=id,
-        title=title,
-        description=description,
-        dataSource=DATASOURCE,
-        targets=list(tgts),
-        format=unit,
-        decimals=decimals,
-        thresholds=list(thresholds),
-        mappings=list(mappings),
-        reduceCalc="lastNotNull",
-        graphMode="area" if graph else "none",
-        colorMode="value",
-        textMode=text_mode,
-        noValue="no data",
-        maxDataPoints=None,
+) -> Json:
+    return modern.panel(
+        "stat",
+        id,
+        title,
+        description,
+        DATASOURCE,
+        tgts,
+        modern.field_defaults(
+            unit,
+            steps=thresholds,
+            color_mode="thresholds",
+            decimals=decimals,
+            mappings=mappings,
+            no_value="no data",
+        ),
+        {
+            "reduceOptions": modern.reduce_options(),
+            "graphMode": "area" if graph else "none",
+            "colorMode": "value",
+            "justifyMode": "auto",
+            "textMode": text_mode,
+            "orientation": "auto",
+            "wideLayout": True,
+            "showPercentChange": False,
+        },
     )
 
 
@@ -218,44 +205,41 @@ def bargauge(
     title: str,
     description: str,
     unit: str,
-    tgts: Sequence[PromTarget],
+    tgts: Sequence[Json],
     max_value: float | None = None,
     thresholds: Sequence[dict[str, Any]] = GREEN_ONLY,
     links: Sequence[dict[str, Any]] = (),
-) -> BarGauge:
-    # grafanalib's BarGauge still writes Grafana 6 ``options.fieldOptions``; the field config of
-    # today's bar gauge (unit, min, max, thresholds, links) is set through extraJson.
-    defaults: dict[str, Any] = {
-        "unit": unit,
-        "min": 0,
-        "thresholds": {"mode": "absolute", "steps": list(thresholds)},
-        "color": {"mode": "thresholds"},
-        "links": list(links),
-    }
-    if max_value is not None:
-        defaults["max"] = max_value
-    return BarGauge(
-        id=id,
-        title=title,
-        description=description,
-        dataSource=DATASOURCE,
-        targets=list(tgts),
-        format=unit,
-        displayMode="gradient",
-        orientation="horizontal",
-        thresholds=[],
-        maxDataPoints=None,
-        extraJson={
-            "fieldConfig": {"defaults": defaults, "overrides": []},
-            "options": {
-                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                "showUnfilled": True,
-                "minVizHeight": 10,
-                "minVizWidth": 0,
-                "valueMode": "color",
-                "namePlacement": "auto",
-                "sizing": "auto",
-            },
+    decimals: int | None = None,
+) -> Json:
+    """A horizontal bar per series. Without ``max_value`` each bar is scaled to the largest value
+    shown (Grafana computes the max from the data when the field config has none)."""
+    return modern.panel(
+        "bargauge",
+        id,
+        title,
+        description,
+        DATASOURCE,
+        tgts,
+        modern.field_defaults(
+            unit,
+            steps=thresholds,
+            color_mode="thresholds",
+            min_value=0,
+            max_value=max_value,
+            decimals=decimals,
+            links=links,
+        ),
+        {
+            "reduceOptions": modern.reduce_options(),
+            "displayMode": "gradient",
+            "orientation": "horizontal",
+            "showUnfilled": True,
+            "valueMode": "color",
+            "namePlacement": "auto",
+            "sizing": "auto",
+            "minVizWidth": 8,
+            "minVizHeight": 16,
+            "maxVizHeight": 300,
         },
     )
 
@@ -273,27 +257,45 @@ def table(
     title: str,
     description: str,
     unit: str,
-    tgts: Sequence[PromTarget],
+    tgts: Sequence[Json],
     transformations: Sequence[dict[str, Any]] = (),
     overrides: Sequence[dict[str, Any]] = (),
     sort_by: str | None = None,
     links: Sequence[dict[str, Any]] = (),
-) -> Table:
-    return Table(
-        id=id,
-        title=title,
-        description=description,
-        dataSource=DATASOURCE,
-        targets=list(tgts),
-        unit=unit,
-        transformations=list(transformations),
-        overrides=list(overrides),
-        filterable=True,
-        thresholds=list(GREEN_ONLY),
-        maxDataPoints=None,
-        extraJson={"options": {"sortBy": [{"displayName": sort_by, "desc": True}] if sort_by else []}}
-        | ({"fieldConfig": {"defaults": {"links": list(links)}}} if links else {}),
+    decimals: int | None = None,
+) -> Json:
+    return modern.panel(
+        "table",
+        id,
+        title,
+        description,
+        DATASOURCE,
+        tgts,
+        modern.field_defaults(
+            unit,
+            steps=GREEN_ONLY,
+            color_mode="thresholds",
+            decimals=decimals,
+            links=links,
+            custom={"align": "auto", "cellOptions": {"type": "auto"}, "filterable": True, "inspect": False},
+        ),
+        {
+            "showHeader": True,
+            "cellHeight": "sm",
+            "footer": {"show": False, "reducer": ["sum"], "countRows": False},
+            "sortBy": [{"displayName": sort_by, "desc": True}] if sort_by else [],
+        },
+        overrides=overrides,
+        transformations=transformations,
     )
+
+
+def decimals_override(field_name: str, decimals: int) -> dict[str, Any]:
+    """Give one field (column or series) of a panel its own number of decimals."""
+    return {
+        "matcher": {"id": "byName", "options": field_name},
+        "properties": [{"id": "decimals", "value": decimals}],
+    }
 
 
 # Table transformations
@@ -330,16 +332,8 @@ def data_link(title: str, dashboard: str, params: str = "") -> dict[str, Any]:
 
 
 # Template variables
-def datasource_variable() -> Template:
-    return Template(
-        name="datasource",
-        label="Data source",
-        query="prometheus",
-        type="datasource",
-        default="default",  # Grafana's default Prometheus data source until the user picks one
-        refresh=1,
-        regex="",
-    )
+def datasource_variable() -> Json:
+    return modern.datasource_variable("datasource", "Data source", "prometheus")
 
 
 def query_variable(
@@ -349,41 +343,48 @@ def query_variable(
     label_name: str,
     include_all: bool = False,
     multi: bool = False,
-) -> Template:
-    """A variable filled by ``label_values(metric, label)`` from the ``${datasource}``."""
-    return Template(
-        name=name,
-        label=label,
-        query=f"label_values({metric}, {label_name})",
-        type="query",
-        dataSource=DATASOURCE,
-        includeAll=include_all,
-        allValue=".*" if include_all else None,
+) -> Json:
+    """A variable filled by ``label_values(metric, label)`` from the ``${datasource}``; "All" is ``.*``
+    so that queries match it with ``=~``."""
+    return modern.query_variable(
+        name,
+        label,
+        f"label_values({metric}, {label_name})",
+        DATASOURCE,
+        include_all=include_all,
         multi=multi,
-        refresh=2,  # on time-range change: new teams/users/GPUs appear without a reload
-        regex="",
-        default="$__all" if include_all else None,
     )
 
 
-def links(current: str) -> list[DashboardLink]:
+def scope_variables(job_selector: str) -> list[Json]:
+    """``$cluster`` and ``$job`` (see dashboards/selectors.py), listed from ``up`` of the dashboard's job."""
+    return [
+        query_variable(
+            "cluster",
+            "Cluster",
+            selectors.up(job_selector),
+            selectors.CLUSTER_LABEL,
+            include_all=True,
+            multi=True,
+        ),
+        query_variable(
+            "job",
+            "Job",
+            selectors.up(f"{job_selector}, {selectors.CLUSTER}" if job_selector else selectors.CLUSTER),
+            "job",
+            include_all=True,
+            multi=True,
+        ),
+    ]
+
+
+def links(current: str) -> list[Json]:
     """Links to the two other chargeback dashboards, keeping time range and variables."""
-    out = []
-    for key, uid in UIDS.items():
-        if key == current:
-            continue
-        out.append(
-            DashboardLink(
-                type="link",
-                title=TITLES[key],
-                uri=f"/d/{uid}",
-                icon="dashboard",
-                keepTime=True,
-                includeVars=True,
-                tooltip=f"Open the {TITLES[key]} dashboard",
-            )
-        )
-    return out
+    return [
+        modern.dashboard_link(TITLES[key], f"/d/{uid}", f"Open the {TITLES[key]} dashboard")
+        for key, uid in UIDS.items()
+        if key != current
+    ]
 
 
 @dataclass
@@ -393,23 +394,19 @@ class Layout:
     x: int = 0
     y: int = 0
     line_height: int = 0
-    panels: list[Any] = field(default_factory=list)
+    panels: list[Json] = field(default_factory=list)
 
     def row(self, id: int, title: str) -> None:
         self.newline()
-        self.panels.append(
-            RowPanel(
-                id=id, title=title, dataSource=DATASOURCE, gridPos=GridPos(h=1, w=GRID_WIDTH, x=0, y=self.y)
-            )
-        )
+        self.panels.append(modern.row(id, title, {"h": 1, "w": GRID_WIDTH, "x": 0, "y": self.y}))
         self.y += 1
 
-    def add(self, panel: Any, w: int, h: int) -> None:
+    def add(self, panel: Json, w: int, h: int) -> None:
         if w > GRID_WIDTH:
-            raise ValueError(f"panel {panel.title!r} is wider than the grid ({w} > {GRID_WIDTH})")
+            raise ValueError(f"panel {panel['title']!r} is wider than the grid ({w} > {GRID_WIDTH})")
         if self.x + w > GRID_WIDTH:
             self.newline()
-        self.panels.append(attr.evolve(panel, gridPos=GridPos(h=h, w=w, x=self.x, y=self.y)))
+        self.panels.append({**panel, "gridPos": {"h": h, "w": w, "x": self.x, "y": self.y}})
         self.x += w
         self.line_height = max(self.line_height, h)
 
@@ -424,29 +421,23 @@ def dashboard(
     key: str,
     description: str,
     layout: Layout,
-    variables: Sequence[Template],
+    variables: Sequence[Json],
     time_from: str,
     refresh: str = "1m",
-) -> Dashboard:
-    return Dashboard(
-        title=TITLES[key],
+) -> Json:
+    """The dashboard JSON. Its time zone is the browser's until build.py sets the billing zone."""
+    return modern.dashboard(
         uid=UIDS[key],
+        title=TITLES[key],
         description=description,
-        tags=list(TAGS),
-        panels=list(layout.panels),
-        templating=Templating(list=[datasource_variable(), *variables]),
+        tags=TAGS,
+        panels=layout.panels,
+        variables=[datasource_variable(), *variables],
         links=links(key),
-        time=Time(time_from, "now"),
-        timePicker=TimePicker(
-            refreshIntervals=["30s", "1m", "5m", "15m", "1h"],
-            timeOptions=["1h", "6h", "24h", "7d", "30d"],
-        ),
+        time_from=time_from,
         refresh=refresh,
+        refresh_intervals=["30s", "1m", "5m", "15m", "1h"],
         timezone="browser",
-        graphTooltip=1,
-        schemaVersion=39,
-        editable=True,
-        version=1,
     )
 
 

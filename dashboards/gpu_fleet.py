@@ -6,8 +6,7 @@ hourly and idle cost, and the health of the exporter's NVML reads.
 
 from __future__ import annotations
 
-from grafanalib.core import Dashboard
-
+from dashboards import selectors
 from dashboards.common import (
     BYTES,
     CELSIUS,
@@ -17,12 +16,14 @@ from dashboards.common import (
     PERCENT_UNIT,
     SECONDS,
     WATTS,
+    Json,
     Layout,
     bargauge,
     currency_unit,
     dashboard,
     organize,
     query_variable,
+    scope_variables,
     stat,
     steps,
     table,
@@ -31,19 +32,25 @@ from dashboards.common import (
     timeseries,
 )
 
-P = 'pool=~"$pool"'
-GPU_SELECTOR = f'chargeback_gpu_info{{{P}, uuid=~"$gpu"}}'
+POOL = 'pool=~"$pool"'
+# Selectors (dashboards/selectors.py): recorded pool series of the selected clusters and pools, and the
+# raw metrics of the GPU exporter job the rules read, narrowed by $cluster and $job.
+R = selectors.recorded(POOL)
+RAW = selectors.gpu()
+POOL_GPUS = f"chargeback_gpu_info{selectors.gpu(POOL)}"  # the GPUs of the selected pools
+GPU = 'uuid=~"$gpu"'
+GPU_INFO = f"chargeback_gpu_info{selectors.gpu(POOL, GPU)}"  # the selected GPUs
 
 
 def per_gpu(expr: str) -> str:
     """Attach pool and index (from chargeback_gpu_info) to a per-GPU series and keep the selected GPUs."""
-    return f"{expr} * on (uuid) group_left (pool, index) {GPU_SELECTOR}"
+    return f"{expr} * on (uuid) group_left (pool, index) {GPU_INFO}"
 
 
 GPU_LEGEND = "{{pool}} #{{index}} {{uuid}}"
 
 
-def build(currency: str) -> Dashboard:
+def build(currency: str) -> Json:
     money = currency_unit(currency)
     lay = Layout()
 
@@ -54,7 +61,7 @@ def build(currency: str) -> Dashboard:
             "GPUs",
             "Number of GPUs the exporters report in the selected pools (chargeback_gpu_info).",
             NONE,
-            [target(f"count(chargeback_gpu_info{{{P}}})")],
+            [target(f"count({POOL_GPUS})")],
             graph=False,
         ),
         4,
@@ -67,7 +74,7 @@ def build(currency: str) -> Dashboard:
             f"What the selected pools cost per hour in {currency}, busy or idle: "
             "sum of pool:chargeback_gpu_hourly_cost:sum.",
             money,
-            [target(f"sum(pool:chargeback_gpu_hourly_cost:sum{{{P}}})")],
+            [target(f"sum(pool:chargeback_gpu_hourly_cost:sum{R})")],
         ),
         5,
         4,
@@ -78,7 +85,7 @@ def build(currency: str) -> Dashboard:
             "Idle cost (per hour)",
             "Part of that cost spent on idle GPUs: sum of pool:chargeback_idle_cost_per_hour:rate5m.",
             money,
-            [target(f"sum(pool:chargeback_idle_cost_per_hour:rate5m{{{P}}})")],
+            [target(f"sum(pool:chargeback_idle_cost_per_hour:rate5m{R})")],
         ),
         5,
         4,
@@ -88,12 +95,13 @@ def build(currency: str) -> Dashboard:
             5,
             "Idle share of the fleet",
             "Share of GPU time spent idle in the selected pools over the last 5 minutes, weighted by pool "
-            "size: pool:chargeback_gpu_idle:ratio5m. Orange above 50 %, red above 80 %.",
+            "size: pool:chargeback_gpu_idle:ratio5m weighted by pool:chargeback_gpus:count. Orange above 50 %, "
+            "red above 80 %.",
             PERCENT_UNIT,
             [
                 target(
-                    f"sum(pool:chargeback_gpu_idle:ratio5m{{{P}}} * on (pool) group_left "
-                    f"count by (pool) (chargeback_gpu_info{{{P}}})) / count(chargeback_gpu_info{{{P}}})"
+                    f"sum(pool:chargeback_gpu_idle:ratio5m{R} * on (pool) pool:chargeback_gpus:count{R})"
+                    f" / sum(pool:chargeback_gpus:count{R})"
                 )
             ],
             thresholds=IDLE_STEPS,
@@ -107,7 +115,7 @@ def build(currency: str) -> Dashboard:
             "NVML up",
             "1 (UP) when every GPU exporter's last NVML read succeeded (min of chargeback_nvml_up).",
             NONE,
-            [target("min(chargeback_nvml_up)")],
+            [target(f"min(chargeback_nvml_up{RAW})")],
             thresholds=steps(("red", None), ("green", 1.0)),
             mappings=[
                 {
@@ -132,8 +140,8 @@ def build(currency: str) -> Dashboard:
             "gpu_exporter.idle_threshold_ratio utilisation.",
             PERCENT_UNIT,
             targets(
-                (f"pool:chargeback_gpu_busy:ratio5m{{{P}}}", "{{pool}} busy"),
-                (f"pool:chargeback_gpu_idle:ratio5m{{{P}}}", "{{pool}} idle"),
+                (f"pool:chargeback_gpu_busy:ratio5m{R}", "{{pool}} busy"),
+                (f"pool:chargeback_gpu_idle:ratio5m{R}", "{{pool}} idle"),
             ),
             max_value=1,
         ),
@@ -148,8 +156,8 @@ def build(currency: str) -> Dashboard:
             "idle GPUs (pool:chargeback_idle_cost_per_hour:rate5m).",
             money,
             targets(
-                (f"pool:chargeback_gpu_hourly_cost:sum{{{P}}}", "{{pool}} cost"),
-                (f"pool:chargeback_idle_cost_per_hour:rate5m{{{P}}}", "{{pool}} idle cost"),
+                (f"pool:chargeback_gpu_hourly_cost:sum{R}", "{{pool}} cost"),
+                (f"pool:chargeback_idle_cost_per_hour:rate5m{R}", "{{pool}} idle cost"),
             ),
             fill=0,
         ),
@@ -163,7 +171,7 @@ def build(currency: str) -> Dashboard:
             "Weighted tokens per second the proxy sent to the pool divided by its configured capacity "
             "(pool:chargeback_capacity_utilization:ratio5m): the token view of load, next to the NVML view.",
             PERCENT_UNIT,
-            [target(f"pool:chargeback_capacity_utilization:ratio5m{{{P}}}", "{{pool}}")],
+            [target(f"pool:chargeback_capacity_utilization:ratio5m{R}", "{{pool}}")],
             fill=0,
         ),
         8,
@@ -177,7 +185,7 @@ def build(currency: str) -> Dashboard:
             "GPU utilisation",
             "NVML utilisation of each GPU, 0–100 % (chargeback_gpu_utilization_ratio).",
             PERCENT_UNIT,
-            [target(per_gpu("chargeback_gpu_utilization_ratio"), GPU_LEGEND)],
+            [target(per_gpu(f"chargeback_gpu_utilization_ratio{RAW}"), GPU_LEGEND)],
             max_value=1,
             fill=0,
         ),
@@ -191,7 +199,7 @@ def build(currency: str) -> Dashboard:
             "Share of time each GPU spent idle: rate of chargeback_gpu_idle_seconds_total (seconds idle per "
             "second); the rest of the time it was busy (chargeback_gpu_busy_seconds_total).",
             PERCENT_UNIT,
-            [target(per_gpu("rate(chargeback_gpu_idle_seconds_total[$__rate_interval])"), GPU_LEGEND)],
+            [target(per_gpu(f"rate(chargeback_gpu_idle_seconds_total{RAW}[$__rate_interval])"), GPU_LEGEND)],
             max_value=1,
             fill=0,
             thresholds=IDLE_STEPS,
@@ -207,8 +215,8 @@ def build(currency: str) -> Dashboard:
             "each GPU's total (chargeback_gpu_memory_total_bytes).",
             BYTES,
             targets(
-                (per_gpu("chargeback_gpu_memory_used_bytes"), GPU_LEGEND + " used"),
-                (per_gpu("chargeback_gpu_memory_total_bytes"), GPU_LEGEND + " total"),
+                (per_gpu(f"chargeback_gpu_memory_used_bytes{RAW}"), GPU_LEGEND + " used"),
+                (per_gpu(f"chargeback_gpu_memory_total_bytes{RAW}"), GPU_LEGEND + " total"),
             ),
             fill=0,
             overrides=[
@@ -227,7 +235,7 @@ def build(currency: str) -> Dashboard:
             "Power draw",
             "Power each GPU draws, in watts (chargeback_gpu_power_watts).",
             WATTS,
-            [target(per_gpu("chargeback_gpu_power_watts"), GPU_LEGEND)],
+            [target(per_gpu(f"chargeback_gpu_power_watts{RAW}"), GPU_LEGEND)],
             fill=0,
         ),
         12,
@@ -242,7 +250,7 @@ def build(currency: str) -> Dashboard:
             JOULES,
             [
                 target(
-                    per_gpu("increase(chargeback_gpu_energy_joules_total[$__range])"),
+                    per_gpu(f"increase(chargeback_gpu_energy_joules_total{RAW}[$__range])"),
                     GPU_LEGEND,
                     instant=True,
                 )
@@ -258,7 +266,7 @@ def build(currency: str) -> Dashboard:
             f"{currency} per hour each GPU costs, from its pool's pools.<pool>.gpu_hourly_cost "
             "(chargeback_gpu_hourly_cost).",
             money,
-            [target(per_gpu("max by (uuid) (chargeback_gpu_hourly_cost)"), GPU_LEGEND)],
+            [target(per_gpu(f"max by (uuid) (chargeback_gpu_hourly_cost{RAW})"), GPU_LEGEND)],
             fill=0,
         ),
         8,
@@ -274,8 +282,8 @@ def build(currency: str) -> Dashboard:
             [
                 target(
                     per_gpu(
-                        "(max by (uuid) (chargeback_gpu_hourly_cost) * on (uuid) "
-                        "max by (uuid) (rate(chargeback_gpu_idle_seconds_total[$__rate_interval])))"
+                        f"(max by (uuid) (chargeback_gpu_hourly_cost{RAW}) * on (uuid) "
+                        f"max by (uuid) (rate(chargeback_gpu_idle_seconds_total{RAW}[$__rate_interval])))"
                     ),
                     GPU_LEGEND,
                 )
@@ -291,7 +299,7 @@ def build(currency: str) -> Dashboard:
             "Temperature",
             "GPU core temperature (chargeback_gpu_temperature_celsius).",
             CELSIUS,
-            [target(per_gpu("chargeback_gpu_temperature_celsius"), GPU_LEGEND)],
+            [target(per_gpu(f"chargeback_gpu_temperature_celsius{RAW}"), GPU_LEGEND)],
             fill=0,
         ),
         12,
@@ -303,7 +311,7 @@ def build(currency: str) -> Dashboard:
             "GPU inventory",
             "Every GPU the exporters see, with its index, model name, pool and driver (chargeback_gpu_info).",
             NONE,
-            [target(f"{GPU_SELECTOR}", instant=True, table=True)],
+            [target(f"{GPU_INFO}", instant=True, table=True)],
             transformations=[
                 organize(
                     exclude=("Time", "Value", "__name__", "job"),
@@ -330,7 +338,7 @@ def build(currency: str) -> Dashboard:
             "1 when the exporter's last read of the GPU library succeeded, 0 when NVML failed "
             "(chargeback_nvml_up); the exporter keeps serving and retries on every scrape.",
             NONE,
-            [target("chargeback_nvml_up", "{{instance}}")],
+            [target(f"chargeback_nvml_up{RAW}", "{{instance}}")],
             draw_style="line",
             fill=0,
             max_value=1,
@@ -348,8 +356,8 @@ def build(currency: str) -> Dashboard:
             "cps",
             [
                 target(
-                    "sum by (instance, reason) (rate(chargeback_nvml_errors_total[$__rate_interval]))"
-                    " or sum by (instance) (chargeback_nvml_up) * 0",
+                    f"sum by (instance, reason) (rate(chargeback_nvml_errors_total{RAW}[$__rate_interval]))"
+                    f" or sum by (instance) (chargeback_nvml_up{RAW}) * 0",
                     "{{instance}} {{reason}}",
                 )
             ],
@@ -365,7 +373,7 @@ def build(currency: str) -> Dashboard:
             "Seconds each exporter spent reading the GPUs for the last scrape "
             "(chargeback_gpu_collect_duration_seconds).",
             SECONDS,
-            [target("chargeback_gpu_collect_duration_seconds", "{{instance}}")],
+            [target(f"chargeback_gpu_collect_duration_seconds{RAW}", "{{instance}}")],
             fill=0,
         ),
         8,
@@ -378,8 +386,9 @@ def build(currency: str) -> Dashboard:
         "health. Generated by dashboards/build.py from dashboards/gpu_fleet.py; do not edit in Grafana.",
         lay,
         variables=[
-            query_variable("pool", "Pool", "chargeback_gpu_info", "pool", include_all=True, multi=True),
-            query_variable("gpu", "GPU", f"chargeback_gpu_info{{{P}}}", "uuid", include_all=True, multi=True),
+            *scope_variables(selectors.GPU_SELECTOR),
+            query_variable("pool", "Pool", f"chargeback_gpu_info{RAW}", "pool", include_all=True, multi=True),
+            query_variable("gpu", "GPU", POOL_GPUS, "uuid", include_all=True, multi=True),
         ],
         time_from="now-6h",
     )

@@ -8,6 +8,7 @@ Panel ids start at 900 so they never collide with the dashboards' own.
 
 from __future__ import annotations
 
+from dashboards import selectors
 from dashboards.common import REQUESTS_PER_SECOND, TOKENS, Layout, stat, steps, target, targets, timeseries
 
 STORE_UP_STEPS = steps(("red", None), ("green", 1))
@@ -15,7 +16,8 @@ REFUSALS = REQUESTS_PER_SECOND
 
 
 def add_team_limit_panels(lay: Layout, team: str, money: str) -> None:
-    """Row "Limits" for one team (``team`` is a label matcher such as ``team="$team"``)."""
+    """Row "Limits" for the selected teams (``team``: the label matchers of the team dashboard's raw
+    metrics, ``selectors.proxy_matchers('team=~"$team"')``)."""
     lay.row(900, "Limits")
     lay.add(
         stat(
@@ -76,7 +78,7 @@ def add_overview_limit_panels(lay: Layout) -> None:
             REFUSALS,
             [
                 target(
-                    "sum by (team, limit) (rate(chargeback_limit_rejections_total[$__rate_interval]))",
+                    f"sum by (team, limit) (rate(chargeback_limit_rejections_total{selectors.proxy()}[$__rate_interval]))",
                     "{{team}} · {{limit}}",
                 )
             ],
@@ -92,7 +94,7 @@ def add_overview_limit_panels(lay: Layout) -> None:
             "1 while a proxy reaches its limit store (chargeback_limit_store_up). At 0 it lets every request "
             "through unchecked (fail-open) and ChargebackLimitStoreUnreachable fires after 2 minutes.",
             "none",
-            targets(("min by (instance) (chargeback_limit_store_up)", "{{instance}}")),
+            targets((f"min by (instance) (chargeback_limit_store_up{selectors.proxy()})", "{{instance}}")),
             thresholds=STORE_UP_STEPS,
             max_value=1,
         ),

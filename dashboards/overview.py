@@ -7,8 +7,7 @@ tokens really cost on each pool.
 
 from __future__ import annotations
 
-from grafanalib.core import Dashboard
-
+from dashboards import selectors
 from dashboards.common import (
     BUDGET_STEPS,
     IDLE_STEPS,
@@ -16,6 +15,7 @@ from dashboards.common import (
     PERCENT_UNIT,
     REQUESTS_PER_SECOND,
     TOKENS,
+    Json,
     Layout,
     bargauge,
     currency_unit,
@@ -24,6 +24,7 @@ from dashboards.common import (
     matrix,
     merge,
     organize,
+    scope_variables,
     stat,
     table,
     target,
@@ -32,21 +33,34 @@ from dashboards.common import (
     unit_override,
 )
 from dashboards.limits import add_overview_limit_panels
+from dashboards.selectors import NAMED_USER
 
 # Spend per hour of each user: their part of their team's weighted tokens on a pool times the
 # team's spend on that pool (team_pool:chargeback_spend_per_hour:rate5m), so it follows whichever
 # real-time method the rules use. Team-pool pairs without traffic in the window drop out (> 0).
+R = selectors.recorded()  # recorded series of the selected clusters
+RAW = selectors.proxy()  # raw metrics of the proxy job the rules read, narrowed by $cluster and $job
+# Per-user series select user!="" (see PER_USER_NOTE: no user label in team mode)
+RU = selectors.recorded(NAMED_USER)
+RAWU = selectors.proxy(NAMED_USER)
+
 USER_SPEND_PER_HOUR = (
     "sum by (user, team) ("
-    'user_team_pool:chargeback_weighted_tokens:rate5m{user!=""}'
-    " / on (team, pool) group_left () (team_pool:chargeback_weighted_tokens:rate5m > 0)"
-    " * on (team, pool) group_left team_pool:chargeback_spend_per_hour:rate5m"
+    f"user_team_pool:chargeback_weighted_tokens:rate5m{RU}"
+    f" / on (team, pool) group_left () (team_pool:chargeback_weighted_tokens:rate5m{R} > 0)"
+    f" * on (team, pool) group_left team_pool:chargeback_spend_per_hour:rate5m{R}"
     ")"
+)
+# Under token-share the pools' whole cost is charged (idle time through the month's usage shares, as on
+# the statement), so nothing is unrecovered; under proxy-price-per-token the cost of unused capacity is.
+UNRECOVERED = (
+    f"sum(pool:chargeback_unrecovered_cost_per_hour:rate5m{R}) and on () ({selectors.method_is_proxy_price()})"
+    " or on () vector(0)"
 )
 TOP_USERS = f"topk(10, {USER_SPEND_PER_HOUR})"
 
 
-def build(currency: str) -> Dashboard:
+def build(currency: str) -> Json:
     money = currency_unit(currency)
     team_link = data_link(
         "Open the team dashboard for ${__field.labels.team}", "team", "var-team=${__field.labels.team}"
@@ -61,7 +75,7 @@ def build(currency: str) -> Dashboard:
             f"What all teams are being charged per hour right now, in {currency}: the sum over teams of "
             "team:chargeback_spend_per_hour:rate5m (real-time method from report.realtime_method).",
             money,
-            [target("sum(team:chargeback_spend_per_hour:rate5m)")],
+            [target(f"sum(team:chargeback_spend_per_hour:rate5m{R}) or on () vector(0)")],
         ),
         4,
         4,
@@ -70,10 +84,10 @@ def build(currency: str) -> Dashboard:
         stat(
             3,
             "Month-to-date spend",
-            f"Spend of all teams since the first of the month (UTC), in {currency}: "
+            f"Spend of all teams since the start of the billing month (config timezone:), in {currency}: "
             "sum of team:chargeback_spend:month_to_date.",
             money,
-            [target("sum(team:chargeback_spend:month_to_date)")],
+            [target(f"sum(team:chargeback_spend:month_to_date{R})")],
         ),
         4,
         4,
@@ -85,7 +99,7 @@ def build(currency: str) -> Dashboard:
             "Where total spend will be at the end of the calendar month if the current pace continues: "
             "sum of team:chargeback_spend:month_forecast.",
             money,
-            [target("sum(team:chargeback_spend:month_forecast)")],
+            [target(f"sum(team:chargeback_spend:month_forecast{R})")],
         ),
         4,
         4,
@@ -97,7 +111,7 @@ def build(currency: str) -> Dashboard:
             "What the GPU pools cost per hour, used or not: sum of pool:chargeback_gpu_hourly_cost:sum "
             "(the GPU exporter's chargeback_gpu_hourly_cost per GPU).",
             money,
-            [target("sum(pool:chargeback_gpu_hourly_cost:sum)")],
+            [target(f"sum(pool:chargeback_gpu_hourly_cost:sum{R})")],
         ),
         4,
         4,
@@ -109,7 +123,7 @@ def build(currency: str) -> Dashboard:
             "Money spent per hour on GPUs that sit idle (at or below the idle threshold): sum of "
             "pool:chargeback_idle_cost_per_hour:rate5m. Orange above half, red above 80 % of the fleet cost.",
             money,
-            [target("sum(pool:chargeback_idle_cost_per_hour:rate5m)")],
+            [target(f"sum(pool:chargeback_idle_cost_per_hour:rate5m{R})")],
         ),
         4,
         4,
@@ -118,11 +132,12 @@ def build(currency: str) -> Dashboard:
         stat(
             7,
             "Unrecovered cost (per hour)",
-            "Pool cost per hour that the proxy price per token does not recover because capacity goes "
-            "unused: sum of pool:chargeback_unrecovered_cost_per_hour:rate5m. Under proxy-price-per-token "
-            "central IT carries this amount.",
+            "Pool cost per hour that the teams are not charged. Under proxy-price-per-token it is the cost of "
+            "unused capacity (sum of pool:chargeback_unrecovered_cost_per_hour:rate5m), which central IT "
+            "carries. Under token-share it is 0: the pools' whole cost is charged, idle time included "
+            "(through the month's usage shares, as on the statement).",
             money,
-            [target("sum(pool:chargeback_unrecovered_cost_per_hour:rate5m)")],
+            [target(UNRECOVERED)],
         ),
         4,
         4,
@@ -135,7 +150,13 @@ def build(currency: str) -> Dashboard:
             "Spend rate by team (per hour)",
             f"{currency} per hour charged to each team over time, stacked: team:chargeback_spend_per_hour:rate5m.",
             money,
-            [target("team:chargeback_spend_per_hour:rate5m", "{{team}}")],
+            [
+                target(
+                    # 0 (not "no data") for every configured team while it has no traffic
+                    f"team:chargeback_spend_per_hour:rate5m{R} or on (team) 0 * team:chargeback_spend:month_to_date{R}",
+                    "{{team}}",
+                )
+            ],
             stacked=True,
             links=[team_link],
         ),
@@ -146,10 +167,10 @@ def build(currency: str) -> Dashboard:
         bargauge(
             10,
             "Month-to-date spend by team",
-            "Each team's spend since the first of the month (UTC): team:chargeback_spend:month_to_date. "
+            "Each team's spend since the start of the billing month (config timezone:): team:chargeback_spend:month_to_date. "
             "Click a bar to open that team's dashboard.",
             money,
-            [target("sort_desc(team:chargeback_spend:month_to_date)", "{{team}}", instant=True)],
+            [target(f"sort_desc(team:chargeback_spend:month_to_date{R})", "{{team}}", instant=True)],
             links=[team_link],
         ),
         12,
@@ -164,8 +185,8 @@ def build(currency: str) -> Dashboard:
             "Orange from 80 %, red from 100 % of the budget.",
             PERCENT_UNIT,
             targets(
-                ("team:chargeback_budget_consumption:ratio", "{{team}} month to date"),
-                ("team:chargeback_budget_forecast_consumption:ratio", "{{team}} forecast"),
+                (f"team:chargeback_budget_consumption:ratio{R}", "{{team}} month to date"),
+                (f"team:chargeback_budget_forecast_consumption:ratio{R}", "{{team}} forecast"),
                 instant=True,
             ),
             max_value=1.5,
@@ -185,11 +206,11 @@ def build(currency: str) -> Dashboard:
             "(team:chargeback_budget_consumption:ratio, team:chargeback_budget_forecast_consumption:ratio).",
             money,
             targets(
-                ("max by (team) (chargeback_team_budget)", "budget"),
-                ("team:chargeback_spend:month_to_date", "month to date"),
-                ("team:chargeback_spend:month_forecast", "forecast"),
-                ("team:chargeback_budget_consumption:ratio", "used"),
-                ("team:chargeback_budget_forecast_consumption:ratio", "forecast used"),
+                (f"max by (team) (chargeback_team_budget{RAW})", "budget"),
+                (f"team:chargeback_spend:month_to_date{R}", "month to date"),
+                (f"team:chargeback_spend:month_forecast{R}", "forecast"),
+                (f"team:chargeback_budget_consumption:ratio{R}", "used"),
+                (f"team:chargeback_budget_forecast_consumption:ratio{R}", "forecast used"),
                 instant=True,
                 table=True,
             ),
@@ -223,7 +244,7 @@ def build(currency: str) -> Dashboard:
             "(team_pool:chargeback_token_share:ratio5m); the shares of one pool add up to 100 %. "
             "Under token-share this is the part of the pool's cost the team pays.",
             PERCENT_UNIT,
-            [target("team_pool:chargeback_token_share:ratio5m", "{{pool}} · {{team}}")],
+            [target(f"team_pool:chargeback_token_share:ratio5m{R}", "{{pool}} · {{team}}")],
             max_value=1,
         ),
         12,
@@ -236,7 +257,7 @@ def build(currency: str) -> Dashboard:
             "The current team_pool:chargeback_token_share:ratio5m as a matrix: one row per team, one column "
             "per pool; each column adds up to 100 %.",
             PERCENT_UNIT,
-            [target("team_pool:chargeback_token_share:ratio5m", instant=True, table=True)],
+            [target(f"team_pool:chargeback_token_share:ratio5m{R}", instant=True, table=True)],
             transformations=[matrix("team", "pool")],
         ),
         12,
@@ -249,7 +270,7 @@ def build(currency: str) -> Dashboard:
             f"{currency} per hour spent on idle GPUs in each pool: pool:chargeback_idle_cost_per_hour:rate5m. "
             "How it is billed (central IT, spread by usage, evenly) is report.idle_handling.",
             money,
-            [target("pool:chargeback_idle_cost_per_hour:rate5m", "{{pool}}")],
+            [target(f"pool:chargeback_idle_cost_per_hour:rate5m{R}", "{{pool}}")],
             stacked=True,
         ),
         8,
@@ -264,8 +285,8 @@ def build(currency: str) -> Dashboard:
             "capacity (pool:chargeback_price_per_token:ratio × 1e6). The gap is the price of unused capacity.",
             money,
             targets(
-                ("pool:chargeback_cost_per_million_tokens:ratio5m", "{{pool}} actual"),
-                ("pool:chargeback_price_per_token:ratio * 1e6", "{{pool}} at full capacity"),
+                (f"pool:chargeback_cost_per_million_tokens:ratio5m{R}", "{{pool}} actual"),
+                (f"pool:chargeback_price_per_token:ratio{R} * 1e6", "{{pool}} at full capacity"),
             ),
             fill=0,
         ),
@@ -279,7 +300,7 @@ def build(currency: str) -> Dashboard:
             "Weighted tokens per second served by a pool divided by its configured capacity "
             "(pool:chargeback_capacity_utilization:ratio5m).",
             PERCENT_UNIT,
-            [target("pool:chargeback_capacity_utilization:ratio5m", "{{pool}}")],
+            [target(f"pool:chargeback_capacity_utilization:ratio5m{R}", "{{pool}}")],
             thresholds=IDLE_STEPS,
         ),
         8,
@@ -301,12 +322,12 @@ def build(currency: str) -> Dashboard:
             targets(
                 (TOP_USERS, "spend"),
                 (
-                    'sum by (user, team) (user_team_pool:chargeback_weighted_tokens:rate5m{user!=""})'
+                    f"sum by (user, team) (user_team_pool:chargeback_weighted_tokens:rate5m{RU})"
                     f" and on (user, team) {TOP_USERS}",
                     "tokens",
                 ),
                 (
-                    'sum by (user, team) (rate(chargeback_requests_total{user!=""}[$__rate_interval]))'
+                    f"sum by (user, team) (rate(chargeback_requests_total{RAWU}[$__rate_interval]))"
                     f" and on (user, team) {TOP_USERS}",
                     "requests",
                 ),
@@ -344,7 +365,7 @@ def build(currency: str) -> Dashboard:
             TOKENS,
             [
                 target(
-                    'topk(10, sum by (user, team) (user_team_pool:chargeback_weighted_tokens:rate5m{user!=""}))',
+                    f"topk(10, sum by (user, team) (user_team_pool:chargeback_weighted_tokens:rate5m{RU}))",
                     "{{user}} ({{team}})",
                 )
             ],
@@ -360,6 +381,6 @@ def build(currency: str) -> Dashboard:
         "Chargeback for self-hosted LLM inference: spend, budgets, pool shares, idle cost and top users. "
         "Generated by dashboards/build.py from dashboards/overview.py; do not edit in Grafana.",
         lay,
-        variables=[],
+        variables=scope_variables(selectors.PROXY_SELECTOR),
         time_from="now-24h",
     )

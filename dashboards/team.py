@@ -7,8 +7,7 @@ users × models for the selected time range.
 
 from __future__ import annotations
 
-from grafanalib.core import Dashboard
-
+from dashboards import selectors
 from dashboards.common import (
     BUDGET_STEPS,
     PER_USER_NOTE,
@@ -16,13 +15,16 @@ from dashboards.common import (
     REQUESTS_PER_SECOND,
     SECONDS,
     TOKENS,
+    Json,
     Layout,
     currency_unit,
     dashboard,
+    decimals_override,
     matrix,
     merge,
     organize,
     query_variable,
+    scope_variables,
     stat,
     table,
     target,
@@ -30,31 +32,41 @@ from dashboards.common import (
     timeseries,
 )
 from dashboards.limits import add_team_limit_panels
+from dashboards.selectors import NAMED_USER
 
-T = 'team="$team"'
-TU = 'team="$team", user!="", user=~"$user"'  # user!="": see PER_USER_NOTE
+MTD = "team:chargeback_spend:month_to_date"
+TEAM = 'team=~"$team"'
+USER = 'user=~"$user"'
+# Selectors (dashboards/selectors.py): recorded series of the selected teams (and users), and the raw
+# metrics of the proxy job the rules read, narrowed by $cluster and $job. Per-user series select
+# user!="" (see PER_USER_NOTE).
+R = selectors.recorded(TEAM)
+RU = selectors.recorded(TEAM, NAMED_USER, USER)
+RAW = selectors.proxy(TEAM)
+RAWU = selectors.proxy(TEAM, NAMED_USER, USER)
 
-# Models this team used in the window; the latency histograms only carry a model label, so the
+# Models these teams used in the window; the latency histograms only carry a model label, so the
 # team's view of them is "the models it calls".
-TEAM_MODELS = f"sum by (model) (team_model_code:chargeback_requests:rate5m{{{T}}})"
+TEAM_MODELS = f"sum by (model) (team_model_code:chargeback_requests:rate5m{R})"
 
 
 def _error_ratio(code_regex: str) -> str:
     # "or … * 0" keeps a 0 line for models without such errors instead of no series at all.
-    errors = f'sum by (model) (team_model_code:chargeback_requests:rate5m{{{T}, code=~"{code_regex}"}})'
-    total = f"sum by (model) (team_model_code:chargeback_requests:rate5m{{{T}}})"
+    code = f'code=~"{code_regex}"'
+    errors = f"sum by (model) (team_model_code:chargeback_requests:rate5m{selectors.recorded(TEAM, code)})"
+    total = f"sum by (model) (team_model_code:chargeback_requests:rate5m{R})"
     return f"({errors} or {total} * 0) / ({total} > 0)"
 
 
 def _ttft(q: str) -> str:
     return (
         f"histogram_quantile({q}, sum by (le, model) "
-        "(rate(chargeback_time_to_first_token_seconds_bucket[$__rate_interval])))"
+        f"(rate(chargeback_time_to_first_token_seconds_bucket{selectors.proxy()}[$__rate_interval])))"
         f" and on (model) {TEAM_MODELS}"
     )
 
 
-def build(currency: str) -> Dashboard:
+def build(currency: str) -> Json:
     money = currency_unit(currency)
     lay = Layout()
 
@@ -63,10 +75,10 @@ def build(currency: str) -> Dashboard:
         stat(
             2,
             "Month-to-date spend",
-            f"What $team has been charged since the first of the month (UTC), in {currency}: "
+            f"What $team has been charged since the start of the billing month (config timezone:), in {currency}: "
             "team:chargeback_spend:month_to_date.",
             money,
-            [target(f"team:chargeback_spend:month_to_date{{{T}}}")],
+            [target(f"team:chargeback_spend:month_to_date{R}")],
         ),
         4,
         4,
@@ -78,7 +90,7 @@ def build(currency: str) -> Dashboard:
             "The team's monthly budget from the configuration (teams.<team>.budget), exported by the proxy "
             "as chargeback_team_budget (max over replicas).",
             money,
-            [target(f"max by (team) (chargeback_team_budget{{{T}}})")],
+            [target(f"max by (team) (chargeback_team_budget{RAW})")],
             graph=False,
         ),
         4,
@@ -91,7 +103,7 @@ def build(currency: str) -> Dashboard:
             "Spend at the end of the calendar month if the current pace continues: "
             "team:chargeback_spend:month_forecast.",
             money,
-            [target(f"team:chargeback_spend:month_forecast{{{T}}}")],
+            [target(f"team:chargeback_spend:month_forecast{R}")],
         ),
         4,
         4,
@@ -103,7 +115,7 @@ def build(currency: str) -> Dashboard:
             "Month-to-date spend ÷ monthly budget (team:chargeback_budget_consumption:ratio). "
             "Orange from 80 %, red from 100 %.",
             PERCENT_UNIT,
-            [target(f"team:chargeback_budget_consumption:ratio{{{T}}}")],
+            [target(f"team:chargeback_budget_consumption:ratio{R}")],
             thresholds=BUDGET_STEPS,
         ),
         4,
@@ -116,7 +128,7 @@ def build(currency: str) -> Dashboard:
             "Month-end forecast ÷ monthly budget (team:chargeback_budget_forecast_consumption:ratio): above "
             "100 % the team will overrun its budget at the current pace.",
             PERCENT_UNIT,
-            [target(f"team:chargeback_budget_forecast_consumption:ratio{{{T}}}")],
+            [target(f"team:chargeback_budget_forecast_consumption:ratio{R}")],
             thresholds=BUDGET_STEPS,
         ),
         4,
@@ -128,7 +140,9 @@ def build(currency: str) -> Dashboard:
             "Spend rate (per hour)",
             "What the team is charged per hour right now: team:chargeback_spend_per_hour:rate5m.",
             money,
-            [target(f"team:chargeback_spend_per_hour:rate5m{{{T}}}")],
+            # 0 (not "no data") while the team has no traffic: the month-to-date series exists for every
+            # configured team
+            [target(f"team:chargeback_spend_per_hour:rate5m{R} or on (team) 0 * {MTD}{R}")],
         ),
         4,
         4,
@@ -141,9 +155,9 @@ def build(currency: str) -> Dashboard:
             "(chargeback_team_budget), with the month-end forecast (team:chargeback_spend:month_forecast).",
             money,
             targets(
-                (f"team:chargeback_spend:month_to_date{{{T}}}", "month to date"),
-                (f"team:chargeback_spend:month_forecast{{{T}}}", "month-end forecast"),
-                (f"max by (team) (chargeback_team_budget{{{T}}})", "budget"),
+                (f"team:chargeback_spend:month_to_date{R}", "month to date"),
+                (f"team:chargeback_spend:month_forecast{R}", "month-end forecast"),
+                (f"max by (team) (chargeback_team_budget{RAW})", "budget"),
             ),
             fill=0,
             overrides=[
@@ -169,7 +183,14 @@ def build(currency: str) -> Dashboard:
             "Spend rate by pool (per hour)",
             f"{currency} per hour the team is charged on each GPU pool: team_pool:chargeback_spend_per_hour:rate5m.",
             money,
-            [target(f"team_pool:chargeback_spend_per_hour:rate5m{{{T}}}", "{{pool}}")],
+            # 0 on the pools the team used this month while it has no traffic now
+            [
+                target(
+                    f"team_pool:chargeback_spend_per_hour:rate5m{R}"
+                    f" or on (team, pool) 0 * team_pool:chargeback_spend:month_to_date{R}",
+                    "{{pool}}",
+                )
+            ],
             stacked=True,
         ),
         6,
@@ -182,7 +203,7 @@ def build(currency: str) -> Dashboard:
             "The team's share of each pool's weighted tokens over the last 5 minutes "
             "(team_pool:chargeback_token_share:ratio5m).",
             PERCENT_UNIT,
-            [target(f"team_pool:chargeback_token_share:ratio5m{{{T}}}", "{{pool}}")],
+            [target(f"team_pool:chargeback_token_share:ratio5m{R}", "{{pool}}")],
             max_value=1,
         ),
         6,
@@ -199,9 +220,9 @@ def build(currency: str) -> Dashboard:
             + PER_USER_NOTE,
             TOKENS,
             targets(
-                (f"user_team_model:chargeback_prompt_tokens:rate5m{{{TU}}}", "{{user}} · {{model}} prompt"),
+                (f"user_team_model:chargeback_prompt_tokens:rate5m{RU}", "{{user}} · {{model}} prompt"),
                 (
-                    f"user_team_model:chargeback_completion_tokens:rate5m{{{TU}}}",
+                    f"user_team_model:chargeback_completion_tokens:rate5m{RU}",
                     "{{user}} · {{model}} completion",
                 ),
             ),
@@ -220,7 +241,7 @@ def build(currency: str) -> Dashboard:
             TOKENS,
             [
                 target(
-                    f"sum by (user) (user_team_model:chargeback_weighted_tokens:rate5m{{{TU}}})",
+                    f"sum by (user) (user_team_model:chargeback_weighted_tokens:rate5m{RU})",
                     "{{user}}",
                 )
             ],
@@ -238,7 +259,7 @@ def build(currency: str) -> Dashboard:
             REQUESTS_PER_SECOND,
             [
                 target(
-                    f"sum by (model, code) (team_model_code:chargeback_requests:rate5m{{{T}}})",
+                    f"sum by (model, code) (team_model_code:chargeback_requests:rate5m{R})",
                     "{{model}} {{code}}",
                 )
             ],
@@ -259,7 +280,7 @@ def build(currency: str) -> Dashboard:
                 (_error_ratio("5.."), "{{model}} 5xx"),
                 (_error_ratio("4.."), "{{model}} 4xx"),
                 (
-                    f"(model:chargeback_upstream_errors:ratio5m or {TEAM_MODELS} * 0) and on (model) {TEAM_MODELS}",
+                    f"(model:chargeback_upstream_errors:ratio5m{selectors.recorded()} or {TEAM_MODELS} * 0) and on (model) {TEAM_MODELS}",
                     "{{model}} upstream (all teams)",
                 ),
             ),
@@ -299,13 +320,14 @@ def build(currency: str) -> Dashboard:
             TOKENS,
             [
                 target(
-                    f"sum by (user, model) (increase(chargeback_prompt_tokens_total{{{TU}}}[$__range]))"
-                    f" + sum by (user, model) (increase(chargeback_completion_tokens_total{{{TU}}}[$__range]))",
+                    f"sum by (user, model) (increase(chargeback_prompt_tokens_total{RAWU}[$__range]))"
+                    f" + sum by (user, model) (increase(chargeback_completion_tokens_total{RAWU}[$__range]))",
                     instant=True,
                     table=True,
                 )
             ],
             transformations=[matrix("user", "model")],
+            decimals=0,  # increase() extrapolates to fractions of a token: show whole tokens
         ),
         12,
         9,
@@ -320,17 +342,17 @@ def build(currency: str) -> Dashboard:
             + PER_USER_NOTE,
             TOKENS,
             targets(
-                (f"sum by (user, model) (increase(chargeback_requests_total{{{TU}}}[$__range]))", "requests"),
+                (f"sum by (user, model) (increase(chargeback_requests_total{RAWU}[$__range]))", "requests"),
                 (
-                    f"sum by (user, model) (increase(chargeback_prompt_tokens_total{{{TU}}}[$__range]))",
+                    f"sum by (user, model) (increase(chargeback_prompt_tokens_total{RAWU}[$__range]))",
                     "prompt",
                 ),
                 (
-                    f"sum by (user, model) (increase(chargeback_completion_tokens_total{{{TU}}}[$__range]))",
+                    f"sum by (user, model) (increase(chargeback_completion_tokens_total{RAWU}[$__range]))",
                     "completion",
                 ),
                 (
-                    f"sum by (user, model) (user_team_model:chargeback_weighted_tokens:rate5m{{{TU}}})",
+                    f"sum by (user, model) (user_team_model:chargeback_weighted_tokens:rate5m{RU})",
                     "weighted now",
                 ),
                 instant=True,
@@ -350,24 +372,34 @@ def build(currency: str) -> Dashboard:
                 ),
             ],
             sort_by="Prompt tokens",
+            decimals=0,  # whole requests and tokens (increase() extrapolates to fractions)
+            overrides=[decimals_override("Weighted tokens/s now", 1)],
         ),
         12,
         9,
     )
 
-    add_team_limit_panels(lay, T, money)
+    add_team_limit_panels(lay, selectors.proxy_matchers(TEAM), money)
 
     return dashboard(
         "team",
-        "One team's month against its budget and its usage by user and model. Pick the team (and users) at "
-        "the top. Generated by dashboards/build.py from dashboards/team.py; do not edit in Grafana.",
+        "One team's month against its budget and its usage by user and model. Pick the team (or All) and "
+        "users at the top. Generated by dashboards/build.py from dashboards/team.py; do not edit in Grafana.",
         lay,
         variables=[
-            query_variable("team", "Team", "chargeback_team_info", "team"),
+            *scope_variables(selectors.PROXY_SELECTOR),
+            query_variable(
+                "team",
+                "Team",
+                f"chargeback_team_info{selectors.proxy()}",
+                "team",
+                include_all=True,
+                multi=True,
+            ),
             query_variable(
                 "user",
                 "User",
-                f'chargeback_requests_total{{{T}, user!=""}}',
+                f"chargeback_requests_total{selectors.proxy(TEAM, NAMED_USER)}",
                 "user",
                 include_all=True,
                 multi=True,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -337,3 +338,215 @@ def test_every_query_parses(empty_prometheus: stack.ManagedProcess) -> None:
             if body["status"] != "success":
                 errors.append(f"{key} / {title}: {body.get('error')} in {q}")
     assert not errors, "\n".join(errors)
+
+
+# ----------------------------------------------------------------------------- Grafana's schema
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_dashboards_decode_strictly_against_grafanas_schema(key: str) -> None:
+    """Every panel, target, variable and the dashboard itself decode with grafana-foundation-sdk's models
+    and come back unchanged: no key the schema does not know, no legacy shape Grafana would migrate."""
+    strict = importlib.import_module("dashboards.strict")
+    dash = load(key)
+    assert strict.problems(dash) == []
+    assert dash["schemaVersion"] == 41
+    for p in panels(dash):
+        assert p["type"] == "row" or p["pluginVersion"] == "11.6.0", p["title"]
+
+
+def test_strict_check_names_what_grafana_would_migrate() -> None:
+    """The Grafana 6 shapes grafanalib wrote (and issue 16 found) are each named."""
+    strict = importlib.import_module("dashboards.strict")
+    dash = load("overview")
+    (gauge,) = [p for p in dash["panels"] if p["title"] == "Budget consumption by team"]
+    gauge["options"]["fieldOptions"] = {"defaults": {"max": 100}}
+    dash["panels"][5]["fieldConfig"]["defaults"]["color"] = None
+    gauge["targets"][0]["step"] = 10
+    gauge["fieldConfig"]["defaults"]["maxValue"] = 1.5
+    del gauge["pluginVersion"]
+    spend = next(p for p in dash["panels"] if p["type"] == "timeseries")
+    spend["fieldConfig"]["defaults"]["custom"]["fillOpacityy"] = 10
+    spend["fieldConfig"]["defaults"]["custom"]["drawStyle"] = "squiggle"
+    spend["options"]["legend"]["displayMode"] = "wide"
+    spend["targets"][0]["format"] = "csv"
+    dash["rows"] = []
+    dash["schemaVersion"] = 39
+    where = "panel 11 'Budget consumption by team'"
+    got = strict.problems(dash)
+    for expected in [
+        "schemaVersion is 39, not 41",
+        "rows: legacy dashboard key",
+        "panels[5].fieldConfig.defaults.color: null",
+        "panel 6 'Idle cost (per hour)': does not decode (TypeError: argument of type 'NoneType' is not iterable)",
+        f"{where}: legacy key options.fieldOptions",
+        f"{where}: pluginVersion is None, not '11.6.0'",
+        f"{where}: target A: legacy key step",
+        f"{where}: options.fieldOptions: not in Grafana's schema",
+        f"{where}: fieldConfig.defaults.maxValue: not in Grafana's schema",
+        f"panel {spend['id']} {spend['title']!r}: fieldConfig.defaults.custom.fillOpacityy: not in Grafana's schema",
+        # values that decode but do not fit the type the schema gives them
+        f"panel {spend['id']} {spend['title']!r}: field_config.defaults.custom.draw_style: 'squiggle' is not one "
+        "of ['line', 'bars', 'points']",
+        f"panel {spend['id']} {spend['title']!r}: options.legend.display_mode: 'wide' is not one of "
+        "['list', 'table', 'hidden']",
+        f"panel {spend['id']} {spend['title']!r}: targets[0].format_val: 'csv' is not one of "
+        "['time_series', 'table', 'heatmap']",
+    ]:
+        assert expected in got, f"{expected!r} not in {got}"
+
+
+def test_bar_gauges_keep_their_field_config() -> None:
+    """What Grafana's bar gauge migration destroyed: max, thresholds and links of the budget gauge, and
+    no max (scaled to the data) for energy."""
+    (budget,) = [p for p in load("overview")["panels"] if p["title"] == "Budget consumption by team"]
+    d = budget["fieldConfig"]["defaults"]
+    assert (d["min"], d["max"], d["unit"]) == (0, 1.5, "percentunit")
+    assert [s["value"] for s in d["thresholds"]["steps"]] == [None, 0.8, 1.0]
+    assert d["links"] and "fieldOptions" not in budget["options"]
+    (energy,) = [p for p in load("gpu_fleet")["panels"] if p["title"] == "Energy used in the selected range"]
+    assert "max" not in energy["fieldConfig"]["defaults"]
+    assert energy["fieldConfig"]["defaults"]["unit"] == "joule"
+
+
+# ----------------------------------------------------------------------------- exact figures (promtool)
+
+
+def _all_selected(expr: str) -> str:
+    """The expression as Grafana sends it with every variable at "All" (``.*``)."""
+    return re.sub(r"\$\{?(cluster|job|team|user|pool|gpu)\}?", ".*", expr)
+
+
+def _panel_expr(key: str, title: str) -> str:
+    (panel,) = [p for p in content_panels(load(key)) if p["title"] == title]
+    (t,) = panel["targets"]
+    return str(t["expr"])
+
+
+def _promtool_values(tmp_path: Path, series: list[tuple[str, str]], expr: str, expected: list[dict]) -> None:
+    """Evaluate ``expr`` at 5m over ``series`` with promtool and require exactly ``expected``."""
+    doc = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series],
+                "promql_expr_test": [{"expr": expr, "eval_time": "5m", "exp_samples": expected}],
+            }
+        ],
+    }
+    path = tmp_path / "dashboard_test.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    res = subprocess.run(
+        [stack.find_binary("promtool"), "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+UNRECOVERED_INPUT = [
+    ('pool:chargeback_unrecovered_cost_per_hour:rate5m{pool="small"}', "0.75+0x10"),
+    ('pool:chargeback_unrecovered_cost_per_hour:rate5m{pool="large"}', "2.5+0x10"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [("proxy-price-per-token", 3.25), ("token-share", 0.0), (None, 0.0)],
+)
+def test_unrecovered_cost_follows_the_realtime_method(
+    tmp_path: Path, method: str | None, expected: float
+) -> None:
+    """Under proxy-price-per-token the panel shows the unused capacity's cost the rules record; under
+    token-share (also the rules' default without chargeback_realtime_method_info) the whole cost is
+    charged and it shows 0, not the proxy-price figure next to a spend that already covers it."""
+    series = list(UNRECOVERED_INPUT)
+    if method:
+        series.append(
+            (
+                f'chargeback_realtime_method_info{{job="chargeback-proxy", instance="p1", method="{method}"}}',
+                "1+0x10",
+            )
+        )
+    expr = _all_selected(_panel_expr("overview", "Unrecovered cost (per hour)"))
+    _promtool_values(tmp_path, series, expr, [{"labels": "{}", "value": expected}])
+
+
+def test_idle_spend_rate_is_zero_not_no_data(tmp_path: Path) -> None:
+    """With no traffic the spend-rate series do not exist (a share of nothing is undefined): the panels
+    show 0 for the whole stack and for every configured team, with the team label kept."""
+    month_to_date = [
+        ('team:chargeback_spend:month_to_date{team="research"}', "3+0x10"),
+        ('team:chargeback_spend:month_to_date{team="legal"}', "0+0x10"),
+    ]
+    _promtool_values(
+        tmp_path,
+        month_to_date,
+        _all_selected(_panel_expr("overview", "Spend rate (per hour)")),
+        [{"labels": "{}", "value": 0}],
+    )
+    by_team = [{"labels": f'{{team="{t}"}}', "value": 0} for t in ("legal", "research")]
+    _promtool_values(
+        tmp_path,
+        month_to_date,
+        _all_selected(_panel_expr("overview", "Spend rate by team (per hour)")),
+        by_team,
+    )
+    _promtool_values(
+        tmp_path, month_to_date, _all_selected(_panel_expr("team", "Spend rate (per hour)")), by_team
+    )
+
+
+def test_time_zone_follows_the_billing_zone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The committed dashboards use the example config's zone; --config.file gives another one, and a bad
+    zone is refused with the config's own error."""
+    assert {load(k)["timezone"] for k in KEYS} == {"Europe/Berlin"}
+    example = (REPO / "deploy/chargeback.example.yaml").read_text()
+    assert "timezone: Europe/Berlin" in example
+    config = tmp_path / "chargeback.yaml"
+    config.write_text(example.replace("timezone: Europe/Berlin", "timezone: America/New_York"))
+    assert build.main(["--config.file", str(config), "--out", str(tmp_path)]) == 0
+    dash = json.loads((tmp_path / "dashboards" / "chargeback-team.json").read_text())
+    assert dash["timezone"] == "America/New_York"
+    config.write_text(example.replace("timezone: Europe/Berlin", "timezone: Mars/Olympus"))
+    with pytest.raises(SystemExit):
+        build.main(["--config.file", str(config), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "--config.file" in err and "timezone" in err and "Mars/Olympus" in err
+
+
+SERIES = re.compile(r"(?<![\w:])((?:[a-z_]+:)?chargeback_[a-z_]+(?::[a-z0-9_]+)?)(\{[^}]*\})?")
+
+
+def test_queries_use_the_rules_selectors_and_the_scope_variables() -> None:
+    """Raw metrics are read from the scrape jobs the rules read (rules/generate.py's selectors) narrowed by
+    $cluster and $job; recorded series (no job label) by $cluster."""
+    rules_generate = importlib.import_module("rules.generate")
+    jobs = {rules_generate.PROXY_SELECTOR, rules_generate.GPU_SELECTOR}
+    checked = 0
+    for key in KEYS:
+        dash = load(key)
+        texts = [f"{title}: {e}" for title, e in all_exprs(dash)] + [
+            f"variable {v['name']}: {v['query']}"
+            for v in dash["templating"]["list"]
+            if v["type"] == "query" and v["name"] not in {"cluster", "job"}
+        ]
+        for text in texts:
+            for name, matchers in SERIES.findall(text):
+                checked += 1
+                matchers = matchers or "{}"
+                assert 'cluster=~"$cluster"' in matchers, f"{key}: {name} without $cluster in {text}"
+                if ":" in name:
+                    continue
+                assert any(job in matchers for job in jobs), (
+                    f"{key}: {name} without the rules' job selector in {text}"
+                )
+                assert 'job=~"$job"' in matchers, f"{key}: {name} without $job in {text}"
+        variables = {v["name"]: v for v in dash["templating"]["list"]}
+        for name in ("cluster", "job", *(["team"] if key == "team" else [])):
+            assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*", name
+            assert variables[name]["multi"], name
+    assert checked > 100

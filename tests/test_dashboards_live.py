@@ -48,6 +48,8 @@ TEAMS = {
     "research": {"business_unit": "R&D", "cost_center": "CC-4100", "budget": 5000},
     "support": {"business_unit": "Customer Operations", "cost_center": "CC-2300", "budget": 1200},
     "platform": {"business_unit": "Central IT", "cost_center": "CC-1000", "budget": 800},
+    # a team without users: it never sends traffic, so its panels must show an idle team's zeros
+    "legal": {"business_unit": "Legal", "cost_center": "CC-3100", "budget": 300},
 }
 POOLS = {
     "small": {"gpu_hourly_cost": 1.5, "gpus": 2, "capacity_tokens_per_second": 4000},
@@ -58,6 +60,7 @@ GPU_COUNT = 4
 SCRAPE = "1s"
 RATE_INTERVAL = "4s"  # Grafana's $__rate_interval for a 1 s scrape interval: 4 × scrape interval
 DEADLINE_S = 90.0
+ALL = {"cluster": ".*", "job": ".*"}  # "All": no cluster label here, one job of each kind
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Live:
     prometheus: stack.ManagedProcess
     started: float  # when Prometheus started: the dashboards' $__range covers everything since
     gpu_uuids: list[str]
+    idle_at: float  # an instant after the rules had evaluated and before any request: an idle stack
 
 
 def _rules_or_skip() -> list[Path]:
@@ -199,6 +203,14 @@ def _live_stack(tmp_path_factory: pytest.TempPathFactory, metrics_labels: str) -
         stack.wait_for(
             lambda: stack.prom_query(prom.url, 'up{job="chargeback-proxy"} == 1'), 20, what="first scrape"
         )
+        # The idle stack: every configured team's month-to-date (0) recorded, no request sent yet.
+        stack.wait_for(
+            lambda: len(stack.prom_query(prom.url, "team:chargeback_spend:month_to_date")) == len(TEAMS),
+            30,
+            what="month-to-date of every team",
+        )
+        idle_at = time.time()
+        time.sleep(1.0)
         traffic = threading.Thread(target=_traffic_loop, args=(proxy.url, tokens, stop), daemon=True)
         traffic.start()
         uuids = [
@@ -207,7 +219,7 @@ def _live_stack(tmp_path_factory: pytest.TempPathFactory, metrics_labels: str) -
                 lambda: stack.prom_query(prom.url, "chargeback_gpu_info"), 20, what="GPU info"
             )
         ]
-        yield Live(prom, started, sorted(uuids))
+        yield Live(prom, started, sorted(uuids), idle_at)
     finally:
         stop.set()
         if traffic is not None:
@@ -241,16 +253,24 @@ def substitute(text: str, variables: dict[str, str], range_s: int) -> str:
 
 def selections(live: Live) -> dict[str, list[dict[str, str]]]:
     """Variable values to run each dashboard with: everything selected, and a narrow selection."""
+    every = dict(ALL)
     return {
-        "overview": [{}],
+        "overview": [every, {"cluster": ".*", "job": "chargeback-proxy"}],
         "team": [
-            {"team": "research", "user": ".*"},
-            {"team": "support", "user": regex_values(["cy@corp.example"])},
-            {"team": "research", "user": regex_values(["ada@corp.example", "ben@corp.example"])},
+            {**every, "team": "research", "user": ".*"},
+            {**every, "team": ".*", "user": ".*"},
+            {**every, "team": "support", "user": regex_values(["cy@corp.example"])},
+            {**every, "team": regex_values(["research", "platform"]), "user": ".*"},
+            {**every, "team": "research", "user": regex_values(["ada@corp.example", "ben@corp.example"])},
         ],
         "gpu_fleet": [
-            {"pool": ".*", "gpu": ".*"},
-            {"pool": "large", "gpu": regex_values(live.gpu_uuids[2:])},
+            {**every, "pool": ".*", "gpu": ".*"},
+            {
+                "cluster": ".*",
+                "job": "chargeback-gpu-exporter",
+                "pool": "large",
+                "gpu": regex_values(live.gpu_uuids[2:]),
+            },
         ],
     }
 
@@ -339,16 +359,29 @@ def test_template_variables_list_real_values(live: Live) -> None:
         for v in d["templating"]["list"]
         if v["type"] == "query"
     }
-    assert set(queries) == {("team", "team"), ("team", "user"), ("gpu_fleet", "pool"), ("gpu_fleet", "gpu")}
-    at = {"team": "research", "pool": "large"}
+    assert set(queries) == {
+        *((k, v) for k in build.BUILDERS for v in ("cluster", "job")),
+        ("team", "team"),
+        ("team", "user"),
+        ("gpu_fleet", "pool"),
+        ("gpu_fleet", "gpu"),
+    }
+    at = {"cluster": ".*", "job": ".*", "team": "research", "pool": "large"}
 
     def values(k: str, name: str, **vars: str) -> list[str]:
         q = substitute(queries[(k, name)], {**at, **vars}, int(now - live.started) + 1)
         return stack.wait_for(lambda: variable_values(prom, q, live.started, time.time()), 30, what=q)  # type: ignore[return-value]
 
+    # no cluster label on a single Prometheus: the list is empty and "All" (.*) matches every series
+    for k in build.BUILDERS:
+        q = substitute(queries[(k, "cluster")], at, 1)
+        assert variable_values(prom, q, live.started, time.time()) == []
+    assert values("overview", "job") == values("team", "job") == ["chargeback-proxy"]
+    assert values("gpu_fleet", "job") == ["chargeback-gpu-exporter"]
     assert sorted(values("team", "team")) == sorted(TEAMS)
     assert sorted(values("team", "user")) == ["ada@corp.example", "ben@corp.example"]
     assert sorted(values("team", "user", team="platform")) == ["eve@corp.example", "fay@corp.example"]
+    assert sorted(values("team", "user", team=".*")) == sorted(USERS)
     assert sorted(values("gpu_fleet", "pool")) == ["large", "small"]
     assert len(live.gpu_uuids) == GPU_COUNT
     assert values("gpu_fleet", "gpu") == live.gpu_uuids[2:]  # indexes 2, 3 are in pool "large"
@@ -405,24 +438,69 @@ def instant_values(
 
 def test_panel_figures_match_the_configuration(live: Live) -> None:
     """Panels whose figures follow from the config show exactly those figures."""
-    gpus = {"pool": ".*", "gpu": ".*"}
+    gpus = {**ALL, "pool": ".*", "gpu": ".*"}
     assert list(instant_values(live, "gpu_fleet", "GPUs", gpus).values()) == [4.0]
     # 2 GPUs × 1.5 + 2 GPUs × 3.2 per hour
     assert list(instant_values(live, "gpu_fleet", "Fleet cost (per hour)", gpus).values()) == [
         pytest.approx(9.4)
     ]
-    per_gpu = instant_values(live, "gpu_fleet", "Hourly cost per GPU", {"pool": "large", "gpu": ".*"})
+    per_gpu = instant_values(live, "gpu_fleet", "Hourly cost per GPU", {**ALL, "pool": "large", "gpu": ".*"})
     assert sorted(per_gpu.values()) == [3.2, 3.2]
     assert list(
-        instant_values(live, "team", "Monthly budget", {"team": "support", "user": ".*"}).values()
+        instant_values(live, "team", "Monthly budget", {**ALL, "team": "support", "user": ".*"}).values()
     ) == [1200.0]
     # each pool's shares add up to 1 (the overview's team × pool matrix)
-    shares = instant_values(live, "overview", "Pool shares now (team × pool)", {})
+    shares = instant_values(live, "overview", "Pool shares now (team × pool)", ALL)
     by_pool: dict[str, float] = {}
     for labels, value in shares.items():
         pool = json.loads(labels)["pool"]
         by_pool[pool] = by_pool.get(pool, 0.0) + value
     assert by_pool == {"large": pytest.approx(1.0), "small": pytest.approx(1.0)}
+
+
+def _values_at(live: Live, when: float, key: str, title: str, variables: dict[str, str]) -> dict[str, float]:
+    q = substitute(panel_expr(key, title), {**ALL, **variables}, 300)
+    body = api(live.prometheus.url, "/api/v1/query", {"query": q, "time": f"{when:.3f}"})
+    assert body["status"] == "success", f"{q}: {body.get('error')}"
+    return {json.dumps(r["metric"], sort_keys=True): float(r["value"][1]) for r in body["data"]["result"]}
+
+
+def test_idle_stack_shows_zero(live: Live) -> None:
+    """Before the first request no spend-rate series exists (a share of nothing is undefined): the panels
+    show 0 for the stack and for every configured team, not "no data"; so does a team that never sends
+    traffic while the others do."""
+    teams_zero = {json.dumps({"team": t}): 0.0 for t in TEAMS}
+    at = live.idle_at
+    assert _values_at(live, at, "overview", "Spend rate (per hour)", {}) == {"{}": 0.0}
+    assert _values_at(live, at, "overview", "Unrecovered cost (per hour)", {}) == {"{}": 0.0}
+    assert _values_at(live, at, "overview", "Spend rate by team (per hour)", {}) == teams_zero
+    assert _values_at(live, at, "team", "Spend rate (per hour)", {"team": ".*", "user": ".*"}) == teams_zero
+    assert _values_at(live, at, "team", "Month-to-date spend", {"team": ".*", "user": ".*"}) == {
+        json.dumps({"__name__": "team:chargeback_spend:month_to_date", "team": t}): 0.0 for t in TEAMS
+    }
+    # under traffic, the team without users
+    legal = {**ALL, "team": "legal", "user": ".*"}
+    assert instant_values(live, "team", "Spend rate (per hour)", legal) == {
+        json.dumps({"team": "legal"}): 0.0
+    }
+
+
+def test_unrecovered_cost_is_zero_under_token_share(live: Live) -> None:
+    """Under token-share (the default real-time method) both pools' whole cost is charged while they
+    serve tokens: spend 2 × 1.5 + 2 × 3.2 = 9.4 EUR/h and 0 unrecovered, although the rules' figure for
+    proxy-price-per-token (unused capacity) is well above 0 at this load."""
+    prom = live.prometheus.url
+    assert stack.prom_query(prom, 'chargeback_realtime_method_info{method="token-share"} == 1')
+
+    def spend() -> float | None:
+        values = _values_at(live, time.time(), "overview", "Spend rate (per hour)", {})
+        value = values.get("{}")
+        return value if value is not None and abs(value - 9.4) < 1e-9 else None
+
+    assert stack.wait_for(spend, 60, what="spend rate of both pools") == pytest.approx(9.4)
+    assert _values_at(live, time.time(), "overview", "Unrecovered cost (per hour)", {}) == {"{}": 0.0}
+    (proxy_price,) = stack.prom_query(prom, "sum(pool:chargeback_unrecovered_cost_per_hour:rate5m)")
+    assert float(proxy_price["value"][1]) > 5.0  # the small traffic uses a sliver of 4000 + 1500 tokens/s
 
 
 def test_team_mode_per_user_panels_are_empty_and_the_rest_has_data(live_team: Live) -> None:
@@ -470,5 +548,5 @@ def test_team_mode_per_user_panels_are_empty_and_the_rest_has_data(live_team: Li
         ]
         if v["name"] == "user"
     )
-    q = substitute(user_query, {"team": "research"}, 60)
+    q = substitute(user_query, {**ALL, "team": "research"}, 60)
     assert variable_values(prom, q, live_team.started, now) == []
