@@ -262,6 +262,17 @@ def test_ledger_summary(run, cfg_file, tmp_path):
     assert code == 2 and "must be after" in err
 
 
+@pytest.mark.parametrize("command", [("ledger", "summary"), ("keys", "list"), ("keys", "revoke", "k-1")])
+def test_reading_a_mistyped_sqlite_path_is_an_error_and_creates_nothing(run, tmp_path, command):
+    missing = tmp_path / "typo" / "ledgr.db"
+    code, _, err = run(
+        *command, "--ledger.url", f"sqlite:///{missing}", "--config.file", str(tmp_path / "none.yaml")
+    )
+    assert code == 1
+    assert f"SQLite ledger {missing} does not exist; check ledger.url or --ledger.url" in err
+    assert not missing.exists() and not missing.parent.exists()
+
+
 def test_cli_binary_end_to_end(tmp_path):
     """The installed `chargeback` command, as an operator runs it."""
     exe = Path(sys.executable).parent / "chargeback"

@@ -122,3 +122,36 @@ def test_tokens_problem() -> None:
 )
 def test_read_usage(obj: dict[str, object], got: object) -> None:
     assert read_usage(obj) == got
+
+
+def test_stream_begin_record_is_validated_like_the_final_row() -> None:
+    """The journal's begin record becomes the row when the proxy dies mid-stream: it gets the same
+    storable text and the same URL without userinfo as a finished request's row."""
+    from exporter.ledger.row import LedgerRow
+    from exporter.proxy.app import Call
+    from exporter.proxy.lifecycle import journal_begin
+
+    class Ledger:
+        def __init__(self) -> None:
+            self.rows: list[LedgerRow] = []
+
+        def begin(self, row: LedgerRow) -> None:
+            self.rows.append(row)
+
+    call = Call(
+        request_id="req-begin-1",
+        started=0.0,
+        timestamp="2026-11-02T10:00:00+00:00",
+        endpoint="/v1/chat/completions",
+        user="a@example.com",
+        team="alpha",
+        model_name="m\ud800\x00x",
+        stream=True,
+        upstream="http://svc:s3cret@upstream.internal:8000/v1",
+    )
+    ledger = Ledger()
+    journal_begin(ledger, call, 200)
+    (row,) = ledger.rows
+    assert row.model == "m\\ud800\u2400x"
+    assert "s3cret" not in row.upstream and "svc" not in row.upstream
+    assert row.upstream.endswith("upstream.internal:8000/v1")

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
@@ -126,17 +127,27 @@ def _config(args: argparse.Namespace) -> Config | None:
     return config_from_args(args)
 
 
-def _open(args: argparse.Namespace, cfg: Config | None) -> LedgerStore:
+def _open(args: argparse.Namespace, cfg: Config | None, existing: bool = False) -> LedgerStore:
     url = args.ledger_url or (cfg.ledger.url if cfg else None)
     if not url:
         raise StoreError("no ledger URL: set ledger.url in the config or pass --ledger.url")
+    if existing and url.startswith("sqlite:"):
+        # A command that only reads or changes what is there must not create an empty ledger at a
+        # mistyped path and then report that it found nothing.
+        from exporter.ledger.sqlite_store import parse_sqlite_url
+
+        path, memory, _ = parse_sqlite_url(url)
+        p = Path(path).expanduser()
+        if not memory and not p.is_file():
+            what = "is not a file" if p.exists() else "does not exist"
+            raise StoreError(f"SQLite ledger {p} {what}; check ledger.url or --ledger.url")
     return open_store(url)
 
 
-def _run(args: argparse.Namespace, body: Any) -> int:
+def _run(args: argparse.Namespace, body: Any, existing: bool = False) -> int:
     try:
         cfg = _config(args)
-        store = _open(args, cfg)
+        store = _open(args, cfg, existing)
     except StoreError as exc:
         return _fail(str(exc))
     try:
@@ -259,7 +270,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         print("The token is shown only this once; only its hash is stored.", file=sys.stderr)
         return 0
 
-    return _run(args, body)
+    return _run(args, body, existing=True)
 
 
 KEY_LIST_COLUMNS = [
@@ -283,7 +294,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         print_result(KEY_LIST_COLUMNS, rows, csv_out=args.csv)
         return 0
 
-    return _run(args, body)
+    return _run(args, body, existing=True)
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
@@ -304,7 +315,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
             print(f"revoked {k.key_id} ({k.prefix}…) of {k.user_email}, team {k.team}, at {k.revoked_at}")
         return 0
 
-    return _run(args, body)
+    return _run(args, body, existing=True)
 
 
 # --------------------------------------------------------------------------- ledger
@@ -375,7 +386,7 @@ def cmd_ledger_summary(args: argparse.Namespace) -> int:
         print_result(cols, rows, csv_out=args.csv)
         return 0
 
-    return _run(args, body)
+    return _run(args, body, existing=True)
 
 
 # --------------------------------------------------------------------------- output

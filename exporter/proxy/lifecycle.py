@@ -14,7 +14,9 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from exporter.ledger.row import LedgerRow
+from exporter.ledger.validate import storable_text
 from exporter.proxy.errors import error_body
+from exporter.proxy.redact import public_url
 
 if TYPE_CHECKING:
     import aiohttp
@@ -35,7 +37,7 @@ def journal_begin(ledger: Any, call: Any, status: int) -> None:
             timestamp=call.timestamp,
             user_email=call.user,
             team=call.team,
-            model=call.model_name[:200],
+            model=storable_text(call.model_name, 200),  # same text as the final row
             endpoint=call.endpoint,
             status_code=status,
             prompt_tokens=0,
@@ -47,7 +49,7 @@ def journal_begin(ledger: Any, call: Any, status: int) -> None:
             duration_ms=0.0,
             ttft_ms=None,
             api_key_id=call.api_key_id,
-            upstream=call.upstream,
+            upstream=public_url(call.upstream),  # never the URL's userinfo
             error=CRASH_REASON,
             usage_source="estimate",
             usage_reason=CRASH_REASON,
