@@ -37,7 +37,7 @@ deps:
 demo: deps venv
 	$(VENV)/bin/chargeback demo
 
-LINT_PATHS := exporter tests bench dashboards rules deploy
+LINT_PATHS := exporter tests bench dashboards rules deploy build_hooks.py
 
 test: deps venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -21,9 +21,12 @@ from pathlib import Path
 import requests
 from prometheus_client import CollectorRegistry, generate_latest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test kit: tests/support
+
+from support.fakenvml import FakeGpu, FakeNvml
+
 from exporter.config import parse_config
 from exporter.gpu.collector import GpuCollector
-from exporter.gpu.fakenvml import FakeGpu, FakeNvml
 from exporter.gpu.nvml import NvmlBackend
 from exporter.gpu.simulated import SimulatedBackend
 from exporter.stack import ManagedProcess, free_port

@@ -15,14 +15,18 @@ import argparse
 import asyncio
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test kit: tests/support
+
+from support.ledger import make_row, pg_available, temp_pg_database
+
 from exporter.config import LedgerConfig
 from exporter.ledger.store import open_store
-from exporter.ledger.testing import make_row, pg_available, temp_pg_database
 from exporter.ledger.writer import LedgerWriter
 
 TARGET = 5000

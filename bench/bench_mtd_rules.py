@@ -25,10 +25,10 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from rules_inline import inline, recording_rules
+from support.prom_history import backfill, ts
 
 from exporter import contract
 from exporter.billing_calendar import month_bounds_unix
-from exporter.report.testdata import backfill, ts
 from exporter.stack import start_prometheus
 
 START, END = ts("2026-12-01T00:00"), ts("2027-01-01T00:00")  # a UTC billing month

@@ -26,9 +26,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the test kit: tests/support
+
+from support.prom_history import backfill, ts  # noqa: E402
 
 from exporter import contract  # noqa: E402
-from exporter.report.testdata import backfill, ts  # noqa: E402
 from exporter.stack import chargeback_argv, start_prometheus  # noqa: E402
 
 MODELS = ("m0", "m1", "m2", "m3")

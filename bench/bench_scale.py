@@ -27,11 +27,14 @@ from zoneinfo import ZoneInfo
 import psycopg
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test kit: tests/support
+
+from support.ledger import make_row, pg_available, temp_pg_database
+
 from exporter.config import parse_config
 from exporter.ledger import rollup
 from exporter.ledger.row import COLUMNS
 from exporter.ledger.store import open_store
-from exporter.ledger.testing import make_row, pg_available, temp_pg_database
 from exporter.stack import chargeback_argv
 
 MODELS = 8

@@ -26,6 +26,8 @@ from typing import IO
 import requests
 import yaml
 
+from exporter import assets
+
 BINARY_PACKAGES = {
     "prometheus": "prometheus",
     "promtool": "prometheus",
@@ -33,7 +35,6 @@ BINARY_PACKAGES = {
     "amtool": "prometheus-alertmanager",
     "victoria-metrics": "victoria-metrics",
 }
-RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 
 
 class StackError(RuntimeError):
@@ -66,9 +67,10 @@ def find_binary(name: str) -> str:
     return path
 
 
-def rule_files(rules_dir: Path = RULES_DIR) -> list[Path]:
-    """The project's rule files (recording and alerting), not their tests."""
-    return sorted(p for p in rules_dir.glob("*.yaml") if p.is_file())
+def rule_files() -> list[Path]:
+    """The project's rule files (recording and alerting), not their tests: the installed package's
+    copy, or the checkout's rules/ (exporter.assets)."""
+    return assets.asset_files("rules")
 
 
 class ManagedProcess:

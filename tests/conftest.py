@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.ledger import pg_available, temp_pg_database
 
-from exporter.ledger.testing import pg_available, temp_pg_database
 from exporter.sim.harness import Stack, proxy_stack
 from exporter.stack import free_port
 

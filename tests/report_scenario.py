@@ -33,8 +33,9 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
+from support.prom_history import Counter, Series, backfill, grid, ts, write_openmetrics
+
 from exporter import contract
-from exporter.report.testdata import Counter, Series, backfill, grid, ts, write_openmetrics
 
 T0 = ts("2026-09-29T00:00")
 T1 = ts("2026-11-02T00:00")

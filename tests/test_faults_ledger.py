@@ -22,10 +22,10 @@ import psycopg
 import pytest
 from faults import Outcome, check_ledger, traffic, wait_for_ledger
 from private_pg import PrivatePostgres, pg_bin
+from support.ledger import make_row
 
 from exporter.config import LedgerConfig
 from exporter.ledger.store import open_store
-from exporter.ledger.testing import make_row
 from exporter.ledger.writer import LedgerWriter
 from exporter.proxy.lifecycle import CRASH_REASON
 from exporter.sim.harness import ledger_rows, proxy_stack

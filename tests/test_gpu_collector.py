@@ -14,11 +14,11 @@ from collections.abc import Iterator
 import pynvml
 import pytest
 from prometheus_client import CollectorRegistry
+from support.fakenvml import FakeGpu, FakeMig, FakeNvml
 
 from exporter import contract as c
 from exporter.config import Config, parse_config
 from exporter.gpu.collector import GpuCollector
-from exporter.gpu.fakenvml import FakeGpu, FakeMig, FakeNvml
 from exporter.gpu.nvml import NvmlBackend
 
 T0 = 1_700_000_000_000_000  # µs: a plausible NVML sample timestamp

@@ -25,9 +25,9 @@ import openai
 import pytest
 import requests
 from hostile_upstream import TEXT, HostileUpstream
+from support.ledger import pg_available, temp_pg_database
 
 from exporter import contract
-from exporter.ledger.testing import pg_available, temp_pg_database
 from exporter.proxy.usage import prompt_chars
 from exporter.sim.harness import (
     ProxyProcess,

@@ -6,16 +6,16 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
-from exporter.keys import TOKEN_PREFIX, KeyCache, generate_token, hash_token
-from exporter.ledger.store import open_store
-from exporter.ledger.testing import (
+from support.ledger import (
     async_wait_for,
     block_pg_database,
     pg_available,
     temp_pg_database,
     unblock_pg_database,
 )
+
+from exporter.keys import TOKEN_PREFIX, KeyCache, generate_token, hash_token
+from exporter.ledger.store import open_store
 
 
 def test_tokens_are_prefixed_random_and_hashed():

@@ -11,10 +11,10 @@ from datetime import date
 from pathlib import Path
 
 import psycopg
+from support.ledger import make_row
 
 from exporter.keys import hash_token
 from exporter.ledger.store import open_store
-from exporter.ledger.testing import make_row
 from exporter.stack import chargeback_argv
 
 CONFIG = """

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.ledger import VERBATIM_SQL, make_row
 
 from exporter import cli
 from exporter.keys import TOKEN_PREFIX, hash_token
 from exporter.ledger.store import open_store
-from exporter.ledger.testing import VERBATIM_SQL, make_row
 
 CONFIG = """
 currency: EUR

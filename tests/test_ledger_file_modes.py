@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.ledger import make_row
 
 from exporter.ledger.store import open_store
-from exporter.ledger.testing import make_row
 
 
 def mode(path: Path) -> int:

@@ -13,10 +13,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from support.ledger import PG_ADMIN_URL, make_row, pg_available, temp_pg_database
 
 from exporter.ledger.adhoc import check_statement, sql_words
 from exporter.ledger.store import ReadOnlyError, open_store
-from exporter.ledger.testing import PG_ADMIN_URL, make_row, pg_available, temp_pg_database
 
 REFUSED = "chargeback: the ledger query is read-only; refused: "
 

@@ -12,12 +12,12 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from support.ledger import VERBATIM_SQL, make_row, pg_available, temp_pg_database
 
 from exporter.ledger import pg_store, sqlite_store
 from exporter.ledger.rollup import Totals, raw_totals, split_period, totals
 from exporter.ledger.row import COLUMNS, LedgerRow
 from exporter.ledger.store import open_store, row_values
-from exporter.ledger.testing import VERBATIM_SQL, make_row, pg_available, temp_pg_database
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NOW = datetime(2024, 5, 10, 12, 0, tzinfo=UTC)  # the stores' clock in these tests

@@ -8,10 +8,10 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 import pytest
+from support.ledger import VERBATIM_SQL, make_row
 
 from exporter.ledger.sqlite_store import MIGRATIONS
 from exporter.ledger.store import QueryError, ReadOnlyError, StoreError, open_store
-from exporter.ledger.testing import VERBATIM_SQL, make_row
 
 VERSIONS = [(v,) for v in sorted(MIGRATIONS)]
 

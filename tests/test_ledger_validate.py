@@ -4,9 +4,9 @@ end-to-end behaviour, on both backends, is in test_hostile_edge.py)."""
 from __future__ import annotations
 
 import pytest
+from support.ledger import make_row
 
 from exporter.ledger.store import open_store
-from exporter.ledger.testing import make_row
 from exporter.ledger.validate import MAX_TOKENS, count_problem, storable_text, tokens_problem
 from exporter.proxy.usage import InvalidUsage, Usage, read_usage
 

@@ -13,11 +13,7 @@ import threading
 from dataclasses import replace
 
 import pytest
-
-from exporter.config import LedgerConfig
-from exporter.ledger.journal import journal_lines
-from exporter.ledger.store import open_store
-from exporter.ledger.testing import (
+from support.ledger import (
     async_wait_for,
     block_pg_database,
     make_row,
@@ -25,6 +21,10 @@ from exporter.ledger.testing import (
     temp_pg_database,
     unblock_pg_database,
 )
+
+from exporter.config import LedgerConfig
+from exporter.ledger.journal import journal_lines
+from exporter.ledger.store import open_store
 from exporter.ledger.writer import LedgerWriter
 
 

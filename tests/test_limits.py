@@ -601,9 +601,10 @@ def test_limits_config_errors_name_the_key() -> None:
 def test_keys_expiry_rotation_import_and_usage_on_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from support.ledger import make_row
+
     from exporter import cli
     from exporter.ledger.store import open_store
-    from exporter.ledger.testing import make_row
 
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cfg = tmp_path / "chargeback.yaml"

@@ -14,9 +14,9 @@ import aiohttp
 import openai
 import pytest
 import requests
+from support.ledger import VERBATIM_SQL
 
 from exporter import contract
-from exporter.ledger.testing import VERBATIM_SQL
 from exporter.sim.harness import Stack, ledger_rows, metric, read_metrics, wait_for_rows
 from exporter.sim.traffic import run_traffic
 from exporter.sim.upstream import expected_usage

@@ -14,9 +14,9 @@ import openai
 import psycopg
 import pytest
 import requests
+from support.ledger import VERBATIM_SQL
 
 from exporter import contract
-from exporter.ledger.testing import VERBATIM_SQL
 from exporter.sim.harness import ledger_rows, metric, proxy_stack, read_metrics, wait_for_rows
 from exporter.sim.relay import TcpRelay
 from exporter.sim.traffic import Totals, TrafficResult, run_traffic

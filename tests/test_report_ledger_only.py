@@ -69,7 +69,7 @@ def test_ledger_only_report_without_prometheus_exact_amounts(trap, tmp_path, bac
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'ledger.db'}"
     else:
-        from exporter.ledger.testing import pg_available, temp_pg_database
+        from support.ledger import pg_available, temp_pg_database
 
         if pg_available():
             pytest.skip(pg_available() or "")

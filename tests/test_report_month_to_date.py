@@ -22,13 +22,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from support.prom_history import Series, backfill, grid, ts, write_openmetrics
 
 from exporter import contract
 from exporter.config import parse_config
 from exporter.report.inputs import gather_prometheus
 from exporter.report.period import parse_period
 from exporter.report.promql import PromClient
-from exporter.report.testdata import Series, backfill, grid, ts, write_openmetrics
 from exporter.stack import ManagedProcess, chargeback_argv, start_prometheus
 
 NOW = "2026-12-03T15:56:30Z"

@@ -21,6 +21,7 @@ from decimal import Decimal
 import pytest
 import report_scenario as sc
 from rules_inline import inline, recording_rules
+from support.prom_history import Counter, Series, backfill, grid, ts, write_openmetrics
 
 from exporter import contract
 from exporter.billing_calendar import month_bounds_unix
@@ -30,7 +31,6 @@ from exporter.report.methods import allocate
 from exporter.report.period import parse_period
 from exporter.report.promql import PromClient
 from exporter.report.statement import build_statement
-from exporter.report.testdata import Counter, Series, backfill, grid, ts, write_openmetrics
 from exporter.stack import ManagedProcess, find_binary, prom_query, start_prometheus
 
 pytestmark = pytest.mark.slow

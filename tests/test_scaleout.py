@@ -10,8 +10,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from support.ledger import pg_available, temp_pg_database
 
-from exporter.ledger.testing import pg_available, temp_pg_database
 from exporter.sim.harness import ledger_rows, metric, proxy_stack, read_metrics, start_proxy, wait_for_rows
 from exporter.sim.traffic import run_traffic
 
