@@ -37,7 +37,7 @@ class KeyRecord:
     prefix: str = ""  # first characters of the token, shown in `keys list` (never the whole token)
     expires_at: str | None = None  # ISO 8601 UTC; None: never
     rotated_to: str = ""  # the key id that replaced this one (`keys rotate`)
-    last_used_at: str | None = None  # updated in batches by the proxies (see KeyCache.touch)
+    last_used_at: str | None = None  # updated in batches by the proxies (exporter.proxy.key_cache)
     expires_ts: float | None = field(default=None, compare=False, repr=False)  # expires_at as Unix seconds
 
     def __post_init__(self) -> None:
