@@ -14,8 +14,9 @@ from support.ledger import (
     unblock_pg_database,
 )
 
-from exporter.keys import TOKEN_PREFIX, KeyCache, generate_token, hash_token
+from exporter.ledger.keys import TOKEN_PREFIX, generate_token, hash_token
 from exporter.ledger.store import open_store
+from exporter.proxy.key_cache import KeyCache
 
 
 def test_tokens_are_prefixed_random_and_hashed():

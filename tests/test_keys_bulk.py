@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 from support.ledger import make_row
 
-from exporter.keys import hash_token
+from exporter.ledger.keys import hash_token
 from exporter.ledger.store import open_store
 from exporter.stack import chargeback_argv
 

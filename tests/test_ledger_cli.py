@@ -14,7 +14,7 @@ import pytest
 from support.ledger import VERBATIM_SQL, make_row
 
 from exporter import cli
-from exporter.keys import TOKEN_PREFIX, hash_token
+from exporter.ledger.keys import TOKEN_PREFIX, hash_token
 from exporter.ledger.store import open_store
 
 CONFIG = """

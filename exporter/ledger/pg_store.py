@@ -21,8 +21,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from exporter.ledger import pg_partitions
-from exporter.ledger.row import COLUMNS, LedgerRow
-from exporter.ledger.store import (
+from exporter.ledger.backend import (
     QueryError,
     ReadOnlyError,
     RowError,
@@ -32,6 +31,8 @@ from exporter.ledger.store import (
     redact_url,
     row_values,
 )
+from exporter.ledger.keys import KeyOps
+from exporter.ledger.row import COLUMNS, LedgerRow
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ _INSERT = (
 _MIGRATION_LOCK = 0x63626C65  # "cble": arbitrary advisory lock id for schema migrations
 
 
-class PostgresStore(StoreOpsMixin):
+class PostgresStore(StoreOpsMixin, KeyOps):
     backend = "postgresql"
     placeholder = "%s"  # parameter marker for query(sql, params)
 
