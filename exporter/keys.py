@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import secrets
 import threading
 import time
@@ -21,10 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from exporter.logs import get_logger
+
 if TYPE_CHECKING:
     from exporter.ledger.store import LedgerStore
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 T = TypeVar("T")
 
 TOKEN_PREFIX = "cbk_"

@@ -495,7 +495,8 @@ def test_gpu_exporter_runs_on_gpu_nodes_with_nvml_access(objects):
         "the exporter must not take a GPU away"
     )
     assert container["args"][0] == "gpu-exporter"
-    assert container["readinessProbe"]["httpGet"] == {"path": "/", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "metrics"}
 
 
 def _config_text(objects) -> str:
@@ -641,11 +642,12 @@ def test_containers_are_non_root_locked_down_and_sized(resolved):
         assert not pod.get("hostNetwork") and not pod.get("hostPID"), where
 
 
-def test_proxy_probes_use_healthz_on_the_api_port(objects):
+def test_proxy_probes_use_the_prometheus_style_health_paths_on_the_api_port(objects):
     deployment = _one(objects, "Deployment", "vllm-llama-3-1-8b")
     proxy = next(c for c in _containers(deployment) if c["name"] == "chargeback-proxy")
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert proxy[probe]["httpGet"] == {"path": "/healthz", "port": "proxy-api"}
+    # Readiness turns 503 while the proxy drains; liveness stays 200 so a draining pod is not killed.
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "proxy-api"}
+    assert proxy["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "proxy-api"}
     assert proxy["args"][0] == "proxy"
     assert any(
         e["name"] == "PGPASSWORD" and e["valueFrom"]["secretKeyRef"]["name"] == "chargeback-secrets"

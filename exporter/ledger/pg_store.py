@@ -9,7 +9,6 @@ which PostgreSQL refuses to combine with a second statement (no ``COMMIT; DROP .
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import threading
@@ -32,8 +31,9 @@ from exporter.ledger.store import (
     redact_url,
     row_values,
 )
+from exporter.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SCHEMA_VERSION = 5
 
