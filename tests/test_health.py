@@ -65,3 +65,24 @@ def test_no_module_names_its_own_logger() -> None:
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "getLogger":
                 offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert offenders == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["keys", "list"],
+        ["keys", "create", "--user", "a@corp.example"],
+        ["keys", "rotate", "key_x"],
+        ["keys", "revoke", "key_x"],
+        ["keys", "import", "users.csv", "--out", "tokens.csv"],
+        ["ledger", "query", "SELECT 1"],
+        ["ledger", "summary"],
+        ["ledger", "maintain"],
+    ],
+)
+def test_keys_and_ledger_take_log_level(argv: list[str]) -> None:
+    from exporter.cli import build_parser
+
+    full = [*argv, "--log.level", "debug"]
+    assert build_parser(full).parse_args(full).log_level == "debug"
+    assert build_parser(argv).parse_args(argv).log_level == "info"
