@@ -670,3 +670,37 @@ def test_reporter_cronjob_loads_the_shared_config(objects):
         assert any(v.get("configMap", {}).get("name") == "chargeback-config" for v in volumes), (
             f"CronJob/{cj['metadata']['name']} should mount ConfigMap chargeback-config (deploy/kubernetes/config.yaml)"
         )
+
+
+def test_generators_may_read_only_below_their_kustomization(tmp_path):
+    """What made dashboards/ hold its own kustomization: kustomize refuses a generator file outside the
+    root; the offline resolver refuses it too, while a kustomization directory elsewhere is fine."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.json").write_text("{}\n", encoding="utf-8")
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "kustomization.yaml").write_text(
+        "generatorOptions: {disableNameSuffixHash: true}\n"
+        "configMapGenerator:\n  - name: x\n    files: [../data/x.json]\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(AssertionError, match="outside the kustomization root"):
+        kustomize_offline.resolve(base, [])
+    command = _kustomize_command()
+    if command is not None:
+        out = subprocess.run([*command, str(base)], capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0 and "is not in or below" in out.stderr, out.stderr
+    # The fix used here: the generator lives beside the file, and the base includes that directory.
+    (tmp_path / "data" / "kustomization.yaml").write_text(
+        "generatorOptions: {disableNameSuffixHash: true}\n"
+        "configMapGenerator:\n  - name: x\n    files: [x.json]\n",
+        encoding="utf-8",
+    )
+    (base / "kustomization.yaml").write_text("resources: [../data]\n", encoding="utf-8")
+    [(_, cm)] = kustomize_offline.resolve(base, [])
+    assert cm["data"] == {"x.json": "{}\n"}
+    if command is not None:
+        out = subprocess.run([*command, str(base)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        [built] = [d for d in yaml.safe_load_all(out.stdout) if d]
+        assert built["data"] == cm["data"] and built["metadata"]["name"] == "x"
