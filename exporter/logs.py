@@ -9,6 +9,7 @@ all. ``--log.level`` (exporter/cliutil.py) sets the level that every one of them
 from __future__ import annotations
 
 import logging
+import sys
 
 NAMESPACE = "chargeback"
 PACKAGE = "exporter"
@@ -16,6 +17,12 @@ PACKAGE = "exporter"
 
 def component_name(module: str, child: str | None = None) -> str:
     """``chargeback.<component>[.<child>]`` for a module name of the exporter package."""
+    if module == "__main__":
+        # run as ``python -m exporter.gpu.cli``: the module's real name is in its spec
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is None:
+            return NAMESPACE
+        module = spec.name
     parts = module.split(".")
     if parts[0] != PACKAGE or len(parts) < 2:
         raise ValueError(f"{module!r} is not a module of the {PACKAGE} package")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,19 @@ def test_logger_names_are_one_namespace() -> None:
     assert component_name("exporter.keys") == "chargeback.keys"
     assert component_name("exporter.proxy.usage_count", "tokenize") == "chargeback.proxy.tokenize"
     assert get_logger("exporter.gpu.collector").name == "chargeback.gpu"
+    # python -m exporter.gpu.cli: the module runs as __main__ and still logs as chargeback.gpu
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import runpy; runpy.run_module('exporter.gpu.cli', run_name='__main__')",
+            "--help",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
     with pytest.raises(ValueError, match="not a module of the exporter package"):
         component_name("dashboards.build")
 
