@@ -14,7 +14,7 @@ from exporter.cliutil import add_config_flag, config_from_args, setup_logging
 # module → it registers one or more subcommands
 SUBCOMMAND_MODULES = (
     "exporter.proxy.cli",  # proxy
-    "exporter.ledger.cli",  # keys, ledger
+    "exporter.ledger.commands",  # keys, ledger
     "exporter.gpu.cli",  # gpu-exporter
     "exporter.report.cli",  # report, compare
     "exporter.sim.cli",  # simulate-upstream, traffic
@@ -60,7 +60,7 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 # Commands whose module is the only one imported when they are run: `keys create` is called once per
 # user by provisioning scripts, so it should not pay for importing aiohttp, the reporter and the rest.
-FAST_COMMANDS = {"keys": "exporter.ledger.cli", "ledger": "exporter.ledger.cli"}
+FAST_COMMANDS = {"keys": "exporter.ledger.commands", "ledger": "exporter.ledger.commands"}
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

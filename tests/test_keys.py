@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from exporter.keys import TOKEN_PREFIX, KeyCache, generate_token, hash_token
+from exporter.ledger.keys import TOKEN_PREFIX, generate_token, hash_token
 from exporter.ledger.store import open_store
 from exporter.ledger.testing import (
     async_wait_for,
@@ -16,6 +16,7 @@ from exporter.ledger.testing import (
     temp_pg_database,
     unblock_pg_database,
 )
+from exporter.proxy.key_cache import KeyCache
 
 
 def test_tokens_are_prefixed_random_and_hashed():

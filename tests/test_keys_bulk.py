@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 
-from exporter.keys import hash_token
+from exporter.ledger.keys import hash_token
 from exporter.ledger.store import open_store
 from exporter.ledger.testing import make_row
 from exporter.stack import chargeback_argv

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from exporter import cli
-from exporter.keys import TOKEN_PREFIX, hash_token
+from exporter.ledger.keys import TOKEN_PREFIX, hash_token
 from exporter.ledger.store import open_store
 from exporter.ledger.testing import VERBATIM_SQL, make_row
 

@@ -174,7 +174,7 @@ def test_summary_exact_per_user_team_model(store):
 
 
 def test_keys_lifecycle_in_store(store):
-    from exporter.keys import TOKEN_PREFIX, hash_token
+    from exporter.ledger.keys import TOKEN_PREFIX, hash_token
 
     token, rec = store.create_key("alice@corp.example", "research")
     assert token.startswith(TOKEN_PREFIX) and rec.prefix == token[:12]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeAlias
 from zoneinfo import ZoneInfo
 
 from exporter.cliutil import add_config_flag, add_log_flag, config_from_args
@@ -29,8 +29,12 @@ from exporter.ledger.store import (
     open_store,
 )
 
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+
+def register(subparsers: SubParsers) -> tuple[SubParsers, SubParsers]:
+    """``keys`` and ``ledger`` with their basic actions; returns both action lists so that
+    ``commands`` can add the bulk ones from ``scale_cli`` (which imports this module)."""
     keys = subparsers.add_parser("keys", help="create, list and revoke personal API keys")
     ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 
@@ -71,10 +75,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--user", metavar="EMAIL", help="revoke every active key of this user")
     p.set_defaults(func=cmd_keys_revoke)
 
-    from exporter.ledger import scale_cli  # keys import, ledger maintain (issue 17)
-
-    scale_cli.register_keys(ksub)
-
     ledger = subparsers.add_parser("ledger", help="query the request ledger")
     lsub = ledger.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
 
@@ -102,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--until", metavar="ISO", help="end (exclusive)")
     p.add_argument("--csv", action="store_true", help="CSV instead of a table")
     p.set_defaults(func=cmd_ledger_summary)
-    scale_cli.register_ledger(lsub)
+    return ksub, lsub
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -20,8 +20,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from exporter.ledger import pg_partitions
-from exporter.ledger.row import COLUMNS, LedgerRow
-from exporter.ledger.store import (
+from exporter.ledger.backend import (
     QueryError,
     ReadOnlyError,
     RowError,
@@ -31,6 +30,8 @@ from exporter.ledger.store import (
     redact_url,
     row_values,
 )
+from exporter.ledger.keys import KeyOps
+from exporter.ledger.row import COLUMNS, LedgerRow
 from exporter.logs import get_logger
 
 log = get_logger(__name__)
@@ -104,7 +105,7 @@ _INSERT = (
 _MIGRATION_LOCK = 0x63626C65  # "cble": arbitrary advisory lock id for schema migrations
 
 
-class PostgresStore(StoreOpsMixin):
+class PostgresStore(StoreOpsMixin, KeyOps):
     backend = "postgresql"
     placeholder = "%s"  # parameter marker for query(sql, params)
 

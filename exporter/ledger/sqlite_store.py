@@ -17,9 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 from exporter.ledger import rollup
-from exporter.ledger.private_files import create_private_file, make_private_dir
-from exporter.ledger.row import COLUMNS, LedgerRow
-from exporter.ledger.store import (
+from exporter.ledger.backend import (
     TS_FORMAT,
     QueryError,
     ReadOnlyError,
@@ -28,6 +26,9 @@ from exporter.ledger.store import (
     canonical_timestamp,
     row_values,
 )
+from exporter.ledger.keys import KeyOps
+from exporter.ledger.private_files import create_private_file, make_private_dir
+from exporter.ledger.row import COLUMNS, LedgerRow
 
 SCHEMA_VERSION = 5
 
@@ -144,7 +145,7 @@ def parse_sqlite_url(url: str) -> tuple[str, bool, dict[str, str]]:
     return rest[3:], False, opts
 
 
-class SqliteStore(StoreOpsMixin):
+class SqliteStore(StoreOpsMixin, KeyOps):
     backend = "sqlite"
     placeholder = "?"  # parameter marker for query(sql, params)
 

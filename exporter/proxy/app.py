@@ -25,7 +25,7 @@ from aiohttp import web
 from exporter.config import Config, Model
 from exporter.exposition import metrics_response
 from exporter.health import add_health_routes
-from exporter.keys import expired_message
+from exporter.ledger.keys import expired_message
 from exporter.ledger.row import LedgerRow
 from exporter.ledger.validate import storable_text, tokens_problem
 from exporter.logs import get_logger
@@ -577,7 +577,7 @@ def _lifecycle(state: ProxyState, close_timeout: float) -> Any:
 
 def create_state(cfg: Config, keys: KeyLookup | None = None, ledger: LedgerSink | None = None) -> ProxyState:
     if keys is None:
-        from exporter.keys import KeyCache
+        from exporter.proxy.key_cache import KeyCache
 
         keys = KeyCache(cfg.ledger.url, cfg.proxy.key_refresh_seconds)
     if ledger is None:

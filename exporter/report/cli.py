@@ -303,19 +303,15 @@ def _reconcile(cfg: Config, args: argparse.Namespace, inputs: Inputs, period: Pe
     )
 
     try:
+        prom_inputs = inputs
         if args.source == "ledger":  # compare against Prometheus then
             prom_inputs = gather_prometheus(cfg, _client(cfg, args), period, args.lookback)
-            store = _open_ledger(cfg, args)
-        else:
-            prom_inputs = inputs
-            store = _open_ledger(cfg, args)
+        store = _open_ledger(cfg, args)
         try:
             ledger = ledger_usage(store, period)
         finally:
             store.close()
-    except PromQLError as exc:
-        return _fail(EXIT_SOURCE, str(exc))
-    except SourceError as exc:
+    except (PromQLError, SourceError) as exc:
         return _fail(EXIT_SOURCE, str(exc))
     team_mode = cfg.proxy.metrics_labels == "team"
     rec = reconcile(prom_inputs, ledger, (lambda t: statement_team(cfg, t)) if team_mode else None)

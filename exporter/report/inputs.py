@@ -104,9 +104,6 @@ class Inputs:
     notes: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
 
-    def teams_with_usage(self, pool: str | None = None) -> list[str]:
-        return sorted({u.team for u in self.usage if pool is None or u.pool == pool})
-
 
 def statement_team(cfg: Config, label: str) -> str:
     return label if label in cfg.teams else UNASSIGNED
@@ -235,7 +232,6 @@ def _step_estimate(client: PromClient, sel: str, end: int, window: int) -> Decim
 
 
 def gpu_presence(
-    cfg: Config,
     client: PromClient,
     period: Period,
     notes: list[str],
@@ -337,7 +333,7 @@ def gather_pools(
     )
     busy = sum_by(deltas["busy"], ("uuid",))
     idle = sum_by(deltas["idle"], ("uuid",))
-    present = gpu_presence(cfg, client, period, notes, deltas)
+    present = gpu_presence(client, period, notes, deltas)
     per_pool: dict[str, dict[str, Decimal]] = {}
     gpus: dict[str, set[str]] = {}
     for uuid in sorted(present):

@@ -194,10 +194,6 @@ class PromClient:
         self.stats.series += len(out)
         return out
 
-    def vector_labels(self, expr: str, at: float) -> list[dict[str, str]]:
-        data = self._post(expr, at)
-        return [dict(item["metric"]) for item in data.get("result", [])]  # type: ignore[union-attr]
-
     def matrix(self, expr: str, at: float) -> dict[LabelKey, list[tuple[float, Decimal]]]:
         """Range-vector selector evaluated at ``at`` → {labels: [(t, value), ...]} (raw samples)."""
         data = self._post(expr, at)

@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from exporter.config import Config
-from exporter.report.inputs import UNASSIGNED, Inputs
+from exporter.report.inputs import Inputs
 from exporter.report.methods import CENTRAL, USAGE, Allocation, Charge, all_teams
 from exporter.report.money import (
     fmt_decimal,
@@ -400,7 +400,3 @@ def build_statement(
         billing_contact=cfg.report.billing_contact,
         previous=previous,
     )
-
-
-def is_unassigned(team: str) -> bool:
-    return team == UNASSIGNED

@@ -1,87 +1,21 @@
-"""Personal API keys: token generation, hashing, and the proxy's in-memory key cache.
-
-A token is ``cbk_`` followed by 43 URL-safe characters (32 random bytes = 256 bits). Only its
-SHA-256 hash is stored. A plain, unsalted hash is enough here because tokens are random and
-high-entropy: salts and slow KDFs exist to stop dictionary and brute-force attacks on
-*guessable* secrets such as passwords, and there is nothing to guess in 256 random bits.
-A fast hash also keeps the per-request lookup cheap (one SHA-256, one dict lookup).
-"""
+"""The proxy's in-memory cache of active API keys: lookup per request, background refresh, expiry,
+rotation and last use. Tokens, hashing and the key records themselves are ``exporter.ledger.keys``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from exporter.ledger.keys import TOKEN_PREFIX, KeyRecord, hash_token
+from exporter.ledger.store import LedgerStore, open_store, redact_url
 from exporter.logs import get_logger
-
-if TYPE_CHECKING:
-    from exporter.ledger.store import LedgerStore
 
 log = get_logger(__name__)
 T = TypeVar("T")
-
-TOKEN_PREFIX = "cbk_"
-# Characters of the token shown in `keys list` so people can tell their keys apart:
-# "cbk_" + 8 characters = 48 of the 256 random bits, the remaining 208 stay secret.
-DISPLAY_PREFIX_LEN = len(TOKEN_PREFIX) + 8
-
-
-@dataclass(frozen=True)
-class KeyRecord:
-    key_id: str
-    user_email: str
-    team: str
-    created_at: str  # ISO 8601 UTC
-    revoked_at: str | None  # None while the key is active
-    prefix: str = ""  # first characters of the token, shown in `keys list` (never the whole token)
-    expires_at: str | None = None  # ISO 8601 UTC; None: never
-    rotated_to: str = ""  # the key id that replaced this one (`keys rotate`)
-    last_used_at: str | None = None  # updated in batches by the proxies (see KeyCache.touch)
-    expires_ts: float | None = field(default=None, compare=False, repr=False)  # expires_at as Unix seconds
-
-    def __post_init__(self) -> None:
-        if self.expires_at and self.expires_ts is None:
-            ts = datetime.fromisoformat(self.expires_at.replace("Z", "+00:00")).timestamp()
-            object.__setattr__(self, "expires_ts", ts)
-
-
-def expired_message(record: KeyRecord, now: float) -> str | None:
-    """Why the key no longer works, or None while it is valid."""
-    if record.expires_ts is None or now < record.expires_ts:
-        return None
-    if record.rotated_to:
-        return (
-            f"API key {record.key_id} expired at {record.expires_at}: it was rotated to"
-            f" {record.rotated_to}; use the new key"
-        )
-    return f"API key {record.key_id} expired at {record.expires_at}; ask your administrator for a new key"
-
-
-def generate_token() -> str:
-    """A new random token: the recognisable prefix plus 256 bits from the OS CSPRNG."""
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-def generate_key_id() -> str:
-    """A short public identifier for a key (safe to log and show; says nothing about the token)."""
-    return "key_" + secrets.token_hex(6)
-
-
-def hash_token(token: str) -> str:
-    """SHA-256 of the token, hex. See the module docstring for why no salt or KDF is needed."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def display_prefix(token: str) -> str:
-    return token[:DISPLAY_PREFIX_LEN]
 
 
 class KeyCache:
@@ -131,7 +65,7 @@ class KeyCache:
             if msg != self.last_error:  # log each distinct failure once, not every refresh
                 log.error(
                     "API key refresh from %s failed (keeping %d known keys): %s",
-                    _redact(self.ledger_url),
+                    redact_url(self.ledger_url),
                     len(self._by_hash),
                     msg,
                 )
@@ -163,8 +97,6 @@ class KeyCache:
             raise
 
     def _load(self) -> dict[str, KeyRecord]:
-        from exporter.ledger.store import open_store
-
         if self._store is None:
             self._store = open_store(self.ledger_url)
         try:
@@ -242,10 +174,3 @@ async def daemon_call(fn: Callable[[], T]) -> T:
 
     threading.Thread(target=run, name="chargeback-db-call", daemon=True).start()
     return await fut
-
-
-def _redact(url: str) -> str:
-    """The URL without a password, for log messages."""
-    from exporter.ledger.store import redact_url
-
-    return redact_url(url)

@@ -1,0 +1,210 @@
+"""What the SQLite and PostgreSQL backends share: errors, value checks, timestamps and the SQL
+both run (row count, summary). Key SQL is in ``keys``; ``store`` opens a backend.
+
+This module imports neither backend nor ``store``, so the arrows point one way:
+``store`` -> ``sqlite_store`` / ``pg_store`` -> ``keys`` -> ``backend``.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from exporter.ledger.row import LedgerRow
+
+
+class StoreError(Exception):
+    """A ledger database problem, with a message meant for people."""
+
+
+class QueryError(StoreError):
+    """An ad-hoc query failed (bad SQL, unknown column ...)."""
+
+
+class ReadOnlyError(QueryError):
+    """An ad-hoc query tried to change something."""
+
+
+class RowError(StoreError):
+    """A row that can never be written (bad value); retrying it would not help."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that a retry may cure (the database is down, locked, slow, being
+    migrated); False for permanent ones that only this data causes (a data or encoding error, a
+    number out of range, a NUL refused by PostgreSQL). The writer retries the first kind without
+    limit, and isolates and dead-letters rows that hit the second kind."""
+    import sqlite3
+
+    if isinstance(exc, RowError):
+        return False
+    if isinstance(exc, (StoreError, OSError, TimeoutError, sqlite3.OperationalError)):
+        return True
+    if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    if isinstance(exc, (psycopg.DataError, psycopg.IntegrityError)):
+        return False
+    # connection lost, timeouts (57014 query_canceled), locks, resources; a schema that is being
+    # migrated (42P01 undefined table) is cured by waiting too
+    return isinstance(
+        exc,
+        (psycopg.OperationalError, psycopg.InterfaceError, psycopg.InternalError, psycopg.ProgrammingError),
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def parse_timestamp(value: str | datetime) -> datetime:
+    """An aware UTC datetime from an ISO 8601 string (naive means UTC) or a datetime."""
+    if isinstance(value, datetime):
+        dt = value
+    else:
+        try:
+            dt = datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            raise RowError(f"timestamp {value!r} is not ISO 8601") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def canonical_timestamp(value: str | datetime) -> str:
+    """UTC, microseconds and 'Z': the one text form the SQLite ledger stores, so text order = time order."""
+    return parse_timestamp(value).strftime(TS_FORMAT)
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_seconds(value: Any) -> str | None:
+    """A key timestamp (datetime from PostgreSQL or text from SQLite) as 'YYYY-MM-DDTHH:MM:SSZ'."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value)
+
+
+def row_values(row: LedgerRow) -> tuple[Any, ...]:
+    """The row as checked Python values in COLUMNS order (timestamp as aware datetime)."""
+    try:
+        if not row.request_id:
+            raise RowError("request_id is empty")
+        return (
+            str(row.request_id),
+            parse_timestamp(row.timestamp),
+            str(row.user_email),
+            str(row.team),
+            str(row.model),
+            str(row.endpoint),
+            int(row.status_code),
+            int(row.prompt_tokens),
+            int(row.completion_tokens),
+            int(row.total_tokens),
+            int(row.cached_tokens),
+            bool(row.estimated),
+            bool(row.stream),
+            float(row.duration_ms),
+            None if row.ttft_ms is None else float(row.ttft_ms),
+            str(row.api_key_id),
+            str(row.upstream),
+            str(row.error or ""),
+            str(row.usage_source or ""),
+            str(row.usage_reason or ""),
+        )
+    except (TypeError, ValueError) as exc:
+        raise RowError(f"request {getattr(row, 'request_id', '?')!r}: {exc}") from None
+
+
+SUMMARY_COLUMNS = [
+    "user_email", "team", "model", "requests", "prompt_tokens", "completion_tokens",
+    "total_tokens", "cached_tokens", "estimated",
+]  # fmt: skip
+
+
+def summary_sql(placeholder: str, since: bool, until: bool) -> str:
+    where = []
+    if since:
+        where.append(f"timestamp >= {placeholder}")
+    if until:
+        where.append(f"timestamp < {placeholder}")
+    return (
+        "SELECT user_email, team, model, COUNT(*) AS requests,"
+        " COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
+        " COALESCE(SUM(completion_tokens), 0) AS completion_tokens,"
+        " COALESCE(SUM(total_tokens), 0) AS total_tokens,"
+        " COALESCE(SUM(cached_tokens), 0) AS cached_tokens,"
+        " SUM(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated"
+        " FROM http_analytics"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " GROUP BY user_email, team, model ORDER BY team, user_email, model"
+    )
+
+
+_IDENT = re.compile(r"^[A-Za-z0-9_.@+:-]+$")
+
+
+def check_ident(value: str, what: str) -> str:
+    if not value or not _IDENT.match(value):
+        raise StoreError(f"invalid {what} {value!r}")
+    return value
+
+
+class StoreOpsMixin(abc.ABC):
+    """Operations shared by both backends: the row count and the summary (API keys: ``KeyOps``).
+    A backend provides ``_exec_read`` and the ``LedgerStore`` members ``placeholder``,
+    ``timestamp_param`` and ``query``."""
+
+    placeholder: str
+
+    @abc.abstractmethod
+    def _exec_read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
+
+    def count_rows(self) -> int:
+        return int(self._exec_read("SELECT COUNT(*) FROM http_analytics", ())[0][0])
+
+    @abc.abstractmethod
+    def timestamp_param(self, value: str | datetime) -> Any: ...
+
+    @abc.abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+
+    def summary(
+        self, since: datetime | None, until: datetime | None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Requests and tokens per (user, team, model) in [since, until), as int on both backends;
+        read from the daily rollup (raw rows only for partial UTC days at the edges)."""
+        from exporter.ledger.rollup import totals
+
+        got = totals(self, since, until)
+        rows = [
+            (user, team, model, t.requests, t.prompt_tokens, t.completion_tokens, t.total_tokens,
+             t.cached_tokens, t.estimated)
+            for (team, user, model), t in sorted(got.items())
+        ]  # fmt: skip
+        return list(SUMMARY_COLUMNS), rows
