@@ -54,12 +54,12 @@ async def _replay(url: str, rows: list, cfg: LedgerConfig) -> float:
     """Journal rows while the database is unreachable, then time a fresh writer's replay."""
     bad = replace(cfg, max_queue_rows=1)
     w = LedgerWriter(url, bad, store_factory=lambda u: (_ for _ in ()).throw(OSError("database down")))
-    logging.getLogger("exporter.ledger.writer").setLevel(logging.CRITICAL)  # the outage is on purpose
+    logging.getLogger("chargeback.ledger").setLevel(logging.CRITICAL)  # the outage is on purpose
     await w.start()
     for r in rows:
         w.submit(r)
     await w.close(timeout=30)
-    logging.getLogger("exporter.ledger.writer").setLevel(logging.NOTSET)
+    logging.getLogger("chargeback.ledger").setLevel(logging.NOTSET)
     if w.stats().journal_rows != len(rows):
         raise RuntimeError(f"replay bench: only {w.stats().journal_rows} of {len(rows)} rows journaled")
     open_store(url).close()

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from exporter import __version__
-from exporter.cliutil import add_config_flag, config_from_args
+from exporter.cliutil import add_config_flag, config_from_args, setup_logging
 
 # module → it registers one or more subcommands
 SUBCOMMAND_MODULES = (
@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    if getattr(args, "log_level", None):
+        # Every subcommand with --log.level (exporter/cliutil.py add_log_flag) logs at that level.
+        setup_logging(args.log_level)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -34,6 +34,8 @@ def add_log_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_logging(level: str = "info") -> None:
+    """Log to stderr at ``level``; every logger of the program (``chargeback.*``, exporter/logs.py)
+    and of its libraries inherits it."""
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -68,13 +68,13 @@ def test_check_mode_reports_stale_and_missing_files(
     assert build.main(["--check", "--out", str(tmp_path)]) == 0
     team_json = tmp_path / "dashboards" / "chargeback-team.json"
     team_json.write_text(team_json.read_text().replace("Monthly budget", "Budget"))
-    extra = tmp_path / "deploy/kubernetes/grafana-dashboards/chargeback-old.yaml"
+    extra = tmp_path / "dashboards/chargeback-old.json"
     extra.write_text("{}\n")
     capsys.readouterr()
     assert build.main(["--check", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "dashboards/chargeback-team.json (differs from the generated version)" in err
-    assert "chargeback-old.yaml (no longer generated)" in err
+    assert "chargeback-old.json (no longer generated)" in err
     assert "chargeback-overview.json" not in err
 
 
@@ -279,15 +279,20 @@ def test_recording_rules_used_exist_in_rules() -> None:
 
 
 def test_configmaps_for_the_grafana_sidecar() -> None:
+    """dashboards/kustomization.yaml wraps each committed JSON file in a ConfigMap (configMapGenerator)."""
     import kubernetes_validate
+    import kustomize_offline
 
-    folder = REPO / build.CONFIGMAP_DIR
-    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    assert sorted(kustomization["resources"]) == sorted(f"{u}.yaml" for u in common.UIDS.values())
+    built = {o["metadata"]["name"]: o for _, o in kustomize_offline.resolve(REPO / build.DASHBOARD_DIR, [])}
+    assert sorted(built) == sorted(common.UIDS.values())
     for key in KEYS:
-        doc = yaml.safe_load((folder / f"{common.UIDS[key]}.yaml").read_text())
+        doc = built[common.UIDS[key]]
         assert doc["kind"] == "ConfigMap"
         assert doc["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert doc["metadata"]["annotations"] == {
+            "grafana_folder": build.GRAFANA_FOLDER,
+            "chargeback/title": common.TITLES[key],
+        }
         assert doc["data"] == {
             build.json_name(key): (REPO / build.DASHBOARD_DIR / build.json_name(key)).read_text()
         }

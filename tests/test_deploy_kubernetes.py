@@ -3,8 +3,9 @@ Kubernetes API schemas (PyPI kubernetes-validate) or the Prometheus Operator kin
 (tests/schemas/), the PrometheusRule is exactly what rules/ generates, and the pieces fit together
 (names, ports, labels, secrets, the config each container loads, security contexts).
 
-No cluster, no Docker: `kubectl kustomize` is used when kubectl is installed, and a small resolver
-that understands the kustomization features used here covers the rest.
+No cluster, no Docker: the objects come from tests/kustomize_offline.py, a small resolver that
+understands the kustomization features used here (including configMapGenerator), and when kubectl is
+installed `kubectl kustomize` must build exactly the same objects, generated ConfigMaps included.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import kustomize_offline
 import pytest
 import yaml
 
@@ -38,7 +40,7 @@ SECRET_EXAMPLE = K8S / "secrets.example.yaml"
 OWNERS = {
     "prometheusrule.yaml": "generated from rules/*.yaml: run python deploy/kubernetes/generate_prometheusrule.py",
     "reporter-cronjob.yaml": "the reporter's CronJob (issue 5)",
-    "grafana-dashboards": "the dashboards' ConfigMaps, written by dashboards/build.py (issue 6)",
+    "dashboards": "the dashboards' JSON and kustomization, written by dashboards/build.py",
 }
 # Containers whose root filesystem must stay writable, and why (the manifest says so too).
 WRITABLE_ROOT = {"vllm": "vLLM/torch/Triton compile caches"}
@@ -47,78 +49,16 @@ WRITABLE_ROOT = {"vllm": "vLLM/torch/Triton compile caches"}
 # --------------------------------------------------------------------------- resolving the kustomization
 
 
-class Missing(Exception):
-    pass
-
-
-def _load_docs(path: Path) -> list[dict[str, Any]]:
-    docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
-    for d in docs:
-        assert isinstance(d, dict) and "kind" in d and "apiVersion" in d, (
-            f"{path}: not a Kubernetes object: {d!r:.200}"
-        )
-    return docs
-
-
-def _resolve(directory: Path, missing: list[str]) -> list[tuple[Path, dict[str, Any]]]:
-    """Objects of a kustomization with its namespace, labels and images applied (the features used here)."""
-    kfile = directory / "kustomization.yaml"
-    k = yaml.safe_load(kfile.read_text(encoding="utf-8"))
-    supported = {"apiVersion", "kind", "namespace", "labels", "resources", "images", "commonLabels"}
-    unknown = set(k) - supported
-    assert not unknown, (
-        f"{kfile}: the offline resolver in {Path(__file__).name} does not handle {sorted(unknown)}"
-    )
-    objects: list[tuple[Path, dict[str, Any]]] = []
-    for entry in k.get("resources", []):
-        path = directory / entry
-        if not path.exists():
-            missing.append(str(path.relative_to(REPO)))
-            continue
-        if path.is_dir():
-            assert (path / "kustomization.yaml").exists(), (
-                f"{path}: a resource directory needs a kustomization.yaml"
-            )
-            objects.extend(_resolve(path, missing))
-        else:
-            objects.extend((path, d) for d in _load_docs(path))
-    objects = [(p, copy.deepcopy(o)) for p, o in objects]
-    for _, obj in objects:
-        meta = obj.setdefault("metadata", {})
-        if k.get("namespace") and obj["kind"] != "Namespace":
-            meta["namespace"] = k["namespace"]
-        for spec in k.get("labels", []):
-            meta.setdefault("labels", {}).update(spec["pairs"])
-        meta.setdefault("labels", {}).update(k.get("commonLabels", {}))
-        for image in k.get("images", []):
-            for container in _containers(obj):
-                if container.get("image", "").split(":")[0] == image["name"]:
-                    container["image"] = (
-                        f"{image.get('newName', image['name'])}:{image.get('newTag', 'latest')}"
-                    )
-    return objects
-
-
-def _pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
-    spec = obj.get("spec", {})
-    if obj["kind"] in {"Deployment", "DaemonSet", "StatefulSet", "Job"}:
-        return spec["template"]["spec"]
-    if obj["kind"] == "CronJob":
-        return spec["jobTemplate"]["spec"]["template"]["spec"]
-    return None
-
-
-def _containers(obj: dict[str, Any], init: bool = True) -> list[dict[str, Any]]:
-    pod = _pod_spec(obj)
-    if pod is None:
-        return []
-    return list(pod.get("containers", [])) + (list(pod.get("initContainers", [])) if init else [])
+_load_docs = kustomize_offline.load_docs
+_pod_spec = kustomize_offline.pod_spec
+_containers = kustomize_offline.containers
 
 
 @pytest.fixture(scope="module")
 def resolved() -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
     missing: list[str] = []
-    return _resolve(K8S, missing), missing
+    objects = kustomize_offline.resolve(K8S, missing)
+    return objects, [str(Path(m).relative_to(REPO)) for m in missing]
 
 
 @pytest.fixture(scope="module")
@@ -148,14 +88,25 @@ def test_kustomization_lists_only_existing_files(resolved):
         )
 
 
-def test_kubectl_kustomize_builds_the_same_objects(resolved):
-    kubectl = shutil.which("kubectl")
-    if not kubectl:
-        pytest.skip("kubectl not installed: the offline resolver's result is checked by the other tests")
+def _kustomize_command() -> list[str] | None:
+    """`kustomize build` or `kubectl kustomize`, whichever is installed (both use the default load restrictor)."""
+    if kustomize := shutil.which("kustomize"):
+        return [kustomize, "build"]
+    if kubectl := shutil.which("kubectl"):
+        return [kubectl, "kustomize"]
+    return None
+
+
+def test_kustomize_builds_the_same_objects(resolved):
+    command = _kustomize_command()
+    if command is None:
+        pytest.skip(
+            "neither kustomize nor kubectl installed: the offline resolver's result is checked by the other tests"
+        )
     if resolved[1]:
         pytest.skip("files missing: see test_kustomization_lists_only_existing_files")
     # kustomize only reads the directory; nothing is contacted.
-    out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([*command, str(K8S)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     built = [d for d in yaml.safe_load_all(out.stdout) if d]
     key = lambda o: (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])  # noqa: E731
@@ -165,7 +116,36 @@ def test_kubectl_kustomize_builds_the_same_objects(resolved):
     for obj in built:
         mine = by_key[key(obj)]
         assert obj["metadata"].get("labels") == mine["metadata"].get("labels"), key(obj)
+        assert obj["metadata"].get("annotations") == mine["metadata"].get("annotations"), key(obj)
         assert [c["image"] for c in _containers(obj)] == [c["image"] for c in _containers(mine)], key(obj)
+        if obj["kind"] == "ConfigMap":
+            assert obj["data"] == mine["data"], key(obj)
+
+
+def test_dashboard_configmaps_are_built_from_the_committed_json(resolved):
+    """Each dashboard is committed once (dashboards/*.json); its ConfigMap is made by configMapGenerator."""
+    dashboards = REPO / "dashboards"
+    configmaps = {
+        o["metadata"]["name"]: o
+        for _, o in resolved[0]
+        if o["kind"] == "ConfigMap" and o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+    }
+    files = sorted(dashboards.glob("chargeback-*.json"))
+    assert sorted(configmaps) == [f.stem for f in files]
+    for f in files:
+        cm = configmaps[f.stem]
+        assert cm["data"] == {f.name: f.read_text(encoding="utf-8")}
+        assert cm["metadata"]["annotations"]["grafana_folder"] == "Chargeback"
+        assert cm["metadata"]["labels"]["app.kubernetes.io/component"] == "dashboards"
+    # No second copy of a dashboard is committed under deploy/.
+    copies = [
+        p
+        for p in (REPO / "deploy").rglob("*")
+        if p.is_file()
+        and "chargeback-overview" in p.read_text(errors="replace")
+        and "panels" in p.read_text(errors="replace")
+    ]
+    assert copies == []
 
 
 def test_every_object_is_in_the_namespace_and_labelled(objects):
@@ -515,7 +495,8 @@ def test_gpu_exporter_runs_on_gpu_nodes_with_nvml_access(objects):
         "the exporter must not take a GPU away"
     )
     assert container["args"][0] == "gpu-exporter"
-    assert container["readinessProbe"]["httpGet"] == {"path": "/", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "metrics"}
 
 
 def _config_text(objects) -> str:
@@ -661,11 +642,12 @@ def test_containers_are_non_root_locked_down_and_sized(resolved):
         assert not pod.get("hostNetwork") and not pod.get("hostPID"), where
 
 
-def test_proxy_probes_use_healthz_on_the_api_port(objects):
+def test_proxy_probes_use_the_prometheus_style_health_paths_on_the_api_port(objects):
     deployment = _one(objects, "Deployment", "vllm-llama-3-1-8b")
     proxy = next(c for c in _containers(deployment) if c["name"] == "chargeback-proxy")
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert proxy[probe]["httpGet"] == {"path": "/healthz", "port": "proxy-api"}
+    # Readiness turns 503 while the proxy drains; liveness stays 200 so a draining pod is not killed.
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "proxy-api"}
+    assert proxy["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "proxy-api"}
     assert proxy["args"][0] == "proxy"
     assert any(
         e["name"] == "PGPASSWORD" and e["valueFrom"]["secretKeyRef"]["name"] == "chargeback-secrets"
@@ -688,3 +670,37 @@ def test_reporter_cronjob_loads_the_shared_config(objects):
         assert any(v.get("configMap", {}).get("name") == "chargeback-config" for v in volumes), (
             f"CronJob/{cj['metadata']['name']} should mount ConfigMap chargeback-config (deploy/kubernetes/config.yaml)"
         )
+
+
+def test_generators_may_read_only_below_their_kustomization(tmp_path):
+    """What made dashboards/ hold its own kustomization: kustomize refuses a generator file outside the
+    root; the offline resolver refuses it too, while a kustomization directory elsewhere is fine."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.json").write_text("{}\n", encoding="utf-8")
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "kustomization.yaml").write_text(
+        "generatorOptions: {disableNameSuffixHash: true}\n"
+        "configMapGenerator:\n  - name: x\n    files: [../data/x.json]\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(AssertionError, match="outside the kustomization root"):
+        kustomize_offline.resolve(base, [])
+    command = _kustomize_command()
+    if command is not None:
+        out = subprocess.run([*command, str(base)], capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0 and "is not in or below" in out.stderr, out.stderr
+    # The fix used here: the generator lives beside the file, and the base includes that directory.
+    (tmp_path / "data" / "kustomization.yaml").write_text(
+        "generatorOptions: {disableNameSuffixHash: true}\n"
+        "configMapGenerator:\n  - name: x\n    files: [x.json]\n",
+        encoding="utf-8",
+    )
+    (base / "kustomization.yaml").write_text("resources: [../data]\n", encoding="utf-8")
+    [(_, cm)] = kustomize_offline.resolve(base, [])
+    assert cm["data"] == {"x.json": "{}\n"}
+    if command is not None:
+        out = subprocess.run([*command, str(base)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        [built] = [d for d in yaml.safe_load_all(out.stdout) if d]
+        assert built["data"] == cm["data"] and built["metadata"]["name"] == "x"

@@ -196,7 +196,7 @@ def test_unmapped_gpu_gets_no_cost_and_one_warning(fake: FakeNvml, caplog: pytes
     fake.gpus = [FakeGpu("GPU-a"), FakeGpu("GPU-x")]
     cfg = "pools:\n  h100: {gpu_hourly_cost: 2.80, gpu_uuids: [GPU-a]}\n"
     collector, reg = make(cfg)
-    with caplog.at_level(logging.WARNING, logger="exporter.gpu"):
+    with caplog.at_level(logging.WARNING, logger="chargeback.gpu"):
         Scrape(reg)
         s = Scrape(reg)
     assert s.labels(c.GPU_HOURLY_COST) == [{"uuid": "GPU-a", "pool": "h100"}]
@@ -221,7 +221,7 @@ def test_nvml_missing_then_installed(fake: FakeNvml, caplog: pytest.LogCaptureFi
     fake.gpus = [FakeGpu("GPU-a")]
     fake.library_missing = True
     collector, reg = make()
-    with caplog.at_level(logging.WARNING, logger="exporter.gpu"):
+    with caplog.at_level(logging.WARNING, logger="chargeback.gpu"):
         s1 = Scrape(reg)
         s2 = Scrape(reg)
     assert s1(c.NVML_UP) == s2(c.NVML_UP) == 0

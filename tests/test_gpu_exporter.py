@@ -72,6 +72,10 @@ def test_exporter_process_scraped_by_prometheus(tmp_path: Path) -> None:
     ).start() as exporter:
         landing = requests.get(exporter.url + "/", timeout=5)
         assert "/metrics" in landing.text and "simulated (2 GPUs" in landing.text
+        # The same health endpoints as the proxy's listeners (exporter/health.py).
+        for path in ("/-/healthy", "/-/ready", "/healthz"):
+            answer = requests.get(exporter.url + path, timeout=5)
+            assert (answer.status_code, answer.text) == (200, "ok\n"), path
         with start_prometheus(tmp_path / "prom", {"chargeback-gpu-exporter": [f"127.0.0.1:{port}"]}) as prom:
 
             def scraped_twice() -> bool:

@@ -478,7 +478,11 @@ def test_models_route_and_separate_metrics_listener(
     assert ids_r == {"sim-small", "sim-large", "sim-restricted", "sim-rr", "sim-dead"}
     assert ids_s == ids_r - {"sim-restricted"}
     assert requests.get(proxy_env.api_url + "/metrics", timeout=5).status_code == 404
-    assert requests.get(proxy_env.api_url + "/healthz", timeout=5).text == "ok\n"
+    # Every listener answers the same health endpoints; /healthz stays as an alias of /-/ready.
+    for url in (proxy_env.api_url, proxy_env.metrics_url):
+        for path in ("/-/healthy", "/-/ready", "/healthz"):
+            answer = requests.get(url + path, timeout=5)
+            assert (answer.status_code, answer.text) == (200, "ok\n"), url + path
     text = requests.get(proxy_env.metrics_url + "/metrics", timeout=5).text
     for name in (
         contract.TEAM_INFO,

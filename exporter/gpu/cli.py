@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from aiohttp import web
@@ -15,9 +14,10 @@ from exporter.gpu.backend import Backend
 from exporter.gpu.collector import GpuCollector
 from exporter.gpu.server import make_app
 from exporter.gpu.simulated import DEFAULT_PATTERN, SimPattern, SimulatedBackend
+from exporter.logs import get_logger
 from exporter.webconfig import load_web_config, protect, ssl_context
 
-log = logging.getLogger("exporter.gpu")
+log = get_logger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

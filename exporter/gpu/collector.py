@@ -45,8 +45,9 @@ from exporter import contract
 from exporter.config import GpuExporterConfig, Pool
 from exporter.gpu.backend import Backend, BackendError, DeviceReading, UtilPoint, UtilSamples
 from exporter.gpu.worker import CallTimeout, CallWorker
+from exporter.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # A gap between samples (or point readings) longer than this is not integrated: after a long NVML
 # outage nobody knows what the GPU did, and holding one sample over it would invent busy time.

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from exporter import __version__
 from exporter.exposition import metrics_response
 from exporter.gpu.collector import GpuCollector
+from exporter.health import add_health_routes
 
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>chargeback GPU exporter</title></head>
@@ -45,15 +46,12 @@ def make_app(registry: CollectorRegistry, collector: GpuCollector) -> web.Applic
         page = _PAGE.format(backend=html.escape(collector.backend.description), version=__version__)
         return web.Response(text=page, content_type="text/html")
 
-    async def healthy(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
     async def on_cleanup(app: web.Application) -> None:
         executor.shutdown(wait=False, cancel_futures=True)
         collector.close()
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
-    app.router.add_get("/-/healthy", healthy)
+    add_health_routes(app)
     app.on_cleanup.append(on_cleanup)
     return app

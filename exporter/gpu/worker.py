@@ -11,7 +11,6 @@ wedged driver.
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -19,7 +18,9 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
-log = logging.getLogger(__name__)
+from exporter.logs import get_logger
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeAlias
 from zoneinfo import ZoneInfo
 
-from exporter.cliutil import add_config_flag, config_from_args
+from exporter.cliutil import add_config_flag, add_log_flag, config_from_args
 from exporter.config import EMAIL_PATTERN, Config
 from exporter.ledger.store import (
     SUMMARY_COLUMNS,
@@ -107,6 +107,7 @@ def register(subparsers: SubParsers) -> tuple[SubParsers, SubParsers]:
 
 def _common(p: argparse.ArgumentParser) -> None:
     add_config_flag(p)
+    add_log_flag(p)
     p.add_argument(
         "--ledger.url",
         dest="ledger_url",

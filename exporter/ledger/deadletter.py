@@ -9,15 +9,15 @@ only after it was isolated from its batch and the database refused it alone with
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
 from exporter.ledger.journal import FILE_MODE, secure_dir
+from exporter.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class DeadLetters:

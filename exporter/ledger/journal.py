@@ -24,7 +24,6 @@ import contextlib
 import errno
 import fcntl
 import json
-import logging
 import mmap
 import operator
 import os
@@ -38,8 +37,9 @@ from pathlib import Path
 from typing import IO
 
 from exporter.ledger.row import COLUMNS, LedgerRow
+from exporter.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700

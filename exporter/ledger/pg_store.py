@@ -9,7 +9,6 @@ which PostgreSQL refuses to combine with a second statement (no ``COMMIT; DROP .
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import threading
@@ -33,8 +32,9 @@ from exporter.ledger.backend import (
 )
 from exporter.ledger.keys import KeyOps
 from exporter.ledger.row import COLUMNS, LedgerRow
+from exporter.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SCHEMA_VERSION = 5
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 import time
 from collections import deque
@@ -43,8 +42,9 @@ from exporter.ledger.journal import (
 )
 from exporter.ledger.row import LedgerRow
 from exporter.ledger.store import LedgerStore, is_transient, open_store, redact_url
+from exporter.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _ERROR_LOG_INTERVAL = 60.0  # while the database stays down, repeat the error log at most this often
 _ROTATE_BYTES = 4 * 1024 * 1024  # a fully committed current segment larger than this is replaced

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -36,9 +35,10 @@ from exporter.limits.settings import (
     LimitSet,
 )
 from exporter.limits.store import Counters, LimitStore, Scope, Usage, open_limit_store
+from exporter.logs import get_logger
 from exporter.pricing import from_nano, price_table, to_nano
 
-log = logging.getLogger("chargeback.limits")
+log = get_logger(__name__)
 
 GAUGE_REFRESH_SECONDS = 15.0
 

@@ -19,15 +19,15 @@ Amounts are integers: spend in nano-units of the currency, weighted tokens in th
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from exporter.limits.resp import RedisClient, RedisError
 from exporter.limits.settings import BUDGET, MONTHLY_TOKENS, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
+from exporter.logs import get_logger
 
-log = logging.getLogger("chargeback.limits")
+log = get_logger(__name__)
 
 KIND_BY_CODE = {1: BUDGET, 2: MONTHLY_TOKENS, 3: REQUESTS_PER_MINUTE, 4: TOKENS_PER_MINUTE}
 MONTH_TTL_SECONDS = 100 * 86400  # the current and the two previous months stay readable

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -25,9 +24,11 @@ from aiohttp import web
 
 from exporter.config import Config, Model
 from exporter.exposition import metrics_response
+from exporter.health import add_health_routes
 from exporter.ledger.keys import expired_message
 from exporter.ledger.row import LedgerRow
 from exporter.ledger.validate import storable_text, tokens_problem
+from exporter.logs import get_logger
 from exporter.proxy.errors import error_response
 from exporter.proxy.lifecycle import SHUTDOWN_STATUS, Streams, journal_begin
 from exporter.proxy.metrics import ProxyMetrics
@@ -39,7 +40,7 @@ from exporter.proxy.usage_count import UsageCounter
 if TYPE_CHECKING:
     from exporter.limits.limiter import Limiter
 
-log = logging.getLogger("chargeback.proxy")
+log = get_logger(__name__)
 
 REQUEST_DROP = HOP_BY_HOP | {
     "host",
@@ -525,10 +526,8 @@ async def _usage(request: web.Request) -> web.Response:
     return web.json_response(await state.limiter.usage(record.user_email, team))
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    if request.app[STATE].draining:
-        return web.Response(status=503, text="shutting down\n")
-    return web.Response(text="ok\n")
+def _not_ready(request: web.Request) -> str | None:
+    return "shutting down" if request.app[STATE].draining else None
 
 
 async def _not_found(request: web.Request) -> web.Response:
@@ -603,7 +602,7 @@ def create_app(state: ProxyState, ledger_close_timeout: float = 30.0) -> web.App
         app.router.add_post(path, _handle)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/v1/usage", _usage)
-    app.router.add_get("/healthz", _healthz)
+    add_health_routes(app, _not_ready)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     app.cleanup_ctx.append(_lifecycle(state, ledger_close_timeout))
     return app
@@ -618,5 +617,5 @@ def create_metrics_app(state: ProxyState) -> web.Application:
     app = web.Application()
     app[STATE] = state
     app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/healthz", _healthz)
+    add_health_routes(app, _not_ready)
     return app

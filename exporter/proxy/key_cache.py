@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -13,8 +12,9 @@ from typing import Any, TypeVar
 
 from exporter.ledger.keys import TOKEN_PREFIX, KeyRecord, hash_token
 from exporter.ledger.store import LedgerStore, open_store, redact_url
+from exporter.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 T = TypeVar("T")
 
 

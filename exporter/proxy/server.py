@@ -22,12 +22,13 @@ from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
 from exporter.config import Config, parse_listen
+from exporter.logs import get_logger
 from exporter.proxy.app import ProxyState, create_app, create_metrics_app, create_state
 from exporter.proxy.errors import error_body
 from exporter.proxy.redact import install_log_redaction
 from exporter.webconfig import WebConfig, protect, ssl_context
 
-log = logging.getLogger("chargeback.proxy")
+log = get_logger(__name__)
 
 GC_GEN0_THRESHOLD = 20_000  # CPython's default is 700 allocations
 CUT_WAIT_SECONDS = 1.0  # after the grace period: how long cut streams get to send their error event

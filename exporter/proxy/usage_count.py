@@ -24,7 +24,6 @@ Flavours (``tokenize.api``):
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -34,12 +33,13 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import contract
+from exporter.logs import get_logger
 from exporter.proxy.usage import Usage
 
 if TYPE_CHECKING:
     from exporter.config import Model, TokenizeConfig
 
-log = logging.getLogger("chargeback.proxy.tokenize")
+log = get_logger(__name__, "tokenize")
 
 SHUTDOWN_WAIT_SECONDS = 10.0  # at most this long at shutdown, then the rest is recorded as estimated
 

@@ -10,7 +10,6 @@ import argparse
 import csv
 import io
 import json
-import logging
 import re
 import sys
 import time
@@ -21,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from exporter.cliutil import add_config_flag, add_log_flag, config_from_args, setup_logging
 from exporter.config import METHODS, Config, ConfigError
+from exporter.logs import get_logger
 from exporter.report.inputs import (
     NO_USER_LABEL_NOTE,
     Inputs,
@@ -35,7 +35,7 @@ from exporter.report.period import Period, PeriodError, parse_period, previous_p
 from exporter.report.promql import PromClient, PromQLError
 from exporter.report.statement import Previous, Statement, build_statement, previous_figures
 
-log = logging.getLogger("chargeback.report")
+log = get_logger(__name__)
 
 EXIT_CONFIG = 2
 EXIT_SOURCE = 3

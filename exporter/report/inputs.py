@@ -22,7 +22,6 @@ then unknown, shown as 0).
 from __future__ import annotations
 
 import itertools
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from typing import Any
 
 from exporter import contract
 from exporter.config import Config
+from exporter.logs import get_logger
 from exporter.report.period import Period
 from exporter.report.promql import (
     BASELINE_WINDOW_SECONDS,
@@ -42,7 +42,7 @@ from exporter.report.promql import (
     sum_by,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 UNASSIGNED = "unassigned"
 UNKNOWN_POOL = "unknown"

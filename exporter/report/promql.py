@@ -58,7 +58,6 @@ summed over replicas.
 from __future__ import annotations
 
 import itertools
-import logging
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -67,7 +66,9 @@ from decimal import Decimal
 
 import requests
 
-log = logging.getLogger(__name__)
+from exporter.logs import get_logger
+
+log = get_logger(__name__)
 
 LabelKey = tuple[tuple[str, str], ...]  # sorted (name, value) pairs without __name__
 

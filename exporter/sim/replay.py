@@ -29,6 +29,8 @@ from typing import Any
 
 from aiohttp import web
 
+from exporter.health import add_health_routes
+
 HEADER_END = b"# ---\n"
 TRANSCRIPTS = web.AppKey("transcripts", Path)
 STATS = web.AppKey("stats", dict)
@@ -141,10 +143,6 @@ async def _stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATS])
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
-
-
 def create_app(transcripts: Path, tokenize_delay: float = 0.0) -> web.Application:
     app = web.Application()
     app[TRANSCRIPTS] = transcripts
@@ -158,7 +156,7 @@ def create_app(transcripts: Path, tokenize_delay: float = 0.0) -> web.Applicatio
     app.router.add_post("/chat_tokenize", _chat_tokenize)
     app.router.add_post("/extras/tokenize/count", _count)
     app.router.add_get("/stats", _stats)
-    app.router.add_get("/healthz", _healthz)
+    add_health_routes(app)
     return app
 
 

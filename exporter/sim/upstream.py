@@ -36,6 +36,8 @@ from typing import Any
 
 from aiohttp import web
 
+from exporter.health import add_health_routes
+
 WORDS = (
     "the",
     "cost",
@@ -520,10 +522,6 @@ async def _set_fault(request: web.Request) -> web.Response:
     return web.json_response({"fault": fault, "count": state.pending_count})
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
-
-
 def create_sim_app(options: SimOptions | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[SIM] = SimState(options or SimOptions())
@@ -537,7 +535,7 @@ def create_sim_app(options: SimOptions | None = None) -> web.Application:
     app.router.add_get("/sim/stats", _stats)
     app.router.add_post("/sim/reset", _reset)
     app.router.add_post("/sim/fault", _set_fault)
-    app.router.add_get("/healthz", _healthz)
+    add_health_routes(app)
     return app
 
 
