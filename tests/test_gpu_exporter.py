@@ -122,3 +122,37 @@ def test_exporter_process_scraped_by_prometheus(tmp_path: Path) -> None:
             energy = one(c.GPU_ENERGY_JOULES_TOTAL)
             assert energy[g0] > energy[g1] > 0
     assert exporter.proc is not None and exporter.proc.returncode == 0  # clean stop on SIGTERM
+
+
+def test_refused_requests_are_neither_logged_nor_echoed_by_the_exporter(tmp_path: Path) -> None:
+    """A scraper's basic-auth header that aiohttp's parser refuses (a NUL in it) is not quoted in
+    the exporter's log or its answer (exporter/listener.py)."""
+    import socket
+
+    secret = b"Basic " + b"c2NyYXBlcjpTM2NyZXRQYXNzd29yZA" * 2
+    cfg = tmp_path / "chargeback.yaml"
+    cfg.write_text(CONFIG)
+    port = free_port()
+    argv = chargeback_argv(
+        "gpu-exporter",
+        f"--config.file={cfg}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--simulate=1",
+        "--log.level=debug",
+    )
+    with ManagedProcess(
+        "gpu-exporter", argv, tmp_path, f"http://127.0.0.1:{port}", "/-/healthy"
+    ).start() as exporter:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: " + secret + b"\x00x\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        assert requests.get(exporter.url + "/metrics", timeout=5).status_code == 200  # still serving
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400"
+    assert b"malformed HTTP request: a header is malformed" in body and secret not in body
+    log_text = exporter.log_path.read_bytes()
+    assert b"refused a malformed HTTP request from 127.0.0.1: a header is malformed" in log_text
+    assert b"c2NyYXBlcjpTM2NyZXRQYXNzd29yZA" not in log_text
+    assert exporter.proc is not None and exporter.proc.returncode == 0

@@ -11,7 +11,7 @@ import socket
 import pytest
 from aiohttp import web
 
-from exporter.proxy.server import QuietAppRunner
+from exporter.listener import QuietAppRunner
 
 TOKEN = b"cbk_" + b"S3cretT0kenBytes" * 3
 
@@ -75,7 +75,7 @@ async def test_refused_requests_are_neither_logged_nor_echoed(
             "code": "bad_http_request",
         }
     }
-    ours = [r for r in caplog.records if r.name == "chargeback.proxy"]
+    ours = [r for r in caplog.records if r.name == "chargeback.listener"]
     assert [(r.levelno, r.getMessage()) for r in ours] == [
         (level, f"refused a malformed HTTP request from 127.0.0.1: {reason}")
     ]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
+from ssl import SSLContext
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -14,6 +17,7 @@ from exporter.gpu.backend import Backend
 from exporter.gpu.collector import GpuCollector
 from exporter.gpu.server import make_app
 from exporter.gpu.simulated import DEFAULT_PATTERN, SimPattern, SimulatedBackend
+from exporter.listener import QuietAppRunner
 from exporter.logs import get_logger
 from exporter.webconfig import load_web_config, protect, ssl_context
 
@@ -90,18 +94,27 @@ def run(args: argparse.Namespace) -> int:
     scheme = web_cfg.scheme if web_cfg else "http"
     log.info("GPU exporter (%s) serving %s://%s:%d/metrics", backend.description, scheme, host, port)
     try:
-        web.run_app(
-            protect(make_app(registry, collector), web_cfg),
-            host=host,
-            port=port,
-            print=None,
-            access_log=None,
-            ssl_context=ssl_context(web_cfg),
-        )
+        asyncio.run(_serve(protect(make_app(registry, collector), web_cfg), host, port, ssl_context(web_cfg)))
     except OSError as exc:
         print(f"chargeback gpu-exporter: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _serve(app: web.Application, host: str, port: int, ssl: SSLContext | None) -> None:
+    """Serve until SIGTERM/SIGINT, through the listener that never logs or echoes a refused request
+    (its Authorization header may carry a scraper's basic-auth password)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = QuietAppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=ssl).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
