@@ -4,7 +4,7 @@ The two sources count the same requests in different ways, so small drifts have 
 
 - the counters live in the proxy's memory: a restart loses whatever was counted after the last
   scrape, and a scrape gap at a period boundary moves usage into the neighbouring period;
-- the ledger is written in batches: rows still queued or spooled (database down) are not there
+- the ledger is written in batches: rows still in a proxy's journal (database down) are not there
   yet, and rows that failed to write are counted by ``chargeback_ledger_write_errors_total``;
 - the ledger dates a request by its start, the counters by the scrape after it completed, so a
   long request across the boundary can land in different months.
@@ -30,9 +30,10 @@ EXPLAIN = {
         "period boundary. The ledger has every request; bill from it with --source ledger."
     ),
     "ledger_lower": (
-        "The ledger has fewer requests than Prometheus: rows may still be queued or spooled "
-        "(chargeback_ledger_queue_rows, chargeback_ledger_spooled_rows) or were lost to write errors "
-        "(chargeback_ledger_write_errors_total); a request running across the period boundary is "
+        "The ledger has fewer requests than Prometheus: rows may still wait in a proxy's journal "
+        "(chargeback_ledger_journal_rows; written when the database takes them), sit in the dead-letter "
+        "file (chargeback_ledger_dead_letter_rows_total) or be lost (chargeback_ledger_rows_lost_total); "
+        "a request running across the period boundary is "
         "dated by its start in the ledger and by its completion in the counters."
     ),
     "only_ledger": "No Prometheus series for this user and model: the proxy replica was never scraped in the period.",
