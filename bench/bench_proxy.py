@@ -139,6 +139,28 @@ def cpu_seconds(pid: int) -> float:
 # --------------------------------------------------------------------------- load
 
 
+def run_loadgen(
+    argv: list[str], url: str, total: int, cpus: set[int] | None, pid: int | None
+) -> tuple[dict, float]:
+    """Run the load generator (pinned to ``cpus``) and return its JSON result and the CPU seconds
+    process ``pid`` used meanwhile; every one of the ``total`` requests must have been answered."""
+    before = cpu_seconds(pid) if pid else 0.0
+    out = subprocess.run(
+        argv,
+        capture_output=True,
+        timeout=600,
+        check=False,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+    )
+    used = cpu_seconds(pid) - before if pid else 0.0
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr.decode()[-2000:]}")
+    data = json.loads(out.stdout)
+    if data["errors"] or len(data["latencies"]) != total:
+        raise RuntimeError(f"{url}: {len(data['latencies'])}/{total} answers, statuses {data['statuses']}")
+    return data, used
+
+
 def drive(
     url: str,
     token: str,
@@ -170,20 +192,7 @@ def drive(
         "--stagger",
         str(stagger),
     ]
-    before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
-    out = subprocess.run(
-        argv,
-        capture_output=True,
-        timeout=600,
-        check=False,
-        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
-    )
-    used = cpu_seconds(proxy_pid) - before if proxy_pid else 0.0
-    if out.returncode != 0:
-        raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr.decode()[-2000:]}")
-    data = json.loads(out.stdout)
-    if data["errors"] or len(data["latencies"]) != total:
-        raise RuntimeError(f"{url}: {len(data['latencies'])}/{total} answers, statuses {data['statuses']}")
+    data, used = run_loadgen(argv, url, total, cpus, proxy_pid)
     tokens_each = expected_usage("chat/completions", body)["completion_tokens"]
     return Result(data["latencies"], data["ttfts"], data["seconds"], tokens_each * total, used)
 

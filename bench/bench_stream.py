@@ -35,7 +35,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from bench_proxy import Placement, cpu_seconds, pct, pin, placement, start  # noqa: E402
+from bench_proxy import Placement, pct, pin, placement, run_loadgen, start  # noqa: E402
 
 from exporter.sim.harness import UPSTREAM_API_KEY  # noqa: E402
 
@@ -104,20 +104,7 @@ def drive(url: str, token: str, rate: float, requests: int, cpus: set[int] | Non
         str(answer_seconds),
         "--events",
     ]
-    before = cpu_seconds(pid) if pid else 0.0
-    out = subprocess.run(
-        argv,
-        capture_output=True,
-        timeout=600,
-        check=False,
-        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
-    )
-    used = cpu_seconds(pid) - before if pid else 0.0
-    if out.returncode != 0:
-        raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr.decode()[-2000:]}")
-    data = json.loads(out.stdout)
-    if data["errors"] or len(data["latencies"]) != requests:
-        raise RuntimeError(f"{url}: {len(data['latencies'])}/{requests} answers, statuses {data['statuses']}")
+    data, used = run_loadgen(argv, url, requests, cpus, pid)
     return Run(data["events"], data["gaps"], data["seconds"], used, requests)
 
 

@@ -49,11 +49,10 @@ class Replay:
     tokens: dict[str, str]
 
 
-@pytest.fixture(scope="module")
-def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replay]:
-    workdir = tmp_path_factory.mktemp("replay")
+def start_replay(workdir: Path, *flags: str) -> ManagedProcess:
+    """The transcript replay server (exporter.sim.replay) on a free port, started and ready."""
     port = free_port()
-    upstream = ManagedProcess(
+    return ManagedProcess(
         "replay",
         [
             sys.executable,
@@ -63,11 +62,18 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replay]:
             f"127.0.0.1:{port}",
             "--transcripts",
             str(TRANSCRIPTS),
+            *flags,
         ],
         workdir,
         url=f"http://127.0.0.1:{port}",
         ready_path="/healthz",
     ).start()
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replay]:
+    workdir = tmp_path_factory.mktemp("replay")
+    upstream = start_replay(workdir)
     dead = f"http://127.0.0.1:{free_port()}"
     base = f"{upstream.url}/v1"
     ledger_url = f"sqlite:///{workdir / 'ledger.db'}"
@@ -460,24 +466,7 @@ def test_pending_tokenize_counts_are_recorded_at_shutdown(
 ) -> None:
     """SIGTERM right after a response whose count is still running: shutdown waits for the count
     (each one bounded by its model's timeout), then flushes the ledger; nothing is lost."""
-    port = free_port()
-    upstream = ManagedProcess(
-        "replay",
-        [
-            sys.executable,
-            "-m",
-            "exporter.sim.replay",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--transcripts",
-            str(TRANSCRIPTS),
-            "--tokenize-delay-ms",
-            str(delay_ms),
-        ],
-        tmp_path,
-        url=f"http://127.0.0.1:{port}",
-        ready_path="/healthz",
-    ).start()
+    upstream = start_replay(tmp_path, "--tokenize-delay-ms", str(delay_ms))
     try:
         ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
         doc = proxy_config(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -146,17 +145,14 @@ class SqliteAdhoc:
     backend = "sqlite"
 
     def __init__(self, url: str, source: str) -> None:
-        from exporter.ledger.sqlite_store import parse_sqlite_url, read_only_connection
+        from exporter.ledger.sqlite_store import existing_file, parse_sqlite_url, read_only_connection
 
         path, memory, opts = parse_sqlite_url(url)
         busy = int(opts.get("busy_timeout_ms", 5000))
         if memory:
             self._conn = read_only_connection(path, busy)
             return
-        p = Path(path).expanduser()
-        if not p.is_file():
-            what = "is not a file" if p.exists() else "does not exist"
-            raise StoreError(f"SQLite ledger {p} {what} (from {source}); check the path")
+        p = existing_file(path, f" (from {source}); check the path")
         self._conn = read_only_connection("file:" + quote(str(p.resolve())) + "?mode=ro", busy)
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:

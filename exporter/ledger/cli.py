@@ -14,12 +14,12 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, TextIO, TypeAlias
 from zoneinfo import ZoneInfo
 
 from exporter.cliutil import add_config_flag, add_log_flag, config_from_args
 from exporter.config import EMAIL_PATTERN, Config
+from exporter.ledger.keys import KeyRecord
 from exporter.ledger.store import (
     SUMMARY_COLUMNS,
     LedgerStore,
@@ -135,13 +135,11 @@ def _open(args: argparse.Namespace, cfg: Config | None, existing: bool = False) 
     if existing and url.startswith("sqlite:"):
         # A command that only reads or changes what is there must not create an empty ledger at a
         # mistyped path and then report that it found nothing.
-        from exporter.ledger.sqlite_store import parse_sqlite_url
+        from exporter.ledger.sqlite_store import existing_file, parse_sqlite_url
 
         path, memory, _ = parse_sqlite_url(url)
-        p = Path(path).expanduser()
-        if not memory and not p.is_file():
-            what = "is not a file" if p.exists() else "does not exist"
-            raise StoreError(f"SQLite ledger {p} {what}; check ledger.url or --ledger.url")
+        if not memory:
+            existing_file(path, "; check ledger.url or --ledger.url")
     return open_store(url)
 
 
@@ -227,6 +225,19 @@ def parse_expiry(value: str | None, flag: str, now: datetime | None = None) -> s
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _print_new_key(token_only: bool, token: str, rec: KeyRecord, key_line: str, notice: str) -> None:
+    """A new token: alone (``--token-only``, for scripts) or with its key's details; the notice on stderr."""
+    if token_only:
+        print(token)
+        return
+    print(f"key id: {key_line}")
+    print(f"user:   {rec.user_email}")
+    print(f"team:   {rec.team}")
+    print(f"expires: {rec.expires_at or 'never'}")
+    print(f"token:  {token}")
+    print(notice, file=sys.stderr)
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
     def body(cfg: Config | None, store: LedgerStore) -> int:
         try:
@@ -235,17 +246,12 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         except ValueError as exc:
             return _fail(str(exc), 2)
         token, rec = store.create_key(args.user, team, expires)
-        if args.token_only:
-            print(token)
-            return 0
-        print(f"key id: {rec.key_id}")
-        print(f"user:   {rec.user_email}")
-        print(f"team:   {rec.team}")
-        print(f"expires: {rec.expires_at or 'never'}")
-        print(f"token:  {token}")
-        print(
+        _print_new_key(
+            args.token_only,
+            token,
+            rec,
+            rec.key_id,
             "The token is shown only this once; only its hash is stored. Give it to the user as their API key.",
-            file=sys.stderr,
         )
         return 0
 
@@ -260,15 +266,13 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
     def body(cfg: Config | None, store: LedgerStore) -> int:
         token, new, old = store.rotate_key(args.key, overlap)
-        if args.token_only:
-            print(token)
-            return 0
-        print(f"key id: {new.key_id} (replaces {old.key_id}, which works until {old.expires_at})")
-        print(f"user:   {new.user_email}")
-        print(f"team:   {new.team}")
-        print(f"expires: {new.expires_at or 'never'}")
-        print(f"token:  {token}")
-        print("The token is shown only this once; only its hash is stored.", file=sys.stderr)
+        _print_new_key(
+            args.token_only,
+            token,
+            new,
+            f"{new.key_id} (replaces {old.key_id}, which works until {old.expires_at})",
+            "The token is shown only this once; only its hash is stored.",
+        )
         return 0
 
     return _run(args, body, existing=True)

@@ -129,6 +129,16 @@ def run_read_query(
     return [d[0] for d in cur.description], rows
 
 
+def existing_file(path: str, hint: str) -> Path:
+    """``path`` as an existing SQLite file, or StoreError naming it: a reader must never create an
+    empty ledger at a mistyped path (``hint`` ends the message: where the path came from, say)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        what = "is not a file" if p.exists() else "does not exist"
+        raise StoreError(f"SQLite ledger {p} {what}{hint}")
+    return p
+
+
 def parse_sqlite_url(url: str) -> tuple[str, bool, dict[str, str]]:
     """(path or shared-memory URI, is_memory, options) from sqlite:///rel.db, sqlite:////abs.db, sqlite://:memory:."""
     rest = url[len("sqlite:") :]

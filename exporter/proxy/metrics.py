@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import (
@@ -24,6 +24,9 @@ from prometheus_client.utils import floatToGoString
 from exporter import contract
 from exporter.billing_calendar import BillingMonthCollector
 from exporter.config import Config
+
+if TYPE_CHECKING:
+    from exporter.ledger.writer import LedgerStats
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -219,7 +222,7 @@ class ConfigCollector(Collector):
 class LedgerCollector(Collector):
     """Ledger writer health, read from LedgerWriter.stats() at scrape time."""
 
-    def __init__(self, stats: Callable[[], Any]) -> None:
+    def __init__(self, stats: Callable[[], LedgerStats]) -> None:
         self.stats = stats
 
     def collect(self) -> Iterable[Metric]:
@@ -241,17 +244,17 @@ class LedgerCollector(Collector):
         yield GaugeMetricFamily(
             contract.LEDGER_JOURNAL_ROWS,
             "Rows in the write-ahead journal not yet committed to the database (backlog).",
-            value=getattr(s, "journal_rows", 0),
+            value=s.journal_rows,
         )
         yield GaugeMetricFamily(
             contract.LEDGER_JOURNAL_BYTES,
             "Bytes of journal files not yet deleted.",
-            value=getattr(s, "journal_bytes", 0),
+            value=s.journal_bytes,
         )
         yield GaugeMetricFamily(
             contract.LEDGER_UNJOURNALED_ROWS,
             "Rows held in memory only because the journal could not be written (a crash loses them).",
-            value=getattr(s, "rows_unjournaled", 0),
+            value=s.rows_unjournaled,
         )
         yield CounterMetricFamily(
             contract.LEDGER_DEAD_LETTER_ROWS_TOTAL,
@@ -261,7 +264,7 @@ class LedgerCollector(Collector):
         yield CounterMetricFamily(
             contract.LEDGER_ROWS_LOST_TOTAL,
             "Rows that could be neither written to the database nor journaled.",
-            value=getattr(s, "rows_lost", 0),
+            value=s.rows_lost,
         )
 
 
@@ -328,7 +331,7 @@ class LatencyCollector(Collector):
 
 
 class ProxyMetrics:
-    def __init__(self, cfg: Config, ledger_stats: Callable[[], Any] | None = None) -> None:
+    def __init__(self, cfg: Config, ledger_stats: Callable[[], LedgerStats] | None = None) -> None:
         # ``registry`` holds everything but the per-user counters, which render() appends itself;
         # ``full_registry`` has both (for anything that wants client_python's collect()).
         self.registry = CollectorRegistry(auto_describe=False)
