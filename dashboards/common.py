@@ -93,6 +93,11 @@ BUDGET_STEPS = steps(("green", None), ("orange", 0.8), ("red", 1.0))
 IDLE_STEPS = steps(("green", None), ("orange", 0.5), ("red", 0.8))
 
 
+def column_units(units: dict[str, str]) -> list[dict[str, Any]]:
+    """Overrides that give some columns of a table their own unit."""
+    return [field_override(name, unit=unit) for name, unit in units.items()]
+
+
 def field_override(field_name: str, **properties: Any) -> dict[str, Any]:
     """Give one field (column or series) of a panel its own settings, e.g. ``unit=`` or ``decimals=``."""
     return {
@@ -116,6 +121,13 @@ def organize(exclude: Sequence[str] = ("Time",), rename: dict[str, str] | None =
             "renameByName": dict(rename or {}),
         },
     }
+
+
+def merged_columns(labels: dict[str, str], *values: str) -> list[dict[str, Any]]:
+    """One table row per label set from several instant queries: ``labels`` renames the label
+    columns, ``values`` names the value columns of queries A, B, C, … in turn."""
+    rename = {**labels, **{f"Value #{chr(ord('A') + i)}": name for i, name in enumerate(values)}}
+    return [merge(), organize(rename=rename)]
 
 
 def matrix(rows: str, columns: str, value: str = "Value") -> dict[str, Any]:
@@ -182,6 +194,24 @@ def dashboard(
         refresh="1m",
         refresh_intervals=["30s", "1m", "5m", "15m", "1h"],
         timezone="browser",
+    )
+
+
+def capacity_used(
+    recorded: str, description: str, fill: int = 10, thresholds: Sequence[Json] = GREEN_ONLY
+) -> Panel:
+    """Weighted tokens per second served by each pool against its configured capacity (on the overview
+    and the GPU fleet dashboard; ``recorded``: the selector of the recorded series)."""
+    query = (f"pool:chargeback_capacity_utilization:ratio5m{recorded}", "{{pool}}")
+    return Panel(
+        "Capacity used by pool",
+        "timeseries",
+        PERCENT_UNIT,
+        [query],
+        description,
+        8,
+        fill=fill,
+        thresholds=thresholds,
     )
 
 

@@ -21,6 +21,7 @@ from dashboards.common import (
     Json,
     Panel,
     Row,
+    capacity_used,
     dashboard,
     list_variable,
     organize,
@@ -48,20 +49,20 @@ GPU_LEGEND = "{{pool}} #{{index}} {{uuid}}"
 UP_STEPS = steps(("red", None), ("green", 1.0))
 
 
-def gpu_series(metric: str, legend: str = GPU_LEGEND) -> tuple[str, str]:
-    """A per-GPU gauge of the selected GPUs, with pool and index."""
-    return per_gpu(f"{metric}{RAW}"), legend
+def gpu_query(expr: str, legend: str = GPU_LEGEND) -> tuple[str, str]:
+    """A per-GPU series of the selected GPUs, legend with pool and index."""
+    return per_gpu(expr), legend
 
 
-# Share of time each GPU spent idle (seconds idle per second), and its hourly cost.
+# Share of time each GPU spent idle (seconds idle per second), its hourly cost, and the product of both.
 GPU_IDLE_RATE = f"rate({contract.GPU_IDLE_SECONDS_TOTAL}{RAW}[$__rate_interval])"
 GPU_HOURLY_COST = f"max by (uuid) ({contract.GPU_HOURLY_COST}{RAW})"
+GPU_IDLE_COST = f"({GPU_HOURLY_COST} * on (uuid) max by (uuid) ({GPU_IDLE_RATE}))"
 
 ROWS = [
     Row(
         "Pools",
         width=5,
-        height=4,
         panels=[
             Panel(
                 "GPUs",
@@ -130,7 +131,6 @@ ROWS = [
                 "(pool:chargeback_gpu_idle:ratio5m); a GPU counts as idle at or below "
                 "gpu_exporter.idle_threshold_ratio utilisation.",
                 width=8,
-                height=8,
                 max_value=1,
             ),
             Panel(
@@ -144,31 +144,27 @@ ROWS = [
                 f"{CURRENCY} per hour each pool costs (pool:chargeback_gpu_hourly_cost:sum) and the part spent on "
                 "idle GPUs (pool:chargeback_idle_cost_per_hour:rate5m).",
                 width=8,
-                height=8,
                 fill=0,
             ),
-            Panel(
-                "Capacity used by pool",
-                "timeseries",
-                PERCENT_UNIT,
-                [(f"pool:chargeback_capacity_utilization:ratio5m{R}", "{{pool}}")],
+            capacity_used(
+                R,
                 "Weighted tokens per second the proxy sent to the pool divided by its configured capacity "
                 "(pool:chargeback_capacity_utilization:ratio5m): the token view of load, next to the NVML view.",
-                width=8,
-                height=8,
                 fill=0,
             ),
         ],
     ),
     Row(
         "GPUs",
+        width=8,
         panels=[
             Panel(
                 "GPU utilisation",
                 "timeseries",
                 PERCENT_UNIT,
-                [gpu_series(contract.GPU_UTILIZATION_RATIO)],
+                [gpu_query(f"{contract.GPU_UTILIZATION_RATIO}{RAW}")],
                 "NVML utilisation of each GPU, 0–100 % (chargeback_gpu_utilization_ratio).",
+                width=12,
                 max_value=1,
                 fill=0,
             ),
@@ -176,9 +172,10 @@ ROWS = [
                 "Idle time per GPU",
                 "timeseries",
                 PERCENT_UNIT,
-                [(per_gpu(GPU_IDLE_RATE), GPU_LEGEND)],
+                [gpu_query(GPU_IDLE_RATE)],
                 "Share of time each GPU spent idle: rate of chargeback_gpu_idle_seconds_total (seconds idle per "
                 "second); the rest of the time it was busy (chargeback_gpu_busy_seconds_total).",
+                width=12,
                 max_value=1,
                 fill=0,
                 thresholds=IDLE_STEPS,
@@ -188,11 +185,12 @@ ROWS = [
                 "timeseries",
                 BYTES,
                 [
-                    gpu_series(contract.GPU_MEMORY_USED_BYTES, GPU_LEGEND + " used"),
-                    gpu_series(contract.GPU_MEMORY_TOTAL_BYTES, GPU_LEGEND + " total"),
+                    gpu_query(f"{contract.GPU_MEMORY_USED_BYTES}{RAW}", GPU_LEGEND + " used"),
+                    gpu_query(f"{contract.GPU_MEMORY_TOTAL_BYTES}{RAW}", GPU_LEGEND + " total"),
                 ],
                 "Framebuffer memory in use on each GPU (chargeback_gpu_memory_used_bytes); the dashed lines are "
                 "each GPU's total (chargeback_gpu_memory_total_bytes).",
+                width=12,
                 fill=0,
                 overrides=[
                     {
@@ -207,45 +205,44 @@ ROWS = [
                 "Power draw",
                 "timeseries",
                 WATTS,
-                [gpu_series(contract.GPU_POWER_WATTS)],
+                [gpu_query(f"{contract.GPU_POWER_WATTS}{RAW}")],
                 "Power each GPU draws, in watts (chargeback_gpu_power_watts).",
+                width=12,
                 fill=0,
             ),
             Panel(
                 "Energy used in the selected range",
                 "bargauge",
                 JOULES,
-                [(per_gpu(f"increase({contract.GPU_ENERGY_JOULES_TOTAL}{RAW}[$__range])"), GPU_LEGEND)],
+                [gpu_query(f"increase({contract.GPU_ENERGY_JOULES_TOTAL}{RAW}[$__range])")],
                 "Energy each GPU consumed over the selected time range: increase of "
                 "chargeback_gpu_energy_joules_total over the range (1 kWh = 3.6 MJ).",
-                width=8,
             ),
             Panel(
                 "Hourly cost per GPU",
                 "timeseries",
                 MONEY,
-                [(per_gpu(GPU_HOURLY_COST), GPU_LEGEND)],
+                [gpu_query(GPU_HOURLY_COST)],
                 f"{CURRENCY} per hour each GPU costs, from its pool's pools.<pool>.gpu_hourly_cost "
                 "(chargeback_gpu_hourly_cost).",
-                width=8,
                 fill=0,
             ),
             Panel(
                 "Idle cost per GPU (per hour)",
                 "timeseries",
                 MONEY,
-                [(per_gpu(f"({GPU_HOURLY_COST} * on (uuid) max by (uuid) ({GPU_IDLE_RATE}))"), GPU_LEGEND)],
+                [gpu_query(GPU_IDLE_COST)],
                 f"{CURRENCY} per hour each GPU burns while idle: its hourly cost (chargeback_gpu_hourly_cost) times "
                 "the share of time it was idle (rate of chargeback_gpu_idle_seconds_total).",
-                width=8,
                 stacked=True,
             ),
             Panel(
                 "Temperature",
                 "timeseries",
                 CELSIUS,
-                [gpu_series(contract.GPU_TEMPERATURE_CELSIUS)],
+                [gpu_query(f"{contract.GPU_TEMPERATURE_CELSIUS}{RAW}")],
                 "GPU core temperature (chargeback_gpu_temperature_celsius).",
+                width=12,
                 fill=0,
             ),
             Panel(
@@ -254,6 +251,7 @@ ROWS = [
                 NONE,
                 [SELECTED_GPUS],
                 "Every GPU the exporters see, with its index, model name, pool and driver (chargeback_gpu_info).",
+                width=12,
                 transformations=[
                     organize(
                         exclude=("Time", "Value", "__name__", "job"),

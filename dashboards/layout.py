@@ -62,14 +62,20 @@ class Panel:
     sort_by: str | None = None  # table: column sorted descending
 
 
+# Height of a panel when neither it nor its row gives one: a stat is a single figure.
+HEIGHTS: dict[str, int] = {"stat": 4}
+DEFAULT_HEIGHT = 8
+
+
 @dataclass(frozen=True)
 class Row:
-    """A titled row; its panels take ``width`` × ``height`` unless they give their own."""
+    """A titled row; its panels take ``width`` and ``height`` unless they give their own (without a
+    height anywhere: ``HEIGHTS`` by kind, else ``DEFAULT_HEIGHT``)."""
 
     title: str
     panels: Sequence[Panel] = field(default_factory=tuple)
     width: int = 12
-    height: int = 8
+    height: int | None = None
 
 
 def _target(query: Query, index: int, kind: Kind) -> Json:
@@ -181,7 +187,8 @@ def panels_json(rows: Sequence[Row], money: str, currency: str) -> list[Json]:
         out.append(modern.row(len(out) + 1, row.title, {"h": 1, "w": GRID_WIDTH, "x": 0, "y": y}))
         x, y, line_height = 0, y + 1, 0
         for p in row.panels:
-            w, h = p.width or row.width, p.height or row.height
+            w = p.width or row.width
+            h = p.height or row.height or HEIGHTS.get(p.kind, DEFAULT_HEIGHT)
             if w > GRID_WIDTH:
                 raise ValueError(f"panel {p.title!r} is wider than the grid ({w} > {GRID_WIDTH})")
             if x + w > GRID_WIDTH:  # wrap

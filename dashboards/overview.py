@@ -20,12 +20,12 @@ from dashboards.common import (
     Json,
     Panel,
     Row,
+    capacity_used,
+    column_units,
     dashboard,
     data_link,
-    field_override,
     matrix,
-    merge,
-    organize,
+    merged_columns,
     scope_variables,
 )
 from dashboards.limits import overview_limits_row
@@ -65,7 +65,6 @@ ROWS = [
     Row(
         "This month",
         width=4,
-        height=4,
         panels=[
             Panel(
                 "Spend rate (per hour)",
@@ -176,23 +175,10 @@ ROWS = [
                 "spend (team:chargeback_spend:month_to_date), month-end forecast "
                 "(team:chargeback_spend:month_forecast) and both as a share of the budget "
                 "(team:chargeback_budget_consumption:ratio, team:chargeback_budget_forecast_consumption:ratio).",
-                transformations=[
-                    merge(),
-                    organize(
-                        rename={
-                            "team": "Team",
-                            "Value #A": "Budget",
-                            "Value #B": "Month to date",
-                            "Value #C": "Forecast",
-                            "Value #D": "Used",
-                            "Value #E": "Forecast used",
-                        }
-                    ),
-                ],
-                overrides=[
-                    field_override("Used", unit=PERCENT_UNIT),
-                    field_override("Forecast used", unit=PERCENT_UNIT),
-                ],
+                transformations=merged_columns(
+                    {"team": "Team"}, "Budget", "Month to date", "Forecast", "Used", "Forecast used"
+                ),
+                overrides=column_units({"Used": PERCENT_UNIT, "Forecast used": PERCENT_UNIT}),
                 sort_by="Forecast used",
                 links=[TEAM_LINK],
             ),
@@ -244,14 +230,10 @@ ROWS = [
                 width=8,
                 fill=0,
             ),
-            Panel(
-                "Capacity used by pool",
-                "timeseries",
-                PERCENT_UNIT,
-                [(f"pool:chargeback_capacity_utilization:ratio5m{R}", "{{pool}}")],
+            capacity_used(
+                R,
                 "Weighted tokens per second served by a pool divided by its configured capacity "
                 "(pool:chargeback_capacity_utilization:ratio5m).",
-                width=8,
                 thresholds=IDLE_STEPS,
             ),
         ],
@@ -283,22 +265,10 @@ ROWS = [
                 "(team_pool:chargeback_spend_per_hour:rate5m); with their weighted tokens per second "
                 "(user_team_pool:chargeback_weighted_tokens:rate5m) and requests per second "
                 "(chargeback_requests_total)." + PER_USER_NOTE,
-                transformations=[
-                    merge(),
-                    organize(
-                        rename={
-                            "user": "User",
-                            "team": "Team",
-                            "Value #A": "Spend per hour",
-                            "Value #B": "Weighted tokens/s",
-                            "Value #C": "Requests/s",
-                        }
-                    ),
-                ],
-                overrides=[
-                    field_override("Weighted tokens/s", unit=TOKENS),
-                    field_override("Requests/s", unit=REQUESTS_PER_SECOND),
-                ],
+                transformations=merged_columns(
+                    {"user": "User", "team": "Team"}, "Spend per hour", "Weighted tokens/s", "Requests/s"
+                ),
+                overrides=column_units({"Weighted tokens/s": TOKENS, "Requests/s": REQUESTS_PER_SECOND}),
                 sort_by="Spend per hour",
                 links=[TEAM_LINK],
             ),

@@ -24,8 +24,7 @@ from dashboards.common import (
     field_override,
     list_variable,
     matrix,
-    merge,
-    organize,
+    merged_columns,
     scope_variables,
 )
 from dashboards.limits import team_limits_row
@@ -73,7 +72,6 @@ ROWS = [
     Row(
         "Budget",
         width=4,
-        height=4,
         panels=[
             Panel(
                 "Month-to-date spend",
@@ -139,7 +137,6 @@ ROWS = [
                 "Month-to-date spend (team:chargeback_spend:month_to_date) climbing towards the monthly budget "
                 "(chargeback_team_budget), with the month-end forecast (team:chargeback_spend:month_forecast).",
                 width=12,
-                height=8,
                 fill=0,
                 overrides=[
                     field_override(
@@ -166,7 +163,6 @@ ROWS = [
                 ],
                 f"{CURRENCY} per hour the team is charged on each GPU pool: team_pool:chargeback_spend_per_hour:rate5m.",
                 width=6,
-                height=8,
                 stacked=True,
             ),
             Panel(
@@ -177,7 +173,6 @@ ROWS = [
                 "The team's share of each pool's weighted tokens over the last 5 minutes "
                 "(team_pool:chargeback_token_share:ratio5m).",
                 width=6,
-                height=8,
                 max_value=1,
             ),
         ],
@@ -294,19 +289,13 @@ ROWS = [
                 "chargeback_requests_total, chargeback_prompt_tokens_total, chargeback_completion_tokens_total), "
                 "and current weighted tokens per second (user_team_model:chargeback_weighted_tokens:rate5m)."
                 + PER_USER_NOTE,
-                transformations=[
-                    merge(),
-                    organize(
-                        rename={
-                            "user": "User",
-                            "model": "Model",
-                            "Value #A": "Requests",
-                            "Value #B": "Prompt tokens",
-                            "Value #C": "Completion tokens",
-                            "Value #D": "Weighted tokens/s now",
-                        }
-                    ),
-                ],
+                transformations=merged_columns(
+                    {"user": "User", "model": "Model"},
+                    "Requests",
+                    "Prompt tokens",
+                    "Completion tokens",
+                    "Weighted tokens/s now",
+                ),
                 sort_by="Prompt tokens",
                 decimals=0,  # whole requests and tokens (increase() extrapolates to fractions)
                 overrides=[field_override("Weighted tokens/s now", decimals=1)],

@@ -575,35 +575,30 @@ def test_ids_and_places_follow_the_declared_order(key: str) -> None:
 def test_layout_fills_lines_wraps_and_stacks_rows() -> None:
     layout = importlib.import_module("dashboards.layout")
 
-    def panel(title: str, width: int | None = None, height: int | None = None) -> Any:
+    def panel(title: str, width: int | None = None, height: int | None = None, kind: str = "stat") -> Any:
         return layout.Panel(
-            title,
-            "stat",
-            layout.MONEY,
-            ["up"],
-            f"{layout.CURRENCY} a description",
-            width=width,
-            height=height,
+            title, kind, layout.MONEY, ["up"], f"{layout.CURRENCY} a description", width=width, height=height
         )
 
     rows = [
-        layout.Row("first", [panel("a", 16), panel("b", 8, 6), panel("c", 12)], height=4),
-        layout.Row("second", [panel("d", 24)]),
+        layout.Row("first", [panel("a", 16), panel("b", 8, 6), panel("c", 12)]),
+        layout.Row("second", [panel("d", 24, kind="timeseries")], height=5),
         layout.Row("empty"),
-        layout.Row("third", [panel("e")]),
+        layout.Row("third", [panel("e", kind="table"), panel("f")]),
     ]
     out = layout.panels_json(rows, "currencyUSD", "USD")
     got = {p["title"]: (p["id"], *(p["gridPos"][k] for k in "xywh")) for p in out}
     assert got == {
         "first": (1, 0, 0, 24, 1),
-        "a": (2, 0, 1, 16, 4),
+        "a": (2, 0, 1, 16, 4),  # a stat is 4 high
         "b": (3, 16, 1, 8, 6),
         "c": (4, 0, 7, 12, 4),  # wrapped below the taller of a and b
         "second": (5, 0, 11, 24, 1),
-        "d": (6, 0, 12, 24, 8),  # the row's height
-        "empty": (7, 0, 20, 24, 1),
-        "third": (8, 0, 21, 24, 1),
-        "e": (9, 0, 22, 12, 8),  # the row's width
+        "d": (6, 0, 12, 24, 5),  # the row's height
+        "empty": (7, 0, 17, 24, 1),
+        "third": (8, 0, 18, 24, 1),
+        "e": (9, 0, 19, 12, 8),  # the row's width, a graph or table is 8 high
+        "f": (10, 12, 19, 12, 4),
     }
     assert out[1]["fieldConfig"]["defaults"]["unit"] == "currencyUSD"
     assert out[1]["description"] == "USD a description"
