@@ -33,6 +33,34 @@ def add_log_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_server_command(
+    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    *,
+    help: str,
+    description: str,
+    listen_help: str,
+    repeatable_listen: bool = False,
+    reads_config: bool = True,
+) -> argparse.ArgumentParser:
+    """The parser of a long-running server subcommand (proxy, gpu-exporter, simulate-upstream):
+    ``--config.file`` when it reads the config, ``--log.level`` and ``--web.listen-address``
+    (``args.listen``: None when not given, a list when repeatable)."""
+    p = subparsers.add_parser(name, help=help, description=description)
+    if reads_config:
+        add_config_flag(p)
+    add_log_flag(p)
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        action="append" if repeatable_listen else "store",
+        default=None,
+        metavar="HOST:PORT",
+        help=listen_help,
+    )
+    return p
+
+
 def setup_logging(level: str = "info") -> None:
     """Log to stderr at ``level``; every logger of the program (``chargeback.*``, exporter/logs.py)
     and of its libraries inherits it."""
