@@ -21,13 +21,11 @@ from exporter import contract
 from exporter.config import ConfigError, parse_config
 from exporter.proxy.usage import prompt_chars
 from exporter.sim.harness import (
-    create_keys,
     metric,
     proxy_config,
     read_metrics,
-    start_proxy,
+    running_proxy,
     wait_for_rows,
-    write_config,
 )
 from exporter.sim.replay import load_transcript, template
 from exporter.stack import ManagedProcess, free_port
@@ -92,13 +90,10 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replay]:
         }
     doc["models"]["replay-tok-dead"]["usage_fallback"] = "tokenize"
     doc["models"]["replay-tok-dead"]["tokenize"] = {"api": "llama.cpp", "url": dead, "timeout_seconds": 2}
-    config = write_config(workdir / "chargeback.yaml", doc)
-    tokens = create_keys(ledger_url, USERS)
-    proxy = start_proxy(workdir, config)
     try:
-        yield Replay(proxy.url, proxy.metrics_url, upstream.url, ledger_url, tokens)
+        with running_proxy(workdir, doc, USERS) as (proxy, tokens):
+            yield Replay(proxy.url, proxy.metrics_url, upstream.url, ledger_url, tokens)
     finally:
-        proxy.stop()
         upstream.stop()
 
 
@@ -477,14 +472,13 @@ def test_pending_tokenize_counts_are_recorded_at_shutdown(
         doc["models"]["replay-tok"].update(
             usage_fallback="tokenize", tokenize={"api": "llama.cpp", "timeout_seconds": timeout_s}
         )
-        tokens = create_keys(ledger_url, {"late@corp.example": "research"})
-        proxy = start_proxy(tmp_path, write_config(tmp_path / "c.yaml", doc))
-        r = Replay(proxy.url, proxy.metrics_url, upstream.url, ledger_url, tokens)
-        request = {"model": "replay-tok", "messages": MESSAGES, "stream": True}
-        resp, got = post(r, "late@corp.example", "llama-cpp-python-chat.sse", request)
-        assert resp.status_code == 200 and got == body_of("llama-cpp-python-chat.sse")
-        rid = request_id(resp)
-        assert proxy.stop() == 0
+        with running_proxy(tmp_path, doc, {"late@corp.example": "research"}) as (proxy, tokens):
+            r = Replay(proxy.url, proxy.metrics_url, upstream.url, ledger_url, tokens)
+            request = {"model": "replay-tok", "messages": MESSAGES, "stream": True}
+            resp, got = post(r, "late@corp.example", "llama-cpp-python-chat.sse", request)
+            assert resp.status_code == 200 and got == body_of("llama-cpp-python-chat.sse")
+            rid = request_id(resp)
+            assert proxy.stop() == 0
     finally:
         upstream.stop()
     (row,) = wait_for_rows(ledger_url, 1, request_id=rid)

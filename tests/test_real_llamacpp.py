@@ -27,13 +27,11 @@ import requests
 from exporter import contract
 from exporter.proxy.usage import prompt_chars
 from exporter.sim.harness import (
-    create_keys,
     metric,
     proxy_config,
     read_metrics,
-    start_proxy,
+    running_proxy,
     wait_for_rows,
-    write_config,
 )
 from exporter.stack import ManagedProcess, free_port
 
@@ -104,13 +102,10 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Real]:
     )
     doc["models"]["tiny-est"]["upstream_model"] = "tiny"
     doc["models"]["tiny-embed"]["upstream_model"] = "tiny-embed"
-    config = write_config(workdir / "chargeback.yaml", doc)
-    tokens = create_keys(ledger_url, USERS)
-    proxy = start_proxy(workdir, config)
     try:
-        yield Real(server.url, proxy.url, proxy.metrics_url, ledger_url, tokens)
+        with running_proxy(workdir, doc, USERS) as (proxy, tokens):
+            yield Real(server.url, proxy.url, proxy.metrics_url, ledger_url, tokens)
     finally:
-        proxy.stop()
         server.stop()
 
 

@@ -174,6 +174,21 @@ def create_keys(ledger_url: str, users: Mapping[str, str]) -> dict[str, str]:
         store.close()
 
 
+@contextlib.contextmanager
+def running_proxy(
+    workdir: Path, doc: Mapping[str, Any], users: Mapping[str, str]
+) -> Iterator[tuple[ProxyProcess, dict[str, str]]]:
+    """Write ``doc`` to ``workdir/chargeback.yaml``, create a key per user (user → team) in its
+    ledger and run a proxy on it; yields (proxy, user → token) and stops the proxy afterwards."""
+    config_path = write_config(workdir / "chargeback.yaml", doc)
+    tokens = create_keys(doc["ledger"]["url"], users)
+    proxy = start_proxy(workdir, config_path)
+    try:
+        yield proxy, tokens
+    finally:
+        proxy.stop()
+
+
 @dataclass
 class Stack:
     workdir: Path

@@ -72,6 +72,18 @@ def temp_pg_database(prefix: str = "cb_test") -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextlib.contextmanager
+def pg_database_or_skip(prefix: str = "cb_test") -> Iterator[str]:
+    """``temp_pg_database`` when the test PostgreSQL answers; the calling test is skipped otherwise."""
+    import pytest
+
+    reason = pg_available()
+    if reason:
+        pytest.skip(reason)
+    with temp_pg_database(prefix) as url:
+        yield url
+
+
 def _dbname(url: str) -> str:
     return urlsplit(url).path.lstrip("/")
 
