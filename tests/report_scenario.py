@@ -30,12 +30,20 @@ config: 1 GPU × 1.00/h × 745 h = 745.00. Total pool cost 3725.00.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 
-from support.prom_history import Counter, Series, backfill, grid, ts, write_openmetrics
+from support.prom_history import (
+    Counter,
+    Series,
+    backfill_series,
+    grid,
+    ts,
+)
 
 from exporter import contract
+from exporter.report.inputs import Usage
 
 T0 = ts("2026-09-29T00:00")
 T1 = ts("2026-11-02T00:00")
@@ -346,12 +354,22 @@ def all_series(per_user: bool = True) -> list[Series]:
 
 def build_tsdb(workdir: Path, per_user: bool = True) -> Path:
     """Write the scenario as OpenMetrics and backfill it; returns the TSDB directory."""
-    om = workdir / "scenario.om"
-    with om.open("w") as f:
-        write_openmetrics(f, all_series(per_user))
-    data = workdir / "tsdb"
-    backfill(om, data)
-    return data
+    return backfill_series(workdir, all_series(per_user), "scenario")
+
+
+def usage_figures(usage: Iterable[Usage]) -> dict[tuple[str, str, str], tuple[object, ...]]:
+    """The reporter's usage lines in the shape of EXPECTED_USAGE."""
+    return {
+        u.key: (
+            u.requests,
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            u.request_seconds,
+            u.weighted_tokens,
+        )
+        for u in usage
+    }
 
 
 EXPECTED_USAGE = {

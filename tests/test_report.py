@@ -105,17 +105,7 @@ def test_period_boundaries_in_berlin() -> None:
 
 
 def test_exact_quantities_replicas_resets_gaps_and_unknown_team(inputs) -> None:  # type: ignore[no-untyped-def]
-    got = {
-        u.key: (
-            u.requests,
-            u.prompt_tokens,
-            u.completion_tokens,
-            u.cached_tokens,
-            u.request_seconds,
-            u.weighted_tokens,
-        )
-        for u in inputs.usage
-    }
+    got = sc.usage_figures(inputs.usage)
     assert got == sc.EXPECTED_USAGE
     zed = next(u for u in inputs.usage if u.user == "zed@corp.test")
     assert zed.source_teams == ("ghost",)

@@ -42,17 +42,7 @@ def team_cfg(prom: ManagedProcess) -> Config:
 def test_team_mode_statement_has_the_per_user_scenarios_team_totals(prom: ManagedProcess) -> None:
     cfg = team_cfg(prom)
     inputs = gather_prometheus(cfg, PromClient(prom.url or ""), parse_period("2026-10", cfg.timezone))
-    got = {
-        u.key: (
-            u.requests,
-            u.prompt_tokens,
-            u.completion_tokens,
-            u.cached_tokens,
-            u.request_seconds,
-            u.weighted_tokens,
-        )
-        for u in inputs.usage
-    }
+    got = sc.usage_figures(inputs.usage)
     # the scenario has one user per team × model: the same figures, without the user
     assert got == {(team, "", model): v for (team, _user, model), v in sc.EXPECTED_USAGE.items()}
     assert NO_USER_LABEL_NOTE in inputs.notes
