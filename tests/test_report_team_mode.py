@@ -20,15 +20,14 @@ from exporter.report.period import parse_period
 from exporter.report.promql import PromClient
 from exporter.report.reconcile import reconcile, team_line
 from exporter.report.statement import build_statement
-from exporter.stack import ManagedProcess, chargeback_argv, start_prometheus
+from exporter.stack import ManagedProcess, chargeback_argv
 
 
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     work = tmp_path_factory.mktemp("report-prom-team")
-    p = start_prometheus(work, storage_dir=sc.build_tsdb(work, per_user=False), retention="10y")
-    yield p
-    p.stop()
+    with sc.scenario_prometheus(work, per_user=False) as p:
+        yield p
 
 
 def team_cfg_text(prom: ManagedProcess, out: str = "statements") -> str:
