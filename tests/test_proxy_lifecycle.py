@@ -125,12 +125,7 @@ def merge(*results: TrafficResult) -> dict[tuple[str, str], Totals]:
     out: dict[tuple[str, str], Totals] = {}
     for r in results:
         for key, t in r.totals.items():
-            acc = out.setdefault(key, Totals())
-            acc.requests += t.requests
-            acc.prompt_tokens += t.prompt_tokens
-            acc.completion_tokens += t.completion_tokens
-            acc.total_tokens += t.total_tokens
-            acc.cached_tokens += t.cached_tokens
+            out.setdefault(key, Totals()).merge(t)
     return out
 
 
