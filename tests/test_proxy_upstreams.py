@@ -97,6 +97,16 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replay]:
         upstream.stop()
 
 
+def sdk(r: Replay, user: str, transcript: str) -> openai.OpenAI:
+    """The official SDK as ``user``, every request answered with ``transcript``."""
+    return openai.OpenAI(
+        base_url=r.api_url + "/v1",
+        api_key=r.tokens[user],
+        max_retries=0,
+        default_headers={"X-Replay": transcript},
+    )
+
+
 def body_of(name: str) -> bytes:
     return load_transcript(TRANSCRIPTS / name)[1]
 
@@ -257,12 +267,7 @@ def test_sdk_streams_are_never_499(replay: Replay) -> None:
     """The official SDK reads to [DONE] and closes; the upstream ends its body about a millisecond
     later (the replay's default, like llama.cpp). Every stream is a 200."""
     user = "replay7@corp.example"
-    client = openai.OpenAI(
-        base_url=replay.api_url + "/v1",
-        api_key=replay.tokens[user],
-        max_retries=0,
-        default_headers={"X-Replay": "llamacpp-chat-usage.sse"},
-    )
+    client = sdk(replay, user, "llamacpp-chat-usage.sse")
     n = 60
     for _ in range(n):
         stream = client.chat.completions.create(model="replay", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
@@ -299,12 +304,7 @@ def test_upstream_breaking_the_body_after_done_is_no_error(replay: Replay) -> No
 def test_request_id_reaches_the_client_once(replay: Replay) -> None:
     """The upstream echoes ``x-request-id`` in its own spelling; the client sees the ledger's id once."""
     user = "replay2@corp.example"
-    client = openai.OpenAI(
-        base_url=replay.api_url + "/v1",
-        api_key=replay.tokens[user],
-        max_retries=0,
-        default_headers={"X-Replay": "llama-cpp-python-chat.json"},
-    )
+    client = sdk(replay, user, "llama-cpp-python-chat.json")
     raw = client.chat.completions.with_raw_response.create(model="replay", messages=MESSAGES)  # type: ignore[arg-type]
     completion = raw.parse()
     assert completion.usage is not None and completion.usage.prompt_tokens == 57
@@ -324,12 +324,7 @@ def test_request_id_reaches_the_client_once(replay: Replay) -> None:
 def test_tokenize_counts_a_stream_without_usage(replay: Replay) -> None:
     user = "replay3@corp.example"
     text = delivered_text(body_of("llama-cpp-python-chat.sse"))
-    client = openai.OpenAI(
-        base_url=replay.api_url + "/v1",
-        api_key=replay.tokens[user],
-        max_retries=0,
-        default_headers={"X-Replay": "llama-cpp-python-chat.sse"},
-    )
+    client = sdk(replay, user, "llama-cpp-python-chat.sse")
     stream = client.chat.completions.create(model="replay-tok", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
     got = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert got == text
