@@ -50,18 +50,14 @@ class BillingMonthCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         start, end = month_bounds_unix(self.tz, self.clock())
-        zone = str(self.tz.key)
-        s = GaugeMetricFamily(
-            contract.BILLING_MONTH_START,
-            "Start of the current billing month (config timezone) as a Unix timestamp.",
-            labels=("timezone",),
-        )
-        s.add_metric((zone,), start)
-        yield s
-        e = GaugeMetricFamily(
-            contract.BILLING_MONTH_END,
-            "End (exclusive) of the current billing month (config timezone) as a Unix timestamp.",
-            labels=("timezone",),
-        )
-        e.add_metric((zone,), end)
-        yield e
+        for name, what, value in (
+            (contract.BILLING_MONTH_START, "Start", start),
+            (contract.BILLING_MONTH_END, "End (exclusive)", end),
+        ):
+            g = GaugeMetricFamily(
+                name,
+                f"{what} of the current billing month (config timezone) as a Unix timestamp.",
+                labels=("timezone",),
+            )
+            g.add_metric((str(self.tz.key),), value)
+            yield g
