@@ -122,11 +122,10 @@ def pg_database() -> Iterator[str]:
 
 
 def merge(*results: TrafficResult) -> dict[tuple[str, str], Totals]:
-    out: dict[tuple[str, str], Totals] = {}
+    out = TrafficResult()
     for r in results:
-        for key, t in r.totals.items():
-            out.setdefault(key, Totals()).merge(t)
-    return out
+        out.add(r)
+    return out.totals
 
 
 async def test_postgres_outage_restart_and_recovery(tmp_path: Path, pg_database: str) -> None:

@@ -66,6 +66,15 @@ class TrafficResult:
                 out.merge(t)
         return out
 
+    def add(self, other: TrafficResult) -> None:
+        """Count another run's traffic into this one (several drives through the same stack)."""
+        self.requests += other.requests
+        self.streamed += other.streamed
+        self.seconds += other.seconds
+        self.errors.extend(other.errors)
+        for key, t in other.totals.items():
+            self.totals.setdefault(key, Totals()).merge(t)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
