@@ -74,11 +74,8 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replay]:
     upstream = start_replay(workdir)
     dead = f"http://127.0.0.1:{free_port()}"
     base = f"{upstream.url}/v1"
-    ledger_url = f"sqlite:///{workdir / 'ledger.db'}"
     doc = proxy_config(
-        upstreams={"replay": [base], "replay-tok": [base], "replay-tok-dead": [base]},
-        ledger_url=ledger_url,
-        spool_dir=str(workdir / "spool"),
+        upstreams={"replay": [base], "replay-tok": [base], "replay-tok-dead": [base]}, workdir=workdir
     )
     doc["models"]["replay-tok"]["usage_fallback"] = "tokenize"
     doc["models"]["replay-tok"]["tokenize"] = {"api": "llama.cpp"}  # default URL: the upstream's root
@@ -92,7 +89,7 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replay]:
     doc["models"]["replay-tok-dead"]["tokenize"] = {"api": "llama.cpp", "url": dead, "timeout_seconds": 2}
     try:
         with running_proxy(workdir, doc, USERS) as (proxy, tokens):
-            yield Replay(proxy.url, proxy.metrics_url, upstream.url, ledger_url, tokens)
+            yield Replay(proxy.url, proxy.metrics_url, upstream.url, doc["ledger"]["url"], tokens)
     finally:
         upstream.stop()
 
@@ -458,12 +455,8 @@ def test_pending_tokenize_counts_are_recorded_at_shutdown(
     (each one bounded by its model's timeout), then flushes the ledger; nothing is lost."""
     upstream = start_replay(tmp_path, "--tokenize-delay-ms", str(delay_ms))
     try:
-        ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
-        doc = proxy_config(
-            upstreams={"replay-tok": [f"{upstream.url}/v1"]},
-            ledger_url=ledger_url,
-            spool_dir=str(tmp_path / "s"),
-        )
+        doc = proxy_config(upstreams={"replay-tok": [f"{upstream.url}/v1"]}, workdir=tmp_path)
+        ledger_url = doc["ledger"]["url"]
         doc["models"]["replay-tok"].update(
             usage_fallback="tokenize", tokenize={"api": "llama.cpp", "timeout_seconds": timeout_s}
         )

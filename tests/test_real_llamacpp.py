@@ -88,11 +88,9 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Real]:
         ready_path="/v1/models",
     ).start(timeout=180)
     base = f"{server.url}/v1"
-    ledger_url = f"sqlite:///{workdir / 'ledger.db'}"
     doc = proxy_config(
         upstreams={"tiny": [base], "tiny-est": [base], "tiny-embed": [base]},
-        ledger_url=ledger_url,
-        spool_dir=str(workdir / "spool"),
+        workdir=workdir,
         proxy={"upstream_timeout_seconds": 120},
     )
     doc["models"]["tiny"].update(
@@ -104,7 +102,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Real]:
     doc["models"]["tiny-embed"]["upstream_model"] = "tiny-embed"
     try:
         with running_proxy(workdir, doc, USERS) as (proxy, tokens):
-            yield Real(server.url, proxy.url, proxy.metrics_url, ledger_url, tokens)
+            yield Real(server.url, proxy.url, proxy.metrics_url, doc["ledger"]["url"], tokens)
     finally:
         server.stop()
 

@@ -74,8 +74,9 @@ def start_simulator(
 def proxy_config(
     *,
     upstreams: Mapping[str, Sequence[str]],
-    ledger_url: str,
-    spool_dir: str,
+    workdir: Path | None = None,
+    ledger_url: str | None = None,
+    spool_dir: str | None = None,
     teams: Mapping[str, Mapping[str, Any]] = DEFAULT_TEAMS,
     users: Mapping[str, str] | None = None,
     allowed_teams: Mapping[str, Sequence[str]] | None = None,
@@ -84,7 +85,14 @@ def proxy_config(
     ledger: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A config document: one pool, ``upstreams`` = model → upstream base URLs (ending in /v1)."""
+    """A config document: one pool, ``upstreams`` = model → upstream base URLs (ending in /v1).
+    The ledger is ``ledger_url`` with its spool in ``spool_dir``; given ``workdir``, either defaults
+    to a place in it (``ledger.db``, ``spool/``)."""
+    if workdir is not None:
+        ledger_url = ledger_url or f"sqlite:///{workdir / 'ledger.db'}"
+        spool_dir = spool_dir or str(workdir / "spool")
+    if ledger_url is None or spool_dir is None:
+        raise TypeError("proxy_config needs workdir, or ledger_url and spool_dir")
     models: dict[str, Any] = {}
     for i, (name, urls) in enumerate(upstreams.items()):
         m: dict[str, Any] = {
@@ -279,8 +287,8 @@ def proxy_stack(
             ups[m] = out
         doc = proxy_config(
             upstreams=ups,
+            workdir=workdir,
             ledger_url=ledger_url,
-            spool_dir=str(workdir / "spool"),
             users=config_users,
             allowed_teams=allowed_teams,
             proxy=proxy,
