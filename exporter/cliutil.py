@@ -33,24 +33,20 @@ def add_log_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_server_command(
-    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
-    name: str,
-    *,
-    help: str,
-    description: str,
+def add_server_flags(
+    parser: argparse.ArgumentParser,
     listen_help: str,
+    *,
     repeatable_listen: bool = False,
     reads_config: bool = True,
-) -> argparse.ArgumentParser:
-    """The parser of a long-running server subcommand (proxy, gpu-exporter, simulate-upstream):
+) -> None:
+    """The flags of a long-running server subcommand (proxy, gpu-exporter, simulate-upstream):
     ``--config.file`` when it reads the config, ``--log.level`` and ``--web.listen-address``
     (``args.listen``: None when not given, a list when repeatable)."""
-    p = subparsers.add_parser(name, help=help, description=description)
     if reads_config:
-        add_config_flag(p)
-    add_log_flag(p)
-    p.add_argument(
+        add_config_flag(parser)
+    add_log_flag(parser)
+    parser.add_argument(
         "--web.listen-address",
         dest="listen",
         action="append" if repeatable_listen else "store",
@@ -58,7 +54,6 @@ def add_server_command(
         metavar="HOST:PORT",
         help=listen_help,
     )
-    return p
 
 
 def setup_logging(level: str = "info") -> None:

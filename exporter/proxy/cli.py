@@ -8,19 +8,17 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from exporter.cliutil import add_server_command, config_from_args, setup_logging
+from exporter.cliutil import add_server_flags, config_from_args, setup_logging
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = add_server_command(
-        subparsers,
+    p = subparsers.add_parser(
         "proxy",
         help="run the OpenAI-compatible accounting proxy",
         description="OpenAI-compatible proxy that attributes requests to users/teams, counts tokens "
         "(Prometheus, separate listener) and writes the request ledger.",
-        listen_help="API address (repeatable; overrides proxy.listen)",
-        repeatable_listen=True,
     )
+    add_server_flags(p, "API address (repeatable; overrides proxy.listen)", repeatable_listen=True)
     p.add_argument(
         "--web.metrics-address",
         dest="metrics_listen",

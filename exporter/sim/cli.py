@@ -6,17 +6,19 @@ import argparse
 import asyncio
 import json
 
-from exporter.cliutil import add_server_command, setup_logging
+from exporter.cliutil import add_server_flags, setup_logging
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = add_server_command(
-        subparsers,
+    p = subparsers.add_parser(
         "simulate-upstream",
         help="run a simulated OpenAI-compatible inference server (tests, demo, benchmarks)",
         description="Deterministic OpenAI-compatible upstream. Faults: header X-Sim-Fault: "
         "500|429|503|drop|no-usage|slow, or POST /sim/fault. Counters: GET /sim/stats.",
-        listen_help="address to listen on (repeatable; default 127.0.0.1:8000)",
+    )
+    add_server_flags(
+        p,
+        "address to listen on (repeatable; default 127.0.0.1:8000)",
         repeatable_listen=True,
         reads_config=False,
     )
