@@ -287,8 +287,8 @@ def proxy_stack(
             ups[m] = out
         doc = proxy_config(
             upstreams=ups,
-            workdir=workdir,
             ledger_url=ledger_url,
+            spool_dir=str(workdir / "spool"),
             users=config_users,
             allowed_teams=allowed_teams,
             proxy=proxy,
