@@ -201,4 +201,3 @@ def test_the_temperature_falls_back_when_the_old_call_is_gone() -> None:
         finally:
             pynvml.nvmlDeviceGetTemperatureV = saved
     assert value == 52.0
-
