@@ -357,6 +357,10 @@ def scenario_prometheus(
     return prometheus_with(workdir, all_series(per_user), "scenario")
 
 
+# `chargeback report` for the scenario's month from the ledger's quantities
+LEDGER_REPORT = ("report", "--period", "2026-10", "--source", "ledger")
+
+
 def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real ``chargeback`` command with ``--config.file config``."""
     return subprocess.run(

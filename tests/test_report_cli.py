@@ -306,11 +306,7 @@ def test_reconcile_with_ledger_and_source_ledger(prom: ManagedProcess, tmp_path:
     # --source ledger: the same statement built from the ledger's (complete) quantities
     r = run(
         cfg,
-        "report",
-        "--period",
-        "2026-10",
-        "--source",
-        "ledger",
+        *sc.LEDGER_REPORT,
         "--format",
         "json",
         "--out",

@@ -68,11 +68,7 @@ def test_ledger_only_report_without_prometheus_exact_amounts(trap, tmp_path, led
     cfg.write_text(sc.config_text(prom, out=str(tmp_path / "st"), ledger_url=url))
     r = run(
         cfg,
-        "report",
-        "--period",
-        "2026-10",
-        "--source",
-        "ledger",
+        *sc.LEDGER_REPORT,
         "--pool-costs",
         "config",
         "--format",
@@ -98,7 +94,7 @@ def test_ledger_only_report_without_prometheus_exact_amounts(trap, tmp_path, led
     cfg.write_text(
         cfg.read_text().replace("small: {gpu_hourly_cost: 1.00, gpus: 1,", "small: {gpu_hourly_cost: 1.00,")
     )
-    r = run(cfg, "report", "--period", "2026-10", "--source", "ledger", "--pool-costs", "config")
+    r = run(cfg, *sc.LEDGER_REPORT, "--pool-costs", "config")
     assert r.returncode == 2
     assert "pools.small.gpus missing" in r.stderr
     r = run(cfg, "report", "--period", "2026-10", "--pool-costs", "config")
