@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from exporter.ledger.row import LedgerRow
+from exporter.ledger.schema import (
+    BIGINT,
+    BOOLEAN,
+    DOUBLE,
+    HTTP_ANALYTICS,
+    INTEGER,
+    TEXT,
+    TIMESTAMP,
+    Type,
+)
 
 
 class StoreError(Exception):
@@ -110,33 +120,30 @@ def iso_seconds(value: Any) -> str | None:
     return str(value)
 
 
+# How each column type's value is checked (and made the Python type both drivers bind).
+_CHECK: dict[Type, Callable[[Any], Any]] = {
+    TEXT: str, INTEGER: int, BIGINT: int, BOOLEAN: bool, DOUBLE: float, TIMESTAMP: parse_timestamp,
+}  # fmt: skip
+_ROW_CHECKS = tuple((c.name, _CHECK[c.type], c.nullable, c.default) for c in HTTP_ANALYTICS.columns)
+
+
 def row_values(row: LedgerRow) -> tuple[Any, ...]:
-    """The row as checked Python values in COLUMNS order (timestamp as aware datetime)."""
+    """The row as checked Python values in COLUMNS order (timestamp as aware datetime); a missing
+    value becomes the column's default, or stays None where the column is nullable."""
     try:
         if not row.request_id:
             raise RowError("request_id is empty")
-        return (
-            str(row.request_id),
-            parse_timestamp(row.timestamp),
-            str(row.user_email),
-            str(row.team),
-            str(row.model),
-            str(row.endpoint),
-            int(row.status_code),
-            int(row.prompt_tokens),
-            int(row.completion_tokens),
-            int(row.total_tokens),
-            int(row.cached_tokens),
-            bool(row.estimated),
-            bool(row.stream),
-            float(row.duration_ms),
-            None if row.ttft_ms is None else float(row.ttft_ms),
-            str(row.api_key_id),
-            str(row.upstream),
-            str(row.error or ""),
-            str(row.usage_source or ""),
-            str(row.usage_reason or ""),
-        )
+        out = []
+        for name, check, nullable, default in _ROW_CHECKS:
+            value = getattr(row, name)
+            if value is None or value == "":
+                if nullable and value is None:
+                    out.append(None)
+                    continue
+                if default is not None:
+                    value = default
+            out.append(check(value))
+        return tuple(out)
     except (TypeError, ValueError) as exc:
         raise RowError(f"request {getattr(row, 'request_id', '?')!r}: {exc}") from None
 
@@ -145,25 +152,6 @@ SUMMARY_COLUMNS = [
     "user_email", "team", "model", "requests", "prompt_tokens", "completion_tokens",
     "total_tokens", "cached_tokens", "estimated",
 ]  # fmt: skip
-
-
-def summary_sql(placeholder: str, since: bool, until: bool) -> str:
-    where = []
-    if since:
-        where.append(f"timestamp >= {placeholder}")
-    if until:
-        where.append(f"timestamp < {placeholder}")
-    return (
-        "SELECT user_email, team, model, COUNT(*) AS requests,"
-        " COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
-        " COALESCE(SUM(completion_tokens), 0) AS completion_tokens,"
-        " COALESCE(SUM(total_tokens), 0) AS total_tokens,"
-        " COALESCE(SUM(cached_tokens), 0) AS cached_tokens,"
-        " SUM(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated"
-        " FROM http_analytics"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + " GROUP BY user_email, team, model ORDER BY team, user_email, model"
-    )
 
 
 _IDENT = re.compile(r"^[A-Za-z0-9_.@+:-]+$")
@@ -176,9 +164,9 @@ def check_ident(value: str, what: str) -> str:
 
 
 class StoreOpsMixin(abc.ABC):
-    """Operations shared by both backends: the row count and the summary (API keys: ``KeyOps``).
-    A backend provides ``_exec_read`` and the ``LedgerStore`` members ``placeholder``,
-    ``timestamp_param`` and ``query``."""
+    """Operations shared by both backends: the row count, internal reads and the summary (API keys:
+    ``KeyOps``). A backend provides ``_exec_read`` and the ``LedgerStore`` members ``placeholder``,
+    ``timestamp_param``, ``day_param`` and ``query``."""
 
     placeholder: str
 
@@ -192,7 +180,15 @@ class StoreOpsMixin(abc.ABC):
     def timestamp_param(self, value: str | datetime) -> Any: ...
 
     @abc.abstractmethod
+    def day_param(self, value: date) -> Any: ...
+
+    @abc.abstractmethod
     def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+
+    def select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one of our own reads, on the read-only connection. Our SQL marks parameters
+        with '?' on both backends; this is where it becomes the backend's marker."""
+        return self.query(sql.replace("?", self.placeholder), params)[1]
 
     def summary(
         self, since: datetime | None, until: datetime | None
