@@ -196,8 +196,17 @@ TABLES = (HTTP_ANALYTICS, API_KEYS, HTTP_ANALYTICS_DAILY)
 def create_table(table: Table, dialect: Dialect, version: int = SCHEMA_VERSION) -> list[str]:
     """CREATE TABLE (and on PostgreSQL, once partitioned, the default partition and the statistics)
     plus the indexes, for ``table`` as schema ``version`` has it."""
-    body = [c.ddl(dialect) for c in table.columns_at(version)]
-    body.append(f"PRIMARY KEY ({', '.join(table.key(dialect, version))})")
+    key = table.key(dialect, version)
+    if len(key) == 1:
+        # Inline, as every version so far made it; on SQLite that also leaves out NOT NULL (SQLite
+        # lets a key that is not an INTEGER be NULL; row_values refuses an empty request_id).
+        body = [
+            f"{c.name} {c.type.sql(dialect)} PRIMARY KEY" if c.name == key[0] else c.ddl(dialect)
+            for c in table.columns_at(version)
+        ]
+    else:
+        body = [c.ddl(dialect) for c in table.columns_at(version)]
+        body.append(f"PRIMARY KEY ({', '.join(key)})")
     sql = f"CREATE TABLE {table.name} (\n    " + ",\n    ".join(body) + "\n)"
     out = []
     if table.partitioned(dialect, version):
