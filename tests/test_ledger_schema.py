@@ -14,6 +14,7 @@ import pytest
 from support.ledger import make_row, pg_available, temp_pg_database
 
 from exporter.ledger import migrations, schema
+from exporter.ledger.rollup import ROLLUP_SUMS, Totals
 from exporter.ledger.row import COLUMNS, LedgerRow
 from exporter.ledger.store import open_store
 
@@ -37,6 +38,11 @@ def test_row_fields_and_both_dialects_ddl_have_the_schema_columns_in_order() -> 
         assert tuple(ddl_columns(creates[0])) == COLUMNS
         insert = schema.insert_sql(schema.HTTP_ANALYTICS, dialect)
         assert insert.startswith(f"INSERT INTO http_analytics ({', '.join(COLUMNS)}) ")
+
+
+def test_rollup_totals_are_the_daily_tables_sums() -> None:
+    assert tuple(f.name for f in fields(Totals)) == ROLLUP_SUMS
+    assert schema.HTTP_ANALYTICS_DAILY.names == (*schema.HTTP_ANALYTICS_DAILY.primary_key, *ROLLUP_SUMS)
 
 
 def test_new_columns_go_at_the_end() -> None:

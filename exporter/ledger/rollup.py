@@ -118,6 +118,8 @@ def sqlite_upgrade() -> list[str]:
 
 @dataclass
 class Totals:
+    """One group's sums: the rollup's sum columns, in their order (``add`` takes them positionally)."""
+
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
