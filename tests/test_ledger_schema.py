@@ -236,3 +236,27 @@ def test_pg_available_or_skipped() -> None:
     reason = pg_available()
     if reason:
         pytest.skip(reason)
+
+
+def test_a_column_an_administrator_added_survives_the_migrations(ledger_url) -> None:
+    """Version 4 on PostgreSQL moves every row to a new, partitioned table: it takes the old table's
+    columns as they are (LIKE), not the schema's, so nothing of a site's own is lost."""
+    build_version_1(ledger_url)
+    if ledger_url.startswith("sqlite"):
+        conn = sqlite3.connect(ledger_url[len("sqlite:///") :])
+        conn.execute("ALTER TABLE http_analytics ADD COLUMN site_note TEXT")
+        conn.execute("UPDATE http_analytics SET site_note = 'audited'")
+        conn.commit()
+        conn.close()
+    else:
+        with psycopg.connect(ledger_url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE http_analytics ADD COLUMN site_note TEXT")
+            conn.execute("UPDATE http_analytics SET site_note = 'audited'")
+    store = open_store(ledger_url)
+    try:
+        assert store.query("SELECT site_note, COUNT(*) FROM http_analytics GROUP BY 1")[1] == [("audited", 5)]
+        # the proxy's inserts name their columns, so the extra one just stays empty
+        assert store.insert_rows([make_row(99)]) == 1
+        assert store.query("SELECT COUNT(*) FROM http_analytics WHERE site_note IS NULL")[1] == [(1,)]
+    finally:
+        store.close()

@@ -25,7 +25,7 @@ from typing import Any
 from exporter.ledger import rollup
 from exporter.ledger.schema import HTTP_ANALYTICS, create_table, group_statistics
 
-MIGRATION_LOCK = 0x63626C65  # same advisory lock as schema migrations
+MIGRATION_LOCK = 0x63626C65  # "cble": the advisory lock of schema migrations and partition creation
 MONTHS_AHEAD = 2
 _PART_NAME = re.compile(r"^http_analytics_(\d{4})_(\d{2})$")
 
@@ -62,9 +62,9 @@ BEGIN
 END $$"""
 
 _OLD = "http_analytics_unpartitioned"
-_COLUMNS_4 = ", ".join(c.name for c in HTTP_ANALYTICS.columns_at(4))
 
-# Version 4 (issue 17): the version-3 table's rows move to the partitioned one.
+# Version 4 (issue 17): the rows move to a partitioned table. LIKE: it works on an existing
+# version-2/3 table whatever columns it has (one an administrator added stays).
 MIGRATION: list[str] = [
     f"ALTER TABLE http_analytics RENAME TO {_OLD}",
     f"ALTER TABLE {_OLD} RENAME CONSTRAINT http_analytics_pkey TO {_OLD}_pkey",
@@ -72,7 +72,7 @@ MIGRATION: list[str] = [
         f"ALTER INDEX {i.name} RENAME TO {_OLD}{i.name.removeprefix('http_analytics')}"
         for i in HTTP_ANALYTICS.indexes
     ),
-    *create_table(HTTP_ANALYTICS, "postgresql", 4),
+    *create_table(HTTP_ANALYTICS, "postgresql", 4, like=_OLD),
     ENSURE_PARTITION_FN,
     *rollup.ddl("postgresql"),
     # One partition for every month the old table has rows in, then the rows (the trigger fills
@@ -81,7 +81,7 @@ MIGRATION: list[str] = [
         date_trunc('month', (SELECT MIN(timestamp) AT TIME ZONE 'UTC' FROM {_OLD})),
         (SELECT MAX(timestamp) AT TIME ZONE 'UTC' FROM {_OLD}),
         interval '1 month') AS m""",
-    f"INSERT INTO http_analytics ({_COLUMNS_4}) SELECT {_COLUMNS_4} FROM {_OLD}",
+    f"INSERT INTO http_analytics SELECT * FROM {_OLD}",
     f"DROP TABLE {_OLD}",
     "ANALYZE http_analytics, http_analytics_daily",
 ]

@@ -193,11 +193,16 @@ TABLES = (HTTP_ANALYTICS, API_KEYS, HTTP_ANALYTICS_DAILY)
 # --------------------------------------------------------------------------- DDL
 
 
-def create_table(table: Table, dialect: Dialect, version: int = SCHEMA_VERSION) -> list[str]:
+def create_table(
+    table: Table, dialect: Dialect, version: int = SCHEMA_VERSION, like: str | None = None
+) -> list[str]:
     """CREATE TABLE (and on PostgreSQL, once partitioned, the default partition and the statistics)
-    plus the indexes, for ``table`` as schema ``version`` has it."""
+    plus the indexes, for ``table`` as schema ``version`` has it; with the columns of the table
+    ``like`` instead of the schema's, where a migration must keep whatever columns a ledger has."""
     key = table.key(dialect, version)
-    if len(key) == 1:
+    if like is not None:
+        body = [f"LIKE {like} INCLUDING DEFAULTS", f"PRIMARY KEY ({', '.join(key)})"]
+    elif len(key) == 1:
         # Inline, as every version so far made it; on SQLite that also leaves out NOT NULL (SQLite
         # lets a key that is not an INTEGER be NULL; row_values refuses an empty request_id).
         body = [
