@@ -68,7 +68,9 @@ def _upsert(alias: str) -> str:
     return f"ON CONFLICT ({key}) DO UPDATE SET\n        {sets}"
 
 
-_GROUP = "user_email, team, model"
+def _group(p: str = "") -> str:
+    """The rollup key's columns after ``day`` (user, team, model) from raw rows prefixed with ``p``."""
+    return ", ".join(f"{p}{c}" for c in HTTP_ANALYTICS_DAILY.primary_key[1:])
 
 
 def ddl(dialect: Dialect) -> list[str]:
@@ -79,7 +81,7 @@ def ddl(dialect: Dialect) -> list[str]:
             f"""CREATE TRIGGER http_analytics_rollup AFTER INSERT ON http_analytics
     BEGIN
         INSERT INTO {ROLLUP_TABLE} VALUES (
-            {_day("sqlite", "NEW.")}, NEW.user_email, NEW.team, NEW.model, {", ".join(_row_values("sqlite", "NEW."))}
+            {_day("sqlite", "NEW.")}, {_group("NEW.")}, {", ".join(_row_values("sqlite", "NEW."))}
         )
         {_upsert(ROLLUP_TABLE)};
     END"""
@@ -92,7 +94,7 @@ def ddl(dialect: Dialect) -> list[str]:
             f"""CREATE FUNCTION chargeback_rollup_add() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         INSERT INTO {ROLLUP_TABLE} AS d
-        SELECT {_day("postgresql", "n.")}, n.user_email, n.team, n.model, {raw_sums("postgresql", "n.")}
+        SELECT {_day("postgresql", "n.")}, {_group("n.")}, {raw_sums("postgresql", "n.")}
         FROM new_rows n GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
         {_upsert("d")};
         RETURN NULL;
@@ -108,7 +110,7 @@ def sqlite_upgrade() -> list[str]:
     return [
         *ddl("sqlite"),
         f"""INSERT INTO {ROLLUP_TABLE}
-    SELECT {_day("sqlite")}, {_GROUP}, {raw_sums("sqlite")}
+    SELECT {_day("sqlite")}, {_group()}, {raw_sums("sqlite")}
     FROM http_analytics GROUP BY 1, 2, 3, 4""",
     ]
 
