@@ -197,10 +197,14 @@ class StoreOpsMixin(abc.ABC):
     @abc.abstractmethod
     def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]: ...
 
+    def _native(self, sql: str) -> str:
+        """Our own SQL marks parameters with '?' on both backends; this is where it becomes the
+        backend's marker (ad-hoc queries are written with the backend's own)."""
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
     def select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """The rows of one of our own reads, on the read-only connection. Our SQL marks parameters
-        with '?' on both backends; this is where it becomes the backend's marker."""
-        return self.query(sql.replace("?", self.placeholder), params)[1]
+        """The rows of one of our own reads (parameters marked '?'), on the read-only connection."""
+        return self.query(self._native(sql), params)[1]
 
     def summary(
         self, since: datetime | None, until: datetime | None

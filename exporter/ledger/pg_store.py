@@ -223,7 +223,7 @@ class PostgresStore(StoreOpsMixin, KeyOps):
             conn = self._connection()
             try:
                 with self._deadline(conn), conn.transaction():
-                    cur = conn.execute(sql.replace("?", "%s"), tuple(params))
+                    cur = conn.execute(self._native(sql), tuple(params))
                     return cur.fetchall() if cur.description else []
             except psycopg.OperationalError:
                 self._drop()
@@ -234,7 +234,7 @@ class PostgresStore(StoreOpsMixin, KeyOps):
             conn = self._connection()
             try:
                 with self._deadline(conn), conn.transaction(), conn.cursor() as cur:
-                    cur.executemany(sql.replace("?", "%s"), [tuple(p) for p in params])  # pipelined
+                    cur.executemany(self._native(sql), [tuple(p) for p in params])  # pipelined
             except psycopg.OperationalError:
                 self._drop()
                 raise
@@ -244,7 +244,7 @@ class PostgresStore(StoreOpsMixin, KeyOps):
             conn = self._connection()
             try:
                 with self._deadline(conn):
-                    return conn.execute(sql.replace("?", "%s"), tuple(params)).fetchall()
+                    return conn.execute(self._native(sql), tuple(params)).fetchall()
             except psycopg.OperationalError:
                 self._drop()
                 raise
