@@ -77,6 +77,21 @@ def test_docs_list_the_schema_columns() -> None:
 # --------------------------------------------------------------------------- real databases
 
 
+# What else a PostgreSQL ledger is made of, from the catalog (%s: the schema's table names).
+PG_CATALOG = {
+    "indexes": "SELECT tablename, indexname, indexdef FROM pg_indexes"
+    " WHERE schemaname = current_schema() AND tablename = ANY(%s) ORDER BY 1, 2",
+    "constraints": "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint"
+    " WHERE conrelid::regclass::text = ANY(%s) ORDER BY 1, 2",
+    "partitioned": "SELECT c.relname, pg_get_partkeydef(c.oid) FROM pg_partitioned_table p"
+    " JOIN pg_class c ON c.oid = p.partrelid ORDER BY 1",
+    "triggers": "SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE NOT tgisinternal"
+    " AND tgrelid::regclass::text = ANY(%s) ORDER BY 1, 2",
+    "functions": "SELECT proname FROM pg_proc WHERE proname LIKE 'chargeback%' ORDER BY 1",
+    "statistics": "SELECT stxname FROM pg_statistic_ext WHERE stxrelid = 'http_analytics'::regclass ORDER BY 1",
+}
+
+
 def describe(url: str) -> dict[str, object]:
     """Columns (name, type, not null, default) of every schema table, their indexes and keys, the
     triggers and functions, as the database itself reports them."""
@@ -115,31 +130,8 @@ def describe(url: str) -> dict[str, object]:
             ]
             for t in names
         }
-        out["indexes"] = conn.execute(
-            "SELECT tablename, indexname, indexdef FROM pg_indexes"
-            " WHERE schemaname = current_schema() AND tablename = ANY(%s) ORDER BY 1, 2",
-            (names,),
-        ).fetchall()
-        out["constraints"] = conn.execute(
-            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint"
-            " WHERE conrelid::regclass::text = ANY(%s) ORDER BY 1, 2",
-            (names,),
-        ).fetchall()
-        out["partitioned"] = conn.execute(
-            "SELECT c.relname, pg_get_partkeydef(c.oid) FROM pg_partitioned_table p"
-            " JOIN pg_class c ON c.oid = p.partrelid ORDER BY 1"
-        ).fetchall()
-        out["triggers"] = conn.execute(
-            "SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE NOT tgisinternal"
-            " AND tgrelid::regclass::text = ANY(%s) ORDER BY 1, 2",
-            (names,),
-        ).fetchall()
-        out["functions"] = conn.execute(
-            "SELECT proname FROM pg_proc WHERE proname LIKE 'chargeback%' ORDER BY 1"
-        ).fetchall()
-        out["statistics"] = conn.execute(
-            "SELECT stxname FROM pg_statistic_ext WHERE stxrelid = 'http_analytics'::regclass"
-        ).fetchall()
+        for name, sql in PG_CATALOG.items():
+            out[name] = conn.execute(sql, (names,) if "%s" in sql else None).fetchall()
         return out
 
 
