@@ -209,7 +209,7 @@ def capacity_used(
         PERCENT_UNIT,
         [query],
         description,
-        8,
+        width=8,
         fill=fill,
         thresholds=thresholds,
     )
