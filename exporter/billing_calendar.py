@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import contract
@@ -51,17 +51,9 @@ class BillingMonthCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         start, end = month_bounds_unix(self.tz, self.clock())
         zone = str(self.tz.key)
-        s = GaugeMetricFamily(
-            contract.BILLING_MONTH_START,
-            "Start of the current billing month (config timezone) as a Unix timestamp.",
-            labels=("timezone",),
-        )
+        s = contract.spec(contract.BILLING_MONTH_START).family()
         s.add_metric((zone,), start)
         yield s
-        e = GaugeMetricFamily(
-            contract.BILLING_MONTH_END,
-            "End (exclusive) of the current billing month (config timezone) as a Unix timestamp.",
-            labels=("timezone",),
-        )
+        e = contract.spec(contract.BILLING_MONTH_END).family()
         e.add_metric((zone,), end)
         yield e
