@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -153,9 +154,10 @@ def start_litellm(litellm: Path, config: Path, workdir: Path, name: str) -> tupl
     return proc, time.perf_counter() - t0
 
 
-def package_version(python: Path, package: str) -> str:
+def python_eval(python: Path, expression: str) -> str:
+    """``expression`` evaluated by another interpreter (the peers venv's)."""
     out = subprocess.run(
-        [str(python), "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
+        [str(python), "-c", f"import importlib.metadata, platform; print({expression})"],
         capture_output=True,
         text=True,
         check=True,
@@ -200,6 +202,7 @@ class Target:
     url: str
     token: str
     pid: int | None = None
+    python: str = platform.python_version()
     startup: float = float("nan")
     rss_idle: float = float("nan")
     rss_after: float = float("nan")
@@ -281,6 +284,12 @@ def table(direct: Target, ours: Target, peer: Target, loads: dict[str, Workload]
             f"CPU per 1,000 streams of {STREAM_TOKENS} tokens (zero-latency upstream, {zs.concurrency} concurrent)",
         ),
         cpu("paced", f"CPU per 1,000 paced streams of {STREAM_TOKENS} tokens ({ps.concurrency} concurrent)"),
+        row(
+            "CPU per streamed token, paced streams",
+            f"{ours.loads['paced'].cpu_per_1000 / STREAM_TOKENS * 1000:.0f} µs",
+            f"{peer.loads['paced'].cpu_per_1000 / STREAM_TOKENS * 1000:.0f} µs",
+            _ratio(ours.loads["paced"].cpu_per_1000, peer.loads["paced"].cpu_per_1000),
+        ),
         added("plain", "added median latency, non-streaming (zero-latency upstream)", None),
         added("plain", "added p99 latency, non-streaming (zero-latency upstream)", 0.99),
         row(
@@ -331,8 +340,15 @@ def section(
         "of `make bench` (it installs LiteLLM's proxy from PyPI into `.venv-peers`). Both proxies sit in front of "
         "the same simulator (`chargeback simulate-upstream`) in the same run, one after the other, on the same "
         f"CPU ({where.describe()}), with the same load generator (`bench/loadgen.py`). "
-        "LiteLLM: default install of `litellm[proxy]`, one worker (uvicorn, its default), a minimal config.yaml "
-        "routing each model to the simulator as an OpenAI-compatible backend, a master key, no database, "
+        + (
+            f"Python {ours.python} for both. "
+            if ours.python == peer.python
+            else f"Python {ours.python} (llm-chargeback), {peer.python} (LiteLLM). "
+        )
+        + "LiteLLM: default install of `litellm[proxy]`, one worker "
+        "(uvicorn, its default), a minimal config.yaml routing each model to the simulator as an "
+        "OpenAI-compatible backend, a master key, no database, its default logging (uvicorn's access-log "
+        "line per request, here to a file), "
         "`LITELLM_LOCAL_MODEL_COST_MAP=True` (this machine has no internet; otherwise start-up waits for the "
         "remote price list to fail). llm-chargeback: as in the proxy overhead bench, with its accounting on "
         "(a ledger row per request in SQLite, the counters); LiteLLM without a database keeps no spend log.",
@@ -346,7 +362,9 @@ def section(
         f"one every {1000 / PACED_TOKENS_PER_SECOND:.0f} ms, connections staggered over one stream's duration.",
         "",
         "CPU is the proxy's whole process tree (utime + stime of every process and thread, reaped children "
-        "included, from /proc) over each run, warm-up included, per request sent. Added latency and TTFT are "
+        "included, from /proc) over each run, warm-up included, per request sent; it includes whatever the "
+        "proxy does in the background meanwhile (llm-chargeback: the ledger writer's and the key refresh's "
+        "ticks, which weigh most in the slow paced runs). Added latency and TTFT are "
         "the proxy's median (or p99) minus the direct run's, measured at the client. RSS is the sum over the "
         "process tree. Start-up is the second start of each proxy (file cache warm), from process start to "
         "the first healthy answer (`/healthz`; LiteLLM `/health/liveliness`).",
@@ -406,7 +424,8 @@ def bench(args: argparse.Namespace) -> str:
         "stream": Workload("stream", STREAM_BODY, args.concurrency, args.streams, 50),
         "paced": Workload("paced", PACED_BODY, args.paced_concurrency, args.paced_streams, 8, answer_seconds),
     }
-    peer_version = package_version(litellm.parent / "python", "litellm")
+    peer_version = python_eval(litellm.parent / "python", "importlib.metadata.version('litellm')")
+    peer_python = python_eval(litellm.parent / "python", "platform.python_version()")
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmpdir:
         tmp = Path(tmpdir)
         paced = start_simulator(
@@ -451,7 +470,13 @@ def bench(args: argparse.Namespace) -> str:
                 with running(proc):
                     assert proc.url is not None and proc.proc is not None
                     peer = Target(
-                        "LiteLLM", peer_version, proc.url, MASTER_KEY, proc.proc.pid, startup=startup
+                        "LiteLLM",
+                        peer_version,
+                        proc.url,
+                        MASTER_KEY,
+                        proc.proc.pid,
+                        peer_python,
+                        startup=startup,
                     )
                     pin_tree(peer.pid, where.proxy)  # type: ignore[arg-type]
                     direct = Target("direct", "", stack.sim_url, UPSTREAM_API_KEY)

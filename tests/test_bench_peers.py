@@ -50,20 +50,21 @@ def test_table_rows(peers) -> None:  # type: ignore[no-untyped-def]
         "| CPU per 1,000 non-streaming requests (zero-latency upstream, 16 concurrent) | 0.50 s | 2.00 s | 4.0× |"
     )
     assert rows[4] == "| CPU per 1,000 paced streams of 24 tokens (16 concurrent) | 2.50 s | 10.00 s | 4.0× |"
-    assert rows[5] == (
+    assert rows[5] == "| CPU per streamed token, paced streams | 104 µs | 417 µs | 4.0× |"
+    assert rows[6] == (
         "| added median latency, non-streaming (zero-latency upstream) | 10.0 ms | 70.0 ms | (direct 10.0 ms) |"
     )
-    assert rows[6] == (
+    assert rows[7] == (
         "| added p99 latency, non-streaming (zero-latency upstream) | 30.0 ms | 210.0 ms | (direct 30.0 ms) |"
     )
-    assert rows[7] == "| non-streaming requests/s (zero-latency upstream) | 50 | 50 | (direct 50) |"
+    assert rows[8] == "| non-streaming requests/s (zero-latency upstream) | 50 | 50 | (direct 50) |"
     assert (
-        rows[8]
+        rows[9]
         == "| added median TTFT, streams (zero-latency upstream) | 2.0 ms | 14.0 ms | (direct 2.0 ms) |"
     )
     assert rows[-3] == "| RSS after start-up (whole process tree) | 100 MB | 400 MB | 4.0× |"
     assert rows[-1] == "| start-up time (process start to first healthy answer) | 1.0 s | 4.0 s | 4.0× |"
-    assert len(rows) == 15
+    assert len(rows) == 16
 
 
 def test_replace_section(peers) -> None:  # type: ignore[no-untyped-def]
@@ -77,3 +78,14 @@ def test_replace_section(peers) -> None:  # type: ignore[no-untyped-def]
     newer = f"{peers.BEGIN}\nnewer\n{peers.END}"
     assert peers.replace_section(around, newer) == doc + "\n" + newer + "\n\n## After\n"
     assert peers.extract_section(doc) is None
+
+
+def test_section_is_marked(peers) -> None:  # type: ignore[no-untyped-def]
+    loads = {k: peers.Workload(k, {}, 16, 100, 10) for k in ("plain", "stream", "paced")}
+    targets = [_target(peers, n, p, s) for n, p, s in (("d", None, 1.0), ("o", 1, 2.0), ("p", 2, 8.0))]
+    text = peers.section(*targets, loads, peers.Placement({0}, {1}, {1}), 0.2)
+    assert text.startswith(peers.BEGIN + "\n## Side by side with LiteLLM")
+    assert text.endswith("\n" + peers.END)
+    assert "proxy on CPU 0, simulator on CPU 1, load generator on CPU 1" in text
+    assert "load average 0.20 at start. On a zero-latency" in text
+    assert peers.extract_section("x\n" + text + "\ny") == text
