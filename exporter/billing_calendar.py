@@ -50,10 +50,7 @@ class BillingMonthCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         start, end = month_bounds_unix(self.tz, self.clock())
-        zone = str(self.tz.key)
-        s = contract.spec(contract.BILLING_MONTH_START).family()
-        s.add_metric((zone,), start)
-        yield s
-        e = contract.spec(contract.BILLING_MONTH_END).family()
-        e.add_metric((zone,), end)
-        yield e
+        for name, value in ((contract.BILLING_MONTH_START, start), (contract.BILLING_MONTH_END, end)):
+            g = contract.spec(name).family()
+            g.add_metric((str(self.tz.key),), value)
+            yield g
