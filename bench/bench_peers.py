@@ -364,7 +364,7 @@ def section(
         "CPU is the proxy's whole process tree (utime + stime of every process and thread, reaped children "
         "included, from /proc) over each run, warm-up included, per request sent; it includes whatever the "
         "proxy does in the background meanwhile (llm-chargeback: the ledger writer's and the key refresh's "
-        "ticks, which weigh most in the slow paced runs). Added latency and TTFT are "
+        "periodic work). Added latency and TTFT are "
         "the proxy's median (or p99) minus the direct run's, measured at the client. RSS is the sum over the "
         "process tree. Start-up is the second start of each proxy (file cache warm), from process start to "
         "the first healthy answer (`/healthz`; LiteLLM `/health/liveliness`).",
@@ -374,7 +374,7 @@ def section(
         f"Machine: {os.cpu_count()} cores, load average {load_avg:.2f} at start"
         + (
             ": shared with other work, so absolute CPU figures are inflated by contention and latencies are "
-            "noisy; both proxies ran under the same conditions minutes apart, so the ratios are the robust "
+            "noisy (an added value below zero is noise); both proxies ran under the same conditions minutes apart, so the ratios are the robust "
             "figures."
             if load_avg >= 1.0
             else "."
