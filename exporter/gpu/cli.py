@@ -11,7 +11,7 @@ from ssl import SSLContext
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from exporter.cliutil import add_config_flag, add_log_flag, config_from_args, setup_logging
+from exporter.cliutil import add_server_flags, config_from_args, setup_logging
 from exporter.config import ConfigError, parse_listen
 from exporter.gpu.backend import Backend
 from exporter.gpu.collector import GpuCollector
@@ -31,13 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Serve /metrics with per-GPU utilisation, busy/idle seconds, power, energy and hourly "
         "cost. Default port 9842 (gpu_exporter.listen in the config).",
     )
-    add_config_flag(p)
-    p.add_argument(
-        "--web.listen-address",
-        dest="listen",
-        default=None,
-        metavar="HOST:PORT",
-        help="address to serve /metrics on (default: gpu_exporter.listen from the config, 0.0.0.0:9842)",
+    add_server_flags(
+        p, "address to serve /metrics on (default: gpu_exporter.listen from the config, 0.0.0.0:9842)"
     )
     p.add_argument(
         "--simulate",
@@ -59,7 +54,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="PATH",
         help="TLS and basic auth for /metrics (exporter-toolkit web config: tls_server_config, basic_auth_users)",
     )
-    add_log_flag(p)
     p.set_defaults(func=run)
 
 
