@@ -39,10 +39,12 @@ def add_server_flags(
     *,
     repeatable_listen: bool = False,
     reads_config: bool = True,
+    web_config_help: str | None = None,
 ) -> None:
     """The flags of a long-running server subcommand (proxy, gpu-exporter, simulate-upstream):
     ``--config.file`` when it reads the config, ``--log.level`` and ``--web.listen-address``
-    (``args.listen``: None when not given, a list when repeatable)."""
+    (``args.listen``: None when not given, a list when repeatable), and ``--web.config.file``
+    (``args.web_config_file``, for ``webconfig.load_web_config``) when it serves TLS or basic auth."""
     if reads_config:
         add_config_flag(parser)
     add_log_flag(parser)
@@ -54,6 +56,8 @@ def add_server_flags(
         metavar="HOST:PORT",
         help=listen_help,
     )
+    if web_config_help is not None:
+        parser.add_argument("--web.config.file", dest="web_config_file", metavar="PATH", help=web_config_help)
 
 
 def setup_logging(level: str = "info") -> None:

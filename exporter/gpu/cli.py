@@ -32,7 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "cost. Default port 9842 (gpu_exporter.listen in the config).",
     )
     add_server_flags(
-        p, "address to serve /metrics on (default: gpu_exporter.listen from the config, 0.0.0.0:9842)"
+        p,
+        "address to serve /metrics on (default: gpu_exporter.listen from the config, 0.0.0.0:9842)",
+        web_config_help="TLS and basic auth for /metrics (exporter-toolkit web config: tls_server_config, "
+        "basic_auth_users)",
     )
     p.add_argument(
         "--simulate",
@@ -47,12 +50,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="SPEC",
         help=f"utilisation of the simulated GPUs (default: {DEFAULT_PATTERN}): GPU i runs at levels[i] for the "
         "first duty×period seconds of every period, idle otherwise",
-    )
-    p.add_argument(
-        "--web.config.file",
-        dest="web_config_file",
-        metavar="PATH",
-        help="TLS and basic auth for /metrics (exporter-toolkit web config: tls_server_config, basic_auth_users)",
     )
     p.set_defaults(func=run)
 

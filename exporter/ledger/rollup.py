@@ -28,6 +28,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from exporter.ledger.schema import HTTP_ANALYTICS_DAILY, Dialect, create_table
+from exporter.usage_counts import UsageCounts
 
 ROLLUP_TABLE = HTTP_ANALYTICS_DAILY.name
 ROLLUP_SUMS = tuple(c for c in HTTP_ANALYTICS_DAILY.names if c not in HTTP_ANALYTICS_DAILY.primary_key)
@@ -119,12 +120,9 @@ def sqlite_upgrade() -> list[str]:
 
 
 @dataclass
-class Totals:
+class Totals(UsageCounts):
     """One group's sums: the rollup's sum columns, in their order (``add`` takes them positionally)."""
 
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
     total_tokens: int = 0
     cached_tokens: int = 0
     duration_us: int = 0

@@ -18,19 +18,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="OpenAI-compatible proxy that attributes requests to users/teams, counts tokens "
         "(Prometheus, separate listener) and writes the request ledger.",
     )
-    add_server_flags(p, "API address (repeatable; overrides proxy.listen)", repeatable_listen=True)
+    add_server_flags(
+        p,
+        "API address (repeatable; overrides proxy.listen)",
+        repeatable_listen=True,
+        web_config_help="TLS for the API and metrics listeners, basic auth for the metrics listener "
+        "(exporter-toolkit web config: tls_server_config, basic_auth_users)",
+    )
     p.add_argument(
         "--web.metrics-address",
         dest="metrics_listen",
         metavar="HOST:PORT",
         help="metrics address (overrides proxy.metrics_listen)",
-    )
-    p.add_argument(
-        "--web.config.file",
-        dest="web_config_file",
-        metavar="PATH",
-        help="TLS for the API and metrics listeners, basic auth for the metrics listener "
-        "(exporter-toolkit web config: tls_server_config, basic_auth_users)",
     )
     p.add_argument(
         "--web.metrics-config.file",

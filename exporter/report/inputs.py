@@ -41,6 +41,7 @@ from exporter.report.promql import (
     regex_matcher,
     sum_by,
 )
+from exporter.usage_counts import UsageCounts
 
 log = get_logger(__name__)
 
@@ -110,12 +111,9 @@ def statement_team(cfg: Config, label: str) -> str:
 
 
 @dataclass
-class RawUsage:
+class RawUsage(UsageCounts):
     """Per (team label, user, model) quantities before weights and pools are applied."""
 
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
     cached_tokens: int = 0
     request_seconds: Decimal = Decimal(0)
 

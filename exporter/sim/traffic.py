@@ -18,6 +18,8 @@ from typing import Any
 
 import openai
 
+from exporter.usage_counts import UsageCounts
+
 TOPICS = (
     "quarterly GPU budget for the research team",
     "summarise the incident report from last night",
@@ -30,10 +32,7 @@ SYSTEM_PROMPT = "You are a helpful assistant for the central IT department."
 
 
 @dataclass
-class Totals:
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+class Totals(UsageCounts):
     total_tokens: int = 0
     cached_tokens: int = 0
 
@@ -44,11 +43,6 @@ class Totals:
         self.total_tokens += usage.total_tokens
         details = getattr(usage, "prompt_tokens_details", None)
         self.cached_tokens += (getattr(details, "cached_tokens", 0) or 0) if details else 0
-
-    def merge(self, other: Totals) -> None:
-        """Add another (user, model)'s or run's totals to these."""
-        for name, value in vars(other).items():
-            setattr(self, name, getattr(self, name) + value)
 
 
 @dataclass

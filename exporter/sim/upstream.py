@@ -37,6 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from exporter.health import add_health_routes
+from exporter.usage_counts import UsageCounts
 
 WORDS = (
     "the",
@@ -78,10 +79,7 @@ class SimOptions:
 
 
 @dataclass
-class ModelStats:
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+class ModelStats(UsageCounts):
     cached_tokens: int = 0
     reported_prompt_tokens: int = 0  # usage actually sent back in a response
     reported_completion_tokens: int = 0
