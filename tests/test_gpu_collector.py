@@ -69,6 +69,13 @@ def fake() -> Iterator[FakeNvml]:
         yield f
 
 
+def gpu_info(s: Scrape, fake: FakeNvml, gpu: FakeGpu, index: int, pool: str) -> float | None:
+    """The ``gpu_info`` sample of one fake GPU with these labels (1 when it is exported so)."""
+    return s(
+        c.GPU_INFO, uuid=gpu.uuid, index=str(index), name=gpu.name, pool=pool, driver_version=fake.driver
+    )
+
+
 def make(cfg_text: str = CONFIG, clock: Clock | None = None) -> tuple[GpuCollector, CollectorRegistry]:
     cfg: Config = parse_config(cfg_text, "test.yaml")
     collector = GpuCollector(NvmlBackend(), cfg.gpu_exporter, cfg.pools, clock=clock or Clock())
@@ -193,24 +200,15 @@ def test_not_supported_drops_that_series_for_that_gpu_only(fake: FakeNvml) -> No
 
 
 def test_unmapped_gpu_gets_no_cost_and_one_warning(fake: FakeNvml, caplog: pytest.LogCaptureFixture) -> None:
-    fake.gpus = [FakeGpu("GPU-a"), FakeGpu("GPU-x")]
+    unmapped = FakeGpu("GPU-x")
+    fake.gpus = [FakeGpu("GPU-a"), unmapped]
     cfg = "pools:\n  h100: {gpu_hourly_cost: 2.80, gpu_uuids: [GPU-a]}\n"
     collector, reg = make(cfg)
     with caplog.at_level(logging.WARNING, logger="chargeback.gpu"):
         Scrape(reg)
         s = Scrape(reg)
     assert s.labels(c.GPU_HOURLY_COST) == [{"uuid": "GPU-a", "pool": "h100"}]
-    assert (
-        s(
-            c.GPU_INFO,
-            uuid="GPU-x",
-            index="1",
-            name="NVIDIA H100 80GB HBM3",
-            pool="",
-            driver_version="550.54.15",
-        )
-        == 1
-    )
+    assert gpu_info(s, fake, unmapped, 1, "") == 1
     assert s(c.GPU_UNMAPPED_GPUS) == 1
     warnings = [r.getMessage() for r in caplog.records if "belongs to no pool" in r.getMessage()]
     assert len(warnings) == 1 and "GPU-x" in warnings[0]
@@ -272,28 +270,8 @@ def test_gpu_lost_mid_run_vanishes_and_recovers_with_monotonic_counters(fake: Fa
     a.samples.append((T0 + 4 * S, 25))
     fake.gpus = [b, a]
     s = Scrape(reg)
-    assert (
-        s(
-            c.GPU_INFO,
-            uuid="GPU-b",
-            index="0",
-            name="NVIDIA H100 80GB HBM3",
-            pool="a10",
-            driver_version="550.54.15",
-        )
-        == 1
-    )
-    assert (
-        s(
-            c.GPU_INFO,
-            uuid="GPU-a",
-            index="1",
-            name="NVIDIA H100 80GB HBM3",
-            pool="h100",
-            driver_version="550.54.15",
-        )
-        == 1
-    )
+    assert gpu_info(s, fake, b, 0, "a10") == 1
+    assert gpu_info(s, fake, a, 1, "h100") == 1
     assert s(c.GPU_BUSY_SECONDS_TOTAL, uuid="GPU-b") == 0.5 + 1.0
     assert s(c.GPU_BUSY_SECONDS_TOTAL, uuid="GPU-a") == 2.25
     assert fake.init_calls == 2

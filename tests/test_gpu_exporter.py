@@ -22,6 +22,16 @@ gpu_exporter:
 """
 
 
+def exporter_process(tmp_path: Path, port: int, *flags: str) -> ManagedProcess:
+    """``chargeback gpu-exporter`` on CONFIG at 127.0.0.1:``port`` with ``flags`` (not started yet)."""
+    cfg = tmp_path / "chargeback.yaml"
+    cfg.write_text(CONFIG)
+    argv = chargeback_argv(
+        "gpu-exporter", f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{port}", *flags
+    )
+    return ManagedProcess("gpu-exporter", argv, tmp_path, f"http://127.0.0.1:{port}", "/-/healthy")
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -55,21 +65,13 @@ def test_bad_simulate_pattern_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_exporter_process_scraped_by_prometheus(tmp_path: Path) -> None:
-    cfg = tmp_path / "chargeback.yaml"
-    cfg.write_text(CONFIG)
     port = free_port()
     # GPU 0 works at 75 % all the time, GPU 1 never works.
-    argv = chargeback_argv(
-        "gpu-exporter",
-        f"--config.file={cfg}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--simulate=2",
-        "--simulate-pattern=period=60,duty=1,levels=0.75/0",
+    process = exporter_process(
+        tmp_path, port, "--simulate=2", "--simulate-pattern=period=60,duty=1,levels=0.75/0"
     )
     g0, g1 = simulated_uuid(0), simulated_uuid(1)
-    with ManagedProcess(
-        "gpu-exporter", argv, tmp_path, f"http://127.0.0.1:{port}", "/-/healthy"
-    ).start() as exporter:
+    with process.start() as exporter:
         landing = requests.get(exporter.url + "/", timeout=5)
         assert "/metrics" in landing.text and "simulated (2 GPUs" in landing.text
         # The same health endpoints as the proxy's listeners (exporter/health.py).
@@ -130,19 +132,8 @@ def test_refused_requests_are_neither_logged_nor_echoed_by_the_exporter(tmp_path
     import socket
 
     secret = b"Basic " + b"c2NyYXBlcjpTM2NyZXRQYXNzd29yZA" * 2
-    cfg = tmp_path / "chargeback.yaml"
-    cfg.write_text(CONFIG)
     port = free_port()
-    argv = chargeback_argv(
-        "gpu-exporter",
-        f"--config.file={cfg}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--simulate=1",
-        "--log.level=debug",
-    )
-    with ManagedProcess(
-        "gpu-exporter", argv, tmp_path, f"http://127.0.0.1:{port}", "/-/healthy"
-    ).start() as exporter:
+    with exporter_process(tmp_path, port, "--simulate=1", "--log.level=debug").start() as exporter:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: " + secret + b"\x00x\r\n\r\n")
             reply = b""

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from decimal import Decimal
 from html import escape
 
-from exporter.report.render_md import _params
 from exporter.report.statement import GLOSSARY, Statement, TeamStatement
 from exporter.report.view import (
     Table,
     budget_line,
+    central_lines,
     meta,
+    method_params,
     summary_figures,
     summary_pools,
     summary_teams,
@@ -111,10 +112,10 @@ def _doc(title: str, body: str) -> str:
 
 
 def _params_html(st: Statement) -> str:
-    items = _params(st.params)
+    items = method_params(st.params)
     if not items:
         return ""
-    return "<h2>Method parameters</h2><ul>" + "".join(f"<li>{escape(i[2:])}</li>" for i in items) + "</ul>"
+    return "<h2>Method parameters</h2><ul>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>"
 
 
 def _glossary() -> str:
@@ -167,16 +168,7 @@ def render_summary_html(st: Statement) -> str:
     ]
     if st.central.lines:
         parts.append("<h2>Central IT</h2>")
-        parts.append(
-            _table(
-                Table(
-                    ["item", "pool", "amount"],
-                    [[line.description, line.pool, st.cash(line.charge)] for line in st.central.lines],
-                    {2},
-                    ["Total", "", st.cash(st.central.total)],
-                )
-            )
-        )
+        parts.append(_table(central_lines(st)))
     parts.append(_params_html(st))
     if st.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in st.notes) + "</ul>")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from exporter.report.statement import GLOSSARY, Statement, TeamStatement
 from exporter.report.view import (
     Table,
     budget_line,
+    central_lines,
     meta,
+    method_params,
     summary_figures,
     summary_pools,
     summary_teams,
@@ -24,27 +24,6 @@ def _table(header: list[str], rows: list[list[str]], right: set[int] | None = No
         "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|",
     ]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-    return out
-
-
-def _params(params: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(params):
-        if k == "pools":
-            continue
-        v = params[k]
-        if isinstance(v, dict):
-            out += _params(v, f"{prefix}{k}.")
-        elif isinstance(v, list):
-            out.append(
-                f"- {prefix}{k}: "
-                + "; ".join(
-                    ", ".join(f"{a}={b}" for a, b in sorted(x.items())) if isinstance(x, dict) else str(x)
-                    for x in v
-                )
-            )
-        else:
-            out.append(f"- {prefix}{k}: {v}")
     return out
 
 
@@ -78,9 +57,9 @@ def render_team_md(st: Statement, t: TeamStatement, level: int = 1) -> str:
         out += _view_table(team_lines(st, t))
     else:
         out.append("No usage in this period.")
-    params = _params(st.params)
+    params = method_params(st.params)
     if params:
-        out += ["", "Method parameters:", "", *params]
+        out += ["", "Method parameters:", "", *[f"- {p}" for p in params]]
     out += _glossary(level + 1)
     return "\n".join(out) + "\n"
 
@@ -91,17 +70,10 @@ def render_summary_md(st: Statement) -> str:
     out += ["", "## Pools", "", *_view_table(summary_pools(st))]
     if st.central.lines:
         out += ["", "## Central IT", ""]
-        out += _view_table(
-            Table(
-                ["item", "pool", "amount"],
-                [[line.description, line.pool, st.cash(line.charge)] for line in st.central.lines],
-                {2},
-                ["Total", "", st.cash(st.central.total)],
-            )
-        )
-    params = _params(st.params)
+        out += _view_table(central_lines(st))
+    params = method_params(st.params)
     if params:
-        out += ["", "## Method parameters", "", *params]
+        out += ["", "## Method parameters", "", *[f"- {p}" for p in params]]
     if st.notes:
         out += ["", "## Notes", "", *[f"- {n}" for n in st.notes]]
     out += _glossary(2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from exporter.report.money import hours_places
 from exporter.report.statement import Statement, TeamStatement, change_percent, unit_price
@@ -225,3 +226,35 @@ def summary_figures(st: Statement) -> list[tuple[str, str]]:
             )
         )
     return rows
+
+
+def central_lines(st: Statement) -> Table:
+    """What central IT keeps (unrecovered pool costs), line by line."""
+    return Table(
+        ["item", "pool", "amount"],
+        [[line.description, line.pool, st.cash(line.charge)] for line in st.central.lines],
+        {2},
+        ["Total", "", st.cash(st.central.total)],
+    )
+
+
+def method_params(params: dict[str, Any], prefix: str = "") -> list[str]:
+    """The method's parameters as ``name: value`` lines, nested keys dotted (pools have their own table)."""
+    out = []
+    for k in sorted(params):
+        if k == "pools":
+            continue
+        v = params[k]
+        if isinstance(v, dict):
+            out += method_params(v, f"{prefix}{k}.")
+        elif isinstance(v, list):
+            out.append(
+                f"{prefix}{k}: "
+                + "; ".join(
+                    ", ".join(f"{a}={b}" for a, b in sorted(x.items())) if isinstance(x, dict) else str(x)
+                    for x in v
+                )
+            )
+        else:
+            out.append(f"{prefix}{k}: {v}")
+    return out
