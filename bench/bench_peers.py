@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,9 +253,13 @@ def table(direct: Target, ours: Target, peer: Target, loads: dict[str, Workload]
     def row(measure: str, a: str, b: str, ratio: str = "") -> str:
         return f"| {measure} | {a} | {b} | {ratio} |"
 
+    def compare(label: str, get: Callable[[Target], float], fmt: str) -> str:
+        """One measure of both proxies (``fmt`` formats it), with LiteLLM's ratio to ours."""
+        o, p = get(ours), get(peer)
+        return row(label, fmt.format(o), fmt.format(p), _ratio(o, p))
+
     def cpu(key: str, label: str) -> str:
-        o, p = ours.loads[key].cpu_per_1000, peer.loads[key].cpu_per_1000
-        return row(label, f"{o:.2f} s", f"{p:.2f} s", _ratio(o, p))
+        return compare(label, lambda t: t.loads[key].cpu_per_1000, "{:.2f} s")
 
     def added(key: str, label: str, q: float | None) -> str:
         def get(t: Target) -> float:
@@ -284,11 +288,10 @@ def table(direct: Target, ours: Target, peer: Target, loads: dict[str, Workload]
             f"CPU per 1,000 streams of {STREAM_TOKENS} tokens (zero-latency upstream, {zs.concurrency} concurrent)",
         ),
         cpu("paced", f"CPU per 1,000 paced streams of {STREAM_TOKENS} tokens ({ps.concurrency} concurrent)"),
-        row(
+        compare(
             "CPU per streamed token, paced streams",
-            f"{ours.loads['paced'].cpu_per_1000 / STREAM_TOKENS * 1000:.0f} µs",
-            f"{peer.loads['paced'].cpu_per_1000 / STREAM_TOKENS * 1000:.0f} µs",
-            _ratio(ours.loads["paced"].cpu_per_1000, peer.loads["paced"].cpu_per_1000),
+            lambda t: t.loads["paced"].cpu_per_1000 / STREAM_TOKENS * 1000,
+            "{:.0f} µs",
         ),
         added("plain", "added median latency, non-streaming (zero-latency upstream)", None),
         added("plain", "added p99 latency, non-streaming (zero-latency upstream)", 0.99),
@@ -302,24 +305,9 @@ def table(direct: Target, ours: Target, peer: Target, loads: dict[str, Workload]
         ttft("paced", "added median TTFT, paced streams"),
         added("paced", "added median stream duration, paced streams", None),
         added("paced", "added p99 stream duration, paced streams", 0.99),
-        row(
-            "RSS after start-up (whole process tree)",
-            f"{ours.rss_idle:.0f} MB",
-            f"{peer.rss_idle:.0f} MB",
-            _ratio(ours.rss_idle, peer.rss_idle),
-        ),
-        row(
-            "RSS after the runs (whole process tree)",
-            f"{ours.rss_after:.0f} MB",
-            f"{peer.rss_after:.0f} MB",
-            _ratio(ours.rss_after, peer.rss_after),
-        ),
-        row(
-            "start-up time (process start to first healthy answer)",
-            f"{ours.startup:.1f} s",
-            f"{peer.startup:.1f} s",
-            _ratio(ours.startup, peer.startup),
-        ),
+        compare("RSS after start-up (whole process tree)", lambda t: t.rss_idle, "{:.0f} MB"),
+        compare("RSS after the runs (whole process tree)", lambda t: t.rss_after, "{:.0f} MB"),
+        compare("start-up time (process start to first healthy answer)", lambda t: t.startup, "{:.1f} s"),
     ]
 
 

@@ -218,36 +218,31 @@ class PostgresStore(StoreOpsMixin, KeyOps):
                 self._drop()
                 raise
 
-    def _exec_write(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        with self._lock:
-            conn = self._connection()
-            try:
-                with self._deadline(conn), conn.transaction():
-                    cur = conn.execute(self._native(sql), tuple(params))
-                    return cur.fetchall() if cur.description else []
-            except psycopg.OperationalError:
-                self._drop()
-                raise
-
-    def _exec_write_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
-        with self._lock:
-            conn = self._connection()
-            try:
-                with self._deadline(conn), conn.transaction(), conn.cursor() as cur:
-                    cur.executemany(self._native(sql), [tuple(p) for p in params])  # pipelined
-            except psycopg.OperationalError:
-                self._drop()
-                raise
-
-    def _exec_read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[psycopg.Connection[Any]]:
+        """The connection for one call: under the lock and the deadline; a connection that failed
+        (OperationalError: gone, or cut by the deadline) is dropped so the next call reconnects."""
         with self._lock:
             conn = self._connection()
             try:
                 with self._deadline(conn):
-                    return conn.execute(self._native(sql), tuple(params)).fetchall()
+                    yield conn
             except psycopg.OperationalError:
                 self._drop()
                 raise
+
+    def _exec_write(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._call() as conn, conn.transaction():
+            cur = conn.execute(self._native(sql), tuple(params))
+            return cur.fetchall() if cur.description else []
+
+    def _exec_write_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        with self._call() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(self._native(sql), [tuple(p) for p in params])  # pipelined
+
+    def _exec_read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._call() as conn:
+            return conn.execute(self._native(sql), tuple(params)).fetchall()
 
     def _key_time(self, iso: str) -> Any:
         return parse_timestamp(iso)
