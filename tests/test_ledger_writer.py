@@ -67,6 +67,15 @@ def token_total(url):
         s.close()
 
 
+async def restarted(tmp_path, url):
+    """A new writer on the same spool (the proxy restarted): started, flushed and closed."""
+    w = LedgerWriter(url, config(tmp_path, url))
+    await w.start()
+    assert await w.flush()
+    await w.close()
+    return w
+
+
 @pytest.fixture
 def sqlite_url(tmp_path):
     url = f"sqlite:///{tmp_path}/ledger.db?busy_timeout_ms=50"
@@ -261,10 +270,7 @@ async def test_close_with_a_hung_database_spools_the_batch_in_flight(tmp_path, s
     assert spool_lines(tmp_path) == 120  # queue + the hung batch
     gate.set()  # the hung write completes after all
     await asyncio.sleep(0.2)
-    w2 = LedgerWriter(sqlite_url, config(tmp_path, sqlite_url))
-    await w2.start()
-    assert await w2.flush()
-    await w2.close()
+    await restarted(tmp_path, sqlite_url)
     assert count(sqlite_url) == 120
 
 
@@ -289,10 +295,7 @@ async def test_torn_spool_line_is_rejected_not_dropped(tmp_path, sqlite_url):
     (spool / "ledger-spool-20240101T000000-1-0001.jsonl").write_text(
         "\n".join(good) + '\n{"request_id": "req-0'
     )
-    w = LedgerWriter(sqlite_url, config(tmp_path, sqlite_url))
-    await w.start()
-    assert await w.flush()
-    await w.close()
+    w = await restarted(tmp_path, sqlite_url)
     assert count(sqlite_url) == 3 and w.stats().rows_rejected == 1
     assert not list(spool.glob(SPOOL_GLOB))
     assert '{\\"request_id\\": \\"req-0' in next((spool / "dead-letter").glob("*.jsonl")).read_text()
@@ -304,10 +307,7 @@ async def test_row_submitted_after_close_is_spooled_not_lost(tmp_path, sqlite_ur
     await w.close()
     w.submit(make_row(7))
     assert spool_lines(tmp_path) == 1
-    w2 = LedgerWriter(sqlite_url, config(tmp_path, sqlite_url))
-    await w2.start()
-    assert await w2.flush()
-    await w2.close()
+    await restarted(tmp_path, sqlite_url)
     assert count(sqlite_url) == 1
 
 
