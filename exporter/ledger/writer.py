@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.config import LedgerConfig
+from exporter.ledger.settings import LedgerConfig
 from exporter.ledger.deadletter import DeadLetters
 from exporter.ledger.journal import (
     Journal,
