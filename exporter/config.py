@@ -31,7 +31,6 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import PlainValidator
 
 from exporter.catalog import (
     TOKENIZE_APIS,
@@ -62,10 +61,11 @@ from exporter.schema import (
     NAME_PATTERN,
     ConfigError,
     Section,
-    Str,
+    as_string,
     describe,
     fail,
     parse_listen,
+    plain,
     section,
     section_error,
     validate,
@@ -139,14 +139,14 @@ class Config:
 
 
 def _currency(value: Any) -> str:
-    text = Str.__metadata__[0].func(value)  # type: ignore[attr-defined]
+    text = as_string(value)
     if not re.fullmatch(r"[A-Z]{3}", text):
         fail(f"expected a 3-letter ISO 4217 code such as EUR, got {describe(text)}")
     return text
 
 
 def _timezone(value: Any) -> str:
-    text = Str.__metadata__[0].func(value)  # type: ignore[attr-defined]
+    text = as_string(value)
     try:
         ZoneInfo(text)
     except (ZoneInfoNotFoundError, ValueError):
@@ -158,9 +158,9 @@ def _timezone(value: Any) -> str:
 class Basics(Section):
     """The top-level settings that are not sections."""
 
-    currency: Annotated[str, PlainValidator(_currency)] = "EUR"
+    currency: Annotated[str, plain(_currency)] = "EUR"
     currency_minor_units: Annotated[int, whole(maximum=4)] = 2
-    timezone: Annotated[str, PlainValidator(_timezone)] = "UTC"
+    timezone: Annotated[str, plain(_timezone)] = "UTC"
 
 
 # Sections in the order they are validated: each sees the ones before it (a model's pool, a

@@ -200,6 +200,20 @@ class Section:
 # --------------------------------------------------------------------------- value types
 
 
+def plain(func: Callable[..., Any]) -> Any:
+    """A plain validator that lets None through: a null key never reaches it from the file (it
+    counts as absent), so None comes from code setting an optional field."""
+    import inspect
+
+    if len(inspect.signature(func).parameters) == 2:
+
+        def with_info(value: Any, info: ValidationInfo) -> Any:
+            return None if value is None else func(value, info)
+
+        return PlainValidator(with_info)
+    return PlainValidator(lambda value: None if value is None else func(value))
+
+
 def _decimal(value: Any, minimum: Decimal | None = Decimal(0)) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         fail(f"expected a number, got {describe(value)}")
@@ -224,7 +238,7 @@ def money(minimum: Decimal | None = Decimal(0), above_zero: bool = False) -> Any
             fail(f"must be greater than 0, got {number}")
         return number
 
-    return PlainValidator(check)
+    return plain(check)
 
 
 Money = Annotated[Decimal, money()]
@@ -243,7 +257,7 @@ def number(minimum: float = 0.0, maximum: float | None = None, above_zero: str =
             fail(f"must be greater than 0 {above_zero}, got {value}".replace("  ", " "))
         return result
 
-    return PlainValidator(check)
+    return plain(check)
 
 
 Seconds = Annotated[float, number(above_zero="seconds")]  # a timeout or interval of 0 would never wait
@@ -260,7 +274,7 @@ def whole(minimum: int = 0, maximum: int | None = None) -> Any:
             fail(f"must be at most {maximum}, got {value}")
         return value
 
-    return PlainValidator(check)
+    return plain(check)
 
 
 Whole = Annotated[int, whole()]
@@ -273,7 +287,8 @@ def _string(value: Any) -> str:
     return str(value)
 
 
-Str = Annotated[str, PlainValidator(_string)]
+Str = Annotated[str, plain(_string)]
+as_string = _string
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -287,7 +302,8 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-StrList = Annotated[tuple[str, ...], PlainValidator(_strings)]
+StrList = Annotated[tuple[str, ...], plain(_strings)]
+as_strings = _strings
 
 
 def _emails(value: Any) -> tuple[str, ...]:
@@ -298,7 +314,7 @@ def _emails(value: Any) -> tuple[str, ...]:
     return out
 
 
-EmailList = Annotated[tuple[str, ...], PlainValidator(_emails)]
+EmailList = Annotated[tuple[str, ...], plain(_emails)]
 
 
 def choice(*choices: str) -> Any:
@@ -307,7 +323,7 @@ def choice(*choices: str) -> Any:
             fail(f"expected one of {', '.join(choices)}, got {describe(value)}")
         return str(value)
 
-    return PlainValidator(check)
+    return plain(check)
 
 
 def check_name(value: Any, at: str = "") -> str:
@@ -345,7 +361,7 @@ def entries(item: type[T], check_key: Callable[[Any, str], Any] | None = None) -
                 fail(message, _join(f".{name}", where))
         return out
 
-    return PlainValidator(check)
+    return plain(check)
 
 
 def validate_entry(item: type[T], body: Any, ctx: dict[str, Any]) -> T:
@@ -373,4 +389,5 @@ def _listen(value: Any) -> str:
     return text
 
 
-Listen = Annotated[str, PlainValidator(_listen)]
+Listen = Annotated[str, plain(_listen)]
+as_listen = _listen

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import PlainValidator
-
 from exporter.ledger.backend import redact_url
 from exporter.ledger.url import LedgerUrlError, parse_ledger_url
-from exporter.schema import Positive, Seconds, Section, Str, describe, fail, number, section, whole
+from exporter.schema import (
+    Positive,
+    Seconds,
+    Section,
+    Str,
+    as_string,
+    describe,
+    fail,
+    number,
+    plain,
+    section,
+    whole,
+)
 
 
 def _ledger_url(value: Any) -> str:
-    text = Str.__metadata__[0].func(value)  # type: ignore[attr-defined]
+    text = as_string(value)
     try:
         parse_ledger_url(text)
     except LedgerUrlError:
@@ -25,7 +35,7 @@ def _public(url: str) -> str:
     return redact_url(url)
 
 
-LedgerUrlText = Annotated[str, PlainValidator(_ledger_url)]
+LedgerUrlText = Annotated[str, plain(_ledger_url)]
 
 
 @section

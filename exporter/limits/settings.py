@@ -26,21 +26,21 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import PlainValidator, ValidationInfo, field_validator, model_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from exporter.pricing import price_of
 from exporter.schema import (
     Section,
-    Str,
+    as_string,
     choice,
     context,
-    describe,
     fail,
     key,
     mapping,
     money,
     number,
+    plain,
     section,
 )
 
@@ -126,14 +126,14 @@ def _limit_set(body: Any, at: str, scope: str, name: str, team_budget: Decimal |
 
 
 def _namespace(value: Any) -> str:
-    text = Str.__metadata__[0].func(value)  # type: ignore[attr-defined]
+    text = as_string(value)
     if not text.replace("_", "").replace("-", "").replace(".", "").replace(":", "").isalnum():
         fail(f'letters, digits and _-.: only, got "{text}"')
     return text
 
 
 def _redis_url(value: Any) -> str | None:
-    text = Str.__metadata__[0].func(value)  # type: ignore[attr-defined]
+    text = as_string(value)
     from exporter.limits.resp import parse_redis_url
 
     try:
@@ -148,8 +148,8 @@ _TIMEOUT_MS = number(minimum=1, maximum=10_000).func
 
 @section
 class StoreConfig(Section):
-    url: Annotated[str | None, PlainValidator(_redis_url)] = None  # redis://...; None: in-process
-    namespace: Annotated[str, PlainValidator(_namespace)] = "chargeback"
+    url: Annotated[str | None, plain(_redis_url)] = None  # redis://...; None: in-process
+    namespace: Annotated[str, plain(_namespace)] = "chargeback"
     timeout_seconds: float = key("timeout_ms", 0.05, errors_name_key=False)  # the file says milliseconds
     retry_seconds: Annotated[float, number(minimum=0.1)] = 5.0
 
@@ -228,7 +228,9 @@ class LimitsConfig(Section):
         ctx = context(info)
         models, pools, users = ctx.get("models", {}), ctx.get("pools", {}), ctx.get("users", {})
         unpriced = [
-            name for name, m in models.items() if price_of(m, pools, self.price_per_million).per_weighted_token is None
+            name
+            for name, m in models.items()
+            if price_of(m, pools, self.price_per_million).per_weighted_token is None
         ]
         for sets, scope in ((self.teams, "teams"), (self.users, "users")):
             for name, limit_set in sets.items():
@@ -236,7 +238,9 @@ class LimitsConfig(Section):
                 if budget is None or not budget.blocks:
                     continue
                 team = name if scope == "teams" else (users[name].team if name in users else None)
-                usable = [m for m in unpriced if models[m].allowed_teams is None or team in models[m].allowed_teams]
+                usable = [
+                    m for m in unpriced if models[m].allowed_teams is None or team in models[m].allowed_teams
+                ]
                 if usable:
                     fail(
                         f"a blocking budget needs a price for model {usable[0]}: set"

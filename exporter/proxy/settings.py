@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import PlainValidator
-
-from exporter.schema import Listen, Positive, Seconds, Section, StrList, choice, fail, number, section
+from exporter.schema import (
+    Listen,
+    Positive,
+    Seconds,
+    Section,
+    as_listen,
+    as_strings,
+    choice,
+    fail,
+    number,
+    plain,
+    section,
+)
 
 DEFAULT_PROXY_LISTEN = "0.0.0.0:8080"
 DEFAULT_PROXY_METRICS_LISTEN = "0.0.0.0:9841"
@@ -16,20 +26,20 @@ METRICS_LABELS = ("user", "team")
 
 
 def _listens(value: Any) -> tuple[str, ...]:
-    items = StrList.__metadata__[0].func(value)  # type: ignore[attr-defined]
+    items = as_strings(value)
     if not items:
         return (DEFAULT_PROXY_LISTEN,)
     for i, item in enumerate(items):
         try:
-            Listen.__metadata__[0].func(item)  # type: ignore[attr-defined]
+            as_listen(item)
         except Exception as exc:
-            fail(str(exc.context["message"]), f"[{i}]")  # type: ignore[attr-defined]
+            fail(str(exc.context["message"]), f"[{i}]")
     return items
 
 
 @section
 class ProxyConfig(Section):
-    listen: Annotated[tuple[str, ...], PlainValidator(_listens)] = (DEFAULT_PROXY_LISTEN,)
+    listen: Annotated[tuple[str, ...], plain(_listens)] = (DEFAULT_PROXY_LISTEN,)
     metrics_listen: Listen = DEFAULT_PROXY_METRICS_LISTEN
     max_body_bytes: Positive = 10 * 1024 * 1024
     connect_timeout_seconds: Seconds = 10.0

@@ -20,7 +20,6 @@ from zoneinfo import ZoneInfo
 
 from exporter.cliutil import add_config_flag, add_log_flag, config_from_args, setup_logging
 from exporter.config import Config, ConfigError
-from exporter.report.method_registry import method_names
 from exporter.logs import get_logger
 from exporter.report.inputs import (
     NO_USER_LABEL_NOTE,
@@ -30,6 +29,7 @@ from exporter.report.inputs import (
     ledger_usage,
     statement_team,
 )
+from exporter.report.method_registry import method_names
 from exporter.report.methods import CENTRAL, MethodError, allocate
 from exporter.report.output import FORMATS, parse_formats, statement_dir, write_statement
 from exporter.report.period import Period, PeriodError, parse_period, previous_period

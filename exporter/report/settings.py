@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import PlainValidator, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import ValidationError, ValidationInfo, field_validator, model_validator
 
 from exporter.report import method_registry
 from exporter.schema import (
@@ -14,6 +14,7 @@ from exporter.schema import (
     EmailList,
     Section,
     Str,
+    as_string,
     choice,
     context,
     describe,
@@ -21,6 +22,7 @@ from exporter.schema import (
     injected,
     key,
     number,
+    plain,
     section,
     translate,
     validate_entry,
@@ -46,7 +48,7 @@ def _realtime(value: Any) -> str:
 
 
 def _locale(value: Any) -> str:
-    text = Str.__metadata__[0].func(value)  # type: ignore[attr-defined]
+    text = as_string(value)
     from babel import Locale, UnknownLocaleError  # only the reporter needs CLDR data
 
     try:
@@ -58,15 +60,15 @@ def _locale(value: Any) -> str:
 
 @section
 class ReportConfig(Section):
-    method: Annotated[str, PlainValidator(_method)] = "token-share"
-    realtime_method: Annotated[str, PlainValidator(_realtime)] = "token-share"
+    method: Annotated[str, plain(_method)] = "token-share"
+    realtime_method: Annotated[str, plain(_realtime)] = "token-share"
     idle_handling: Annotated[str, choice(*IDLE_HANDLING)] = "spread"
     # The methods' own keys (hybrid, tiers, flat_fee ...), read as attributes: cfg.report.tiers
     params: dict[str, Any] = injected(holds_keys=True, default_factory=dict)
     output_dir: Str = "statements"
     finance_recipients: EmailList = ()
     # How statements show numbers and money to people (CLDR locale, e.g. de_DE: 1.234,50 €)
-    locale: Annotated[str, PlainValidator(_locale)] = "en_US"
+    locale: Annotated[str, plain(_locale)] = "en_US"
     # Who answers questions about a statement (printed on every statement), e.g.
     # "IT Finance, finops@corp.example, +49 30 1234"
     billing_contact: Str = ""
@@ -113,7 +115,7 @@ class ReportConfig(Section):
 
 
 def _http_base(value: Any) -> str:
-    text = Str.__metadata__[0].func(value)  # type: ignore[attr-defined]
+    text = as_string(value)
     if not re.match(r"^https?://", text):
         fail(f"expected an http(s) URL, got {describe(text)}")
     return text.rstrip("/")
@@ -121,14 +123,14 @@ def _http_base(value: Any) -> str:
 
 @section
 class PrometheusConfig(Section):
-    url: Annotated[str, PlainValidator(_http_base)] = "http://127.0.0.1:9090"
+    url: Annotated[str, plain(_http_base)] = "http://127.0.0.1:9090"
     timeout_seconds: Annotated[float, number(minimum=0.1)] = 30.0
     # Extra label matchers appended to every reporter query, e.g. '{cluster="prod"}'.
     selector: Str = ""
 
 
 def _sender(value: Any) -> str:
-    text = Str.__metadata__[0].func(value)  # type: ignore[attr-defined]
+    text = as_string(value)
     if not EMAIL_PATTERN.match(text):
         fail(f"not an email address: {describe(text)}")
     return text
@@ -141,7 +143,7 @@ class SmtpConfig(Section):
     security: Annotated[str, choice(*SMTP_SECURITY)] = "none"  # none | starttls | ssl
     username: Str | None = None
     password: Str | None = None
-    from_address: Annotated[str, PlainValidator(_sender)] = key("from", "chargeback@localhost")
+    from_address: Annotated[str, plain(_sender)] = key("from", "chargeback@localhost")
     timeout_seconds: Annotated[float, number(minimum=0.1)] = 30.0
 
     @model_validator(mode="after")

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from exporter.config import Config
+from exporter.report.inputs import UNKNOWN_POOL, Inputs, Usage
 from exporter.report.method_registry import methods
-from exporter.report.inputs import UNASSIGNED, UNKNOWN_POOL, Inputs, Usage
 from exporter.report.money import CONTEXT
 from exporter.schema import ConfigError
 

@@ -18,6 +18,7 @@ from exporter.report.methods import (
     Allocation,
     MethodError,
     _Book,
+    _pool_params,
     _rate_card_central,
     _spread,
     _team_tokens,

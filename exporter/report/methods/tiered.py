@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import PlainValidator, ValidationError
+from pydantic import ValidationError
 
 from exporter.config import Config
 from exporter.report.inputs import Inputs
@@ -15,12 +15,13 @@ from exporter.report.methods import (
     Allocation,
     MethodError,
     _Book,
+    _pool_params,
     _rate_card_central,
     _spread,
     _team_tokens,
     _tokens,
 )
-from exporter.schema import Money, Section, describe, fail, section, translate, validate_entry, whole
+from exporter.schema import Money, Section, describe, fail, plain, section, translate, validate_entry, whole
 
 
 @section
@@ -55,7 +56,7 @@ def _tiers(value: Any) -> tuple[Tier, ...]:
     return tuple(tiers)
 
 
-Tiers = Annotated[tuple[Tier, ...], PlainValidator(_tiers)]
+Tiers = Annotated[tuple[Tier, ...], plain(_tiers)]
 
 
 def tier_charge(tokens: Decimal, cfg: Config) -> tuple[Decimal, list[tuple[str, Decimal, Decimal]]]:
