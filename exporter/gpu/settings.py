@@ -53,7 +53,7 @@ class GpuExporterConfig(Section):
     def _pools_name_gpus(self, info: ValidationInfo) -> GpuExporterConfig:
         by_uuid: dict[str, str] = {}
         by_index: dict[int, str] = {}
-        for pool in context(info).get("pools", {}).values():
+        for pool in (context(info).get("pools") or {}).values():
             for u in pool.gpu_uuids:
                 by_uuid[u] = pool.name
             for i in pool.gpu_indexes:

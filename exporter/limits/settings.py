@@ -171,6 +171,11 @@ class LimitsConfig(Section):
     # estimate has reached its blocking budget is refused even if the unit-price figure has not
     reconcile_seconds: Annotated[float, number()] = key("reconcile_with_prometheus_seconds", 0.0)
 
+    @classmethod
+    def gather(cls, data: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        data.setdefault("teams", {})  # teams with a budget get one even without a limits entry
+        return data
+
     @field_validator("price_per_million", mode="plain")
     @classmethod
     def _prices(cls, value: Any, info: ValidationInfo) -> dict[str, Decimal]:
