@@ -35,6 +35,7 @@ from exporter.schema import (
     plain,
     section,
 )
+from exporter.urls import public_url
 
 USAGE_FALLBACKS = ("estimate", "tokenize")
 TOKENIZE_APIS = ("llama.cpp", "llama-cpp-python", "vllm", "tgi")
@@ -111,8 +112,6 @@ class TokenizeConfig(Section):
 
 
 def _upstreams(value: Any) -> tuple[str, ...]:
-    from exporter.proxy.redact import public_url
-
     out = as_strings(value)
     for i, u in enumerate(out):
         if not HTTP_URL.match(u):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from exporter.ledger.backend import redact_url
 from exporter.ledger.url import LedgerUrlError, parse_ledger_url
 from exporter.schema import (
     Positive,
@@ -19,6 +18,7 @@ from exporter.schema import (
     section,
     whole,
 )
+from exporter.urls import public_url
 
 
 def _ledger_url(value: Any) -> str:
@@ -26,13 +26,8 @@ def _ledger_url(value: Any) -> str:
     try:
         parse_ledger_url(text)
     except LedgerUrlError:
-        fail(f"expected sqlite:///PATH or postgresql://..., got {describe(_public(text))}")
+        fail(f"expected sqlite:///PATH or postgresql://..., got {describe(public_url(text))}")
     return text
-
-
-def _public(url: str) -> str:
-    """The URL as messages may show it: no password (the config error never echoes a secret)."""
-    return redact_url(url)
 
 
 LedgerUrlText = Annotated[str, plain(_ledger_url)]
