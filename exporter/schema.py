@@ -20,7 +20,7 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, ClassVar, NoReturn, TypeVar
 
-from pydantic import ConfigDict, PlainValidator, TypeAdapter, ValidationError, ValidationInfo, model_validator
+from pydantic import ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError, ValidationInfo, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import ArgsKwargs, PydanticCustomError
 
@@ -29,7 +29,14 @@ EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+$")
 HTTP_URL = re.compile(r"^https?://[^/\s]+")
 
 # extra keys are refused by Section itself (with the list of allowed ones); "forbid" is the backstop
-SECTION_CONFIG = ConfigDict(extra="forbid", arbitrary_types_allowed=True, hide_input_in_errors=True)
+SECTION_CONFIG = ConfigDict(
+    extra="forbid",
+    arbitrary_types_allowed=True,
+    hide_input_in_errors=True,
+    # a renamed key (smtp.from) is read under its key from the file, under the attribute in code
+    validate_by_alias=True,
+    validate_by_name=True,
+)
 
 T = TypeVar("T")
 
@@ -113,32 +120,27 @@ def context(info: ValidationInfo) -> dict[str, Any]:
 
 def keys_of(cls: type) -> list[str]:
     """The YAML keys a section accepts: its fields, under their ``key`` alias where they have one."""
-    out = []
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("injected"):
-            continue
-        out.append(f.metadata.get("key", f.name))
-    return out
+    hidden = {f.name for f in dataclasses.fields(cls) if f.metadata.get("injected")}
+    fields = cls.__pydantic_fields__  # type: ignore[attr-defined]
+    return [info.alias or name for name, info in fields.items() if name not in hidden]
 
 
-# attribute → key, for error paths (pydantic names the attribute)
+# holder fields left out of error paths (ReportConfig.params holds report's own keys)
 _RENAMED: dict[str, str] = {}
 
 
-def key(name: str, default: Any = dataclasses.MISSING, errors_name_key: bool = True, **kw: Any) -> Any:
-    """A field read from a YAML key other than its attribute name (``from`` → from_address).
-    ``errors_name_key``: False where the attribute name is a key elsewhere (the section's own
-    checks then name the key)."""
-    meta = {"key": name, "errors_name_key": errors_name_key}
-    if default is dataclasses.MISSING:
-        return dataclasses.field(metadata=meta, **kw)
-    return dataclasses.field(default=default, metadata=meta, **kw)
+def key(name: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A field read from a YAML key other than its attribute name (``from`` → from_address); code
+    may use either, errors name the key."""
+    if default is not dataclasses.MISSING:
+        kw["default"] = default
+    return Field(alias=name, **kw)
 
 
 def injected(default: Any = "", holds_keys: bool = False, **kw: Any) -> Any:
     """A field set by the loader (a mapping entry's own name), not a key in the file.
     ``holds_keys``: it gathers keys of the section itself (error paths leave its name out)."""
-    meta = {"injected": True, "key": "", "errors_name_key": True} if holds_keys else {"injected": True}
+    meta = {"injected": True, "holds_keys": holds_keys}
     if "default_factory" in kw:
         return dataclasses.field(metadata=meta, **kw)
     return dataclasses.field(default=default, metadata=meta)
@@ -148,8 +150,8 @@ def section(cls: type[T]) -> type[T]:
     """A frozen pydantic dataclass whose YAML mapping is checked by :class:`Section` rules."""
     out = pydantic_dataclass(frozen=True, kw_only=True, config=SECTION_CONFIG)(cls)
     for f in dataclasses.fields(out):
-        if f.metadata.get("errors_name_key"):
-            _RENAMED[f.name] = f.metadata["key"]
+        if f.metadata.get("holds_keys"):
+            _RENAMED[f.name] = ""
     return out  # type: ignore[return-value]
 
 
@@ -189,8 +191,7 @@ class Section:
         unknown = sorted(str(k) for k in data if k not in allowed)
         if unknown:
             fail(f"unknown key (expected one of: {', '.join(sorted(allowed))})", unknown[0])
-        renamed = {f.metadata["key"]: f.name for f in dataclasses.fields(cls) if f.metadata.get("key")}
-        out = {renamed.get(k, k): v for k, v in data.items() if v is not None}
+        out = {k: v for k, v in data.items() if v is not None}
         for f in dataclasses.fields(cls):
             if f.metadata.get("injected") and f.name in context(info):
                 out[f.name] = context(info)[f.name]

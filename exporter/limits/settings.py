@@ -150,13 +150,13 @@ _TIMEOUT_MS = number(minimum=1, maximum=10_000).func
 class StoreConfig(Section):
     url: Annotated[str | None, plain(_redis_url)] = None  # redis://...; None: in-process
     namespace: Annotated[str, plain(_namespace)] = "chargeback"
-    timeout_seconds: float = key("timeout_ms", 0.05, errors_name_key=False)  # the file says milliseconds
+    timeout_seconds: float = key("timeout_ms", 0.05)  # the file says milliseconds
     retry_seconds: Annotated[float, number(minimum=0.1)] = 5.0
 
     @classmethod
     def gather(cls, data: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        if "timeout_seconds" in data:
-            data["timeout_seconds"] = _at(_TIMEOUT_MS, data["timeout_seconds"], "timeout_ms") / 1000
+        if "timeout_ms" in data:
+            data["timeout_ms"] = _at(_TIMEOUT_MS, data["timeout_ms"], "timeout_ms") / 1000
         return data
 
 
