@@ -20,7 +20,15 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, ClassVar, NoReturn, TypeVar
 
-from pydantic import ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import ArgsKwargs, PydanticCustomError
 

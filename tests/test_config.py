@@ -424,10 +424,10 @@ def test_report_method_and_its_parameters_come_from_the_registry() -> None:
         cfg = parse_config(MINIMAL + "report: {method: test-flat-rate, flat_rate: '2.50'}\n")
         assert cfg.report.method == "test-flat-rate" and cfg.report.flat_rate == Decimal("2.50")
         with pytest.raises(
-            ConfigError, match="report.flat_rate: required when report.method is test-flat-rate"
+            ConfigError, match=r"report\.flat_rate: required when report\.method is test-flat-rate"
         ):
             parse_config(MINIMAL + "report: {method: test-flat-rate}\n")
     finally:
         method_registry._REGISTRY.pop("test-flat-rate")
-    with pytest.raises(ConfigError, match="report.flat_rate: unknown key"):
+    with pytest.raises(ConfigError, match=r"report\.flat_rate: unknown key"):
         parse_config(MINIMAL + "report: {flat_rate: 1}\n")
