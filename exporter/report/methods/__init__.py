@@ -190,9 +190,15 @@ def _idle_side(book: _Book, inputs: Inputs, pool: str, lines: list[Usage], idle_
             )
 
 
-def _share_method(inputs: Inputs, idle_handling: str, parts: list[tuple[Decimal, str]], cfg: Config) -> _Book:
+def _share_method(
+    inputs: Inputs,
+    idle_handling: str,
+    parts: list[tuple[Decimal, str]],
+    fixed_shares: dict[str, Decimal] | None = None,
+) -> _Book:
     """Pool cost shared by a weighted mix of components (token_share, time_share, equal_split,
-    fixed_share); token-share and time-based are the one-component cases."""
+    fixed_share, with ``fixed_shares`` per team); token-share and time-based are the one-component
+    cases."""
     book = _Book(inputs)
     lines_by_pool = _pool_lines(inputs)
     for pool, p in sorted(inputs.pools.items()):
@@ -229,7 +235,7 @@ def _share_method(inputs: Inputs, idle_handling: str, parts: list[tuple[Decimal,
                         a * idle_ratio,
                     )
             elif comp == "fixed_share":
-                for t, f in sorted(cfg.report.hybrid.fixed_shares.items()):
+                for t, f in sorted((fixed_shares or {}).items()):
                     a = amount * f
                     book.add_extra(
                         t,

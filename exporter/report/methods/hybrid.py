@@ -93,7 +93,7 @@ def hybrid(inputs: Inputs, cfg: Config) -> Allocation:
     notes: list[str] = []
     _unknown_pool_note(_pool_lines(inputs), notes)
     parts = [(w, c) for c, w in sorted(h.weights.items())]
-    book = _share_method(inputs, cfg.report.idle_handling, parts, cfg)
+    book = _share_method(inputs, cfg.report.idle_handling, parts, h.fixed_shares)
     params = {
         "idle_handling": cfg.report.idle_handling,
         "weights": {k: str(v) for k, v in sorted(h.weights.items())},

@@ -14,6 +14,6 @@ from exporter.report.methods import Allocation, _pool_lines, _pool_params, _shar
 def time_based(inputs: Inputs, cfg: Config) -> Allocation:
     notes: list[str] = []
     _unknown_pool_note(_pool_lines(inputs), notes)
-    book = _share_method(inputs, cfg.report.idle_handling, [(Decimal(1), "time_share")], cfg)
+    book = _share_method(inputs, cfg.report.idle_handling, [(Decimal(1), "time_share")])
     params = {"idle_handling": cfg.report.idle_handling, "pools": _pool_params(inputs)}
     return book.result("time-based", params, notes)
