@@ -87,7 +87,10 @@ def translate(exc: ValidationError, path: str = "") -> tuple[str, str]:
     err = exc.errors()[0]
     where = path
     for part in err["loc"]:
-        where = _join(where, f"[{part}]" if isinstance(part, int) else _RENAMED.get(str(part), str(part)))
+        if isinstance(part, int):
+            where = _join(where, f"[{part}]")
+        elif part not in _HOLDERS:
+            where = _join(where, str(part))
     kind = err["type"]
     ctx = err.get("ctx") or {}
     if kind == "config":
@@ -133,8 +136,8 @@ def keys_of(cls: type) -> list[str]:
     return [info.alias or name for name, info in fields.items() if name not in hidden]
 
 
-# holder fields left out of error paths (ReportConfig.params holds report's own keys)
-_RENAMED: dict[str, str] = {}
+# fields that hold keys of their own section, left out of error paths (ReportConfig.params)
+_HOLDERS: set[str] = set()
 
 
 def key(name: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
@@ -159,7 +162,7 @@ def section(cls: type[T]) -> type[T]:
     out = pydantic_dataclass(frozen=True, kw_only=True, config=SECTION_CONFIG)(cls)
     for f in dataclasses.fields(out):
         if f.metadata.get("holds_keys"):
-            _RENAMED[f.name] = ""
+            _HOLDERS.add(f.name)
     return out  # type: ignore[return-value]
 
 
