@@ -43,6 +43,7 @@ test: deps venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(PY) dashboards/build.py --check
+	$(PY) -m exporter.metrics_doc --check
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: deps venv
@@ -79,9 +80,11 @@ fmt: venv
 dashboards: venv
 	$(PY) dashboards/build.py
 
-# Regenerate every generated artefact: rule files, the Kubernetes PrometheusRule, dashboards.
+# Regenerate every generated artefact: rule files, the Kubernetes PrometheusRule, dashboards, the
+# metric tables of docs/metrics.md.
 generate: venv
 	$(PY) rules/generate.py
+	$(PY) -m exporter.metrics_doc
 	$(PY) deploy/kubernetes/generate_prometheusrule.py
 	$(PY) dashboards/build.py
 	$(PY) -m exporter.cli alertmanager-config --config.file deploy/chargeback.example.yaml \
