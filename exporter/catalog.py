@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import ValidationInfo, field_validator, model_validator
 
-from exporter.schema import (
+from exporter.sections import (
     EMAIL_PATTERN,
     HTTP_URL,
     EmailList,

@@ -56,7 +56,7 @@ from exporter.proxy.settings import (
     ProxyConfig,
 )
 from exporter.report.settings import IDLE_HANDLING, PrometheusConfig, ReportConfig, SmtpConfig
-from exporter.schema import (
+from exporter.sections import (
     EMAIL_PATTERN,
     NAME_PATTERN,
     ConfigError,

@@ -406,7 +406,7 @@ def test_report_method_and_its_parameters_come_from_the_registry() -> None:
     """A method module registers its name and keys; the config accepts them with no other edit."""
     from exporter.report import method_registry
     from exporter.report.method_registry import Param, register
-    from exporter.schema import Money
+    from exporter.sections import Money
 
     names = method_registry.method_names()
     assert names == (

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import ValidationInfo, field_validator, model_validator
 
-from exporter.schema import Listen, Section, Str, context, describe, fail, mapping, number, section
+from exporter.sections import Listen, Section, Str, context, describe, fail, mapping, number, section
 
 DEFAULT_GPU_EXPORTER_LISTEN = "0.0.0.0:9842"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from exporter.ledger.url import LedgerUrlError, parse_ledger_url
-from exporter.schema import (
+from exporter.sections import (
     Positive,
     Seconds,
     Section,

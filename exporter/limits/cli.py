@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if cfg.limits is None:  # no limits: section: the teams' budgets, alert only, counted from the ledger
         from exporter.limits.settings import LimitsConfig
-        from exporter.schema import validate
+        from exporter.sections import validate
 
         context = {"pools": cfg.pools, "teams": cfg.teams, "users": cfg.users, "models": cfg.models}
         limits = validate(LimitsConfig, {}, "limits", cfg.path, context)

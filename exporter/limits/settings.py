@@ -30,7 +30,7 @@ from pydantic import ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from exporter.pricing import price_of
-from exporter.schema import (
+from exporter.sections import (
     Section,
     as_string,
     choice,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from exporter.schema import (
+from exporter.sections import (
     Listen,
     Positive,
     Seconds,

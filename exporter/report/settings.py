@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import ValidationError, ValidationInfo, field_validator, model_validator
 
 from exporter.report import method_registry
-from exporter.schema import (
+from exporter.sections import (
     EMAIL_PATTERN,
     EmailList,
     Section,

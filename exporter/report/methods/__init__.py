@@ -32,7 +32,7 @@ from exporter.config import Config
 from exporter.report.inputs import UNKNOWN_POOL, Inputs, Usage
 from exporter.report.method_registry import methods
 from exporter.report.money import CONTEXT
-from exporter.schema import ConfigError
+from exporter.sections import ConfigError
 
 MILLION = Decimal(1_000_000)
 CENTRAL = "central-it"

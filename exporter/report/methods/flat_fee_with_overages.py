@@ -24,7 +24,7 @@ from exporter.report.methods import (
     _team_tokens,
     _tokens,
 )
-from exporter.schema import Money, Section, Whole, context, describe, fail, mapping, section
+from exporter.sections import Money, Section, Whole, context, describe, fail, mapping, section
 
 
 @section

@@ -21,7 +21,7 @@ from exporter.report.methods import (
     _share_method,
     _unknown_pool_note,
 )
-from exporter.schema import Section, context, describe, fail, mapping, money, section
+from exporter.sections import Section, context, describe, fail, mapping, money, section
 
 HYBRID_COMPONENTS = ("token_share", "time_share", "fixed_share", "equal_split")
 _SHARE = money().func

@@ -21,7 +21,7 @@ from exporter.report.methods import (
     _team_tokens,
     _tokens,
 )
-from exporter.schema import Money, Section, describe, fail, plain, section, translate, validate_entry, whole
+from exporter.sections import Money, Section, describe, fail, plain, section, translate, validate_entry, whole
 
 
 @section
