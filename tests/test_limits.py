@@ -826,3 +826,61 @@ def test_user_budget_and_quota_messages_in_process() -> None:
         assert limiter.metrics.rejections == {("research", ALICE, "budget"): 1}
 
     asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- leases
+
+
+LEASE_CONFIG = """
+pools: {p: {gpu_hourly_cost: 3.6, gpus: 1, capacity_tokens_per_second: 1000}}
+models: {m: {upstream: "http://127.0.0.1:1/v1", pool: p}}
+teams: {research: {}}
+users: {"alice@corp.example": research, "bob@corp.example": research}
+limits:
+  store: {url: %s, namespace: %s}
+  teams: {research: {enforce: block, %s}}
+"""
+
+
+def _two_replicas(limits: str, namespace: str, now: list[float]) -> list[Limiter]:
+    cfg = parse_config(LEASE_CONFIG % (REDIS_URL, namespace, limits))
+    return [Limiter(cfg, store=RedisStore(REDIS_URL, namespace, 1.0), clock=lambda: now[0]) for _ in range(2)]
+
+
+async def _sequential_client(replicas: list[Limiter], attempts: int, prompt: int, completion: int) -> list[int]:
+    """One client sending one request at a time, alternating between the replicas; each response is
+    complete (its usage recorded in Redis) before the next request is sent. Returns the passed ones."""
+    model = replicas[0].cfg.models["m"]
+    passed = []
+    for i in range(attempts):
+        lim = replicas[i % 2]
+        if await lim.check(ALICE if i % 3 else BOB, "research") is None:
+            passed.append(i)
+            lim.record(ALICE if i % 3 else BOB, "research", model, prompt, completion)
+            assert isinstance(lim.store, RedisStore)
+            await lim.store.ping()  # the record is ahead of it on the same connection
+    return passed
+
+
+def test_leases_admit_locally_far_from_the_quota_and_exactly_up_to_it(namespace: str) -> None:
+    """Two replicas sharing Redis: most requests pass on a lease (no round trip), and still exactly
+    as many as fit pass: 1,000 requests of 10 weighted tokens in a quota of 10,000, none after."""
+    now = [datetime(2026, 12, 10, 12, 0, 5, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()]
+    replicas = _two_replicas("monthly_tokens: 10000", namespace, now)
+
+    async def scenario() -> None:
+        try:
+            passed = await _sequential_client(replicas, 1010, 6, 4)
+            assert len(passed) == 1000 and passed[-1] == 999
+            local = sum(r.local_admissions for r in replicas)
+            assert local >= 600, local  # leases stop 16 × 8 average requests before the line
+            assert all(not r.leases for r in replicas)  # near the line, every lease was given back
+            refused = await replicas[0].check(ALICE, "research")
+            assert refused is not None and refused.message.startswith(
+                "team research has used 10,000 of its 10,000 weighted-token quota"
+            )
+        finally:
+            for r in replicas:
+                await r.close()
+
+    asyncio.run(scenario())
