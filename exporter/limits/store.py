@@ -320,10 +320,10 @@ for i = 0, n - 1 do
   out[#out + 1] = reqs
   out[#out + 1] = r
   out[#out + 1] = t
-  out[#out + 1] = string.format('%.0f', os)
-  out[#out + 1] = string.format('%.0f', ot)
+  out[#out + 1] = os
+  out[#out + 1] = ot
   out[#out + 1] = orq
-  out[#out + 1] = string.format('%.0f', ott)
+  out[#out + 1] = ott
 end
 local passed = out[1] == 0
 for i = 1, n do
@@ -355,10 +355,10 @@ for i = 1, n do
       end
     end
   end
-  out[#out + 1] = string.format('%.0f', gm[1])
-  out[#out + 1] = string.format('%.0f', gm[2])
-  out[#out + 1] = string.format('%.0f', gw[1])
-  out[#out + 1] = string.format('%.0f', gw[2])
+  out[#out + 1] = gm[1]
+  out[#out + 1] = gm[2]
+  out[#out + 1] = gw[1]
+  out[#out + 1] = gw[2]
 end
 return out
 """
