@@ -214,7 +214,7 @@ async def _delete(ns: str) -> None:
 def run(quick: bool) -> str:
     import uvloop
 
-    block, rounds = (200, 2) if quick else (500, 6)
+    block, rounds = (200, 2) if quick else (250, 12)
     e2e = _end_to_end(block, rounds)
     n = 2000 if quick else 20000
     results = uvloop.run(_measure(n))

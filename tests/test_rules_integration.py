@@ -16,15 +16,9 @@ from pathlib import Path
 import openai
 import pytest
 from rules_inline import inline
+from support.proxies import simulated_proxy_doc
 
-from exporter.sim.harness import (
-    create_keys,
-    proxy_config,
-    read_metrics,
-    start_proxy,
-    start_simulator,
-    write_config,
-)
+from exporter.sim.harness import create_keys, read_metrics, start_proxy, write_config
 from exporter.stack import (
     ManagedProcess,
     StackError,
@@ -91,14 +85,8 @@ def stack(tmp_path: Path):
         pytest.skip(str(exc))
     procs: list[object] = []
     try:
-        sim = start_simulator(tmp_path, models=list(MODELS))
+        sim, ledger_url, doc = simulated_proxy_doc(tmp_path, list(MODELS))
         procs.append(sim)
-        ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
-        doc = proxy_config(
-            upstreams={m: [f"{sim.url}/v1"] for m in MODELS},
-            ledger_url=ledger_url,
-            spool_dir=str(tmp_path / "spool"),
-        )
         doc["pools"] = {
             p: {"gpu_hourly_cost": c, "gpus": 1, "capacity_tokens_per_second": cap}
             for p, (c, cap) in POOLS.items()
