@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from exporter.limits.resp import RedisClient, RedisError
+from exporter.limits.resp import RedisClient, RedisError, encode_bulk
 from exporter.limits.settings import BUDGET, MONTHLY_TOKENS, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
 from exporter.logs import get_logger
 
@@ -484,6 +484,8 @@ class RedisStore:
         self._read = _Script(_READ)
         self._read_teams = _Script(_READ_TEAMS)
         self._lease = _Script(_LEASE)
+        # (team, user) → ((month, window), the record's keys, their encoding): see _record_keys
+        self._record_heads: dict[tuple[str, str], tuple[tuple[str, int], tuple[str, ...], bytes]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()  # records sent while (re)connecting
 
     async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
@@ -552,13 +554,7 @@ class RedisStore:
         replica: str = "",
     ) -> None:
         """Sent without waiting: the request's response does not wait for its bookkeeping."""
-        tm, um = (
-            _month_key(self.ns, month, "team", usage.team),
-            _month_key(self.ns, month, "user", usage.user),
-        )
-        tw = _window_key(self.ns, window, "team", usage.team)
-        uw = _window_key(self.ns, window, "user", usage.user)
-        keys = (tm, um, tw, uw, tm + ":l", um + ":l", tw + ":l", uw + ":l")
+        keys, head = self._record_keys(month, window, usage.team, usage.user)
         args = (
             usage.spend_nano,
             usage.tokens_milli,
@@ -570,7 +566,7 @@ class RedisStore:
             WINDOW_TTL_SECONDS,
             replica,
         )
-        fut = self.client.execute_nowait("EVALSHA", self._record.sha, len(keys), *keys, *args)
+        fut = self.client.send_nowait(b"*20\r\n" + head + encode_bulk(args))
         if fut is None:  # not connected: connect and send in a task
             self._spawn(keys, args, done)
             return
@@ -583,6 +579,21 @@ class RedisStore:
             done(self._team_counters(f))
 
         fut.add_done_callback(finished)
+
+    def _record_keys(self, month: str, window: int, team: str, user: str) -> tuple[tuple[str, ...], bytes]:
+        """The record's keys, and the encoded start of its EVALSHA (command, script, keys): the same
+        for every request of a team and user within a minute, so encoded once (CPU per request)."""
+        got = self._record_heads.get((team, user))
+        if got is not None and got[0] == (month, window):
+            return got[1], got[2]
+        tm, um = _month_key(self.ns, month, "team", team), _month_key(self.ns, month, "user", user)
+        tw, uw = _window_key(self.ns, window, "team", team), _window_key(self.ns, window, "user", user)
+        keys = (tm, um, tw, uw, tm + ":l", um + ":l", tw + ":l", uw + ":l")
+        head = encode_bulk(("EVALSHA", self._record.sha, len(keys), *keys))
+        if len(self._record_heads) >= 10_000:  # many users: start over rather than grow without end
+            self._record_heads.clear()
+        self._record_heads[(team, user)] = ((month, window), keys, head)
+        return keys, head
 
     def _spawn(
         self, keys: Sequence[str], args: Sequence[str | int], done: Callable[[Counters | None], None]
