@@ -33,6 +33,9 @@ LEASE_MIN_REQUESTS = 8  # a grant must cover at least 8 average requests
 LEASE_TTL_SECONDS = 30  # an unrenewed lease (its replica died) is freed after this
 LEASE_IDLE_SECONDS = 2.0  # a lease unused this long is given back
 LEASE_SYNC_SECONDS = 1.0  # how often leases are renewed, and idle ones given back
+# usage covered by leases is summed and sent this often (one script for many requests); usage of a
+# scope without a lease is sent at once, as the exact check of another replica may need it next
+RECORD_FLUSH_SECONDS = 0.02
 
 
 @dataclass(slots=True)

@@ -28,6 +28,7 @@ from exporter.limits.leases import (
     LEASE_SHARE,
     LEASE_SYNC_SECONDS,
     LEASE_TTL_SECONDS,
+    RECORD_FLUSH_SECONDS,
     Lease,
 )
 from exporter.limits.messages import (
@@ -137,6 +138,10 @@ class Limiter:
         self._lease_task: asyncio.Task[None] | None = None
         self._lease_calls: set[asyncio.Future[None]] = set()
         self.local_admissions = 0  # requests admitted on a lease, without a round trip
+        # usage of leased scopes, summed per (month, window, team, user, model) and sent every
+        # RECORD_FLUSH_SECONDS: one write, one script and one reply for many requests
+        self._batch: dict[tuple[str, int, str, str, str], list[int]] = {}
+        self._batch_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -159,6 +164,7 @@ class Limiter:
 
     def _failed(self, exc: BaseException) -> None:
         self.leases.clear()  # a restarted Redis knows nothing of them: start over with exact checks
+        self._batch.clear()
         self.metrics.store_up = 0
         self.metrics.store_errors += 1
         self._down_until = self.clock() + self.limits.store.retry_seconds
@@ -197,7 +203,10 @@ class Limiter:
         window = int(now // 60)
         if self.leasing and self._admit_on_leases(scopes, month.key, window, now):
             return None
-        lease = self._end_leases(scopes, window, now) if self.leasing else None
+        lease = None
+        if self.leasing:
+            self.flush_records()  # Redis counts this replica's usage before its leases end
+            lease = self._end_leases(scopes, window, now)
         try:
             result = await self.store.check(month.key, window, scopes, lease)
         except Exception as exc:  # fail-open: an unreachable store must not stop inference
@@ -282,6 +291,7 @@ class Limiter:
         """Top up (or give back) one lease off the request path. Sent at once, so that Redis sees it
         in order with this replica's checks and records."""
         assert isinstance(self.store, RedisStore)
+        self.flush_records()  # the top-up sees this replica's usage so far
         rep = lease.unreported()
         pending = self.store.lease(lease.period, scope, self._lease_args(now, (rep,)), give_back)
         key = (scope.kind, scope.name, period)
@@ -432,18 +442,69 @@ class Limiter:
                 completion,
             )
 
-            def done(counters: Counters | None) -> None:
-                if counters is None:
-                    self._failed(ConnectionError("recording usage failed"))
-                else:
-                    self.metrics.team_counters(team, counters, month.key)
-
             window = int(now // 60)
             if self.leases:
                 self._use_leases(team, user, month.key, window, usage, now)
-            self.store.record(month.key, window, usage, done, self.replica if self.leasing else "")
+                if self._covered(team, user, month.key, window):
+                    self._add_to_batch(month.key, window, usage)
+                    return
+            self._send_record(month.key, window, usage)
         except Exception:  # pragma: no cover - defensive: bookkeeping must not break a response
             log.exception("failed to record usage for limits")
+
+    def _send_record(self, month: str, window: int, usage: Usage) -> None:
+        def done(counters: Counters | None) -> None:
+            if counters is None:
+                self._failed(ConnectionError("recording usage failed"))
+            else:
+                self.metrics.team_counters(usage.team, counters, month)
+
+        self.store.record(month, window, usage, done, self.replica if self.leasing else "")
+
+    def _covered(self, team: str, user: str, month: str, window: int) -> bool:
+        """Every blocking limit of the team and the user is covered by a lease of this replica: the
+        usage is already reserved in Redis, so sending it a little later changes nobody's decision."""
+        for kind, name in (("team", team), ("user", user)):
+            scope = self._scope_of(kind, name)
+            if scope is None:
+                continue
+            if (scope.budget_nano or scope.tokens_milli) and (
+                (lease := self.leases.get((kind, name, "m"))) is None or lease.period != month
+            ):
+                return False
+            if (scope.rpm or scope.tpm) and (
+                (lease := self.leases.get((kind, name, "w"))) is None or lease.period != window
+            ):
+                return False
+        return True
+
+    def _add_to_batch(self, month: str, window: int, u: Usage) -> None:
+        key = (month, window, u.team, u.user, u.model)
+        acc = self._batch.get(key)
+        if acc is None:
+            self._batch[key] = [u.spend_nano, u.tokens_milli, u.raw_tokens, u.prompt, u.completion, 1]
+        else:
+            acc[0] += u.spend_nano
+            acc[1] += u.tokens_milli
+            acc[2] += u.raw_tokens
+            acc[3] += u.prompt
+            acc[4] += u.completion
+            acc[5] += 1
+        if self._batch_timer is None:
+            self._batch_timer = asyncio.get_running_loop().call_later(
+                RECORD_FLUSH_SECONDS, self.flush_records
+            )
+
+    def flush_records(self) -> None:
+        """Send the batched usage now (in order with whatever this replica sends next)."""
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        batch, self._batch = self._batch, {}
+        for (month, window, team, user, model), (spend, tokens, raw, prompt, completion, n) in batch.items():
+            self._send_record(
+                month, window, Usage(team, user, model, spend, tokens, raw, prompt, completion, n)
+            )
 
     # ------------------------------------------------------------------ background
 
@@ -528,6 +589,8 @@ class Limiter:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._task = self._reconcile_task = self._lease_task = None
+        with contextlib.suppress(Exception):
+            self.flush_records()
         if self.leases:
             with contextlib.suppress(Exception):
                 await self.give_back_leases()

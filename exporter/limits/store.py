@@ -90,7 +90,7 @@ class LeaseArgs:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """One finished request, as the store counts it."""
+    """One finished request (or several, summed), as the store counts it."""
 
     team: str
     user: str
@@ -100,6 +100,7 @@ class Usage:
     raw_tokens: int
     prompt: int
     completion: int
+    requests: int = 1  # several requests of one team, user, model and minute, recorded together
 
 
 class LimitStore(Protocol):
@@ -209,12 +210,12 @@ class MemoryStore:
             m = self._month(month, kind, name)
             m.spend_nano += usage.spend_nano
             m.tokens_milli += usage.tokens_milli
-            m.requests += 1
+            m.requests += usage.requests
             self._window(window, kind, name).window_tokens += usage.raw_tokens
         per = self._month(month, "user", usage.user).models.setdefault(
             usage.model, {"requests": 0, "prompt": 0, "completion": 0, "tokens": 0, "spend": 0}
         )
-        per["requests"] += 1
+        per["requests"] += usage.requests
         per["prompt"] += usage.prompt
         per["completion"] += usage.completion
         per["tokens"] += usage.tokens_milli
@@ -416,7 +417,9 @@ local rid = ARGV[9]
 for i = 1, 2 do
   redis.call('HINCRBY', KEYS[i], 'spend', ARGV[1])
   redis.call('HINCRBY', KEYS[i], 'tokens', ARGV[2])
-  if redis.call('HINCRBY', KEYS[i], 'requests', 1) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[7]) end
+  if redis.call('HINCRBY', KEYS[i], 'requests', ARGV[10]) == tonumber(ARGV[10]) then
+    redis.call('EXPIRE', KEYS[i], ARGV[7])
+  end
   if redis.call('HINCRBY', KEYS[i + 2], 't', ARGV[3]) == tonumber(ARGV[3]) then
     redis.call('EXPIRE', KEYS[i + 2], ARGV[8])
   end
@@ -437,7 +440,7 @@ for i = 1, 2 do
   end
 end
 local p = 'm:' .. ARGV[4] .. ':'
-redis.call('HINCRBY', KEYS[2], p .. 'requests', 1)
+redis.call('HINCRBY', KEYS[2], p .. 'requests', ARGV[10])
 redis.call('HINCRBY', KEYS[2], p .. 'prompt', ARGV[5])
 redis.call('HINCRBY', KEYS[2], p .. 'completion', ARGV[6])
 redis.call('HINCRBY', KEYS[2], p .. 'tokens', ARGV[2])
@@ -565,8 +568,9 @@ class RedisStore:
             MONTH_TTL_SECONDS,
             WINDOW_TTL_SECONDS,
             replica,
+            usage.requests,
         )
-        fut = self.client.send_nowait(b"*20\r\n" + head + encode_bulk(args))
+        fut = self.client.send_nowait(b"*21\r\n" + head + encode_bulk(args))
         if fut is None:  # not connected: connect and send in a task
             self._spawn(keys, args, done)
             return
