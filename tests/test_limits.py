@@ -903,7 +903,7 @@ def test_leases_admit_locally_far_from_the_limit_and_exactly_up_to_it(
     asyncio.run(scenario())
 
 
-def _lease_fields(key: str) -> dict[str, str]:
+def _redis_hash(key: str) -> dict[str, str]:
     async def go() -> dict[str, str]:
         c = RedisClient(REDIS_URL, timeout=2)
         try:
@@ -934,9 +934,9 @@ def test_a_lease_is_given_back_at_shutdown_and_freed_when_its_replica_died(names
         await a.close()
 
     asyncio.run(given_back())
-    assert _lease_fields(key) == {}
+    assert _redis_hash(key) == {}
     # the batched usage was sent before the lease went back: both requests are counted
-    counters = _lease_fields(key[: -len(":l")])
+    counters = _redis_hash(key[: -len(":l")])
     assert (counters["requests"], counters["tokens"]) == ("2", "20000")
 
     async def died() -> tuple[str, Limiter]:
@@ -952,7 +952,7 @@ def test_a_lease_is_given_back_at_shutdown_and_freed_when_its_replica_died(names
     # "spend tokens expiry": granted on its first request (the month had 20 weighted tokens from the
     # first replica): 1/16 of the rest, in thousandths, less both requests' usage
     granted = (1_000_000 - 20) * 1000 // 16
-    assert _lease_fields(key)[dead].split()[:2] == ["0", str(granted - 2 * 10_000)]
+    assert _redis_hash(key)[dead].split()[:2] == ["0", str(granted - 2 * 10_000)]
     now[0] += 31  # past the dead replica's lease expiry
 
     async def other_replica() -> None:
@@ -960,4 +960,4 @@ def test_a_lease_is_given_back_at_shutdown_and_freed_when_its_replica_died(names
         await b.close()
 
     asyncio.run(other_replica())
-    assert dead not in _lease_fields(key)
+    assert dead not in _redis_hash(key)
