@@ -16,9 +16,15 @@ from pathlib import Path
 import openai
 import pytest
 from rules_inline import inline
-from support.proxies import simulated_proxy_doc
 
-from exporter.sim.harness import create_keys, read_metrics, start_proxy, write_config
+from exporter.sim.harness import (
+    create_keys,
+    proxy_config,
+    read_metrics,
+    start_proxy,
+    start_simulator,
+    write_config,
+)
 from exporter.stack import (
     ManagedProcess,
     StackError,
@@ -85,8 +91,9 @@ def stack(tmp_path: Path):
         pytest.skip(str(exc))
     procs: list[object] = []
     try:
-        sim, ledger_url, doc = simulated_proxy_doc(tmp_path, list(MODELS))
+        sim = start_simulator(tmp_path, models=list(MODELS))
         procs.append(sim)
+        doc = proxy_config(upstreams={m: [f"{sim.url}/v1"] for m in MODELS}, workdir=tmp_path)
         doc["pools"] = {
             p: {"gpu_hourly_cost": c, "gpus": 1, "capacity_tokens_per_second": cap}
             for p, (c, cap) in POOLS.items()
@@ -96,7 +103,7 @@ def stack(tmp_path: Path):
         gpu_port = free_port()
         doc["gpu_exporter"] = {"listen": f"127.0.0.1:{gpu_port}", "pool_by_index": {0: "big", 1: "small"}}
         config = write_config(tmp_path / "chargeback.yaml", doc)
-        tokens = create_keys(ledger_url, USERS)
+        tokens = create_keys(doc["ledger"]["url"], USERS)
         proxy = start_proxy(tmp_path, config)
         procs.append(proxy)
         gpu = ManagedProcess(

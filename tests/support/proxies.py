@@ -16,11 +16,5 @@ def simulated_proxy_doc(
     """Start a simulator serving ``models``; return it, the SQLite ledger URL in ``workdir`` and a
     proxy config document (``proxy_config`` with ``config``) whose models all go to it."""
     sim = start_simulator(workdir, models=list(models))
-    ledger_url = f"sqlite:///{workdir / 'ledger.db'}"
-    doc = proxy_config(
-        upstreams={m: [f"{sim.url}/v1"] for m in models},
-        ledger_url=ledger_url,
-        spool_dir=str(workdir / "spool"),
-        **config,
-    )
-    return sim, ledger_url, doc
+    doc = proxy_config(upstreams={m: [f"{sim.url}/v1"] for m in models}, workdir=workdir, **config)
+    return sim, doc["ledger"]["url"], doc
