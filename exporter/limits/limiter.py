@@ -604,11 +604,18 @@ class Limiter:
         now = self.clock()
         month = self.month(now)
         window = int(now // 60)
+        self.flush_records()
         try:
             u = await self.store.read(month.key, window, "user", user)
             t = await self.store.read(month.key, window, "team", team)
             self._ok()
             up = True
+            # requests this replica admitted on its window leases and has not yet reported (other
+            # replicas report theirs with each top-up, at the latest when the lease goes back)
+            for kind, name, c in (("user", user, u), ("team", team, t)):
+                lease = self.leases.get((kind, name, "w"))
+                if lease is not None and lease.period == window:
+                    c.window_requests += lease.unreported()
         except Exception as exc:
             self._failed(exc)
             u, t, up = Counters(), Counters(), False
