@@ -1,8 +1,8 @@
 """The counters limits act on: per billing month (spend, weighted tokens, requests; per model for
 users) and per minute window (requests, tokens), for teams and users.
 
-``RedisStore`` shares them between proxy replicas: every check is one Lua script (read the counters,
-decide, count the request, all atomic on the server), every record one more. ``MemoryStore`` does
+``RedisStore`` shares them between proxy replicas: every exact check is one Lua script (read the
+counters, decide, count the request, grant a lease, all atomic on the server), every record one more. ``MemoryStore`` does
 the same in-process for a single replica without Redis. Both follow the same rules:
 
 - a request is refused when, before it, a counter has already reached its limit (``used >= limit``);
@@ -11,7 +11,8 @@ the same in-process for a single replica without Redis. Both follow the same rul
   request in the window of a scope without a rate limit;
 - keys: ``{namespace}:{YYYY-MM}:{team|user}:{name}`` (a hash) for the billing month, whose
   ``YYYY-MM`` is the month in the config's ``timezone:``, and ``{namespace}:w:{minute}:{team|user}:{name}``
-  for the minute window (expires after two minutes).
+  for the minute window (expires after two minutes); next to each, ``{key}:l`` holds the replicas'
+  leases on it (exporter/limits/leases.py), which the exact check counts as used.
 
 Amounts are integers: spend in nano-units of the currency, weighted tokens in thousandths.
 """
