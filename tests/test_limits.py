@@ -961,3 +961,40 @@ def test_a_lease_is_given_back_at_shutdown_and_freed_when_its_replica_died(names
 
     asyncio.run(other_replica())
     assert dead not in _redis_hash(key)
+
+
+def test_leases_with_requests_in_flight_on_two_replicas_stop_within_the_requests_in_flight(
+    namespace: str,
+) -> None:
+    """Eight clients at once on two replicas (a request is in flight between its check and its
+    record): what passes is what fits plus at most the requests in flight, as without leases."""
+    now = [datetime(2026, 12, 10, 12, 0, 5, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()]
+    replicas = _two_replicas("monthly_tokens: 10000", namespace, now)
+    model = replicas[0].cfg.models["m"]
+    passed = 0
+
+    async def client(i: int) -> None:
+        nonlocal passed
+        lim = replicas[i % 2]
+        for _ in range(200):
+            if await lim.check(ALICE, "research") is None:
+                passed += 1
+                await asyncio.sleep(0)  # the upstream answers
+                lim.record(ALICE, "research", model, 6, 4)
+            await asyncio.sleep(0)
+
+    async def scenario() -> None:
+        try:
+            await asyncio.gather(*(client(i) for i in range(8)))
+            for r in replicas:
+                r.flush_records()
+                assert isinstance(r.store, RedisStore)
+                await r.store.ping()
+            assert 1000 <= passed <= 1000 + 8, passed
+            assert sum(r.local_admissions for r in replicas) >= 500
+        finally:
+            for r in replicas:
+                await r.close()
+
+    asyncio.run(scenario())
+    assert int(_redis_hash(f"{namespace}:2026-12:team:research")["requests"]) == passed  # all recorded
