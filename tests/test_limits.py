@@ -22,20 +22,18 @@ from zoneinfo import ZoneInfo
 import openai
 import pytest
 import requests
+from support.proxies import simulated_proxy_doc
 
 from exporter.config import ConfigError, parse_config
 from exporter.limits.limiter import Limiter
 from exporter.limits.resp import RedisClient, RedisUnavailable
 from exporter.limits.store import MemoryStore, RedisStore
 from exporter.sim.harness import (
-    DEFAULT_MODELS,
     ProxyProcess,
     create_keys,
     metric,
-    proxy_config,
     read_metrics,
     start_proxy,
-    start_simulator,
     wait_for_rows,
     write_config,
 )
@@ -151,16 +149,12 @@ def replicas(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
     def start(
         limits: dict[str, Any], n: int = 2, timezone: str = "UTC", extra: dict[str, Any] | None = None
     ) -> Replicas:
-        sim = start_simulator(tmp_path, models=DEFAULT_MODELS)
-        started.append(sim)
-        ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
-        doc = proxy_config(
-            upstreams={m: [f"{sim.url}/v1"] for m in DEFAULT_MODELS},
-            ledger_url=ledger_url,
-            spool_dir=str(tmp_path / "spool"),
+        sim, ledger_url, doc = simulated_proxy_doc(
+            tmp_path,
             users={ALICE: "research", BOB: "research"},
             extra={"limits": limits, "timezone": timezone, **(extra or {})},
         )
+        started.append(sim)
         cfg = write_config(tmp_path / "chargeback.yaml", doc)
         tokens = create_keys(ledger_url, {ALICE: "research", BOB: "research"})
         proxies = []
@@ -173,6 +167,17 @@ def replicas(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
     yield start
     for p in reversed(started):
         p.stop()
+
+
+def _usage(proxy: ProxyProcess, token: str) -> dict[str, Any]:
+    """GET /v1/usage with a key holder's own token."""
+    got = requests.get(proxy.url + "/v1/usage", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    return dict(got.json())
+
+
+def _assert_refused(err: openai.RateLimitError, code: str, message: str) -> None:
+    assert err.body["code"] == code
+    assert re.fullmatch(message, err.body["message"]), err.body["message"]
 
 
 def _chat(client: openai.OpenAI) -> Any:
@@ -241,24 +246,19 @@ def test_budget_blocks_with_a_message_a_person_understands(replicas: Any, namesp
     assert r.upstream_calls() == 3
     used = Decimal(3 * TOKENS_PER_REQUEST)
     budget = Decimal(TOKENS_PER_REQUEST) * Decimal("2.5")
-    assert info.value.body["code"] == "budget_exceeded"
-    assert re.fullmatch(
+    _assert_refused(
+        info.value,
+        "budget_exceeded",
         f"team research has used {used:,.2f} of its {budget:,.2f} EUR budget for"
         r" [A-Z][a-z]+ \d{4} \(Europe/Berlin\); it resets on \d{4}-\d{2}-01",
-        info.value.body["message"],
-    ), info.value.body["message"]
-    # self-service usage: own numbers only
-    doc = requests.get(
-        r.proxies[0].url + "/v1/usage", headers={"Authorization": f"Bearer {r.tokens[BOB]}"}, timeout=5
-    ).json()
+    )
+    doc = _usage(r.proxies[0], r.tokens[BOB])  # self-service usage: own numbers only
     assert doc["user"] == BOB and doc["team"] == "research"
     assert doc["models"] == []  # Bob's only request was refused
     assert doc["team_budget"]["used"] == f"{used:.2f}"
     assert doc["team_budget"]["remaining"] == "0.00"
     assert ALICE not in str(doc)
-    doc = requests.get(
-        r.proxies[1].url + "/v1/usage", headers={"Authorization": f"Bearer {r.tokens[ALICE]}"}, timeout=5
-    ).json()
+    doc = _usage(r.proxies[1], r.tokens[ALICE])
     (m,) = doc["models"]
     assert m["model"] == "sim-small" and m["requests"] == 3
     assert m["estimated_spend"] == f"{used:.2f}"
@@ -312,15 +312,13 @@ def test_budget_reconciled_with_the_recording_rules_month_to_date(
         with pytest.raises(openai.RateLimitError) as info:
             _chat(r.client(0))
         assert r.upstream_calls() == 0
-        assert info.value.body["code"] == "budget_exceeded"
-        assert re.fullmatch(
+        _assert_refused(
+            info.value,
+            "budget_exceeded",
             r"team research has used 6,012.33 of its 5,000.00 EUR budget for [A-Z][a-z]+ \d{4} \(UTC\);"
             r" it resets on \d{4}-\d{2}-01",
-            info.value.body["message"],
-        ), info.value.body["message"]
-        doc = requests.get(
-            r.proxies[0].url + "/v1/usage", headers={"Authorization": f"Bearer {r.tokens[ALICE]}"}, timeout=5
-        ).json()
+        )
+        doc = _usage(r.proxies[0], r.tokens[ALICE])
         assert doc["team_budget"]["statement_month_to_date"] == "6012.33"
         assert doc["team_budget"]["used"] == "0.00"  # the unit-price figure: nothing was forwarded
     finally:
@@ -826,3 +824,177 @@ def test_user_budget_and_quota_messages_in_process() -> None:
         assert limiter.metrics.rejections == {("research", ALICE, "budget"): 1}
 
     asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- leases
+
+
+LEASE_CONFIG = """
+pools: {p: {gpu_hourly_cost: 3.6, gpus: 1, capacity_tokens_per_second: 1000}}
+models: {m: {upstream: "http://127.0.0.1:1/v1", pool: p}}
+teams: {research: {}}
+users: {"alice@corp.example": research, "bob@corp.example": research}
+limits:
+  store: {url: %s, namespace: %s}
+  teams: {research: {enforce: block, %s}}
+"""
+
+
+def _two_replicas(limits: str, namespace: str, now: list[float]) -> list[Limiter]:
+    cfg = parse_config(LEASE_CONFIG % (REDIS_URL, namespace, limits))
+    return [Limiter(cfg, store=RedisStore(REDIS_URL, namespace, 1.0), clock=lambda: now[0]) for _ in range(2)]
+
+
+async def _sequential_client(
+    replicas: list[Limiter], attempts: int, prompt: int, completion: int
+) -> list[int]:
+    """One client sending one request at a time, alternating between the replicas; each response is
+    complete (its usage recorded in Redis) before the next request is sent. Returns the passed ones."""
+    model = replicas[0].cfg.models["m"]
+    passed = []
+    for i in range(attempts):
+        lim = replicas[i % 2]
+        if await lim.check(ALICE if i % 3 else BOB, "research") is None:
+            passed.append(i)
+            lim.record(ALICE if i % 3 else BOB, "research", model, prompt, completion)
+            assert isinstance(lim.store, RedisStore)
+            await lim.store.ping()  # the record is ahead of it on the same connection
+    return passed
+
+
+@pytest.mark.parametrize(
+    ("limits", "attempts", "fits", "message"),
+    [
+        (
+            "monthly_tokens: 10000",
+            1010,
+            1000,
+            "team research has used 10,000 of its 10,000 weighted-token quota",
+        ),
+        (
+            "requests_per_minute: 600",
+            610,
+            600,
+            "team research has reached its limit of 600 requests per minute",
+        ),
+    ],
+)
+def test_leases_admit_locally_far_from_the_limit_and_exactly_up_to_it(
+    namespace: str, limits: str, attempts: int, fits: int, message: str
+) -> None:
+    """Two replicas sharing Redis: most requests pass on a lease (no round trip), and still exactly
+    as many as fit pass (requests of 10 weighted tokens), none after."""
+    now = [datetime(2026, 12, 10, 12, 0, 5, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()]  # one minute
+    replicas = _two_replicas(limits, namespace, now)
+
+    async def scenario() -> None:
+        try:
+            passed = await _sequential_client(replicas, attempts, 6, 4)
+            assert len(passed) == fits and passed[-1] == fits - 1
+            local = sum(r.local_admissions for r in replicas)
+            assert local >= fits // 2, local  # leases stop 16 × 8 average requests before the line
+            assert all(not r.leases for r in replicas)  # near the line, every lease was given back
+            refused = await replicas[0].check(ALICE, "research")
+            assert refused is not None and refused.message.startswith(message), refused.message
+        finally:
+            for r in replicas:
+                await r.close()
+
+    asyncio.run(scenario())
+
+
+def _redis_hash(key: str) -> dict[str, str]:
+    async def go() -> dict[str, str]:
+        c = RedisClient(REDIS_URL, timeout=2)
+        try:
+            flat = await c.execute("HGETALL", key)
+            return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+        finally:
+            await c.close()
+
+    return asyncio.run(go())
+
+
+def test_a_lease_is_given_back_at_shutdown_and_freed_when_its_replica_died(namespace: str) -> None:
+    now = [datetime(2026, 12, 10, 12, 0, 5, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()]
+    key = f"{namespace}:2026-12:team:research:l"
+
+    async def lease_one(lim: Limiter) -> None:
+        model = lim.cfg.models["m"]
+        for _ in range(2):  # a lease needs usage this month (an average request) to be granted
+            assert await lim.check(ALICE, "research") is None
+            lim.record(ALICE, "research", model, 6, 4)
+            assert isinstance(lim.store, RedisStore)
+            await lim.store.ping()
+
+    async def given_back() -> None:
+        a, _ = _two_replicas("monthly_tokens: 1000000", namespace, now)
+        await lease_one(a)
+        assert set(a.leases) == {("team", "research", "m")}
+        await a.close()
+
+    asyncio.run(given_back())
+    assert _redis_hash(key) == {}
+    # the batched usage was sent before the lease went back: both requests are counted
+    counters = _redis_hash(key[: -len(":l")])
+    assert (counters["requests"], counters["tokens"]) == ("2", "20000")
+
+    async def died() -> tuple[str, Limiter]:
+        a, b = _two_replicas("monthly_tokens: 1000000", namespace, now)
+        await lease_one(a)
+        assert isinstance(a.store, RedisStore)
+        a.flush_records()  # usage covered by a lease is sent in batches
+        await a.store.ping()
+        await a.store.close()  # gone without giving anything back
+        return a.replica, b
+
+    dead, b = asyncio.run(died())
+    # "spend tokens expiry": granted on its first request (the month had 20 weighted tokens from the
+    # first replica): 1/16 of the rest, in thousandths, less both requests' usage
+    granted = (1_000_000 - 20) * 1000 // 16
+    assert _redis_hash(key)[dead].split()[:2] == ["0", str(granted - 2 * 10_000)]
+    now[0] += 31  # past the dead replica's lease expiry
+
+    async def other_replica() -> None:
+        assert await b.check(BOB, "research") is None  # its exact check frees the dead lease
+        await b.close()
+
+    asyncio.run(other_replica())
+    assert dead not in _redis_hash(key)
+
+
+def test_leases_with_requests_in_flight_on_two_replicas_stop_within_the_requests_in_flight(
+    namespace: str,
+) -> None:
+    """Eight clients at once on two replicas (a request is in flight between its check and its
+    record): what passes is what fits plus at most the requests in flight, as without leases."""
+    now = [datetime(2026, 12, 10, 12, 0, 5, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()]
+    replicas = _two_replicas("monthly_tokens: 10000", namespace, now)
+    model = replicas[0].cfg.models["m"]
+    passed = 0
+
+    async def client(i: int) -> None:
+        nonlocal passed
+        lim = replicas[i % 2]
+        for _ in range(200):
+            if await lim.check(ALICE, "research") is None:
+                passed += 1
+                await asyncio.sleep(0)  # the upstream answers
+                lim.record(ALICE, "research", model, 6, 4)
+            await asyncio.sleep(0)
+
+    async def scenario() -> None:
+        try:
+            await asyncio.gather(*(client(i) for i in range(8)))
+            for r in replicas:
+                r.flush_records()
+                assert isinstance(r.store, RedisStore)
+                await r.store.ping()
+            assert 1000 <= passed <= 1000 + 8, passed
+            assert sum(r.local_admissions for r in replicas) >= 500
+        finally:
+            for r in replicas:
+                await r.close()
+
+    asyncio.run(scenario())
+    assert int(_redis_hash(f"{namespace}:2026-12:team:research")["requests"]) == passed  # all recorded

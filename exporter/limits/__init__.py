@@ -4,5 +4,6 @@ user, enforced across proxy replicas through a shared store (Redis) or in-proces
 - ``settings``: the ``limits:`` config section's schema (``exporter.config`` loads the file).
 - ``store``: the counters (``MemoryStore`` in-process, ``RedisStore`` shared).
 - ``limiter``: the decision before forwarding and the record after usage is known.
+- ``leases``: per-replica slices of a limit, so that most requests need no Redis round trip.
 - ``messages``: what a blocked client reads.
 """

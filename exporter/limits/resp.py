@@ -35,12 +35,17 @@ def parse_redis_url(url: str) -> tuple[str, int, str | None, int]:
     return parts.hostname, parts.port or 6379, password, int(db_text)
 
 
-def encode(*args: str | int | bytes) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
+def encode_bulk(args: tuple[str | int | bytes, ...]) -> bytes:
+    """The bulk strings of a command, without the array header (see ``encode``)."""
+    out = []
     for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
+        b = a if isinstance(a, bytes) else (b"%d" % a if isinstance(a, int) else a.encode())
         out.append(b"$%d\r\n%s\r\n" % (len(b), b))
     return b"".join(out)
+
+
+def encode(*args: str | int | bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + encode_bulk(args)
 
 
 class _Parser:
@@ -221,13 +226,17 @@ class RedisClient:
 
     def execute_nowait(self, *args: str | int | bytes) -> asyncio.Future[Any] | None:
         """Send without waiting for the reply (None when not connected); the caller may add a callback."""
+        return self.send_nowait(encode(*args))
+
+    def send_nowait(self, command: bytes) -> asyncio.Future[Any] | None:
+        """``execute_nowait`` for a command already encoded (a caller that caches parts of it)."""
         proto = self._proto
         if proto is None or proto.closed:
             return None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         proto.waiting.append(fut)
-        self._pending.append(encode(*args))
+        self._pending.append(command)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)

@@ -1,8 +1,8 @@
 """The counters limits act on: per billing month (spend, weighted tokens, requests; per model for
 users) and per minute window (requests, tokens), for teams and users.
 
-``RedisStore`` shares them between proxy replicas: every check is one Lua script (read the counters,
-decide, count the request, all atomic on the server), every record one more. ``MemoryStore`` does
+``RedisStore`` shares them between proxy replicas: every exact check is one Lua script (read the
+counters, decide, count the request, grant a lease, all atomic on the server), every record one more. ``MemoryStore`` does
 the same in-process for a single replica without Redis. Both follow the same rules:
 
 - a request is refused when, before it, a counter has already reached its limit (``used >= limit``);
@@ -11,7 +11,8 @@ the same in-process for a single replica without Redis. Both follow the same rul
   request in the window of a scope without a rate limit;
 - keys: ``{namespace}:{YYYY-MM}:{team|user}:{name}`` (a hash) for the billing month, whose
   ``YYYY-MM`` is the month in the config's ``timezone:``, and ``{namespace}:w:{minute}:{team|user}:{name}``
-  for the minute window (expires after two minutes).
+  for the minute window (expires after two minutes); next to each, ``{key}:l`` holds the replicas'
+  leases on it (exporter/limits/leases.py), which the exact check counts as used.
 
 Amounts are integers: spend in nano-units of the currency, weighted tokens in thousandths.
 """
@@ -19,11 +20,11 @@ Amounts are integers: spend in nano-units of the currency, weighted tokens in th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from exporter.limits.resp import RedisClient, RedisError
+from exporter.limits.resp import RedisClient, RedisError, encode_bulk
 from exporter.limits.settings import BUDGET, MONTHLY_TOKENS, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
 from exporter.logs import get_logger
 
@@ -61,11 +62,36 @@ class CheckResult:
     blocked_scope: int  # index into the scopes, -1 when the request may pass
     blocked_kind: str
     counters: list[Counters]
+    # per scope: what the other replicas hold in leases (added to the counters the decision compared)
+    reserved: list[Counters] = field(default_factory=list)
+    # per scope: (month grant, window grant), each (a, b) or None; see ``Grant``
+    grants: list[tuple[Grant | None, Grant | None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A lease the store granted: month (spend nano, tokens milli) or window (requests, tokens)."""
+
+    a: int
+    b: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseArgs:
+    """Who asks (a replica id), when (for lease expiry), and what it admitted on its window leases
+    since it last said so (one number per scope, 0 when it holds none for this window)."""
+
+    replica: str
+    now: float
+    reported: tuple[int, ...]
+    ttl: int = 30  # a lease nobody renews within this many seconds is freed (a replica that died)
+    share: int = 16  # a grant takes at most 1/share of what is neither used nor leased
+    min_requests: int = 8  # a grant must cover at least this many average requests, else none
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """One finished request, as the store counts it."""
+    """One finished request (or several, summed), as the store counts it."""
 
     team: str
     user: str
@@ -75,15 +101,23 @@ class Usage:
     raw_tokens: int
     prompt: int
     completion: int
+    requests: int = 1  # several requests of one team, user, model and minute, recorded together
 
 
 class LimitStore(Protocol):
     backend: str  # "redis" | "memory"
 
-    async def check(self, month: str, window: int, scopes: Sequence[Scope]) -> CheckResult: ...
+    async def check(
+        self, month: str, window: int, scopes: Sequence[Scope], lease: LeaseArgs | None = None
+    ) -> CheckResult: ...
 
     def record(
-        self, month: str, window: int, usage: Usage, done: Callable[[Counters | None], None]
+        self,
+        month: str,
+        window: int,
+        usage: Usage,
+        done: Callable[[Counters | None], None],
+        replica: str = "",
     ) -> None: ...
 
     async def read(self, month: str, window: int, kind: str, name: str) -> Counters: ...
@@ -139,7 +173,9 @@ class MemoryStore:
             got = self.windows[(kind, name)] = (window, Counters())
         return got[1]
 
-    async def check(self, month: str, window: int, scopes: Sequence[Scope]) -> CheckResult:
+    async def check(
+        self, month: str, window: int, scopes: Sequence[Scope], lease: LeaseArgs | None = None
+    ) -> CheckResult:
         out: list[Counters] = []
         blocked, kind = -1, ""
         for i, s in enumerate(scopes):
@@ -163,17 +199,24 @@ class MemoryStore:
                     c.window_requests += 1
         return CheckResult(blocked, kind, out)
 
-    def record(self, month: str, window: int, usage: Usage, done: Callable[[Counters | None], None]) -> None:
+    def record(
+        self,
+        month: str,
+        window: int,
+        usage: Usage,
+        done: Callable[[Counters | None], None],
+        replica: str = "",
+    ) -> None:
         for kind, name in (("team", usage.team), ("user", usage.user)):
             m = self._month(month, kind, name)
             m.spend_nano += usage.spend_nano
             m.tokens_milli += usage.tokens_milli
-            m.requests += 1
+            m.requests += usage.requests
             self._window(window, kind, name).window_tokens += usage.raw_tokens
         per = self._month(month, "user", usage.user).models.setdefault(
             usage.model, {"requests": 0, "prompt": 0, "completion": 0, "tokens": 0, "spend": 0}
         )
-        per["requests"] += 1
+        per["requests"] += usage.requests
         per["prompt"] += usage.prompt
         per["completion"] += usage.completion
         per["tokens"] += usage.tokens_milli
@@ -205,56 +248,200 @@ class MemoryStore:
 
 # --------------------------------------------------------------------------- Redis
 
-_CHECK = """
+# Leases (see exporter/limits/leases.py): a lease hash per counter hash, ``{key}:l``, one field per
+# replica, "A B EXPIRY": month leases hold spend (nano) and weighted tokens (milli), window leases
+# requests and tokens. Numbers are written with %.0f: Lua's tostring turns 5e12 into "5e+12".
+_LEASE_LIB = """
+local function parse(v)
+  local a, b, x = string.match(v, '^(%S+) (%S+) (%S+)$')
+  return tonumber(a), tonumber(b), tonumber(x)
+end
+local function fmt(a, b, x) return string.format('%.0f %.0f %.0f', a, b, x) end
+-- what the other replicas hold; a lease past its expiry (its replica stopped renewing) is freed
+local function others(key, rid, now)
+  local f = redis.call('HGETALL', key)
+  local sa, sb = 0, 0
+  for i = 1, #f, 2 do
+    local a, b, x = parse(f[i + 1])
+    if x < now then redis.call('HDEL', key, f[i])
+    elseif f[i] ~= rid then sa = sa + a; sb = sb + b end
+  end
+  return sa, sb
+end
+-- how much of (limit - used - held by others) one grant may take: a 1/share slice, and only when
+-- that slice covers min_requests average requests; 0 when the limit is not enforced, -1 when no grant
+local function slice(limit, used, held, share, need)
+  if limit <= 0 then return 0 end
+  local g = math.floor((limit - used - held) / share)
+  if g <= 0 or g < need then return -1 end
+  return g
+end
+"""
+
+_CHECK = (
+    _LEASE_LIB
+    + """
 -- only what the scope's limits need is read: monthly counters for a budget or quota, the minute
--- window for a rate limit
-local n = tonumber(ARGV[1])
+-- window for a rate limit. The caller's own leases end here (it asks because they are used up or
+-- gone); the requests it admitted on its window lease become counted requests.
+local n, rid, now = tonumber(ARGV[1]), ARGV[4], tonumber(ARGV[5])
+local ttl, share, minreq = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local out = {0, 0}
-local windowed = {}
+local s = {}
 for i = 0, n - 1 do
-  local a = 3 + 4 * i
+  local a = 9 + 5 * i
   local b, q, rl, tl = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local rep = tonumber(ARGV[a + 4])
+  local mk, wk, mlk, wlk = KEYS[4 * i + 1], KEYS[4 * i + 2], KEYS[4 * i + 3], KEYS[4 * i + 4]
+  local monthly, windowed = b > 0 or q > 0, rl > 0 or tl > 0
   local m = {false, false, false}
   local w = {false, false}
-  if b > 0 or q > 0 then m = redis.call('HMGET', KEYS[2 * i + 1], 'spend', 'tokens', 'requests') end
-  if rl > 0 or tl > 0 then
-    w = redis.call('HMGET', KEYS[2 * i + 2], 'r', 't')
-    windowed[#windowed + 1] = KEYS[2 * i + 2]
+  local os, ot, orq, ott = 0, 0, 0, 0
+  if monthly then
+    m = redis.call('HMGET', mk, 'spend', 'tokens', 'requests')
+    if rid ~= '' then redis.call('HDEL', mlk, rid) end
+    os, ot = others(mlk, rid, now)
   end
-  local spend, tokens = tonumber(m[1]) or 0, tonumber(m[2]) or 0
+  if windowed then
+    if rep > 0 and redis.call('HINCRBY', wk, 'r', rep) == rep then redis.call('EXPIRE', wk, ARGV[2]) end
+    w = redis.call('HMGET', wk, 'r', 't')
+    if rid ~= '' then redis.call('HDEL', wlk, rid) end
+    orq, ott = others(wlk, rid, now)
+  end
+  local spend, tokens, reqs = tonumber(m[1]) or 0, tonumber(m[2]) or 0, tonumber(m[3]) or 0
   local r, t = tonumber(w[1]) or 0, tonumber(w[2]) or 0
   if out[1] == 0 then
-    if b > 0 and spend >= b then out[1] = i + 1; out[2] = 1
-    elseif q > 0 and tokens >= q then out[1] = i + 1; out[2] = 2
-    elseif rl > 0 and r >= rl then out[1] = i + 1; out[2] = 3
-    elseif tl > 0 and t >= tl then out[1] = i + 1; out[2] = 4 end
+    if b > 0 and spend + os >= b then out[1] = i + 1; out[2] = 1
+    elseif q > 0 and tokens + ot >= q then out[1] = i + 1; out[2] = 2
+    elseif rl > 0 and r + orq >= rl then out[1] = i + 1; out[2] = 3
+    elseif tl > 0 and t + ott >= tl then out[1] = i + 1; out[2] = 4 end
   end
+  s[i + 1] = {b, q, rl, tl, monthly, windowed, spend, tokens, reqs, r, t, os, ot, orq, ott, mk, wk, mlk, wlk}
   out[#out + 1] = m[1] or '0'
   out[#out + 1] = m[2] or '0'
-  out[#out + 1] = tonumber(m[3]) or 0
+  out[#out + 1] = reqs
   out[#out + 1] = r
   out[#out + 1] = t
+  out[#out + 1] = os
+  out[#out + 1] = ot
+  out[#out + 1] = orq
+  out[#out + 1] = ott
 end
-if out[1] == 0 then
-  for _, key in ipairs(windowed) do
-    if redis.call('HINCRBY', key, 'r', 1) == 1 then redis.call('EXPIRE', key, ARGV[2]) end
+local passed = out[1] == 0
+for i = 1, n do
+  local v = s[i]
+  local gm, gw = {-1, -1}, {-1, -1}
+  if passed and v[6] then
+    if redis.call('HINCRBY', v[17], 'r', 1) == 1 then redis.call('EXPIRE', v[17], ARGV[2]) end
+    v[10] = v[10] + 1
   end
+  if passed and rid ~= '' then
+    local reqs, r = v[9], v[10]
+    if v[5] and reqs > 0 then
+      local gs = slice(v[1], v[7], v[12], share, minreq * v[7] / reqs)
+      local gt = slice(v[2], v[8], v[13], share, minreq * v[8] / reqs)
+      if gs >= 0 and gt >= 0 then
+        redis.call('HSET', v[18], rid, fmt(gs, gt, now + ttl))
+        redis.call('EXPIRE', v[18], ARGV[3])
+        gm = {gs, gt}
+      end
+    end
+    if v[6] then
+      local gr = slice(v[3], r, v[14], share, minreq)
+      local gt = -1
+      if v[4] <= 0 then gt = 0 elseif v[11] > 0 then gt = slice(v[4], v[11], v[15], share, minreq * v[11] / r) end
+      if gr >= 0 and gt >= 0 then
+        redis.call('HSET', v[19], rid, fmt(gr, gt, now + ttl))
+        redis.call('EXPIRE', v[19], ARGV[2])
+        gw = {gr, gt}
+      end
+    end
+  end
+  out[#out + 1] = gm[1]
+  out[#out + 1] = gm[2]
+  out[#out + 1] = gw[1]
+  out[#out + 1] = gw[2]
 end
 return out
 """
+)
+
+# Top up a lease (or give it back): KEYS counters hash, lease hash. ARGV: 'm'|'w', limit a, limit b,
+# replica, now, ttl, share, min requests, requests admitted on the window lease since last said,
+# '1' to give the lease back, the window's expiry. Returns what was added, or {-1, -1} when the lease ended.
+_LEASE = (
+    _LEASE_LIB
+    + """
+local monthly, la, lb = ARGV[1] == 'm', tonumber(ARGV[2]), tonumber(ARGV[3])
+local rid, now, ttl, share, minreq = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local rep = tonumber(ARGV[9])
+local own = redis.call('HGET', KEYS[2], rid)
+local oa, ob = 0, 0
+if own then oa, ob = parse(own) end
+if rep > 0 then
+  if redis.call('HINCRBY', KEYS[1], 'r', rep) == rep then redis.call('EXPIRE', KEYS[1], ARGV[11]) end
+  oa = math.max(0, oa - rep)
+end
+if ARGV[10] == '1' or not own then
+  redis.call('HDEL', KEYS[2], rid)
+  return {-1, -1}
+end
+local ua, ub, n
+if monthly then
+  local m = redis.call('HMGET', KEYS[1], 'spend', 'tokens', 'requests')
+  ua, ub, n = tonumber(m[1]) or 0, tonumber(m[2]) or 0, tonumber(m[3]) or 0
+else
+  local w = redis.call('HMGET', KEYS[1], 'r', 't')
+  ua, ub = tonumber(w[1]) or 0, tonumber(w[2]) or 0
+  n = ua
+end
+local xa, xb = others(KEYS[2], rid, now)
+local ga, gb = -1, -1
+if n > 0 then
+  ga = slice(la, ua, xa, share, monthly and minreq * ua / n or minreq)
+  if lb <= 0 then gb = 0 elseif ub > 0 or monthly then gb = slice(lb, ub, xb, share, minreq * ub / n) end
+end
+if ga < 0 or gb < 0 then
+  redis.call('HDEL', KEYS[2], rid)
+  return {-1, -1}
+end
+local aa, ab = math.max(0, ga - oa), math.max(0, gb - ob)
+redis.call('HSET', KEYS[2], rid, fmt(oa + aa, ob + ab, now + ttl))
+return {string.format('%.0f', aa), string.format('%.0f', ab)}
+"""
+)
 
 _RECORD = """
--- a key's expiry is set when it is created (its first increment), not on every request
+-- a key's expiry is set when it is created (its first increment), not on every request; what the
+-- recording replica holds in leases shrinks by what it used (the usage is counted now)
+local rid = ARGV[9]
 for i = 1, 2 do
   redis.call('HINCRBY', KEYS[i], 'spend', ARGV[1])
   redis.call('HINCRBY', KEYS[i], 'tokens', ARGV[2])
-  if redis.call('HINCRBY', KEYS[i], 'requests', 1) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[7]) end
+  if redis.call('HINCRBY', KEYS[i], 'requests', ARGV[10]) == tonumber(ARGV[10]) then
+    redis.call('EXPIRE', KEYS[i], ARGV[7])
+  end
   if redis.call('HINCRBY', KEYS[i + 2], 't', ARGV[3]) == tonumber(ARGV[3]) then
     redis.call('EXPIRE', KEYS[i + 2], ARGV[8])
   end
+  if rid ~= '' then
+    local own = redis.call('HGET', KEYS[i + 4], rid)
+    if own then
+      local a, b, x = string.match(own, '^(%S+) (%S+) (%S+)$')
+      a = math.max(0, tonumber(a) - tonumber(ARGV[1]))
+      b = math.max(0, tonumber(b) - tonumber(ARGV[2]))
+      redis.call('HSET', KEYS[i + 4], rid, string.format('%.0f %.0f %s', a, b, x))
+    end
+    own = redis.call('HGET', KEYS[i + 6], rid)
+    if own then
+      local a, b, x = string.match(own, '^(%S+) (%S+) (%S+)$')
+      b = math.max(0, tonumber(b) - tonumber(ARGV[3]))
+      redis.call('HSET', KEYS[i + 6], rid, a .. ' ' .. string.format('%.0f', b) .. ' ' .. x)
+    end
+  end
 end
 local p = 'm:' .. ARGV[4] .. ':'
-redis.call('HINCRBY', KEYS[2], p .. 'requests', 1)
+redis.call('HINCRBY', KEYS[2], p .. 'requests', ARGV[10])
 redis.call('HINCRBY', KEYS[2], p .. 'prompt', ARGV[5])
 redis.call('HINCRBY', KEYS[2], p .. 'completion', ARGV[6])
 redis.call('HINCRBY', KEYS[2], p .. 'tokens', ARGV[2])
@@ -300,6 +487,9 @@ class RedisStore:
         self._record = _Script(_RECORD)
         self._read = _Script(_READ)
         self._read_teams = _Script(_READ_TEAMS)
+        self._lease = _Script(_LEASE)
+        # (team, user) → ((month, window), the record's keys, their encoding): see _record_keys
+        self._record_heads: dict[tuple[str, str], tuple[tuple[str, int], tuple[str, ...], bytes]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()  # records sent while (re)connecting
 
     async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
@@ -310,29 +500,65 @@ class RedisStore:
                 raise
             return await self.client.execute("EVAL", script.source, len(keys), *keys, *args)
 
-    async def check(self, month: str, window: int, scopes: Sequence[Scope]) -> CheckResult:
+    async def check(
+        self, month: str, window: int, scopes: Sequence[Scope], lease: LeaseArgs | None = None
+    ) -> CheckResult:
         keys: list[str] = []
-        args: list[str | int] = [len(scopes), WINDOW_TTL_SECONDS]
-        for s in scopes:
-            keys.append(_month_key(self.ns, month, s.kind, s.name))
-            keys.append(_window_key(self.ns, window, s.kind, s.name))
-            args += (s.budget_nano, s.tokens_milli, s.rpm, s.tpm)
+        args: list[str | int] = [len(scopes), WINDOW_TTL_SECONDS, MONTH_TTL_SECONDS]
+        if lease is None:
+            args += ("", 0, 0, 1, 0)
+        else:
+            args += (lease.replica, int(lease.now), lease.ttl, lease.share, lease.min_requests)
+        for i, s in enumerate(scopes):
+            mk = _month_key(self.ns, month, s.kind, s.name)
+            wk = _window_key(self.ns, window, s.kind, s.name)
+            keys += (mk, wk, mk + ":l", wk + ":l")
+            reported = lease.reported[i] if lease is not None else 0
+            args += (s.budget_nano, s.tokens_milli, s.rpm, s.tpm, reported)
         reply = await self._eval(self._check, keys, args)
-        counters = []
+        counters, reserved, grants = [], [], []
         passed = reply[0] == 0
-        for i in range(len(scopes)):
-            v = reply[2 + 5 * i : 7 + 5 * i]
+        n = len(scopes)
+        for i in range(n):
+            v = reply[2 + 9 * i : 11 + 9 * i]
             counters.append(Counters(_int(v[0]), _int(v[1]), _int(v[2]), _int(v[3]) + passed, _int(v[4])))
-        return CheckResult(reply[0] - 1, KIND_BY_CODE.get(reply[1], ""), counters)
+            reserved.append(Counters(_int(v[5]), _int(v[6]), 0, _int(v[7]), _int(v[8])))
+            g = reply[2 + 9 * n + 4 * i : 6 + 9 * n + 4 * i]
+            gm, gw = (_int(g[0]), _int(g[1])), (_int(g[2]), _int(g[3]))
+            grants.append((Grant(*gm) if gm[0] >= 0 else None, Grant(*gw) if gw[0] >= 0 else None))
+        return CheckResult(reply[0] - 1, KIND_BY_CODE.get(reply[1], ""), counters, reserved, grants)
 
-    def record(self, month: str, window: int, usage: Usage, done: Callable[[Counters | None], None]) -> None:
+    def lease(
+        self, period: str | int, scope: Scope, lease: LeaseArgs, give_back: bool = False
+    ) -> Awaitable[Grant | None] | None:
+        """Top up this replica's lease of one scope for a month (``period`` 'YYYY-MM') or a minute
+        window (an int), or give it back. Sent at once, in order with the checks and records on the
+        same connection (None when not connected); the awaitable gives what was added, or None when
+        the lease has ended (near the limit, or given back). EVAL, not EVALSHA: top-ups are rare,
+        and a Redis that restarted (its script cache empty) must not turn one into an error."""
+        if isinstance(period, str):
+            key = _month_key(self.ns, period, scope.kind, scope.name)
+            kind, la, lb = "m", scope.budget_nano, scope.tokens_milli
+        else:
+            key = _window_key(self.ns, period, scope.kind, scope.name)
+            kind, la, lb = "w", scope.rpm, scope.tpm
+        args = (kind, la, lb, lease.replica, int(lease.now), lease.ttl, lease.share, lease.min_requests)
+        args += (lease.reported[0], "1" if give_back else "0", WINDOW_TTL_SECONDS)
+        fut = self.client.execute_nowait("EVAL", self._lease.source, 2, key, key + ":l", *args)
+        if fut is None:
+            return None
+        return _grant(fut)
+
+    def record(
+        self,
+        month: str,
+        window: int,
+        usage: Usage,
+        done: Callable[[Counters | None], None],
+        replica: str = "",
+    ) -> None:
         """Sent without waiting: the request's response does not wait for its bookkeeping."""
-        keys = (
-            _month_key(self.ns, month, "team", usage.team),
-            _month_key(self.ns, month, "user", usage.user),
-            _window_key(self.ns, window, "team", usage.team),
-            _window_key(self.ns, window, "user", usage.user),
-        )
+        keys, head = self._record_keys(month, window, usage.team, usage.user)
         args = (
             usage.spend_nano,
             usage.tokens_milli,
@@ -342,8 +568,10 @@ class RedisStore:
             usage.completion,
             MONTH_TTL_SECONDS,
             WINDOW_TTL_SECONDS,
+            replica,
+            usage.requests,
         )
-        fut = self.client.execute_nowait("EVALSHA", self._record.sha, len(keys), *keys, *args)
+        fut = self.client.send_nowait(b"*21\r\n" + head + encode_bulk(args))
         if fut is None:  # not connected: connect and send in a task
             self._spawn(keys, args, done)
             return
@@ -356,6 +584,21 @@ class RedisStore:
             done(self._team_counters(f))
 
         fut.add_done_callback(finished)
+
+    def _record_keys(self, month: str, window: int, team: str, user: str) -> tuple[tuple[str, ...], bytes]:
+        """The record's keys, and the encoded start of its EVALSHA (command, script, keys): the same
+        for every request of a team and user within a minute, so encoded once (CPU per request)."""
+        got = self._record_heads.get((team, user))
+        if got is not None and got[0] == (month, window):
+            return got[1], got[2]
+        tm, um = _month_key(self.ns, month, "team", team), _month_key(self.ns, month, "user", user)
+        tw, uw = _window_key(self.ns, window, "team", team), _window_key(self.ns, window, "user", user)
+        keys = (tm, um, tw, uw, tm + ":l", um + ":l", tw + ":l", uw + ":l")
+        head = encode_bulk(("EVALSHA", self._record.sha, len(keys), *keys))
+        if len(self._record_heads) >= 10_000:  # many users: start over rather than grow without end
+            self._record_heads.clear()
+        self._record_heads[(team, user)] = ((month, window), keys, head)
+        return keys, head
 
     def _spawn(
         self, keys: Sequence[str], args: Sequence[str | int], done: Callable[[Counters | None], None]
@@ -404,6 +647,12 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+async def _grant(fut: Awaitable[Any]) -> Grant | None:
+    reply = await fut
+    a, b = _int(reply[0]), _int(reply[1])
+    return None if a < 0 else Grant(a, b)
 
 
 def open_limit_store(url: str | None, namespace: str, timeout: float) -> LimitStore:
