@@ -37,6 +37,7 @@ from multidict import CIMultiDict
 from exporter.proxy.errors import error_body, error_response
 from exporter.proxy.lifecycle import Streams, shutdown_cut
 from exporter.proxy.redact import clean_message, model_redactor
+from exporter.proxy.upstream_client import Body, UpstreamResponse
 from exporter.proxy.usage import InvalidUsage, SSEFilter, Usage, read_usage, response_chars, response_texts
 
 if TYPE_CHECKING:
@@ -72,8 +73,10 @@ MAX_UPSTREAM_BODY = 256 * 1024 * 1024  # a non-streaming response bigger than th
 # the proxy's memory.
 WRITE_HIGH_WATER = 64 * 1024
 
+Upstream = aiohttp.ClientResponse | UpstreamResponse  # aiohttp's client, or the proxy's own
 
-def client_headers(upstream: aiohttp.ClientResponse, call: Call) -> CIMultiDict[str]:
+
+def client_headers(upstream: Upstream, call: Call) -> CIMultiDict[str]:
     connection = upstream.headers.get("Connection")
     drop = RESPONSE_DROP | {h.strip().lower() for h in connection.split(",")} if connection else RESPONSE_DROP
     # Case-insensitive and multi-valued, like HTTP headers: an upstream that echoes ``x-request-id``
@@ -90,7 +93,7 @@ def _upstream_error(call: Call, status: int, message: str, code: str) -> web.Res
     return error_response(status, message, "upstream_error", code, headers={"X-Request-Id": call.request_id})
 
 
-async def relay_body(call: Call, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+async def relay_body(call: Call, upstream: Upstream) -> web.StreamResponse:
     """Non-streaming: read the (bounded) JSON, take its usage, pass it on."""
     try:
         if (upstream.content_length or 0) > MAX_UPSTREAM_BODY:
@@ -229,9 +232,20 @@ class _TappedReader(StreamReader):
         _TAPS[self].end(exc)
 
 
-async def _pump(relay: _Relay, request: web.Request, content: StreamReader) -> None:
+async def _pump(relay: _Relay, request: web.Request, content: StreamReader | Body) -> None:
     """Move the upstream's body to the client until it ends (raises what ended it)."""
-    if type(content) is StreamReader and not content.is_eof() and content.exception() is None:
+    if type(content) is Body:  # the proxy's own client: it hands the body over as it decodes it
+        early = content.read_nowait()
+        if early:
+            relay.take(early)
+        content.tap(relay)
+        try:
+            await relay.done
+        finally:
+            content.tap(None)
+        if not relay.slow:
+            return
+    elif type(content) is StreamReader and not content.is_eof() and content.exception() is None:
         early = content.read_nowait()  # what arrived with the headers; nothing can land in between
         if early:
             relay.take(early)
@@ -271,7 +285,7 @@ async def write_error_event(
 async def relay_stream(
     request: web.Request,
     call: Call,
-    upstream: aiohttp.ClientResponse,
+    upstream: Upstream,
     hide_usage: bool,
     streams: Streams | None = None,
 ) -> web.StreamResponse:
