@@ -37,6 +37,7 @@ from multidict import CIMultiDict
 MAX_HEAD = 64 * 1024  # status line + headers
 MAX_CHUNK_LINE = 4096
 PAUSE_AT = 64 * 1024  # buffered body bytes (sink not taking) above which the upstream is paused
+HEX = b"0123456789abcdefABCDEF"  # (bytes.translate deletes them: nothing left = a hex number)
 KEEPALIVE_SECONDS = 30.0  # an idle connection older than this is not reused
 
 
@@ -192,9 +193,17 @@ class UpstreamResponse:
         self.fail(err)
 
     def data_received(self, data: bytes) -> None:
+        self._last = self.loop.time()
+        sink = self.sink
+        if sink is not None and self._chunked and not self._cbuf and not self._cleft and self._decomp is None:
+            # the hot path of a stream: one whole chunk (one SSE event, usually) in one read
+            end = data.find(b"\r\n")
+            if 0 < end <= 16 and data[-2:] == b"\r\n" and not data[:end].translate(None, HEX):
+                size = int(data[:end], 16)
+                if size and len(data) == end + size + 4 and not sink.done.done() and not self.buf:
+                    sink.take(data[end + 2 : -2])
+                    return
         self.got_bytes = True
-        if self._timeout:
-            self._last = self.loop.time()
         if self.eof or self.exc is not None:
             self.reusable = False
             return
@@ -310,7 +319,7 @@ class UpstreamResponse:
             end = data.find(b"\r\n")
             if 0 < end <= 16:
                 size_text = data[:end]
-                if all(c in b"0123456789abcdefABCDEF" for c in size_text):
+                if not size_text.translate(None, HEX):
                     size = int(size_text, 16)
                     if size and len(data) == end + 2 + size + 2 and data[-2:] == b"\r\n":
                         return data[end + 2 : end + 2 + size]
@@ -350,7 +359,7 @@ class UpstreamResponse:
                         self._trailer = None  # type: ignore[assignment]  # the body's end
                     continue
                 size_text = line.split(b";", 1)[0].strip()
-                if not size_text or not all(c in b"0123456789abcdefABCDEF" for c in size_text):
+                if not size_text or size_text.translate(None, HEX):
                     raise ValueError(f"bad chunk size {line[:40]!r}")
                 size = int(size_text, 16)
                 if size == 0:
