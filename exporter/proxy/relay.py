@@ -291,6 +291,13 @@ async def _pump(relay: _Relay, request: web.Request, content: StreamReader | Bod
             relay.send(relay._redact(data))
 
 
+class _SSEResponse(web.StreamResponse):
+    # ``prepare`` leaves the status line and headers in aiohttp's writer (as ``web.Response`` does)
+    # instead of sending them on their own: the relay's first write carries them with the first
+    # event, one system call and one TCP segment fewer per stream.
+    _send_headers_immediately = False
+
+
 async def write_error_event(
     response: web.StreamResponse, message: str, code: str, type_: str = "upstream_error"
 ) -> None:
@@ -308,7 +315,7 @@ async def relay_stream(
 ) -> web.StreamResponse:
     """SSE: pass the upstream's events on as they arrive, keep the usage event. ``streams``: the
     streams in progress, which shutdown may cut (exporter/proxy/lifecycle.py)."""
-    response = web.StreamResponse(status=upstream.status, headers=client_headers(upstream, call))
+    response = _SSEResponse(status=upstream.status, headers=client_headers(upstream, call))
     call.status = upstream.status
     sse = SSEFilter(hide_usage, keep_text=call.model is not None and call.model.usage_fallback == "tokenize")
     relay: _Relay | None = None
