@@ -196,5 +196,6 @@ async def test_errors_map_to_aiohttp_types() -> None:
 def test_only_plain_http_without_credentials_uses_it() -> None:
     assert plain_target("http://127.0.0.1:8000/v1") == ("127.0.0.1", 8000, "/v1")
     assert plain_target("http://vllm") == ("vllm", 80, "")
+    assert plain_target("http://[::1]:8000") == ("::1", 8000, "")
     assert plain_target("https://api.example/v1") is None
     assert plain_target("http://user:pw@vllm:8000/v1") is None

@@ -552,7 +552,8 @@ class UpstreamPool:
         ``Unreachable`` when no connection could be made, else aiohttp's errors."""
         host, port, prefix = target
         key = (host, port)
-        lines = [f"POST {prefix}{path} HTTP/1.1", f"Host: {host}:{port}" if port != 80 else f"Host: {host}"]
+        name = f"[{host}]" if ":" in host else host  # an IPv6 literal
+        lines = [f"POST {prefix}{path} HTTP/1.1", f"Host: {name}:{port}" if port != 80 else f"Host: {name}"]
         for k, v in headers.items():
             if "\r" in v or "\n" in v or "\r" in k or "\n" in k or ":" in k:
                 raise aiohttp.ClientConnectionError(f"invalid header {k[:40]!r}")
