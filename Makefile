@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := prometheus prometheus-alertmanager victoria-metrics
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-real bench lint fmt dashboards generate deps venv clean
+.PHONY: demo test test-real bench bench-peers lint fmt dashboards generate deps venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,10 +43,22 @@ test: deps venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(PY) dashboards/build.py --check
+	$(PY) -m exporter.metrics_doc --check
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: deps venv
 	$(PY) bench/run_all.py --out docs/performance.md
+
+# Optional, not part of `make bench` or `make test`: LiteLLM's proxy (from PyPI, into its own venv) and
+# this proxy side by side in front of the same simulator; replaces its section of docs/performance.md.
+# LITELLM_VERSION: the newest release whose `proxy` extra installed (see INSTALL_NOTE in bench_peers.py).
+PEERS_VENV := .venv-peers
+LITELLM_VERSION := 1.108.7
+bench-peers: venv
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	@$(PEERS_VENV)/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('litellm') != '$(LITELLM_VERSION)')" 2>/dev/null || \
+	  $(PEERS_VENV)/bin/python -m pip install -q 'litellm[proxy]==$(LITELLM_VERSION)'
+	$(PY) bench/bench_peers.py --litellm $(PEERS_VENV)/bin/litellm --out docs/performance.md
 
 # Conformance suite against a real llama.cpp server (llama-cpp-python). Compiling it takes 20+ minutes
 # on 2 cores, so the wheel is built once into WHEEL_CACHE (outside the repo) and reused; pip takes it
@@ -79,9 +91,11 @@ fmt: venv
 dashboards: venv
 	$(PY) dashboards/build.py
 
-# Regenerate every generated artefact: rule files, the Kubernetes PrometheusRule, dashboards.
+# Regenerate every generated artefact: rule files, the Kubernetes PrometheusRule, dashboards, the
+# metric tables of docs/metrics.md.
 generate: venv
 	$(PY) rules/generate.py
+	$(PY) -m exporter.metrics_doc
 	$(PY) deploy/kubernetes/generate_prometheusrule.py
 	$(PY) dashboards/build.py
 	$(PY) -m exporter.cli alertmanager-config --config.file deploy/chargeback.example.yaml \

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from exporter import contract
 from exporter.config import parse_config
 from exporter.gpu.collector import GpuCollector
+from exporter.gpu.fields import FIELDS
 from exporter.gpu.nvml import NvmlBackend
 
 PER_GPU = [
@@ -27,11 +28,7 @@ PER_GPU = [
     contract.GPU_IDLE_SECONDS_TOTAL,
     contract.GPU_OBSERVED_SECONDS_TOTAL,
     contract.GPU_IDLE,
-    contract.GPU_MEMORY_USED_BYTES,
-    contract.GPU_MEMORY_TOTAL_BYTES,
-    contract.GPU_POWER_WATTS,
-    contract.GPU_ENERGY_JOULES_TOTAL,
-    contract.GPU_TEMPERATURE_CELSIUS,
+    *(f.name for f in FIELDS),  # every reading of the GPU field table
     contract.GPU_HOURLY_COST,
 ]
 

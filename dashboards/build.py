@@ -9,7 +9,7 @@
 The dashboards' time zone is the billing zone (``timezone:`` of the configuration, by default
 deploy/chargeback.example.yaml's), so that "this month" in Grafana starts when the statements' month
 does. ``--check`` also decodes every dashboard strictly against Grafana's schema (dashboards/strict.py).
-Output is deterministic: sorted keys, fixed uids and panel ids, no timestamps.
+Output is deterministic: sorted keys, fixed uids, panel ids in declared order, no timestamps.
 
 The JSON is committed once. Kubernetes gets it through kustomize: dashboards/kustomization.yaml has
 one configMapGenerator entry per dashboard (``kubectl kustomize dashboards``, included by

@@ -1,18 +1,26 @@
-"""What the three chargeback dashboards share: the datasource variable, units, links between them,
-panel builders that always set a unit, a description and the ``${datasource}`` reference, and a small
-grid layout so that panels never overlap.
+"""What the three chargeback dashboards share: units, thresholds, links between them, table
+transformations, the template variables and the dashboard frame around the rows of panels.
 
-Every builder takes an explicit panel ``id``: ids stay stable when panels are added elsewhere, so
-links to ``viewPanel=<id>`` keep working across regenerations.
+Panels are declared as data (``Row``, ``Panel`` of dashboards/layout.py, re-exported here); their ids
+and grid positions are computed, in the order they are declared.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from dashboards import modern, selectors
+from dashboards.layout import (  # noqa: F401  (re-exported for the dashboard modules)
+    CURRENCY,
+    DATASOURCE,
+    GREEN_ONLY,
+    MONEY,
+    Panel,
+    Row,
+    panels_json,
+    steps,
+)
 from dashboards.modern import Json
 
 # Default currency of the generated JSON (the example config uses EUR). ``build.py --currency USD``
@@ -58,8 +66,6 @@ REQUESTS_PER_SECOND = "reqps"
 CELSIUS = "celsius"
 NONE = "none"
 
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-
 TAGS = ["chargeback"]
 
 # uid → title of the three dashboards; the links between them are built from this.
@@ -74,8 +80,6 @@ TITLES = {
     "gpu_fleet": "Chargeback GPU fleet",
 }
 
-GRID_WIDTH = 24
-
 
 def currency_unit(code: str) -> str:
     code = code.upper()
@@ -84,217 +88,21 @@ def currency_unit(code: str) -> str:
     return f"currency:{code} "
 
 
-def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False, table: bool = False) -> Json:
-    """A Prometheus query on the ``${datasource}`` variable (range unless ``instant``)."""
-    return modern.prometheus_target(expr, DATASOURCE, legend, ref, instant, table)
-
-
-def targets(*specs: tuple[str, str], instant: bool = False, table: bool = False) -> list[Json]:
-    """(expr, legend) pairs → targets A, B, C, …"""
-    return [
-        target(expr, legend, ref=chr(ord("A") + i), instant=instant, table=table)
-        for i, (expr, legend) in enumerate(specs)
-    ]
-
-
-def steps(*pairs: tuple[str, float | None]) -> list[dict[str, Any]]:
-    """Threshold steps in Grafana's field-config form: the first step has value null."""
-    return [{"color": color, "value": value} for color, value in pairs]
-
-
-GREEN_ONLY = steps(("green", None))
 BUDGET_STEPS = steps(("green", None), ("orange", 0.8), ("red", 1.0))
 # Note for idle ratios: most of a pool idle means paying for GPUs nobody uses.
 IDLE_STEPS = steps(("green", None), ("orange", 0.5), ("red", 0.8))
 
 
-def timeseries(
-    id: int,
-    title: str,
-    description: str,
-    unit: str,
-    tgts: Sequence[Json],
-    stacked: bool = False,
-    fill: int = 10,
-    legend_calcs: Sequence[str] = ("lastNotNull", "max"),
-    max_value: float | None = None,
-    overrides: Sequence[dict[str, Any]] = (),
-    draw_style: str = "line",
-    links: Sequence[dict[str, Any]] = (),
-    thresholds: Sequence[dict[str, Any]] = GREEN_ONLY,
-    decimals: int | None = None,
-) -> Json:
-    custom = {
-        "drawStyle": draw_style,
-        "lineWidth": 1,
-        "fillOpacity": fill,
-        "gradientMode": "none",
-        "showPoints": "never",
-        "spanNulls": False,
-        "axisPlacement": "auto",
-        "stacking": {"mode": "normal" if stacked else "none", "group": "A"},
-        "thresholdsStyle": {"mode": "off"},
-    }
-    return modern.panel(
-        "timeseries",
-        id,
-        title,
-        description,
-        DATASOURCE,
-        tgts,
-        modern.field_defaults(
-            unit,
-            steps=thresholds,
-            color_mode="palette-classic",
-            min_value=0,
-            max_value=max_value,
-            decimals=decimals,
-            links=links,
-            custom=custom,
-        ),
-        {
-            "legend": modern.legend(legend_calcs),
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        },
-        overrides=overrides,
-    )
+def column_units(units: dict[str, str]) -> list[dict[str, Any]]:
+    """Overrides that give some columns of a table their own unit."""
+    return [field_override(name, unit=unit) for name, unit in units.items()]
 
 
-def stat(
-    id: int,
-    title: str,
-    description: str,
-    unit: str,
-    tgts: Sequence[Json],
-    thresholds: Sequence[dict[str, Any]] = GREEN_ONLY,
-    decimals: int | None = None,
-    mappings: Sequence[dict[str, Any]] = (),
-    graph: bool = True,
-    text_mode: str = "auto",
-) -> Json:
-    return modern.panel(
-        "stat",
-        id,
-        title,
-        description,
-        DATASOURCE,
-        tgts,
-        modern.field_defaults(
-            unit,
-            steps=thresholds,
-            color_mode="thresholds",
-            decimals=decimals,
-            mappings=mappings,
-            no_value="no data",
-        ),
-        {
-            "reduceOptions": modern.reduce_options(),
-            "graphMode": "area" if graph else "none",
-            "colorMode": "value",
-            "justifyMode": "auto",
-            "textMode": text_mode,
-            "orientation": "auto",
-            "wideLayout": True,
-            "showPercentChange": False,
-        },
-    )
-
-
-def bargauge(
-    id: int,
-    title: str,
-    description: str,
-    unit: str,
-    tgts: Sequence[Json],
-    max_value: float | None = None,
-    thresholds: Sequence[dict[str, Any]] = GREEN_ONLY,
-    links: Sequence[dict[str, Any]] = (),
-    decimals: int | None = None,
-) -> Json:
-    """A horizontal bar per series. Without ``max_value`` each bar is scaled to the largest value
-    shown (Grafana computes the max from the data when the field config has none)."""
-    return modern.panel(
-        "bargauge",
-        id,
-        title,
-        description,
-        DATASOURCE,
-        tgts,
-        modern.field_defaults(
-            unit,
-            steps=thresholds,
-            color_mode="thresholds",
-            min_value=0,
-            max_value=max_value,
-            decimals=decimals,
-            links=links,
-        ),
-        {
-            "reduceOptions": modern.reduce_options(),
-            "displayMode": "gradient",
-            "orientation": "horizontal",
-            "showUnfilled": True,
-            "valueMode": "color",
-            "namePlacement": "auto",
-            "sizing": "auto",
-            "minVizWidth": 8,
-            "minVizHeight": 16,
-            "maxVizHeight": 300,
-        },
-    )
-
-
-def unit_override(field_name: str, unit: str) -> dict[str, Any]:
-    """Give one field (column or series) of a panel its own unit."""
+def field_override(field_name: str, **properties: Any) -> dict[str, Any]:
+    """Give one field (column or series) of a panel its own settings, e.g. ``unit=`` or ``decimals=``."""
     return {
         "matcher": {"id": "byName", "options": field_name},
-        "properties": [{"id": "unit", "value": unit}],
-    }
-
-
-def table(
-    id: int,
-    title: str,
-    description: str,
-    unit: str,
-    tgts: Sequence[Json],
-    transformations: Sequence[dict[str, Any]] = (),
-    overrides: Sequence[dict[str, Any]] = (),
-    sort_by: str | None = None,
-    links: Sequence[dict[str, Any]] = (),
-    decimals: int | None = None,
-) -> Json:
-    return modern.panel(
-        "table",
-        id,
-        title,
-        description,
-        DATASOURCE,
-        tgts,
-        modern.field_defaults(
-            unit,
-            steps=GREEN_ONLY,
-            color_mode="thresholds",
-            decimals=decimals,
-            links=links,
-            custom={"align": "auto", "cellOptions": {"type": "auto"}, "filterable": True, "inspect": False},
-        ),
-        {
-            "showHeader": True,
-            "cellHeight": "sm",
-            "footer": {"show": False, "reducer": ["sum"], "countRows": False},
-            "sortBy": [{"displayName": sort_by, "desc": True}] if sort_by else [],
-        },
-        overrides=overrides,
-        transformations=transformations,
-    )
-
-
-def decimals_override(field_name: str, decimals: int) -> dict[str, Any]:
-    """Give one field (column or series) of a panel its own number of decimals."""
-    return {
-        "matcher": {"id": "byName", "options": field_name},
-        "properties": [{"id": "decimals", "value": decimals}],
+        "properties": [{"id": key, "value": value} for key, value in properties.items()],
     }
 
 
@@ -315,6 +123,13 @@ def organize(exclude: Sequence[str] = ("Time",), rename: dict[str, str] | None =
     }
 
 
+def merged_columns(labels: dict[str, str], *values: str) -> list[dict[str, Any]]:
+    """One table row per label set from several instant queries: ``labels`` renames the label
+    columns, ``values`` names the value columns of queries A, B, C, … in turn."""
+    rename = {**labels, **{f"Value #{chr(ord('A') + i)}": name for i, name in enumerate(values)}}
+    return [merge(), organize(rename=rename)]
+
+
 def matrix(rows: str, columns: str, value: str = "Value") -> dict[str, Any]:
     """Pivot a long table into rows × columns (Grafana's "grouping to matrix")."""
     return {
@@ -332,49 +147,19 @@ def data_link(title: str, dashboard: str, params: str = "") -> dict[str, Any]:
 
 
 # Template variables
-def datasource_variable() -> Json:
-    return modern.datasource_variable("datasource", "Data source", "prometheus")
-
-
-def query_variable(
-    name: str,
-    label: str,
-    metric: str,
-    label_name: str,
-    include_all: bool = False,
-    multi: bool = False,
-) -> Json:
-    """A variable filled by ``label_values(metric, label)`` from the ``${datasource}``; "All" is ``.*``
-    so that queries match it with ``=~``."""
-    return modern.query_variable(
-        name,
-        label,
-        f"label_values({metric}, {label_name})",
-        DATASOURCE,
-        include_all=include_all,
-        multi=multi,
-    )
+def list_variable(name: str, label: str, series: str, label_name: str) -> Json:
+    """A multi-select variable filled by ``label_values(series, label_name)`` from the ``${datasource}``;
+    "All" is ``.*`` so that queries match it with ``=~``."""
+    query = f"label_values({series}, {label_name})"
+    return modern.query_variable(name, label, query, DATASOURCE, include_all=True, multi=True)
 
 
 def scope_variables(job_selector: str) -> list[Json]:
     """``$cluster`` and ``$job`` (see dashboards/selectors.py), listed from ``up`` of the dashboard's job."""
+    job_scope = f"{job_selector}, {selectors.CLUSTER}" if job_selector else selectors.CLUSTER
     return [
-        query_variable(
-            "cluster",
-            "Cluster",
-            selectors.up(job_selector),
-            selectors.CLUSTER_LABEL,
-            include_all=True,
-            multi=True,
-        ),
-        query_variable(
-            "job",
-            "Job",
-            selectors.up(f"{job_selector}, {selectors.CLUSTER}" if job_selector else selectors.CLUSTER),
-            "job",
-            include_all=True,
-            multi=True,
-        ),
+        list_variable("cluster", "Cluster", selectors.up(job_selector), selectors.CLUSTER_LABEL),
+        list_variable("job", "Job", selectors.up(job_scope), "job"),
     ]
 
 
@@ -387,57 +172,46 @@ def links(current: str) -> list[Json]:
     ]
 
 
-@dataclass
-class Layout:
-    """Places panels left to right on Grafana's 24-column grid, wrapping to a new line when full."""
-
-    x: int = 0
-    y: int = 0
-    line_height: int = 0
-    panels: list[Json] = field(default_factory=list)
-
-    def row(self, id: int, title: str) -> None:
-        self.newline()
-        self.panels.append(modern.row(id, title, {"h": 1, "w": GRID_WIDTH, "x": 0, "y": self.y}))
-        self.y += 1
-
-    def add(self, panel: Json, w: int, h: int) -> None:
-        if w > GRID_WIDTH:
-            raise ValueError(f"panel {panel['title']!r} is wider than the grid ({w} > {GRID_WIDTH})")
-        if self.x + w > GRID_WIDTH:
-            self.newline()
-        self.panels.append({**panel, "gridPos": {"h": h, "w": w, "x": self.x, "y": self.y}})
-        self.x += w
-        self.line_height = max(self.line_height, h)
-
-    def newline(self) -> None:
-        if self.x:
-            self.y += self.line_height
-        self.x = 0
-        self.line_height = 0
-
-
 def dashboard(
     key: str,
+    currency: str,
     description: str,
-    layout: Layout,
+    rows: Sequence[Row],
     variables: Sequence[Json],
     time_from: str,
-    refresh: str = "1m",
 ) -> Json:
-    """The dashboard JSON. Its time zone is the browser's until build.py sets the billing zone."""
+    """The dashboard JSON for a currency. Its time zone is the browser's until build.py sets the
+    billing zone."""
     return modern.dashboard(
         uid=UIDS[key],
         title=TITLES[key],
         description=description,
         tags=TAGS,
-        panels=layout.panels,
-        variables=[datasource_variable(), *variables],
+        panels=panels_json(rows, currency_unit(currency), currency),
+        variables=[modern.datasource_variable("datasource", "Data source", "prometheus"), *variables],
         links=links(key),
         time_from=time_from,
-        refresh=refresh,
+        refresh="1m",
         refresh_intervals=["30s", "1m", "5m", "15m", "1h"],
         timezone="browser",
+    )
+
+
+def capacity_used(
+    recorded: str, description: str, fill: int = 10, thresholds: Sequence[Json] = GREEN_ONLY
+) -> Panel:
+    """Weighted tokens per second served by each pool against its configured capacity (on the overview
+    and the GPU fleet dashboard; ``recorded``: the selector of the recorded series)."""
+    query = (f"pool:chargeback_capacity_utilization:ratio5m{recorded}", "{{pool}}")
+    return Panel(
+        "Capacity used by pool",
+        "timeseries",
+        PERCENT_UNIT,
+        [query],
+        description,
+        width=8,
+        fill=fill,
+        thresholds=thresholds,
     )
 
 

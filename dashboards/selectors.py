@@ -1,8 +1,9 @@
 """The label selectors of every dashboard query, in one place (as kubernetes-mixin's ``_config``).
 
-The job selectors are the rules' own (``rules/generate.py``: ``PROXY_SELECTOR``, ``GPU_SELECTOR``), so a
-raw metric is read from the same scrape jobs by the dashboards as by the recording rules. On top of
-them every query is narrowed by the dashboard variables:
+The job selectors come from the config the rules are generated with (``exporter/mixin_config.py``:
+``PROXY_SELECTOR``, ``GPU_SELECTOR``), so a raw metric is read from the same scrape jobs by the
+dashboards as by the recording rules. On top of them every query is narrowed by the dashboard
+variables:
 
 - ``$cluster`` (label ``CLUSTER_LABEL``): on raw and recorded series alike. A single Prometheus has
   no such label and "All" (``.*``) matches series without it; behind Thanos or Mimir the label comes
@@ -20,11 +21,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # rules/ is not an installed package: import it from the checkout
     sys.path.insert(0, str(REPO))
 
-from rules import generate as rules  # noqa: E402
+from exporter import mixin_config  # noqa: E402
+from rules import generate as rules  # noqa: E402  (PromQL helpers shared with the rules)
 
-PROXY_SELECTOR: str = rules.PROXY_SELECTOR
-GPU_SELECTOR: str = rules.GPU_SELECTOR
-CLUSTER_LABEL = "cluster"
+PROXY_SELECTOR: str = mixin_config.PROXY_SELECTOR
+GPU_SELECTOR: str = mixin_config.GPU_SELECTOR
+CLUSTER_LABEL: str = mixin_config.CLUSTER_LABEL
 
 CLUSTER = f'{CLUSTER_LABEL}=~"$cluster"'
 JOB = 'job=~"$job"'

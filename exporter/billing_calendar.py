@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import contract
@@ -50,18 +50,7 @@ class BillingMonthCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         start, end = month_bounds_unix(self.tz, self.clock())
-        zone = str(self.tz.key)
-        s = GaugeMetricFamily(
-            contract.BILLING_MONTH_START,
-            "Start of the current billing month (config timezone) as a Unix timestamp.",
-            labels=("timezone",),
-        )
-        s.add_metric((zone,), start)
-        yield s
-        e = GaugeMetricFamily(
-            contract.BILLING_MONTH_END,
-            "End (exclusive) of the current billing month (config timezone) as a Unix timestamp.",
-            labels=("timezone",),
-        )
-        e.add_metric((zone,), end)
-        yield e
+        for name, value in ((contract.BILLING_MONTH_START, start), (contract.BILLING_MONTH_END, end)):
+            g = contract.spec(name).family()
+            g.add_metric((str(self.tz.key),), value)
+            yield g

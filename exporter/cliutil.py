@@ -33,6 +33,29 @@ def add_log_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_server_flags(
+    parser: argparse.ArgumentParser,
+    listen_help: str,
+    *,
+    repeatable_listen: bool = False,
+    reads_config: bool = True,
+) -> None:
+    """The flags of a long-running server subcommand (proxy, gpu-exporter, simulate-upstream):
+    ``--config.file`` when it reads the config, ``--log.level`` and ``--web.listen-address``
+    (``args.listen``: None when not given, a list when repeatable)."""
+    if reads_config:
+        add_config_flag(parser)
+    add_log_flag(parser)
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        action="append" if repeatable_listen else "store",
+        default=None,
+        metavar="HOST:PORT",
+        help=listen_help,
+    )
+
+
 def setup_logging(level: str = "info") -> None:
     """Log to stderr at ``level``; every logger of the program (``chargeback.*``, exporter/logs.py)
     and of its libraries inherits it."""

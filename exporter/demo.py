@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.sim.harness import create_keys, start_proxy, start_simulator, write_config
-from exporter.sim.traffic import Totals, TrafficResult, run_traffic
+from exporter.sim.traffic import TrafficResult, run_traffic
 from exporter.stack import (
     ManagedProcess,
     StackError,
@@ -215,16 +215,14 @@ class DemoStack:
         assert self.prometheus.url
         return self.prometheus.url
 
-    def add_traffic(self, result: TrafficResult) -> None:
-        t = self.traffic
-        t.requests += result.requests
-        t.streamed += result.streamed
-        t.seconds += result.seconds
-        t.errors.extend(result.errors)
-        for key, tot in result.totals.items():
-            acc = t.totals.setdefault(key, Totals())
-            for f in ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
-                setattr(acc, f, getattr(acc, f) + getattr(tot, f))
+    def command(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``chargeback <args>`` on this stack's config, output captured."""
+        return subprocess.run(
+            chargeback_argv(*args, "--config.file", str(self.config_path)),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 @contextlib.contextmanager
@@ -342,7 +340,7 @@ def drive_traffic(stack: DemoStack, seconds: float, seed: int = 7) -> TrafficRes
                     concurrency=8,
                 )
             )
-            stack.add_traffic(result)
+            stack.traffic.add(result)
         if time.monotonic() >= deadline:
             return stack.traffic
 
@@ -374,40 +372,33 @@ def demo_window(started: datetime, end: datetime) -> tuple[str, str]:
     return start.strftime("%Y-%m-%dT%H:%M:%SZ"), end.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def window_flags(window: tuple[str, str]) -> tuple[str, ...]:
+    return ("--from", window[0], "--to", window[1])
+
+
 def write_statements(
     stack: DemoStack, window: tuple[str, str], *extra: str
 ) -> subprocess.CompletedProcess[str]:
     out_dir = stack.workdir / "statements"
-    argv = chargeback_argv(
+    return stack.command(
         "report",
-        "--config.file",
-        str(stack.config_path),
-        "--from",
-        window[0],
-        "--to",
-        window[1],
+        *window_flags(window),
         "--format",
         "html,csv,json,md",
         "--out",
         str(out_dir),
         *extra,
+        timeout=300,
     )
-    return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
 
 def ledger_summary(stack: DemoStack) -> str:
-    out = subprocess.run(
-        chargeback_argv(
-            "ledger",
-            "query",
-            "--config.file",
-            str(stack.config_path),
-            "SELECT user_email, team, model, COUNT(*) AS requests, SUM(prompt_tokens) AS prompt, "
-            "SUM(completion_tokens) AS completion, SUM(total_tokens) AS total "
-            "FROM public.http_analytics GROUP BY user_email, team, model ORDER BY team, user_email, model",
-        ),
-        capture_output=True,
-        text=True,
+    out = stack.command(
+        "ledger",
+        "query",
+        "SELECT user_email, team, model, COUNT(*) AS requests, SUM(prompt_tokens) AS prompt, "
+        "SUM(completion_tokens) AS completion, SUM(total_tokens) AS total "
+        "FROM public.http_analytics GROUP BY user_email, team, model ORDER BY team, user_email, model",
         timeout=60,
     )
     return out.stdout if out.returncode == 0 else out.stderr
@@ -463,20 +454,7 @@ def run(args: argparse.Namespace) -> int:
             print(ledger_summary(stack))
             rep = write_statements(stack, window, "--email")
             print(rep.stdout.strip(), rep.stderr.strip(), sep="\n")
-            cmp = subprocess.run(
-                chargeback_argv(
-                    "compare",
-                    "--config.file",
-                    str(stack.config_path),
-                    "--from",
-                    window[0],
-                    "--to",
-                    window[1],
-                ),
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            cmp = stack.command("compare", *window_flags(window))
             print("\nwhat each allocation method would charge (chargeback compare):")
             print(cmp.stdout.strip() or cmp.stderr.strip())
             print(f"\nstatements: {workdir / 'statements'}")

@@ -13,7 +13,8 @@ are) and ``tests/test_rules.py`` fails when they differ from what this script pr
         --gpu-selector 'job="dcgm-cost"' --output-dir /etc/prometheus/rules   # your own labels
 
 Only the two selectors touch raw metrics; recorded series (``level:metric:operations``) carry no
-job label. The script needs nothing beyond PyYAML.
+job label. Selectors and thresholds live in exporter/mixin_config.py (shared with the dashboards), raw
+metric names in exporter/contract.py. The script needs nothing beyond PyYAML and the checkout.
 """
 
 from __future__ import annotations
@@ -26,48 +27,48 @@ from typing import NamedTuple
 
 import yaml
 
-# --- the one place to change job selectors ---------------------------------------------------
-PROXY_SELECTOR = 'job="chargeback-proxy"'  # every proxy replica's metrics listener
-GPU_SELECTOR = 'job="chargeback-gpu-exporter"'  # every GPU exporter
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run from a checkout: the metric names and the config come from exporter/
+    sys.path.insert(0, str(REPO))
 
-# --- tunables ------------------------------------------------------------------------------------
-RATE_WINDOW = "5m"  # the "5m" in every *:rate5m / *:ratio5m series (the names assume 5m)
-IDLE_ALERT_WINDOW = "1h"  # window of pool:chargeback_idle_cost_share:ratio1h
-# Month-to-date is recomputed from the raw counters at every evaluation, never from its own past,
-# so evaluation gaps cannot reset it and HA replicas agree: the billing month is cut into hour-long
-# tiles (aligned to the Unix epoch, as subquery steps are), each tile's increase() is taken, and the
-# tiles since the billing month's start are summed; the current, unfinished hour is summed from
-# 5-minute tiles. MTD_LOOKBACK must cover the longest billing month (31 days + 1 h in a zone that
-# leaves summer time in October) and Prometheus must keep raw samples that long.
-MTD_LOOKBACK = "32d"
-# The month-to-date group reads a month of raw samples at every evaluation; a large fleet can give
-# it a longer interval than the global evaluation_interval (--month-to-date-interval 5m).
-MTD_GROUP_INTERVAL = ""  # "" = Prometheus' global evaluation_interval
+from exporter import contract  # noqa: E402
+from exporter.mixin_config import (  # noqa: E402  (the one place to change selectors and thresholds)
+    BUDGET_EXCEEDED_FOR,
+    BUDGET_FORECAST_FOR,
+    CURRENCY,
+    DASHBOARD_BASE_URL,
+    EXPORTER_DOWN_FOR,
+    GPU_SELECTOR,
+    IDLE_ALERT_WINDOW,
+    IDLE_COST_FOR,
+    IDLE_COST_SHARE_THRESHOLD,
+    LEDGER_DEAD_LETTER_WINDOW,
+    LEDGER_JOURNAL_FOR,
+    LEDGER_JOURNAL_ROWS_THRESHOLD,
+    LEDGER_QUEUE_ROWS_THRESHOLD,
+    LIMIT_STORE_DOWN_FOR,
+    MTD_GROUP_INTERVAL,
+    MTD_LOOKBACK,
+    PROXY_DOWN_FOR,
+    PROXY_SELECTOR,
+    RATE_WINDOW,
+    RULE_FAILURES_FOR,
+    RUNBOOK_BASE_URL,
+    TEAM_BLOCKED_WINDOW,
+    TEAM_DASHBOARD_UID,
+    UNMAPPED_GPUS_FOR,
+    UPSTREAM_ERROR_FOR,
+    UPSTREAM_ERROR_RATIO_THRESHOLD,
+    USAGE_ESTIMATED_FOR,
+    USAGE_ESTIMATED_RATIO_THRESHOLD,
+)
 
-RUNBOOK_BASE_URL = "https://github.com/llm-chargeback/llm-chargeback/blob/main/docs/runbook.md"
-DASHBOARD_BASE_URL = "http://localhost:3000"  # Grafana; the team dashboard is <base>/d/chargeback-team
-TEAM_DASHBOARD_UID = "chargeback-team"
-CURRENCY = "EUR"  # currency of the budgets as written in alert text (the config's currency:)
-IDLE_COST_SHARE_THRESHOLD = 0.5  # ChargebackGPUIdleCostHigh: idle share of a pool's cost
-IDLE_COST_FOR = "2h"
-UPSTREAM_ERROR_RATIO_THRESHOLD = 0.05  # ChargebackUpstreamErrorRateHigh
-UPSTREAM_ERROR_FOR = "10m"
-LEDGER_QUEUE_ROWS_THRESHOLD = 1000  # ChargebackLedgerBacklog: rows that never drained for 5m
-# ChargebackLedgerJournalBacklog: journaled rows not in the database that never fell below this for
-# 10 minutes. In normal operation the journal holds about one batch (flush_interval_seconds' worth).
-LEDGER_JOURNAL_ROWS_THRESHOLD = 10_000
-LEDGER_JOURNAL_FOR = "10m"
-LEDGER_DEAD_LETTER_WINDOW = "1h"
-BUDGET_EXCEEDED_FOR = "0m"  # month-to-date spend only grows within a month: no flapping to wait out
-BUDGET_FORECAST_FOR = "1h"  # the forecast follows the 5m spend rate: wait out short bursts
-# kubernetes-mixin's TargetDown waits 10m: a scrape that fails for a few minutes (a node drain, a
-# rolling update) is not worth waking anyone for, and clients retry against the other replicas.
-PROXY_DOWN_FOR = "10m"
-EXPORTER_DOWN_FOR = "10m"
-USAGE_ESTIMATED_RATIO_THRESHOLD = 0.05  # share of a model's requests whose usage was estimated
-USAGE_ESTIMATED_FOR = "15m"
-RULE_FAILURES_FOR = "5m"
-UNMAPPED_GPUS_FOR = "30m"  # a GPU added to a host before the config names its pool
+# raw token counters and their per-model weights, by kind of token
+TOKENS_TOTAL = {"prompt": contract.PROMPT_TOKENS_TOTAL, "completion": contract.COMPLETION_TOKENS_TOTAL}
+TOKEN_WEIGHT = {
+    "prompt": contract.MODEL_PROMPT_TOKEN_WEIGHT,
+    "completion": contract.MODEL_COMPLETION_TOKEN_WEIGHT,
+}
 
 HEADER = """\
 # GENERATED by rules/generate.py: edit that file and run `python rules/generate.py`, not this one.
@@ -93,9 +94,9 @@ def recording_rules(p: str, g: str) -> list[dict[str, str]]:
     weights_model_pool = model_pool(p)
     # GPUs no pool claims are exported with pool="" and cost nothing: leave them out of pool series
     mapped = 'pool!=""'
-    gpu_pool = f"max by (uuid, pool) (chargeback_gpu_info{sel(g, mapped)})"
+    gpu_pool = f"max by (uuid, pool) ({contract.GPU_INFO}{sel(g, mapped)})"
     gpu_cost = gpu_cost_by_uuid(g)
-    capacity = f"max by (pool) (chargeback_pool_capacity_tokens_per_second{sel(p)})"
+    capacity = f"max by (pool) ({contract.POOL_CAPACITY_TOKENS_PER_SECOND}{sel(p)})"
 
     def per_pool(counter: str, join: str, window: str = w) -> str:
         # Per-GPU seconds per second, times a per-GPU factor (1 for gpu_pool, its cost for gpu_cost), by pool.
@@ -106,25 +107,17 @@ def recording_rules(p: str, g: str) -> list[dict[str, str]]:
 )"""
 
     def weighted(kind: str) -> str:
-        # A model without a weight series counts its tokens with weight 1 (the config default).
-        series = f"user_team_model:chargeback_{kind}_tokens:rate5m"
-        weight = f"max by (model) (chargeback_model_{kind}_token_weight{sel(p)})"
-        return f"""label_replace(
-        {series} * on (model) group_left () {weight}
-      or
-        {series},
-      "part", "{kind}", "", ""
-    )"""
+        return times_weight(f"user_team_model:chargeback_{kind}_tokens:rate5m", kind, p, "part", " " * 4)
 
     rules: list[dict[str, str]] = [
         # --- tokens per user, team, model (per second)
         {
             "record": "user_team_model:chargeback_prompt_tokens:rate5m",
-            "expr": f"sum by (user, team, model) (rate(chargeback_prompt_tokens_total{sel(p)}[{w}]))",
+            "expr": f"sum by (user, team, model) (rate({contract.PROMPT_TOKENS_TOTAL}{sel(p)}[{w}]))",
         },
         {
             "record": "user_team_model:chargeback_completion_tokens:rate5m",
-            "expr": f"sum by (user, team, model) (rate(chargeback_completion_tokens_total{sel(p)}[{w}]))",
+            "expr": f"sum by (user, team, model) (rate({contract.COMPLETION_TOKENS_TOTAL}{sel(p)}[{w}]))",
         },
         {
             # prompt × w_prompt + completion × w_completion; the "part" label keeps both terms apart
@@ -146,7 +139,7 @@ def recording_rules(p: str, g: str) -> list[dict[str, str]]:
         {
             "record": "team_model_code:chargeback_requests:rate5m",
             # the by-code counter has no user label in either metrics_labels mode
-            "expr": f"sum by (team, model, code) (rate(chargeback_requests_by_code_total{sel(p)}[{w}]))",
+            "expr": f"sum by (team, model, code) (rate({contract.REQUESTS_BY_CODE_TOTAL}{sel(p)}[{w}]))",
         },
         # --- pools (pool of a model from chargeback_model_info)
         {
@@ -166,7 +159,7 @@ def recording_rules(p: str, g: str) -> list[dict[str, str]]:
             "record": "pool:chargeback_weighted_tokens:rate5m",
             "expr": f"""sum by (pool) (team_pool:chargeback_weighted_tokens:rate5m)
 or
-0 * max by (pool) (chargeback_model_info{sel(p)})""",
+0 * max by (pool) ({contract.MODEL_INFO}{sel(p)})""",
         },
         {
             # absent while a pool serves no tokens at all (a share of nothing is undefined)
@@ -193,11 +186,11 @@ or
         },
         {
             "record": "pool:chargeback_gpu_busy_seconds:rate5m",
-            "expr": per_pool("chargeback_gpu_busy_seconds_total", gpu_pool),
+            "expr": per_pool(contract.GPU_BUSY_SECONDS_TOTAL, gpu_pool),
         },
         {
             "record": "pool:chargeback_gpu_idle_seconds:rate5m",
-            "expr": per_pool("chargeback_gpu_idle_seconds_total", gpu_pool),
+            "expr": per_pool(contract.GPU_IDLE_SECONDS_TOTAL, gpu_pool),
         },
         {
             "record": "pool:chargeback_gpu_busy:ratio5m",
@@ -210,11 +203,11 @@ or
         {
             # Σ over GPUs of (idle seconds per second × that GPU's hourly cost)
             "record": "pool:chargeback_idle_cost_per_hour:rate5m",
-            "expr": per_pool("chargeback_gpu_idle_seconds_total", gpu_cost),
+            "expr": per_pool(contract.GPU_IDLE_SECONDS_TOTAL, gpu_cost),
         },
         {
             "record": "pool:chargeback_idle_cost_share:ratio1h",
-            "expr": per_pool("chargeback_gpu_idle_seconds_total", gpu_cost, IDLE_ALERT_WINDOW)
+            "expr": per_pool(contract.GPU_IDLE_SECONDS_TOTAL, gpu_cost, IDLE_ALERT_WINDOW)
             + """
 / on (pool)
 (pool:chargeback_gpu_hourly_cost:sum > 0)""",
@@ -252,11 +245,7 @@ clamp_min(1 - pool:chargeback_capacity_utilization:ratio5m, 0)""",
   * on (pool) group_left ()
     pool:chargeback_gpu_hourly_cost:sum
   and on ()
-    (
-        max(chargeback_realtime_method_info{sel(p, 'method="token-share"')}) == 1
-      or
-        absent(chargeback_realtime_method_info{sel(p)})
-    )
+    {method_is_token_share(p)}
 )
 or
 (
@@ -264,7 +253,7 @@ or
   * on (pool) group_left ()
     pool:chargeback_price_per_token:ratio
   and on ()
-    max(chargeback_realtime_method_info{sel(p, 'method="proxy-price-per-token"')}) == 1
+    {method_is_proxy_price(p)}
 )""",
         },
         {
@@ -286,41 +275,52 @@ or
     return rules
 
 
+def times_weight(series: str, kind: str, p: str, label: str, indent: str) -> str:
+    """``series`` (by model) × the model's ``kind`` token weight, labelled ``label="kind"`` so that `or`
+    keeps the prompt and completion terms apart (a side without series, e.g. embeddings, still
+    counts). A model without a weight series counts its tokens with weight 1 (the config default)."""
+    weight = f"max by (model) ({TOKEN_WEIGHT[kind]}{sel(p)})"
+    return f"""label_replace(
+{indent}    {series} * on (model) group_left () {weight}
+{indent}  or
+{indent}    {series},
+{indent}  "{label}", "{kind}", "", ""
+{indent})"""
+
+
 def model_pool(p: str) -> str:
     """Model → pool, one pool per model with value 1. During a rolling config change replicas can
     disagree (a model moved to another pool): the pool most replicas report wins, so the joins on
     it never see two pools for one model (a many-to-many error would drop every share series)."""
-    return f"clamp_max(topk by (model) (1, count by (model, pool) (chargeback_model_info{sel(p)})), 1)"
+    return f"clamp_max(topk by (model) (1, count by (model, pool) ({contract.MODEL_INFO}{sel(p)})), 1)"
 
 
 def gpu_cost_by_uuid(g: str) -> str:
     """One hourly cost (and pool) per GPU uuid, however many series carry it."""
-    return f"topk by (uuid) (1, max by (uuid, pool) (chargeback_gpu_hourly_cost{sel(g)}))"
+    return f"topk by (uuid) (1, max by (uuid, pool) ({contract.GPU_HOURLY_COST}{sel(g)}))"
 
 
 def method_is_token_share(p: str) -> str:
     return f"""(
-        max(chargeback_realtime_method_info{sel(p, 'method="token-share"')}) == 1
+        max({contract.REALTIME_METHOD_INFO}{sel(p, 'method="token-share"')}) == 1
       or
-        absent(chargeback_realtime_method_info{sel(p)})
+        absent({contract.REALTIME_METHOD_INFO}{sel(p)})
     )"""
 
 
 def method_is_proxy_price(p: str) -> str:
-    return f"""max(chargeback_realtime_method_info{sel(p, 'method="proxy-price-per-token"')}) == 1"""
+    return f"""max({contract.REALTIME_METHOD_INFO}{sel(p, 'method="proxy-price-per-token"')}) == 1"""
 
 
 def billing_month_start(p: str) -> str:
     """Scalar: start of the current billing month (exported by the proxies from the config's
     ``timezone:``), taken at the evaluation time even inside a subquery (``@ end()``)."""
-    return (
-        f"scalar(max(last_over_time(chargeback_billing_month_start_timestamp_seconds{sel(p)}[1d] @ end())))"
-    )
+    return f"scalar(max(last_over_time({contract.BILLING_MONTH_START}{sel(p)}[1d] @ end())))"
 
 
 def hours_left_in_month(p: str) -> str:
     """One-element vector: hours until the current billing month ends."""
-    return f"(clamp_min(max(chargeback_billing_month_end_timestamp_seconds{sel(p)}) - time(), 0) / 3600)"
+    return f"(clamp_min(max({contract.BILLING_MONTH_END}{sel(p)}) - time(), 0) / 3600)"
 
 
 def month_tiles(tile: Callable[[str], str], p: str) -> str:
@@ -373,14 +373,8 @@ def month_to_date_rules(p: str, g: str) -> list[dict[str, str]]:
     users of that pool, so the figure converges on the statement's instead of leaving idle time out."""
 
     def tile_weighted(kind: str, t: str) -> str:
-        inc = f"sum by (team, model) (increase(chargeback_{kind}_tokens_total{sel(p)}[{t}]))"
-        weight = f"max by (model) (chargeback_model_{kind}_token_weight{sel(p)})"
-        return f"""label_replace(
-                            {inc} * on (model) group_left () {weight}
-                          or
-                            {inc},
-                          "kind", "{kind}", "", ""
-                        )"""
+        inc = f"sum by (team, model) (increase({TOKENS_TOTAL[kind]}{sel(p)}[{t}]))"
+        return times_weight(inc, kind, p, "kind", " " * 24)
 
     def tokens_tile(t: str) -> str:
         return f"""sum by (team, pool) (
@@ -395,7 +389,7 @@ def month_to_date_rules(p: str, g: str) -> list[dict[str, str]]:
 
     def cost_tile(t: str) -> str:
         return f"""sum by (pool) (
-                    increase(chargeback_gpu_observed_seconds_total{sel(g)}[{t}])
+                    increase({contract.GPU_OBSERVED_SECONDS_TOTAL}{sel(g)}[{t}])
                   * on (uuid) group_left (pool)
                     {gpu_cost_by_uuid(g)}
                 ) / 3600"""
@@ -444,7 +438,7 @@ or
             "record": MTD,
             "expr": f"""sum by (team) (team_pool:chargeback_spend:month_to_date)
 or on (team)
-0 * max by (team) (chargeback_team_info{sel(p)})""",
+0 * max by (team) ({contract.TEAM_INFO}{sel(p)})""",
         },
         {
             # the hourly spend the rest of the month is forecast with: under token-share each pool's
@@ -481,13 +475,13 @@ team:chargeback_spend_per_hour:month_projection
             "record": "team:chargeback_budget_consumption:ratio",
             "expr": f"""{MTD}
 / on (team)
-(max by (team) (chargeback_team_budget{sel(p)}) > 0)""",
+(max by (team) ({contract.TEAM_BUDGET}{sel(p)}) > 0)""",
         },
         {
             "record": "team:chargeback_budget_forecast_consumption:ratio",
             "expr": f"""team:chargeback_spend:month_forecast
 / on (team)
-(max by (team) (chargeback_team_budget{sel(p)}) > 0)""",
+(max by (team) ({contract.TEAM_BUDGET}{sel(p)}) > 0)""",
         },
     ]
 
@@ -550,14 +544,15 @@ def alerting_groups(p: str, g: str, text: AlertText = DEFAULT_TEXT) -> list[dict
     team_matcher = 'team="%s"'
     mtd = query_value(MTD + "{" + team_matcher + "}") + f" {cur}"
     forecast = query_value("team:chargeback_spend:month_forecast{" + team_matcher + "}") + f" {cur}"
-    budget = query_value(f"max(chargeback_team_budget{sel(p, team_matcher)})") + f" {cur}"
+    budget = query_value(f"max({contract.TEAM_BUDGET}{sel(p, team_matcher)})") + f" {cur}"
     used_pct = query_value("100 * team:chargeback_budget_consumption:ratio{" + team_matcher + "}", "%.1f")
     forecast_pct = query_value(
         "100 * team:chargeback_budget_forecast_consumption:ratio{" + team_matcher + "}", "%.1f"
     )
     # the billing time zone, from the proxies' billing-month gauge
     zone = (
-        "{{ with query `max by (timezone) (chargeback_billing_month_start_timestamp_seconds"
+        "{{ with query `max by (timezone) ("
+        + contract.BILLING_MONTH_START
         + sel(p)
         + ")` }}{{ . | first | label `timezone` }}{{ end }}"
     )
@@ -619,7 +614,7 @@ team:chargeback_budget_consumption:ratio > 1""",
         ),
         alert(
             "ChargebackNVMLDown",
-            f"chargeback_nvml_up{sel(g)} == 0",
+            f"{contract.NVML_UP}{sel(g)} == 0",
             EXPORTER_DOWN_FOR,
             "warning",
             "NVML is not answering on {{ $labels.instance }}",
@@ -629,7 +624,7 @@ team:chargeback_budget_consumption:ratio > 1""",
         ),
         alert(
             "ChargebackGPUsUnmapped",
-            f"max by (job, instance) (chargeback_gpu_unmapped_gpus{sel(g)}) > 0",
+            f"max by (job, instance) ({contract.GPU_UNMAPPED_GPUS}{sel(g)}) > 0",
             UNMAPPED_GPUS_FOR,
             "warning",
             "GPU exporter {{ $labels.instance }} sees GPUs no pool claims",
@@ -638,7 +633,7 @@ team:chargeback_budget_consumption:ratio > 1""",
             text,
         ),
     ]
-    estimated = f"chargeback_usage_estimated_total{sel(p)}"
+    estimated = f"{contract.USAGE_ESTIMATED_TOTAL}{sel(p)}"
     health_rules = [
         alert(
             "ChargebackProxyDown",
@@ -655,7 +650,7 @@ team:chargeback_budget_consumption:ratio > 1""",
             # a share of the model's requests, held for a while: one estimated request is no alert
             f"""sum by (model) (rate({estimated}[{USAGE_ESTIMATED_FOR}]))
 /
-(sum by (model) (rate(chargeback_requests_by_code_total{sel(p)}[{USAGE_ESTIMATED_FOR}])) > 0)
+(sum by (model) (rate({contract.REQUESTS_BY_CODE_TOTAL}{sel(p)}[{USAGE_ESTIMATED_FOR}])) > 0)
 > {USAGE_ESTIMATED_RATIO_THRESHOLD}""",
             USAGE_ESTIMATED_FOR,
             "warning",
@@ -678,17 +673,17 @@ team:chargeback_budget_consumption:ratio > 1""",
         alert(
             "ChargebackLedgerBacklog",
             f"""label_replace(
-    max by (job, instance) (chargeback_ledger_spooled_rows{sel(p)}) > 0,
+    max by (job, instance) ({contract.LEDGER_SPOOLED_ROWS}{sel(p)}) > 0,
     "reason", "spooled", "", ""
 )
 or
 label_replace(
-    min by (job, instance) (min_over_time(chargeback_ledger_queue_rows{sel(p)}[5m])) > {LEDGER_QUEUE_ROWS_THRESHOLD},
+    min by (job, instance) (min_over_time({contract.LEDGER_QUEUE_ROWS}{sel(p)}[5m])) > {LEDGER_QUEUE_ROWS_THRESHOLD},
     "reason", "queued", "", ""
 )
 or
 label_replace(
-    sum by (job, instance) (increase(chargeback_ledger_write_errors_total{sel(p)}[10m])) > 0,
+    sum by (job, instance) (increase({contract.LEDGER_WRITE_ERRORS_TOTAL}{sel(p)}[10m])) > 0,
     "reason", "write_errors", "", ""
 )""",
             "5m",
@@ -702,7 +697,7 @@ label_replace(
         ),
         alert(
             "ChargebackLedgerDeadLetters",
-            f"sum by (job, instance) (increase(chargeback_ledger_dead_letter_rows_total{sel(p)}"
+            f"sum by (job, instance) (increase({contract.LEDGER_DEAD_LETTER_ROWS_TOTAL}{sel(p)}"
             f"[{LEDGER_DEAD_LETTER_WINDOW}])) > 0",
             "0m",
             "warning",
@@ -716,13 +711,13 @@ label_replace(
             "ChargebackLedgerJournalBacklog",
             f"""label_replace(
     min by (job, instance) (
-        min_over_time(chargeback_ledger_journal_rows{sel(p)}[{LEDGER_JOURNAL_FOR}])
+        min_over_time({contract.LEDGER_JOURNAL_ROWS}{sel(p)}[{LEDGER_JOURNAL_FOR}])
     ) > {LEDGER_JOURNAL_ROWS_THRESHOLD},
     "reason", "backlog", "", ""
 )
 or
 label_replace(
-    max by (job, instance) (chargeback_ledger_unjournaled_rows{sel(p)}) > 0,
+    max by (job, instance) ({contract.LEDGER_UNJOURNALED_ROWS}{sel(p)}) > 0,
     "reason", "not_journaled", "", ""
 )""",
             "5m",
@@ -757,10 +752,6 @@ label_replace(
     ]
 
 
-TEAM_BLOCKED_WINDOW = "10m"
-LIMIT_STORE_DOWN_FOR = "2m"
-
-
 def limit_alerts(p: str, text: AlertText = DEFAULT_TEXT) -> list[dict[str, object]]:
     """Limits that act (issue 15): a team refused by a monthly limit, an alert-only token quota used
     up, and the shared store gone. (An alert-only budget is ChargebackTeamBudgetExceeded's job.)"""
@@ -771,8 +762,8 @@ def limit_alerts(p: str, text: AlertText = DEFAULT_TEXT) -> list[dict[str, objec
         alert(
             "ChargebackTeamQuotaExceeded",
             # the overrun, as a positive number of weighted tokens
-            f"-min by (team) (chargeback_limit_remaining_weighted_tokens{sel(p)}) > 0\n"
-            f"unless on (team)\nmax by (team) (chargeback_team_limit{sel(p, quota, blocking)})",
+            f"-min by (team) ({contract.LIMIT_REMAINING_WEIGHTED_TOKENS}{sel(p)}) > 0\n"
+            f"unless on (team)\nmax by (team) ({contract.TEAM_LIMIT}{sel(p, quota, blocking)})",
             "0m",
             "warning",
             "Team {{ $labels.team }} is over its monthly token quota",
@@ -784,7 +775,7 @@ def limit_alerts(p: str, text: AlertText = DEFAULT_TEXT) -> list[dict[str, objec
         ),
         alert(
             "ChargebackTeamBlocked",
-            f"sum by (team, limit) (increase(chargeback_limit_rejections_total{sel(p, monthly)}"
+            f"sum by (team, limit) (increase({contract.LIMIT_REJECTIONS_TOTAL}{sel(p, monthly)}"
             f"[{TEAM_BLOCKED_WINDOW}])) > 0",
             "0m",
             "warning",
@@ -798,7 +789,7 @@ def limit_alerts(p: str, text: AlertText = DEFAULT_TEXT) -> list[dict[str, objec
         ),
         alert(
             "ChargebackLimitStoreUnreachable",
-            f"max by (job, instance) (chargeback_limit_store_up{sel(p)}) == 0",
+            f"max by (job, instance) ({contract.LIMIT_STORE_UP}{sel(p)}) == 0",
             LIMIT_STORE_DOWN_FOR,
             "warning",
             "Proxy {{ $labels.instance }} cannot reach its limit store",

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.ledger import pg_available, temp_pg_database
+from support.ledger import pg_database_or_skip
 
 from exporter.sim.harness import Stack, proxy_stack
 from exporter.stack import free_port
@@ -60,10 +60,14 @@ def ledger_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/ledger.db"
         return
-    reason = pg_available()
-    if reason:
-        pytest.skip(reason)
-    with temp_pg_database() as url:
+    with pg_database_or_skip() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database (skipped when the test server is not there)."""
+    with pg_database_or_skip() as url:
         yield url
 
 

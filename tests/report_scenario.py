@@ -30,12 +30,17 @@ config: 1 GPU × 1.00/h × 745 h = 745.00. Total pool cost 3725.00.
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 
-from support.prom_history import Counter, Series, backfill, grid, ts, write_openmetrics
+from support.prom_history import Counter, Series, grid, prometheus_with, ts
 
 from exporter import contract
+from exporter.report.inputs import Usage
+from exporter.stack import ManagedProcess, chargeback_argv
 
 T0 = ts("2026-09-29T00:00")
 T1 = ts("2026-11-02T00:00")
@@ -344,14 +349,42 @@ def all_series(per_user: bool = True) -> list[Series]:
     return series + gpu_series()
 
 
-def build_tsdb(workdir: Path, per_user: bool = True) -> Path:
-    """Write the scenario as OpenMetrics and backfill it; returns the TSDB directory."""
-    om = workdir / "scenario.om"
-    with om.open("w") as f:
-        write_openmetrics(f, all_series(per_user))
-    data = workdir / "tsdb"
-    backfill(om, data)
-    return data
+def scenario_prometheus(
+    workdir: Path, per_user: bool = True
+) -> contextlib.AbstractContextManager[ManagedProcess]:
+    """A real Prometheus holding the scenario month (``per_user=False``: as proxies with
+    ``metrics_labels: team`` would have written it)."""
+    return prometheus_with(workdir, all_series(per_user), "scenario")
+
+
+# `chargeback report` for the scenario's month from the ledger's quantities
+LEDGER_REPORT = ("report", "--period", "2026-10", "--source", "ledger")
+
+
+def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real ``chargeback`` command with ``--config.file config``."""
+    return subprocess.run(
+        chargeback_argv(*args, "--config.file", str(config)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def usage_figures(usage: Iterable[Usage]) -> dict[tuple[str, str, str], tuple[object, ...]]:
+    """The reporter's usage lines in the shape of EXPECTED_USAGE."""
+    return {
+        u.key: (
+            u.requests,
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            u.request_seconds,
+            u.weighted_tokens,
+        )
+        for u in usage
+    }
 
 
 EXPECTED_USAGE = {

@@ -366,7 +366,9 @@ def test_strict_check_names_what_grafana_would_migrate() -> None:
     dash = load("overview")
     (gauge,) = [p for p in dash["panels"] if p["title"] == "Budget consumption by team"]
     gauge["options"]["fieldOptions"] = {"defaults": {"max": 100}}
-    dash["panels"][5]["fieldConfig"]["defaults"]["color"] = None
+    (idle_at,) = [i for i, p in enumerate(dash["panels"]) if p["title"] == "Idle cost (per hour)"]
+    idle = dash["panels"][idle_at]
+    idle["fieldConfig"]["defaults"]["color"] = None
     gauge["targets"][0]["step"] = 10
     gauge["fieldConfig"]["defaults"]["maxValue"] = 1.5
     del gauge["pluginVersion"]
@@ -377,13 +379,14 @@ def test_strict_check_names_what_grafana_would_migrate() -> None:
     spend["targets"][0]["format"] = "csv"
     dash["rows"] = []
     dash["schemaVersion"] = 39
-    where = "panel 11 'Budget consumption by team'"
+    where = f"panel {gauge['id']} 'Budget consumption by team'"
     got = strict.problems(dash)
     for expected in [
         "schemaVersion is 39, not 41",
         "rows: legacy dashboard key",
-        "panels[5].fieldConfig.defaults.color: null",
-        "panel 6 'Idle cost (per hour)': does not decode (TypeError: argument of type 'NoneType' is not iterable)",
+        f"panels[{idle_at}].fieldConfig.defaults.color: null",
+        f"panel {idle['id']} 'Idle cost (per hour)': does not decode (TypeError: argument of type 'NoneType' is not "
+        "iterable)",
         f"{where}: legacy key options.fieldOptions",
         f"{where}: pluginVersion is None, not '11.6.0'",
         f"{where}: target A: legacy key step",
@@ -555,3 +558,49 @@ def test_queries_use_the_rules_selectors_and_the_scope_variables() -> None:
             assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*", name
             assert variables[name]["multi"], name
     assert checked > 100
+
+
+# ----------------------------------------------------------------------------- declared layout
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_ids_and_places_follow_the_declared_order(key: str) -> None:
+    """Ids count rows and panels in the order they are declared, which is also their order on screen."""
+    ps = load(key)["panels"]
+    assert [p["id"] for p in ps] == list(range(1, len(ps) + 1))
+    places = [(p["gridPos"]["y"], p["gridPos"]["x"]) for p in ps]
+    assert places == sorted(places)
+
+
+def test_layout_fills_lines_wraps_and_stacks_rows() -> None:
+    layout = importlib.import_module("dashboards.layout")
+
+    def panel(title: str, width: int | None = None, height: int | None = None, kind: str = "stat") -> Any:
+        return layout.Panel(
+            title, kind, layout.MONEY, ["up"], f"{layout.CURRENCY} a description", width=width, height=height
+        )
+
+    rows = [
+        layout.Row("first", [panel("a", 16), panel("b", 8, 6), panel("c", 12)]),
+        layout.Row("second", [panel("d", 24, kind="timeseries")], height=5),
+        layout.Row("empty"),
+        layout.Row("third", [panel("e", kind="table"), panel("f")]),
+    ]
+    out = layout.panels_json(rows, "currencyUSD", "USD")
+    got = {p["title"]: (p["id"], *(p["gridPos"][k] for k in "xywh")) for p in out}
+    assert got == {
+        "first": (1, 0, 0, 24, 1),
+        "a": (2, 0, 1, 16, 4),  # a stat is 4 high
+        "b": (3, 16, 1, 8, 6),
+        "c": (4, 0, 7, 12, 4),  # wrapped below the taller of a and b
+        "second": (5, 0, 11, 24, 1),
+        "d": (6, 0, 12, 24, 5),  # the row's height
+        "empty": (7, 0, 17, 24, 1),
+        "third": (8, 0, 18, 24, 1),
+        "e": (9, 0, 19, 12, 8),  # the row's width, a graph or table is 8 high
+        "f": (10, 12, 19, 12, 4),
+    }
+    assert out[1]["fieldConfig"]["defaults"]["unit"] == "currencyUSD"
+    assert out[1]["description"] == "USD a description"
+    with pytest.raises(ValueError, match="wider than the grid"):
+        layout.panels_json([layout.Row("r", [panel("wide", 25)])], "currencyUSD", "USD")

@@ -31,13 +31,11 @@ from exporter import contract
 from exporter.proxy.usage import prompt_chars
 from exporter.sim.harness import (
     ProxyProcess,
-    create_keys,
     metric,
     proxy_config,
     read_metrics,
-    start_proxy,
+    running_proxy,
     wait_for_rows,
-    write_config,
 )
 from exporter.stack import free_port
 
@@ -93,13 +91,8 @@ def _stack(workdir: Path, up: HostileUpstream, ledger_url: str) -> Iterator[Edge
     )
     for name in ("userinfo", "userinfo-dead"):  # credentials in the URL (sent as Basic auth) instead
         del doc["models"][name]["api_key"]
-    config = write_config(workdir / "chargeback.yaml", doc)
-    tokens = create_keys(ledger_url, USERS)
-    proxy = start_proxy(workdir, config)
-    try:
+    with running_proxy(workdir, doc, USERS) as (proxy, tokens):
         yield Edge(proxy, ledger_url, up.url, tokens, proxy.process.log_path, dead, iter(USERS))
-    finally:
-        proxy.stop()
 
 
 def chat_body(spec: dict[str, Any], model: str = "hostile", stream: bool = False) -> dict[str, Any]:

@@ -11,33 +11,16 @@ from datetime import date
 from pathlib import Path
 
 import psycopg
-from support.ledger import make_row
+from support.ledger import make_row, write_ledger_config
 
 from exporter.ledger.keys import hash_token
 from exporter.ledger.store import open_store
 from exporter.stack import chargeback_argv
 
-CONFIG = """
-currency: EUR
-pools:
-  p: {{gpu_hourly_cost: 1, gpus: 1}}
-models:
-  m0: {{upstreams: [http://127.0.0.1:9/v1], pool: p}}
-teams:
-{teams}
-users:
-{users}
-ledger:
-  url: {url}
-"""
-
 
 def write_config(tmp_path: Path, url: str, n_users: int, n_teams: int) -> Path:
-    teams = "\n".join(f"  t{t:03d}: {{}}" for t in range(n_teams))
-    users = "\n".join(f"  u{u:05d}@corp.example: t{u % n_teams:03d}" for u in range(n_users))
-    path = tmp_path / "chargeback.yaml"
-    path.write_text(CONFIG.format(teams=teams, users=users, url=url))
-    return path
+    users = {f"u{u:05d}@corp.example": f"t{u % n_teams:03d}" for u in range(n_users)}
+    return write_ledger_config(tmp_path / "chargeback.yaml", url, users)
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

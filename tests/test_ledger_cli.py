@@ -11,27 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.ledger import VERBATIM_SQL, make_row
+from support.ledger import SUMMARY_COLUMNS, VERBATIM_SQL, make_row, write_ledger_config
 
 from exporter import cli
 from exporter.ledger.keys import TOKEN_PREFIX, hash_token
 from exporter.ledger.store import open_store
-
-CONFIG = """
-currency: EUR
-pools:
-  p: {{gpu_hourly_cost: 1, gpus: 1}}
-models:
-  m0: {{upstreams: [http://127.0.0.1:9/v1], pool: p}}
-teams:
-  research: {{}}
-  support: {{}}
-users:
-  alice@corp.example: {{team: research}}
-  bob@corp.example: {{team: support}}
-ledger:
-  url: {url}
-"""
 
 
 @pytest.fixture
@@ -50,9 +34,8 @@ def run(monkeypatch, capsys):
 
 @pytest.fixture
 def cfg_file(tmp_path):
-    path = tmp_path / "chargeback.yaml"
-    path.write_text(CONFIG.format(url=f"sqlite:///{tmp_path}/ledger.db"))
-    return str(path)
+    users = {"alice@corp.example": "research", "bob@corp.example": "support"}
+    return str(write_ledger_config(tmp_path / "chargeback.yaml", f"sqlite:///{tmp_path}/ledger.db", users))
 
 
 def test_keys_create_list_revoke(run, cfg_file, tmp_path):
@@ -225,17 +208,7 @@ def test_ledger_summary(run, cfg_file, tmp_path):
     )
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == [
-        "user_email",
-        "team",
-        "model",
-        "requests",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "cached_tokens",
-        "estimated",
-    ]
+    assert lines[0].split() == SUMMARY_COLUMNS
     # rows 0, 1, 28, 29 fall on May 1st and 2nd
     want = [make_row(i) for i in (0, 1, 28, 29)]
     total = lines[-2].split()

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 import psycopg
-import pytest
-from support.ledger import VERBATIM_SQL, make_row, pg_available, temp_pg_database
+from support.ledger import VERBATIM_SQL, make_row
 
 from exporter.ledger import pg_store, sqlite_store
 from exporter.ledger.rollup import Totals, raw_totals, split_period, totals
@@ -150,6 +150,18 @@ def test_rollup_equals_raw_rows_for_every_period_and_replays_add_nothing(ledger_
         store.close()
 
 
+def sqlite_insert(conn: sqlite3.Connection, columns: Sequence[str], rows: Iterable[LedgerRow]) -> None:
+    """Rows inserted with plain SQL, the timestamp written as the SQLite store writes it."""
+    vals = []
+    for r in rows:
+        v = list(row_values(r))
+        v[1] = v[1].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        vals.append(v)
+    conn.executemany(
+        f"INSERT INTO http_analytics ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", vals
+    )
+
+
 def test_rows_written_by_plain_sql_also_reach_the_rollup(ledger_url) -> None:
     """The rollup is kept by a trigger, so other writers (COPY, INSERT from a restore) are counted too."""
     rows = rows_across_days(40)
@@ -157,15 +169,7 @@ def test_rows_written_by_plain_sql_also_reach_the_rollup(ledger_url) -> None:
     store.close()
     if ledger_url.startswith("sqlite"):
         conn = sqlite3.connect(ledger_url[len("sqlite:///") :])
-        vals = []
-        for r in rows:
-            v = list(row_values(r))
-            v[1] = v[1].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            vals.append(v)
-        conn.executemany(
-            f"INSERT INTO http_analytics ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-            vals,
-        )
+        sqlite_insert(conn, COLUMNS, rows)
         conn.commit()
         conn.close()
     else:
@@ -182,15 +186,6 @@ def test_rows_written_by_plain_sql_also_reach_the_rollup(ledger_url) -> None:
 
 
 # --------------------------------------------------------------------------- PostgreSQL partitions
-
-
-@pytest.fixture
-def pg_url():
-    reason = pg_available()
-    if reason:
-        pytest.skip(reason)
-    with temp_pg_database() as url:
-        yield url
 
 
 def per_partition(url: str) -> dict[str, list[str]]:
@@ -299,14 +294,7 @@ def make_v2(url: str, backend: str, rows: list[LedgerRow]) -> None:
         for stmt in sqlite_store.MIGRATIONS[v]:
             conn.execute(stmt)
         conn.execute("INSERT INTO schema_version VALUES (?)", (v,))
-    vals = []
-    for r in rows:
-        v = list(row_values(r))
-        v[1] = v[1].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        vals.append(v)
-    conn.executemany(
-        f"INSERT INTO http_analytics ({', '.join(cols2)}) VALUES ({', '.join('?' * len(cols2))})", vals
-    )
+    sqlite_insert(conn, cols2, rows)
     conn.commit()
     conn.close()
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 import pytest
-from support.ledger import VERBATIM_SQL, make_row
+from support.ledger import SUMMARY_COLUMNS, VERBATIM_SQL, make_row
 
 from exporter.ledger.sqlite_store import MIGRATIONS
 from exporter.ledger.store import QueryError, ReadOnlyError, StoreError, open_store
@@ -148,17 +148,7 @@ def test_summary_exact_per_user_team_model(store):
     store.insert_rows(rows)
     since, until = datetime(2024, 5, 3, tzinfo=UTC), datetime(2024, 5, 10, tzinfo=UTC)
     cols, result = store.summary(since, until)
-    assert cols == [
-        "user_email",
-        "team",
-        "model",
-        "requests",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "cached_tokens",
-        "estimated",
-    ]
+    assert cols == SUMMARY_COLUMNS
     want = defaultdict(lambda: [0] * 6)
     for r in rows:
         ts = datetime.fromisoformat(r.timestamp)

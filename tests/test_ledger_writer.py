@@ -17,8 +17,6 @@ from support.ledger import (
     async_wait_for,
     block_pg_database,
     make_row,
-    pg_available,
-    temp_pg_database,
     unblock_pg_database,
 )
 
@@ -74,15 +72,6 @@ def sqlite_url(tmp_path):
     url = f"sqlite:///{tmp_path}/ledger.db?busy_timeout_ms=50"
     open_store(url).close()
     return url
-
-
-@pytest.fixture
-def pg_url():
-    reason = pg_available()
-    if reason:
-        pytest.skip(reason)
-    with temp_pg_database() as url:
-        yield url
 
 
 class RecordingStore:

@@ -122,16 +122,10 @@ def pg_database() -> Iterator[str]:
 
 
 def merge(*results: TrafficResult) -> dict[tuple[str, str], Totals]:
-    out: dict[tuple[str, str], Totals] = {}
+    out = TrafficResult()
     for r in results:
-        for key, t in r.totals.items():
-            acc = out.setdefault(key, Totals())
-            acc.requests += t.requests
-            acc.prompt_tokens += t.prompt_tokens
-            acc.completion_tokens += t.completion_tokens
-            acc.total_tokens += t.total_tokens
-            acc.cached_tokens += t.cached_tokens
-    return out
+        out.add(r)
+    return out.totals
 
 
 async def test_postgres_outage_restart_and_recovery(tmp_path: Path, pg_database: str) -> None:

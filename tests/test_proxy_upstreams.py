@@ -21,13 +21,11 @@ from exporter import contract
 from exporter.config import ConfigError, parse_config
 from exporter.proxy.usage import prompt_chars
 from exporter.sim.harness import (
-    create_keys,
     metric,
     proxy_config,
     read_metrics,
-    start_proxy,
+    running_proxy,
     wait_for_rows,
-    write_config,
 )
 from exporter.sim.replay import load_transcript, template
 from exporter.stack import ManagedProcess, free_port
@@ -76,11 +74,8 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replay]:
     upstream = start_replay(workdir)
     dead = f"http://127.0.0.1:{free_port()}"
     base = f"{upstream.url}/v1"
-    ledger_url = f"sqlite:///{workdir / 'ledger.db'}"
     doc = proxy_config(
-        upstreams={"replay": [base], "replay-tok": [base], "replay-tok-dead": [base]},
-        ledger_url=ledger_url,
-        spool_dir=str(workdir / "spool"),
+        upstreams={"replay": [base], "replay-tok": [base], "replay-tok-dead": [base]}, workdir=workdir
     )
     doc["models"]["replay-tok"]["usage_fallback"] = "tokenize"
     doc["models"]["replay-tok"]["tokenize"] = {"api": "llama.cpp"}  # default URL: the upstream's root
@@ -92,14 +87,21 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replay]:
         }
     doc["models"]["replay-tok-dead"]["usage_fallback"] = "tokenize"
     doc["models"]["replay-tok-dead"]["tokenize"] = {"api": "llama.cpp", "url": dead, "timeout_seconds": 2}
-    config = write_config(workdir / "chargeback.yaml", doc)
-    tokens = create_keys(ledger_url, USERS)
-    proxy = start_proxy(workdir, config)
     try:
-        yield Replay(proxy.url, proxy.metrics_url, upstream.url, ledger_url, tokens)
+        with running_proxy(workdir, doc, USERS) as (proxy, tokens):
+            yield Replay(proxy.url, proxy.metrics_url, upstream.url, doc["ledger"]["url"], tokens)
     finally:
-        proxy.stop()
         upstream.stop()
+
+
+def sdk(r: Replay, user: str, transcript: str) -> openai.OpenAI:
+    """The official SDK as ``user``, every request answered with ``transcript``."""
+    return openai.OpenAI(
+        base_url=r.api_url + "/v1",
+        api_key=r.tokens[user],
+        max_retries=0,
+        default_headers={"X-Replay": transcript},
+    )
 
 
 def body_of(name: str) -> bytes:
@@ -262,12 +264,7 @@ def test_sdk_streams_are_never_499(replay: Replay) -> None:
     """The official SDK reads to [DONE] and closes; the upstream ends its body about a millisecond
     later (the replay's default, like llama.cpp). Every stream is a 200."""
     user = "replay7@corp.example"
-    client = openai.OpenAI(
-        base_url=replay.api_url + "/v1",
-        api_key=replay.tokens[user],
-        max_retries=0,
-        default_headers={"X-Replay": "llamacpp-chat-usage.sse"},
-    )
+    client = sdk(replay, user, "llamacpp-chat-usage.sse")
     n = 60
     for _ in range(n):
         stream = client.chat.completions.create(model="replay", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
@@ -304,12 +301,7 @@ def test_upstream_breaking_the_body_after_done_is_no_error(replay: Replay) -> No
 def test_request_id_reaches_the_client_once(replay: Replay) -> None:
     """The upstream echoes ``x-request-id`` in its own spelling; the client sees the ledger's id once."""
     user = "replay2@corp.example"
-    client = openai.OpenAI(
-        base_url=replay.api_url + "/v1",
-        api_key=replay.tokens[user],
-        max_retries=0,
-        default_headers={"X-Replay": "llama-cpp-python-chat.json"},
-    )
+    client = sdk(replay, user, "llama-cpp-python-chat.json")
     raw = client.chat.completions.with_raw_response.create(model="replay", messages=MESSAGES)  # type: ignore[arg-type]
     completion = raw.parse()
     assert completion.usage is not None and completion.usage.prompt_tokens == 57
@@ -329,12 +321,7 @@ def test_request_id_reaches_the_client_once(replay: Replay) -> None:
 def test_tokenize_counts_a_stream_without_usage(replay: Replay) -> None:
     user = "replay3@corp.example"
     text = delivered_text(body_of("llama-cpp-python-chat.sse"))
-    client = openai.OpenAI(
-        base_url=replay.api_url + "/v1",
-        api_key=replay.tokens[user],
-        max_retries=0,
-        default_headers={"X-Replay": "llama-cpp-python-chat.sse"},
-    )
+    client = sdk(replay, user, "llama-cpp-python-chat.sse")
     stream = client.chat.completions.create(model="replay-tok", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
     got = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert got == text
@@ -468,23 +455,18 @@ def test_pending_tokenize_counts_are_recorded_at_shutdown(
     (each one bounded by its model's timeout), then flushes the ledger; nothing is lost."""
     upstream = start_replay(tmp_path, "--tokenize-delay-ms", str(delay_ms))
     try:
-        ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
-        doc = proxy_config(
-            upstreams={"replay-tok": [f"{upstream.url}/v1"]},
-            ledger_url=ledger_url,
-            spool_dir=str(tmp_path / "s"),
-        )
+        doc = proxy_config(upstreams={"replay-tok": [f"{upstream.url}/v1"]}, workdir=tmp_path)
+        ledger_url = doc["ledger"]["url"]
         doc["models"]["replay-tok"].update(
             usage_fallback="tokenize", tokenize={"api": "llama.cpp", "timeout_seconds": timeout_s}
         )
-        tokens = create_keys(ledger_url, {"late@corp.example": "research"})
-        proxy = start_proxy(tmp_path, write_config(tmp_path / "c.yaml", doc))
-        r = Replay(proxy.url, proxy.metrics_url, upstream.url, ledger_url, tokens)
-        request = {"model": "replay-tok", "messages": MESSAGES, "stream": True}
-        resp, got = post(r, "late@corp.example", "llama-cpp-python-chat.sse", request)
-        assert resp.status_code == 200 and got == body_of("llama-cpp-python-chat.sse")
-        rid = request_id(resp)
-        assert proxy.stop() == 0
+        with running_proxy(tmp_path, doc, {"late@corp.example": "research"}) as (proxy, tokens):
+            r = Replay(proxy.url, proxy.metrics_url, upstream.url, ledger_url, tokens)
+            request = {"model": "replay-tok", "messages": MESSAGES, "stream": True}
+            resp, got = post(r, "late@corp.example", "llama-cpp-python-chat.sse", request)
+            assert resp.status_code == 200 and got == body_of("llama-cpp-python-chat.sse")
+            rid = request_id(resp)
+            assert proxy.stop() == 0
     finally:
         upstream.stop()
     (row,) = wait_for_rows(ledger_url, 1, request_id=rid)

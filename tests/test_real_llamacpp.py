@@ -27,13 +27,11 @@ import requests
 from exporter import contract
 from exporter.proxy.usage import prompt_chars
 from exporter.sim.harness import (
-    create_keys,
     metric,
     proxy_config,
     read_metrics,
-    start_proxy,
+    running_proxy,
     wait_for_rows,
-    write_config,
 )
 from exporter.stack import ManagedProcess, free_port
 
@@ -90,11 +88,9 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Real]:
         ready_path="/v1/models",
     ).start(timeout=180)
     base = f"{server.url}/v1"
-    ledger_url = f"sqlite:///{workdir / 'ledger.db'}"
     doc = proxy_config(
         upstreams={"tiny": [base], "tiny-est": [base], "tiny-embed": [base]},
-        ledger_url=ledger_url,
-        spool_dir=str(workdir / "spool"),
+        workdir=workdir,
         proxy={"upstream_timeout_seconds": 120},
     )
     doc["models"]["tiny"].update(
@@ -104,13 +100,10 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Real]:
     )
     doc["models"]["tiny-est"]["upstream_model"] = "tiny"
     doc["models"]["tiny-embed"]["upstream_model"] = "tiny-embed"
-    config = write_config(workdir / "chargeback.yaml", doc)
-    tokens = create_keys(ledger_url, USERS)
-    proxy = start_proxy(workdir, config)
     try:
-        yield Real(server.url, proxy.url, proxy.metrics_url, ledger_url, tokens)
+        with running_proxy(workdir, doc, USERS) as (proxy, tokens):
+            yield Real(server.url, proxy.url, proxy.metrics_url, doc["ledger"]["url"], tokens)
     finally:
-        proxy.stop()
         server.stop()
 
 

@@ -21,16 +21,14 @@ from exporter.report.methods import allocate
 from exporter.report.period import parse_period
 from exporter.report.promql import PromClient, Restart, delta_from_samples, exact_deltas
 from exporter.report.statement import Statement, build_statement
-from exporter.stack import ManagedProcess, start_prometheus
+from exporter.stack import ManagedProcess
 
 
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     work = tmp_path_factory.mktemp("report-prom")
-    data = sc.build_tsdb(work)
-    p = start_prometheus(work, storage_dir=data, retention="10y")
-    yield p
-    p.stop()
+    with sc.scenario_prometheus(work) as p:
+        yield p
 
 
 def make_cfg(prom: ManagedProcess, **kw: str):  # type: ignore[no-untyped-def]
@@ -105,17 +103,7 @@ def test_period_boundaries_in_berlin() -> None:
 
 
 def test_exact_quantities_replicas_resets_gaps_and_unknown_team(inputs) -> None:  # type: ignore[no-untyped-def]
-    got = {
-        u.key: (
-            u.requests,
-            u.prompt_tokens,
-            u.completion_tokens,
-            u.cached_tokens,
-            u.request_seconds,
-            u.weighted_tokens,
-        )
-        for u in inputs.usage
-    }
+    got = sc.usage_figures(inputs.usage)
     assert got == sc.EXPECTED_USAGE
     zed = next(u for u in inputs.usage if u.user == "zed@corp.test")
     assert zed.source_teams == ("ghost",)

@@ -7,7 +7,6 @@ import email
 import email.policy
 import json
 import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +18,14 @@ from aiosmtpd.controller import Controller
 
 from exporter.ledger.row import LedgerRow
 from exporter.ledger.store import open_store
-from exporter.stack import ManagedProcess, chargeback_argv, free_port, start_prometheus
+from exporter.stack import ManagedProcess, free_port
 
 
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     work = tmp_path_factory.mktemp("report-cli-prom")
-    p = start_prometheus(work, storage_dir=sc.build_tsdb(work), retention="10y")
-    yield p
-    p.stop()
+    with sc.scenario_prometheus(work) as p:
+        yield p
 
 
 @dataclass
@@ -74,14 +72,7 @@ def write_config(tmp_path: Path, prom_url: str, smtp_port: int = 25, **kw: str) 
     return path
 
 
-def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        chargeback_argv(*args, "--config.file", str(config)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+run = sc.run
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -315,11 +306,7 @@ def test_reconcile_with_ledger_and_source_ledger(prom: ManagedProcess, tmp_path:
     # --source ledger: the same statement built from the ledger's (complete) quantities
     r = run(
         cfg,
-        "report",
-        "--period",
-        "2026-10",
-        "--source",
-        "ledger",
+        *sc.LEDGER_REPORT,
         "--format",
         "json",
         "--out",

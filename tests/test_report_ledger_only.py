@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import report_scenario as sc
 
 from exporter.ledger.row import LedgerRow
 from exporter.ledger.store import open_store
-from exporter.stack import chargeback_argv
 
 
 @pytest.fixture
@@ -58,24 +55,11 @@ ROWS = [
 ]
 
 
-def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        chargeback_argv(*args, "--config.file", str(config)), capture_output=True, text=True, timeout=120
-    )
+run = sc.run
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_ledger_only_report_without_prometheus_exact_amounts(trap, tmp_path, backend, request) -> None:
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    else:
-        from support.ledger import pg_available, temp_pg_database
-
-        if pg_available():
-            pytest.skip(pg_available() or "")
-        cm = temp_pg_database()
-        url = cm.__enter__()
-        request.addfinalizer(lambda: cm.__exit__(None, None, None))
+def test_ledger_only_report_without_prometheus_exact_amounts(trap, tmp_path, ledger_url) -> None:
+    url = ledger_url  # SQLite and PostgreSQL (tests/conftest.py)
     store = open_store(url)
     assert store.insert_rows(ROWS) == 6
     store.close()
@@ -84,11 +68,7 @@ def test_ledger_only_report_without_prometheus_exact_amounts(trap, tmp_path, bac
     cfg.write_text(sc.config_text(prom, out=str(tmp_path / "st"), ledger_url=url))
     r = run(
         cfg,
-        "report",
-        "--period",
-        "2026-10",
-        "--source",
-        "ledger",
+        *sc.LEDGER_REPORT,
         "--pool-costs",
         "config",
         "--format",
@@ -114,7 +94,7 @@ def test_ledger_only_report_without_prometheus_exact_amounts(trap, tmp_path, bac
     cfg.write_text(
         cfg.read_text().replace("small: {gpu_hourly_cost: 1.00, gpus: 1,", "small: {gpu_hourly_cost: 1.00,")
     )
-    r = run(cfg, "report", "--period", "2026-10", "--source", "ledger", "--pool-costs", "config")
+    r = run(cfg, *sc.LEDGER_REPORT, "--pool-costs", "config")
     assert r.returncode == 2
     assert "pools.small.gpus missing" in r.stderr
     r = run(cfg, "report", "--period", "2026-10", "--pool-costs", "config")

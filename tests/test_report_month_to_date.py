@@ -22,14 +22,14 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from support.prom_history import Series, backfill, grid, ts, write_openmetrics
+from support.prom_history import Series, grid, prometheus_with, ts
 
 from exporter import contract
 from exporter.config import parse_config
 from exporter.report.inputs import gather_prometheus
 from exporter.report.period import parse_period
 from exporter.report.promql import PromClient
-from exporter.stack import ManagedProcess, chargeback_argv, start_prometheus
+from exporter.stack import ManagedProcess, chargeback_argv
 
 NOW = "2026-12-03T15:56:30Z"
 FIRST = ts("2026-12-02T08:00")
@@ -96,13 +96,8 @@ def series() -> list[Series]:
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     work = tmp_path_factory.mktemp("mtd-prom")
-    om = work / "mtd.om"
-    with om.open("w") as f:
-        write_openmetrics(f, series())
-    backfill(om, work / "tsdb")
-    p = start_prometheus(work, storage_dir=work / "tsdb", retention="10y")
-    yield p
-    p.stop()
+    with prometheus_with(work, series(), "mtd") as p:
+        yield p
 
 
 def test_exporter_started_this_month_is_no_gap(prom: ManagedProcess, tmp_path: Path) -> None:

@@ -20,15 +20,14 @@ from exporter.report.period import parse_period
 from exporter.report.promql import PromClient
 from exporter.report.reconcile import reconcile, team_line
 from exporter.report.statement import build_statement
-from exporter.stack import ManagedProcess, chargeback_argv, start_prometheus
+from exporter.stack import ManagedProcess, chargeback_argv
 
 
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     work = tmp_path_factory.mktemp("report-prom-team")
-    p = start_prometheus(work, storage_dir=sc.build_tsdb(work, per_user=False), retention="10y")
-    yield p
-    p.stop()
+    with sc.scenario_prometheus(work, per_user=False) as p:
+        yield p
 
 
 def team_cfg_text(prom: ManagedProcess, out: str = "statements") -> str:
@@ -42,17 +41,7 @@ def team_cfg(prom: ManagedProcess) -> Config:
 def test_team_mode_statement_has_the_per_user_scenarios_team_totals(prom: ManagedProcess) -> None:
     cfg = team_cfg(prom)
     inputs = gather_prometheus(cfg, PromClient(prom.url or ""), parse_period("2026-10", cfg.timezone))
-    got = {
-        u.key: (
-            u.requests,
-            u.prompt_tokens,
-            u.completion_tokens,
-            u.cached_tokens,
-            u.request_seconds,
-            u.weighted_tokens,
-        )
-        for u in inputs.usage
-    }
+    got = sc.usage_figures(inputs.usage)
     # the scenario has one user per team × model: the same figures, without the user
     assert got == {(team, "", model): v for (team, _user, model), v in sc.EXPECTED_USAGE.items()}
     assert NO_USER_LABEL_NOTE in inputs.notes

@@ -93,12 +93,7 @@ def stack(tmp_path: Path):
     try:
         sim = start_simulator(tmp_path, models=list(MODELS))
         procs.append(sim)
-        ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
-        doc = proxy_config(
-            upstreams={m: [f"{sim.url}/v1"] for m in MODELS},
-            ledger_url=ledger_url,
-            spool_dir=str(tmp_path / "spool"),
-        )
+        doc = proxy_config(upstreams={m: [f"{sim.url}/v1"] for m in MODELS}, workdir=tmp_path)
         doc["pools"] = {
             p: {"gpu_hourly_cost": c, "gpus": 1, "capacity_tokens_per_second": cap}
             for p, (c, cap) in POOLS.items()
@@ -108,7 +103,7 @@ def stack(tmp_path: Path):
         gpu_port = free_port()
         doc["gpu_exporter"] = {"listen": f"127.0.0.1:{gpu_port}", "pool_by_index": {0: "big", 1: "small"}}
         config = write_config(tmp_path / "chargeback.yaml", doc)
-        tokens = create_keys(ledger_url, USERS)
+        tokens = create_keys(doc["ledger"]["url"], USERS)
         proxy = start_proxy(tmp_path, config)
         procs.append(proxy)
         gpu = ManagedProcess(

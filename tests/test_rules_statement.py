@@ -21,7 +21,13 @@ from decimal import Decimal
 import pytest
 import report_scenario as sc
 from rules_inline import inline, recording_rules
-from support.prom_history import Counter, Series, backfill, grid, ts, write_openmetrics
+from support.prom_history import (
+    Counter,
+    Series,
+    grid,
+    prometheus_with,
+    ts,
+)
 
 from exporter import contract
 from exporter.billing_calendar import month_bounds_unix
@@ -31,7 +37,7 @@ from exporter.report.methods import allocate
 from exporter.report.period import parse_period
 from exporter.report.promql import PromClient
 from exporter.report.statement import build_statement
-from exporter.stack import ManagedProcess, find_binary, prom_query, start_prometheus
+from exporter.stack import ManagedProcess, find_binary, prom_query
 
 pytestmark = pytest.mark.slow
 
@@ -114,13 +120,8 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     except Exception as exc:
         pytest.skip(str(exc))
     work = tmp_path_factory.mktemp("rules-vs-statement")
-    om = work / "day.om"
-    with om.open("w") as f:
-        write_openmetrics(f, _series())
-    backfill(om, work / "tsdb")
-    p = start_prometheus(work, storage_dir=work / "tsdb", retention="10y")
-    yield p
-    p.stop()
+    with prometheus_with(work, _series(), "day") as p:
+        yield p
 
 
 def test_month_to_date_agrees_with_the_statement_within_one_percent(prom: ManagedProcess) -> None:

@@ -109,14 +109,9 @@ def servers(tmp_path: Path, cert: tuple[Path, Path], monkeypatch: pytest.MonkeyP
     try:
         sim = start_simulator(tmp_path, models=["sim-small"])
         procs.append(sim)  # type: ignore[arg-type]
-        ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
-        doc = proxy_config(
-            upstreams={"sim-small": [f"{sim.url}/v1"]},
-            ledger_url=ledger_url,
-            spool_dir=str(tmp_path / "spool"),
-        )
+        doc = proxy_config(upstreams={"sim-small": [f"{sim.url}/v1"]}, workdir=tmp_path)
         config = write_config(tmp_path / "chargeback.yaml", doc)
-        tokens = create_keys(ledger_url, {"alice@corp.example": "research"})
+        tokens = create_keys(doc["ledger"]["url"], {"alice@corp.example": "research"})
         api_port, metrics_port, gpu_port = free_port(), free_port(), free_port()
         proxy = ManagedProcess(
             "proxy",

@@ -54,6 +54,14 @@ def object_name(path: Path) -> str:
     return (stem if stem.startswith("chargeback") else f"chargeback-{stem}")[:253]
 
 
+def _check_mapping(where: str, value: Any, allowed: set[str]) -> None:
+    if not isinstance(value, dict):
+        raise RuleFileError(f"{where}: expected a mapping")
+    unknown = set(value) - allowed
+    if unknown:
+        raise RuleFileError(f"{where}: unknown keys {sorted(unknown)}")
+
+
 def _check_groups(path: Path, doc: Any) -> list[dict[str, Any]]:
     name = path.name
     if not isinstance(doc, dict) or set(doc) != {"groups"}:
@@ -64,11 +72,7 @@ def _check_groups(path: Path, doc: Any) -> list[dict[str, Any]]:
     seen: set[str] = set()
     for i, group in enumerate(groups):
         where = f"{name}: groups[{i}]"
-        if not isinstance(group, dict):
-            raise RuleFileError(f"{where}: expected a mapping")
-        unknown = set(group) - GROUP_KEYS
-        if unknown:
-            raise RuleFileError(f"{where}: unknown keys {sorted(unknown)}")
+        _check_mapping(where, group, GROUP_KEYS)
         gname = group.get("name")
         if not isinstance(gname, str) or not gname:
             raise RuleFileError(f"{where}.name: expected a non-empty string")
@@ -80,11 +84,7 @@ def _check_groups(path: Path, doc: Any) -> list[dict[str, Any]]:
             raise RuleFileError(f"{where}.rules: expected a list")
         for j, rule in enumerate(rules):
             rwhere = f"{where}.rules[{j}]"
-            if not isinstance(rule, dict):
-                raise RuleFileError(f"{rwhere}: expected a mapping")
-            unknown = set(rule) - RULE_KEYS
-            if unknown:
-                raise RuleFileError(f"{rwhere}: unknown keys {sorted(unknown)}")
+            _check_mapping(rwhere, rule, RULE_KEYS)
             if ("record" in rule) == ("alert" in rule):
                 raise RuleFileError(f"{rwhere}: needs exactly one of 'record' and 'alert'")
             if not isinstance(rule.get("expr"), str | int):

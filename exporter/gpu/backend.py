@@ -64,13 +64,10 @@ class DeviceReading:
     uuid: str
     index: int
     name: str
-    memory_used_bytes: int | None = None
-    memory_total_bytes: int | None = None
-    power_watts: float | None = None
-    # Energy since the driver loaded, in joules: it restarts at 0 when the driver reloads; the
-    # collector turns it into a monotonic counter.
-    energy_joules: float | None = None
-    temperature_celsius: float | None = None
+    # The readings of the GPU field table (exporter/gpu/fields.py) by metric name; a field the
+    # backend could not read is missing. A counter field holds the driver's own running total (it
+    # restarts at 0 when the driver reloads); the collector turns it into a monotonic counter.
+    values: dict[str, float] = field(default_factory=dict)
     utilization: UtilSamples | UtilPoint | None = None
     mig_instances: list[MigInstance] = field(default_factory=list)
     # Fields the GPU does not support (NVML NotSupported): absent, not errors.

@@ -38,12 +38,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from exporter import contract
 from exporter.config import GpuExporterConfig, Pool
 from exporter.gpu.backend import Backend, BackendError, DeviceReading, UtilPoint, UtilSamples
+from exporter.gpu.fields import FIELDS, GpuField
 from exporter.gpu.worker import CallTimeout, CallWorker
 from exporter.logs import get_logger
 
@@ -68,8 +70,10 @@ class GpuState:
     # money for every such second, so the reporter prices observed seconds, not busy + idle.
     observed_seconds: float = 0.0
     last_seen_at: float | None = None
-    energy_joules: float | None = None  # monotonic total exported
-    energy_raw: float | None = None  # NVML's own value at the previous reading
+    # counter fields (energy): the monotonic total exported, and the driver's own value at the
+    # previous reading, by metric name
+    totals: dict[str, float] = field(default_factory=dict)
+    raw: dict[str, float] = field(default_factory=dict)
     last_sample_us: int | None = None
     last_point_at: float | None = None
     ratio: float | None = None  # idle when ≤ gpu_exporter.idle_threshold_ratio
@@ -91,8 +95,10 @@ class GpuCollector:
         pools: Mapping[str, Pool],
         clock: Callable[[], float] = time.monotonic,
         worker: CallWorker | None = None,
+        fields: tuple[GpuField, ...] = FIELDS,
     ) -> None:
         self.backend = backend
+        self.fields = fields
         self.settings = settings
         self.hourly_cost: dict[str, Decimal] = {name: p.gpu_hourly_cost for name, p in pools.items()}
         self.clock = clock
@@ -118,11 +124,9 @@ class GpuCollector:
             started = time.perf_counter()
             scrape = self._scrape()
             families = self._families(scrape)
-            duration = GaugeMetricFamily(
-                contract.GPU_COLLECT_DURATION_SECONDS,
-                "Seconds the exporter spent reading the GPUs for this scrape.",
+            duration = contract.spec(contract.GPU_COLLECT_DURATION_SECONDS).family(
+                value=time.perf_counter() - started
             )
-            duration.add_metric([], time.perf_counter() - started)
         yield from families
         yield duration
 
@@ -272,53 +276,34 @@ class GpuCollector:
             st.last_point_at = now
             st.ratio = u.ratio
 
-        if r.energy_joules is not None:
-            raw = r.energy_joules
-            if st.energy_joules is None or st.energy_raw is None:
-                st.energy_joules = raw
-            elif raw >= st.energy_raw:
-                st.energy_joules += raw - st.energy_raw
+        for f in self.fields:
+            raw = r.values.get(f.name)
+            if f.spec.kind != "counter" or raw is None:
+                continue
+            prev = st.raw.get(f.name)
+            if prev is None or f.name not in st.totals:
+                st.totals[f.name] = raw
+            elif raw >= prev:
+                st.totals[f.name] += raw - prev
             else:  # the driver reloaded and NVML's counter restarted from 0
-                st.energy_joules += raw
-            st.energy_raw = raw
+                st.totals[f.name] += raw
+            st.raw[f.name] = raw
 
     # --- output
 
     def _families(self, s: _Scrape) -> list[Metric]:
-        def gauge(name: str, doc: str, labels: tuple[str, ...] = ("uuid",)) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, doc, labels=list(labels))
+        def family(name: str) -> Any:
+            return contract.spec(name).family()
 
-        def counter(name: str, doc: str, labels: tuple[str, ...] = ("uuid",)) -> CounterMetricFamily:
-            return CounterMetricFamily(name, doc, labels=list(labels))
-
-        info = gauge(
-            contract.GPU_INFO,
-            "GPU identity and pool; join other series on uuid.",
-            ("uuid", "index", "name", "pool", "driver_version"),
-        )
-        mig = gauge(
-            contract.GPU_MIG_INFO,
-            "MIG instances of a GPU (utilisation is not reported per instance).",
-            ("uuid", "parent_uuid", "gpu_instance_id", "compute_instance_id", "profile"),
-        )
-        ratio = gauge(contract.GPU_UTILIZATION_RATIO, "Mean GPU utilisation (0-1) since the previous scrape.")
-        busy = counter(contract.GPU_BUSY_SECONDS_TOTAL, "Integral of utilisation over time: seconds of work.")
-        idle_s = counter(
-            contract.GPU_IDLE_SECONDS_TOTAL, "Seconds at or below the idle utilisation threshold."
-        )
-        observed = counter(
-            contract.GPU_OBSERVED_SECONDS_TOTAL,
-            "Wall-clock seconds the GPU was present and read (basis of its cost).",
-        )
-        idle = gauge(contract.GPU_IDLE, "1 when the GPU was idle over the last interval, else 0.")
-        mem_used = gauge(contract.GPU_MEMORY_USED_BYTES, "GPU memory in use, bytes.")
-        mem_total = gauge(contract.GPU_MEMORY_TOTAL_BYTES, "GPU memory installed, bytes.")
-        power = gauge(contract.GPU_POWER_WATTS, "GPU power draw, watts.")
-        energy = counter(contract.GPU_ENERGY_JOULES_TOTAL, "Energy used by the GPU, joules.")
-        temp = gauge(contract.GPU_TEMPERATURE_CELSIUS, "GPU core temperature, degrees Celsius.")
-        cost = gauge(
-            contract.GPU_HOURLY_COST, "Configured cost of this GPU per hour (pool price).", ("uuid", "pool")
-        )
+        info = family(contract.GPU_INFO)
+        mig = family(contract.GPU_MIG_INFO)
+        ratio = family(contract.GPU_UTILIZATION_RATIO)
+        busy = family(contract.GPU_BUSY_SECONDS_TOTAL)
+        idle_s = family(contract.GPU_IDLE_SECONDS_TOTAL)
+        observed = family(contract.GPU_OBSERVED_SECONDS_TOTAL)
+        idle = family(contract.GPU_IDLE)
+        readings = [(f, f.spec.family()) for f in self.fields]
+        cost = family(contract.GPU_HOURLY_COST)
         unmapped_count = 0
         for r in s.readings:
             st = self.states[r.uuid]
@@ -335,16 +320,10 @@ class GpuCollector:
                 if st.ratio is not None:
                     ratio.add_metric([r.uuid], st.ratio)
                     idle.add_metric([r.uuid], 1.0 if st.ratio <= self.settings.idle_threshold_ratio else 0.0)
-            if r.memory_used_bytes is not None:
-                mem_used.add_metric([r.uuid], r.memory_used_bytes)
-            if r.memory_total_bytes is not None:
-                mem_total.add_metric([r.uuid], r.memory_total_bytes)
-            if r.power_watts is not None:
-                power.add_metric([r.uuid], r.power_watts)
-            if r.energy_joules is not None and st.energy_joules is not None:
-                energy.add_metric([r.uuid], st.energy_joules)
-            if r.temperature_celsius is not None:
-                temp.add_metric([r.uuid], r.temperature_celsius)
+            for f, fam in readings:
+                value = r.values.get(f.name)
+                if value is not None:  # a counter exports its monotonic total, a gauge the reading
+                    fam.add_metric([r.uuid], st.totals[f.name] if f.spec.kind == "counter" else value)
             if pool is not None and pool in self.hourly_cost:
                 cost.add_metric([r.uuid, pool], float(self.hourly_cost[pool]))
             else:
@@ -358,14 +337,9 @@ class GpuCollector:
                         r.uuid,
                         contract.GPU_HOURLY_COST,
                     )
-        unmapped = GaugeMetricFamily(
-            contract.GPU_UNMAPPED_GPUS,
-            "GPUs seen in this scrape that belong to no configured pool (no cost).",
-        )
-        unmapped.add_metric([], unmapped_count)
-        up = GaugeMetricFamily(contract.NVML_UP, "1 when the GPU library answered this scrape, else 0.")
-        up.add_metric([], 1.0 if s.up else 0.0)
-        errors = counter(contract.NVML_ERRORS_TOTAL, "GPU library errors by reason.", ("reason",))
+        unmapped = contract.spec(contract.GPU_UNMAPPED_GPUS).family(value=unmapped_count)
+        up = contract.spec(contract.NVML_UP).family(value=1.0 if s.up else 0.0)
+        errors = family(contract.NVML_ERRORS_TOTAL)
         for reason in sorted(self.errors):
             errors.add_metric([reason], self.errors[reason])
         return [
@@ -376,11 +350,7 @@ class GpuCollector:
             idle_s,
             observed,
             idle,
-            mem_used,
-            mem_total,
-            power,
-            energy,
-            temp,
+            *(fam for _, fam in readings),
             cost,
             unmapped,
             up,

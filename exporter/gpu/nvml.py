@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import pynvml
 
 from exporter.gpu.backend import Backend, BackendError, DeviceReading, MigInstance, UtilPoint, UtilSamples
+from exporter.gpu.fields import FIELDS, GpuField, NvmlCall
 
 T = TypeVar("T")
 
@@ -68,8 +69,25 @@ def _sample_value(value_type: int, sample: Any) -> float:
     )
 
 
+def nvml_call(call: NvmlCall, handle: Any) -> Any:
+    """``pynvml.<function>(handle, *args)``, looked up now; the fallback when the driver lacks it."""
+    args = [getattr(pynvml, a) for a in call.args]
+    try:
+        return getattr(pynvml, call.function)(handle, *args)
+    except pynvml.NVMLError as exc:
+        if call.fallback is None or exc.value not in (
+            pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+            pynvml.NVML_ERROR_DEPRECATED,
+        ):
+            raise
+        return getattr(pynvml, call.fallback)(handle, *args)
+
+
 class NvmlBackend(Backend):
     description = "NVML (nvidia-ml-py)"
+
+    def __init__(self, fields: tuple[GpuField, ...] = FIELDS) -> None:
+        self.fields = fields
 
     def init(self) -> None:
         try:
@@ -118,19 +136,12 @@ class NvmlBackend(Backend):
                 return None
 
         reading.name = _text(field("name", lambda: pynvml.nvmlDeviceGetName(handle)) or "")
-        memory = field("memory", lambda: pynvml.nvmlDeviceGetMemoryInfo(handle))
-        if memory is not None:
-            reading.memory_used_bytes = int(memory.used)
-            reading.memory_total_bytes = int(memory.total)
-        power_mw = field("power", lambda: pynvml.nvmlDeviceGetPowerUsage(handle))
-        if power_mw is not None:
-            reading.power_watts = power_mw / 1000.0
-        energy_mj = field("energy", lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle))
-        if energy_mj is not None:
-            reading.energy_joules = energy_mj / 1000.0
-        temp = field("temperature", lambda: self._temperature(handle))
-        if temp is not None:
-            reading.temperature_celsius = float(temp)
+        answers: dict[NvmlCall, Any] = {}  # one NVML call per scrape serves every field that uses it
+        for f in self.fields:
+            if f.nvml not in answers:
+                answers[f.nvml] = field(f.nvml.what, lambda call=f.nvml: nvml_call(call, handle))
+            if answers[f.nvml] is not None:
+                reading.values[f.name] = f.convert(answers[f.nvml])
 
         mig_enabled = False
         mode = field("mig_mode", lambda: pynvml.nvmlDeviceGetMigMode(handle))
@@ -142,16 +153,6 @@ class NvmlBackend(Backend):
         # comes back NotSupported and the series stays absent (never a made-up 0).
         reading.utilization = self._utilization(handle, last_sample_us.get(uuid), field)
         return reading
-
-    @staticmethod
-    def _temperature(handle: Any) -> int:
-        try:
-            return int(pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU))
-        except pynvml.NVMLError as exc:
-            # the old call is deprecated and may disappear from future drivers
-            if exc.value not in (pynvml.NVML_ERROR_FUNCTION_NOT_FOUND, pynvml.NVML_ERROR_DEPRECATED):
-                raise
-            return int(pynvml.nvmlDeviceGetTemperatureV(handle, pynvml.NVML_TEMPERATURE_GPU))
 
     @staticmethod
     def _utilization(

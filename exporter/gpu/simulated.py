@@ -8,7 +8,8 @@ every minute, GPU 3 never works. Two processes using the same pattern agree at e
 Like NVML, the backend hands out utilisation samples: one every ``SAMPLE_PERIOD_S`` seconds, on a
 grid aligned to the epoch, each the exact mean utilisation over its sample period. Integrating the
 samples therefore gives exactly :meth:`SimPattern.busy_integral`, which tests use as the expected
-value. Power, energy, memory and temperature follow the utilisation deterministically.
+value. Every field of the GPU field table (power, energy, memory, temperature) follows the
+utilisation deterministically, as its entry's ``simulate`` says (exporter/gpu/fields.py).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from exporter.gpu.backend import Backend, BackendError, DeviceReading, UtilSamples
+from exporter.gpu.fields import FIELDS, GpuField, SimPoint
+from exporter.gpu.fields import IDLE_WATTS as IDLE_WATTS
+from exporter.gpu.fields import MAX_WATTS as MAX_WATTS
+from exporter.gpu.fields import MEMORY_TOTAL_BYTES as MEMORY_TOTAL_BYTES
 
 SAMPLE_PERIOD_S = 0.5
 BUFFER_SECONDS = 600.0  # like NVML's ring buffer, older samples are gone
-IDLE_WATTS = 60.0
-MAX_WATTS = 700.0
-MEMORY_TOTAL_BYTES = 80 * 2**30
 DRIVER_VERSION = "simulated"
 DEFAULT_PATTERN = "period=60,duty=0.5,levels=0.9/0.6/0.3/0"
 
@@ -86,13 +88,18 @@ class SimPattern:
 
 class SimulatedBackend(Backend):
     def __init__(
-        self, count: int, pattern: SimPattern | None = None, clock: Callable[[], float] = time.time
+        self,
+        count: int,
+        pattern: SimPattern | None = None,
+        clock: Callable[[], float] = time.time,
+        fields: tuple[GpuField, ...] = FIELDS,
     ) -> None:
         if count < 1:
             raise ValueError("--simulate needs at least 1 GPU")
         self.count = count
         self.pattern = pattern or SimPattern()
         self.clock = clock
+        self.fields = fields
         # The simulated driver "loaded" here: samples and energy start at this grid point.
         self.t0 = math.floor(clock() / SAMPLE_PERIOD_S) * SAMPLE_PERIOD_S
         self.description = f"simulated ({count} GPUs, pattern {self.describe_pattern()})"
@@ -120,12 +127,6 @@ class SimulatedBackend(Backend):
         self._now = self.clock()
         return self.count
 
-    def energy_joules(self, index: int, t: float) -> float:
-        """Energy since the simulated driver loaded: idle power plus the busy share of the rest."""
-        return IDLE_WATTS * (t - self.t0) + (MAX_WATTS - IDLE_WATTS) * self.pattern.busy_integral(
-            index, self.t0, t
-        )
-
     def samples(self, index: int, since_us: int | None, now: float) -> tuple[tuple[int, float], ...]:
         sp = SAMPLE_PERIOD_S
         last = math.floor(now / sp)
@@ -147,15 +148,16 @@ class SimulatedBackend(Backend):
             raise BackendError("invalid_argument", f"no simulated GPU {index}")
         now = self._now if self._now is not None else self.clock()
         uuid = simulated_uuid(index)
-        ratio = self.pattern.ratio_at(index, now)
+        point = SimPoint(
+            index=index,
+            ratio=self.pattern.ratio_at(index, now),
+            seconds=now - self.t0,
+            busy_seconds=self.pattern.busy_integral(index, self.t0, now),
+        )
         return DeviceReading(
             uuid=uuid,
             index=index,
             name="Simulated GPU 80GB",
-            memory_used_bytes=2**30 + round(ratio * 70 * 2**30),
-            memory_total_bytes=MEMORY_TOTAL_BYTES,
-            power_watts=IDLE_WATTS + (MAX_WATTS - IDLE_WATTS) * ratio,
-            energy_joules=self.energy_joules(index, now),
-            temperature_celsius=30.0 + 45.0 * ratio,
+            values={f.name: f.simulate(point) for f in self.fields},
             utilization=UtilSamples(self.samples(index, last_sample_us.get(uuid), now)),
         )

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from exporter.ledger.row import LedgerRow
+from exporter.ledger.schema import (
+    BIGINT,
+    BOOLEAN,
+    DOUBLE,
+    HTTP_ANALYTICS,
+    INTEGER,
+    TEXT,
+    TIMESTAMP,
+    Column,
+    Type,
+)
 
 
 class StoreError(Exception):
@@ -110,33 +121,41 @@ def iso_seconds(value: Any) -> str | None:
     return str(value)
 
 
+# How each column type's value is checked (and made the Python type both drivers bind).
+_CHECK: dict[Type, str] = {
+    TEXT: "str", INTEGER: "int", BIGINT: "int", BOOLEAN: "bool", DOUBLE: "float", TIMESTAMP: "parse_timestamp",
+}  # fmt: skip
+
+
+def _check_expr(column: Column) -> str:
+    """Python for one column's checked value: None stays NULL where the column is nullable, and a
+    missing value (None or empty) becomes its default where it has one."""
+    value, check = f"row.{column.name}", _CHECK[column.type]
+    if column.nullable:
+        return f"None if {value} is None else {check}({value})"
+    if column.default is not None:
+        return f"{check}({value} or {column.default!r})"
+    return f"{check}({value})"
+
+
+def _row_checker() -> Callable[[LedgerRow], tuple[Any, ...]]:
+    """The checks of every column as one generated function (as dataclasses make ``__init__``): it
+    runs for every row written, and a loop over the columns takes three times as long."""
+    body = ",\n        ".join(_check_expr(c) for c in HTTP_ANALYTICS.columns)
+    namespace: dict[str, Any] = {"parse_timestamp": parse_timestamp}
+    exec(f"def checked(row):\n    return (\n        {body},\n    )", namespace)
+    return namespace["checked"]  # type: ignore[no-any-return]
+
+
+_checked = _row_checker()
+
+
 def row_values(row: LedgerRow) -> tuple[Any, ...]:
     """The row as checked Python values in COLUMNS order (timestamp as aware datetime)."""
     try:
         if not row.request_id:
             raise RowError("request_id is empty")
-        return (
-            str(row.request_id),
-            parse_timestamp(row.timestamp),
-            str(row.user_email),
-            str(row.team),
-            str(row.model),
-            str(row.endpoint),
-            int(row.status_code),
-            int(row.prompt_tokens),
-            int(row.completion_tokens),
-            int(row.total_tokens),
-            int(row.cached_tokens),
-            bool(row.estimated),
-            bool(row.stream),
-            float(row.duration_ms),
-            None if row.ttft_ms is None else float(row.ttft_ms),
-            str(row.api_key_id),
-            str(row.upstream),
-            str(row.error or ""),
-            str(row.usage_source or ""),
-            str(row.usage_reason or ""),
-        )
+        return _checked(row)
     except (TypeError, ValueError) as exc:
         raise RowError(f"request {getattr(row, 'request_id', '?')!r}: {exc}") from None
 
@@ -145,25 +164,6 @@ SUMMARY_COLUMNS = [
     "user_email", "team", "model", "requests", "prompt_tokens", "completion_tokens",
     "total_tokens", "cached_tokens", "estimated",
 ]  # fmt: skip
-
-
-def summary_sql(placeholder: str, since: bool, until: bool) -> str:
-    where = []
-    if since:
-        where.append(f"timestamp >= {placeholder}")
-    if until:
-        where.append(f"timestamp < {placeholder}")
-    return (
-        "SELECT user_email, team, model, COUNT(*) AS requests,"
-        " COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
-        " COALESCE(SUM(completion_tokens), 0) AS completion_tokens,"
-        " COALESCE(SUM(total_tokens), 0) AS total_tokens,"
-        " COALESCE(SUM(cached_tokens), 0) AS cached_tokens,"
-        " SUM(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated"
-        " FROM http_analytics"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + " GROUP BY user_email, team, model ORDER BY team, user_email, model"
-    )
 
 
 _IDENT = re.compile(r"^[A-Za-z0-9_.@+:-]+$")
@@ -176,9 +176,9 @@ def check_ident(value: str, what: str) -> str:
 
 
 class StoreOpsMixin(abc.ABC):
-    """Operations shared by both backends: the row count and the summary (API keys: ``KeyOps``).
-    A backend provides ``_exec_read`` and the ``LedgerStore`` members ``placeholder``,
-    ``timestamp_param`` and ``query``."""
+    """Operations shared by both backends: the row count, internal reads and the summary (API keys:
+    ``KeyOps``). A backend provides ``_exec_read`` and the ``LedgerStore`` members ``placeholder``,
+    ``timestamp_param``, ``day_param`` and ``query``."""
 
     placeholder: str
 
@@ -192,7 +192,19 @@ class StoreOpsMixin(abc.ABC):
     def timestamp_param(self, value: str | datetime) -> Any: ...
 
     @abc.abstractmethod
+    def day_param(self, value: date) -> Any: ...
+
+    @abc.abstractmethod
     def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+
+    def _native(self, sql: str) -> str:
+        """Our own SQL marks parameters with '?' on both backends; this is where it becomes the
+        backend's marker (ad-hoc queries are written with the backend's own)."""
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one of our own reads (parameters marked '?'), on the read-only connection."""
+        return self.query(self._native(sql), params)[1]
 
     def summary(
         self, since: datetime | None, until: datetime | None

@@ -143,6 +143,14 @@ def _open(args: argparse.Namespace, cfg: Config | None, existing: bool = False) 
     return open_store(url)
 
 
+def _store_error(exc: StoreError) -> str:
+    """What a ledger command fails with: a statement the database rejected says so; a refused
+    (not read-only) statement or a store problem speaks for itself."""
+    if isinstance(exc, QueryError) and not isinstance(exc, ReadOnlyError):
+        return f"query failed: {exc}"
+    return str(exc)
+
+
 def _run(args: argparse.Namespace, body: Any, existing: bool = False) -> int:
     try:
         cfg = _config(args)
@@ -151,12 +159,8 @@ def _run(args: argparse.Namespace, body: Any, existing: bool = False) -> int:
         return _fail(str(exc))
     try:
         return int(body(cfg, store))
-    except ReadOnlyError as exc:
-        return _fail(str(exc))
-    except QueryError as exc:
-        return _fail(f"query failed: {exc}")
     except StoreError as exc:
-        return _fail(str(exc))
+        return _fail(_store_error(exc))
     except Exception as exc:  # database driver errors: say what failed, no traceback
         return _fail(f"ledger database error: {type(exc).__name__}: {exc}")
     finally:
@@ -346,12 +350,8 @@ def cmd_ledger_query(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     try:
         cols, rows = query.query(args.sql)
-    except ReadOnlyError as exc:
-        return _fail(str(exc))
-    except QueryError as exc:
-        return _fail(f"query failed: {exc}")
     except StoreError as exc:
-        return _fail(str(exc))
+        return _fail(_store_error(exc))
     finally:
         query.close()
     print_result(cols, rows, csv_out=args.csv)

@@ -22,9 +22,10 @@ import re
 from datetime import UTC, date, datetime
 from typing import Any
 
-from exporter.ledger.rollup import PG_ROLLUP_DDL
+from exporter.ledger import rollup
+from exporter.ledger.schema import HTTP_ANALYTICS, create_table, group_statistics
 
-MIGRATION_LOCK = 0x63626C65  # same advisory lock as schema migrations
+MIGRATION_LOCK = 0x63626C65  # "cble": the advisory lock of schema migrations and partition creation
 MONTHS_AHEAD = 2
 _PART_NAME = re.compile(r"^http_analytics_(\d{4})_(\d{2})$")
 
@@ -55,37 +56,33 @@ BEGIN
         EXECUTE format('CREATE TABLE %I PARTITION OF http_analytics FOR VALUES FROM (%L) TO (%L)',
                        part, lo, hi);
     END IF;
-    -- (team, user, model) are strongly correlated (a user has one team): without this the
-    -- planner multiplies their distinct counts and badly overestimates the groups.
-    EXECUTE format('CREATE STATISTICS %I (ndistinct) ON team, user_email, model FROM %I',
-                   part || '_groups', part);
+    -- the partitioned table's statistics (see schema.HTTP_ANALYTICS), per partition
+    EXECUTE format('{group_statistics(HTTP_ANALYTICS, "%I", "%I")}', part || '_groups', part);
     RETURN true;
 END $$"""
 
-# Version 4 (issue 17). Works on an existing version-2/3 table whatever columns it has (LIKE).
+_OLD = "http_analytics_unpartitioned"
+
+# Version 4 (issue 17): the rows move to a partitioned table. LIKE: it works on an existing
+# version-2/3 table whatever columns it has (one an administrator added stays).
 MIGRATION: list[str] = [
-    "ALTER TABLE http_analytics RENAME TO http_analytics_unpartitioned",
-    "ALTER TABLE http_analytics_unpartitioned RENAME CONSTRAINT http_analytics_pkey"
-    " TO http_analytics_unpartitioned_pkey",
-    "ALTER INDEX http_analytics_timestamp RENAME TO http_analytics_unpartitioned_timestamp",
-    "ALTER INDEX http_analytics_user_model RENAME TO http_analytics_unpartitioned_user_model",
-    "CREATE TABLE http_analytics (LIKE http_analytics_unpartitioned INCLUDING DEFAULTS)"
-    " PARTITION BY RANGE (timestamp)",
-    "ALTER TABLE http_analytics ADD PRIMARY KEY (request_id, timestamp)",
-    "CREATE TABLE http_analytics_default PARTITION OF http_analytics DEFAULT",
-    "CREATE INDEX http_analytics_timestamp ON http_analytics (timestamp)",
-    "CREATE INDEX http_analytics_user_model ON http_analytics (user_email, model)",
-    "CREATE STATISTICS http_analytics_groups (ndistinct) ON team, user_email, model FROM http_analytics",
+    f"ALTER TABLE http_analytics RENAME TO {_OLD}",
+    f"ALTER TABLE {_OLD} RENAME CONSTRAINT http_analytics_pkey TO {_OLD}_pkey",
+    *(
+        f"ALTER INDEX {i.name} RENAME TO {_OLD}{i.name.removeprefix('http_analytics')}"
+        for i in HTTP_ANALYTICS.indexes
+    ),
+    *create_table(HTTP_ANALYTICS, "postgresql", 4, like=_OLD),
     ENSURE_PARTITION_FN,
-    *PG_ROLLUP_DDL,
+    *rollup.ddl("postgresql"),
     # One partition for every month the old table has rows in, then the rows (the trigger fills
     # the rollup from them in the same statement).
-    """SELECT chargeback_ensure_partition(m::date) FROM generate_series(
-        date_trunc('month', (SELECT MIN(timestamp) AT TIME ZONE 'UTC' FROM http_analytics_unpartitioned)),
-        (SELECT MAX(timestamp) AT TIME ZONE 'UTC' FROM http_analytics_unpartitioned),
+    f"""SELECT chargeback_ensure_partition(m::date) FROM generate_series(
+        date_trunc('month', (SELECT MIN(timestamp) AT TIME ZONE 'UTC' FROM {_OLD})),
+        (SELECT MAX(timestamp) AT TIME ZONE 'UTC' FROM {_OLD}),
         interval '1 month') AS m""",
-    "INSERT INTO http_analytics SELECT * FROM http_analytics_unpartitioned",
-    "DROP TABLE http_analytics_unpartitioned",
+    f"INSERT INTO http_analytics SELECT * FROM {_OLD}",
+    f"DROP TABLE {_OLD}",
     "ANALYZE http_analytics, http_analytics_daily",
 ]
 

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
-from exporter.ledger import pg_partitions
+from exporter.ledger import migrations, pg_partitions, schema
 from exporter.ledger.backend import (
     QueryError,
     ReadOnlyError,
@@ -31,78 +31,18 @@ from exporter.ledger.backend import (
     row_values,
 )
 from exporter.ledger.keys import KeyOps
-from exporter.ledger.row import COLUMNS, LedgerRow
+from exporter.ledger.row import LedgerRow
 from exporter.logs import get_logger
 
 log = get_logger(__name__)
 
-SCHEMA_VERSION = 5
-
-MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        """CREATE TABLE http_analytics (
-            request_id        TEXT PRIMARY KEY,
-            timestamp         TIMESTAMPTZ NOT NULL,
-            user_email        TEXT NOT NULL,
-            team              TEXT NOT NULL,
-            model             TEXT NOT NULL,
-            endpoint          TEXT NOT NULL,
-            status_code       INTEGER NOT NULL,
-            prompt_tokens     BIGINT NOT NULL,
-            completion_tokens BIGINT NOT NULL,
-            total_tokens      BIGINT NOT NULL,
-            cached_tokens     BIGINT NOT NULL,
-            estimated         BOOLEAN NOT NULL,
-            stream            BOOLEAN NOT NULL,
-            duration_ms       DOUBLE PRECISION NOT NULL,
-            ttft_ms           DOUBLE PRECISION,
-            api_key_id        TEXT NOT NULL,
-            upstream          TEXT NOT NULL,
-            error             TEXT NOT NULL DEFAULT ''
-        )""",
-        "CREATE INDEX http_analytics_timestamp ON http_analytics (timestamp)",
-        "CREATE INDEX http_analytics_user_model ON http_analytics (user_email, model)",
-        """CREATE TABLE api_keys (
-            key_id      TEXT PRIMARY KEY,
-            prefix      TEXT NOT NULL,
-            token_hash  TEXT NOT NULL UNIQUE,
-            user_email  TEXT NOT NULL,
-            team        TEXT NOT NULL,
-            created_at  TIMESTAMPTZ NOT NULL,
-            revoked_at  TIMESTAMPTZ
-        )""",
-        "CREATE INDEX api_keys_user ON api_keys (user_email)",
-    ],
-    # 2: how each request's usage was counted (issue 11 and 12)
-    2: [
-        "ALTER TABLE http_analytics ADD COLUMN usage_source TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE http_analytics ADD COLUMN usage_reason TEXT NOT NULL DEFAULT ''",
-    ],
-    3: [],  # reserved (stays empty: databases at version 4 exist)
-    # 4: monthly partitions, the daily rollup, extended statistics (issue 17)
-    4: pg_partitions.MIGRATION,
-    # 5: key expiry, rotation and last use (issue 15)
-    5: [
-        "ALTER TABLE api_keys ADD COLUMN expires_at TIMESTAMPTZ",
-        "ALTER TABLE api_keys ADD COLUMN rotated_to TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE api_keys ADD COLUMN last_used_at TIMESTAMPTZ",
-    ],
-}
+MIGRATIONS = migrations.MIGRATIONS["postgresql"]  # schema versions: see ``migrations``
+SCHEMA_VERSION = schema.SCHEMA_VERSION
 
 # One statement per batch (arrays unnested server-side): the rollup trigger then aggregates the
 # batch once. ON CONFLICT on the key (request_id, timestamp): see pg_partitions for why replays
 # still add nothing.
-_COLUMN_TYPES = {
-    "timestamp": "timestamptz", "status_code": "integer", "estimated": "boolean", "stream": "boolean",
-    "duration_ms": "float8", "ttft_ms": "float8", "prompt_tokens": "bigint",
-    "completion_tokens": "bigint", "total_tokens": "bigint", "cached_tokens": "bigint",
-}  # fmt: skip
-_INSERT = (
-    f"INSERT INTO http_analytics ({', '.join(COLUMNS)}) SELECT * FROM unnest("
-    + ", ".join(f"%s::{_COLUMN_TYPES.get(c, 'text')}[]" for c in COLUMNS)
-    + ") ON CONFLICT DO NOTHING"
-)
-_MIGRATION_LOCK = 0x63626C65  # "cble": arbitrary advisory lock id for schema migrations
+_INSERT = schema.insert_sql(schema.HTTP_ANALYTICS, "postgresql")
 
 
 class PostgresStore(StoreOpsMixin, KeyOps):
@@ -212,17 +152,8 @@ class PostgresStore(StoreOpsMixin, KeyOps):
             # A migration may copy the whole table (version 4): no statement timeout for it.
             conn.execute("SET LOCAL statement_timeout = 0")
             conn.execute("SET LOCAL lock_timeout = 0")
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            current = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0  # type: ignore[index]
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"ledger schema version {current} is newer than this program supports ({SCHEMA_VERSION})"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for stmt in MIGRATIONS[version]:
-                    conn.execute(stmt)
-                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (pg_partitions.MIGRATION_LOCK,))
+            migrations.migrate(conn, "postgresql")
             self._ensure_partitions(conn)
 
     def _ensure_partitions(self, conn: psycopg.Connection[Any]) -> None:
@@ -292,7 +223,7 @@ class PostgresStore(StoreOpsMixin, KeyOps):
             conn = self._connection()
             try:
                 with self._deadline(conn), conn.transaction():
-                    cur = conn.execute(sql.replace("?", "%s"), tuple(params))
+                    cur = conn.execute(self._native(sql), tuple(params))
                     return cur.fetchall() if cur.description else []
             except psycopg.OperationalError:
                 self._drop()
@@ -303,7 +234,7 @@ class PostgresStore(StoreOpsMixin, KeyOps):
             conn = self._connection()
             try:
                 with self._deadline(conn), conn.transaction(), conn.cursor() as cur:
-                    cur.executemany(sql.replace("?", "%s"), [tuple(p) for p in params])  # pipelined
+                    cur.executemany(self._native(sql), [tuple(p) for p in params])  # pipelined
             except psycopg.OperationalError:
                 self._drop()
                 raise
@@ -313,7 +244,7 @@ class PostgresStore(StoreOpsMixin, KeyOps):
             conn = self._connection()
             try:
                 with self._deadline(conn):
-                    return conn.execute(sql.replace("?", "%s"), tuple(params)).fetchall()
+                    return conn.execute(self._native(sql), tuple(params)).fetchall()
             except psycopg.OperationalError:
                 self._drop()
                 raise
@@ -349,6 +280,10 @@ class PostgresStore(StoreOpsMixin, KeyOps):
     def timestamp_param(self, value: str | datetime) -> Any:
         """A timestamp as this backend compares it with the ``timestamp`` column (for query params)."""
         return parse_timestamp(value)
+
+    def day_param(self, value: date) -> Any:
+        """A UTC day as this backend compares it with the rollup's ``day`` column."""
+        return value
 
     def close(self) -> None:
         with self._lock:

@@ -22,108 +22,106 @@ expired month can still be built from it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-ROLLUP_TABLE = "http_analytics_daily"
-ROLLUP_SUMS = (
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "duration_us",
-    "estimated",
-)
+from exporter.ledger.schema import HTTP_ANALYTICS_DAILY, Dialect, create_table
+
+ROLLUP_TABLE = HTTP_ANALYTICS_DAILY.name
+ROLLUP_SUMS = tuple(c for c in HTTP_ANALYTICS_DAILY.names if c not in HTTP_ANALYTICS_DAILY.primary_key)
 
 # --------------------------------------------------------------------------- schema
 
-SQLITE_MIGRATION: list[str] = [
-    f"""CREATE TABLE {ROLLUP_TABLE} (
-        day               TEXT NOT NULL,      -- UTC 'YYYY-MM-DD'
-        user_email        TEXT NOT NULL,
-        team              TEXT NOT NULL,
-        model             TEXT NOT NULL,
-        requests          INTEGER NOT NULL,
-        prompt_tokens     INTEGER NOT NULL,
-        completion_tokens INTEGER NOT NULL,
-        total_tokens      INTEGER NOT NULL,
-        cached_tokens     INTEGER NOT NULL,
-        duration_us       INTEGER NOT NULL,   -- Σ round(duration_ms × 1000)
-        estimated         INTEGER NOT NULL,   -- rows with estimated usage
-        PRIMARY KEY (day, user_email, team, model)
-    )""",
-    # Fires only for rows actually inserted (ON CONFLICT DO NOTHING skips replays).
-    f"""CREATE TRIGGER http_analytics_rollup AFTER INSERT ON http_analytics
+
+def _row_values(dialect: Dialect, p: str) -> list[str]:
+    """Each rollup sum's value for one raw row, whose columns are prefixed with ``p`` ('NEW.', 'n.')."""
+    duration = (
+        f"CAST(ROUND({p}duration_ms * 1000) AS INTEGER)"
+        if dialect == "sqlite"
+        else f"round({p}duration_ms * 1000)::bigint"
+    )
+    special = {
+        "requests": "1",
+        "duration_us": duration,
+        "estimated": f"CASE WHEN {p}estimated THEN 1 ELSE 0 END",
+    }
+    return [special.get(name, f"{p}{name}") for name in ROLLUP_SUMS]
+
+
+def raw_sums(dialect: Dialect, p: str = "") -> str:
+    """The rollup's sums aggregated over raw rows (0, not NULL, over no rows)."""
+    return ", ".join("COUNT(*)" if v == "1" else f"COALESCE(SUM({v}), 0)" for v in _row_values(dialect, p))
+
+
+def _day(dialect: Dialect, p: str = "") -> str:
+    return (
+        f"substr({p}timestamp, 1, 10)" if dialect == "sqlite" else f"({p}timestamp AT TIME ZONE 'UTC')::date"
+    )
+
+
+def _upsert(alias: str) -> str:
+    """Adds a conflicting row's sums to the existing one's."""
+    key = ", ".join(HTTP_ANALYTICS_DAILY.primary_key)
+    sets = ",\n        ".join(f"{c} = {alias}.{c} + excluded.{c}" for c in ROLLUP_SUMS)
+    return f"ON CONFLICT ({key}) DO UPDATE SET\n        {sets}"
+
+
+def _group(p: str = "") -> str:
+    """The rollup key's columns after ``day`` (user, team, model) from raw rows prefixed with ``p``."""
+    return ", ".join(f"{p}{c}" for c in HTTP_ANALYTICS_DAILY.primary_key[1:])
+
+
+def ddl(dialect: Dialect) -> list[str]:
+    """The rollup table and the trigger that keeps it (created before any raw row is loaded)."""
+    if dialect == "sqlite":
+        # Fires only for rows actually inserted (ON CONFLICT DO NOTHING skips replays).
+        trigger = [
+            f"""CREATE TRIGGER http_analytics_rollup AFTER INSERT ON http_analytics
     BEGIN
         INSERT INTO {ROLLUP_TABLE} VALUES (
-            substr(NEW.timestamp, 1, 10), NEW.user_email, NEW.team, NEW.model, 1,
-            NEW.prompt_tokens, NEW.completion_tokens, NEW.total_tokens, NEW.cached_tokens,
-            CAST(ROUND(NEW.duration_ms * 1000) AS INTEGER), CASE WHEN NEW.estimated THEN 1 ELSE 0 END
+            {_day("sqlite", "NEW.")}, {_group("NEW.")}, {", ".join(_row_values("sqlite", "NEW."))}
         )
-        ON CONFLICT (day, user_email, team, model) DO UPDATE SET
-            requests = requests + 1,
-            prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-            completion_tokens = completion_tokens + excluded.completion_tokens,
-            total_tokens = total_tokens + excluded.total_tokens,
-            cached_tokens = cached_tokens + excluded.cached_tokens,
-            duration_us = duration_us + excluded.duration_us,
-            estimated = estimated + excluded.estimated;
-    END""",
-    # Rows written before this version.
-    f"""INSERT INTO {ROLLUP_TABLE}
-    SELECT substr(timestamp, 1, 10), user_email, team, model, COUNT(*), SUM(prompt_tokens),
-        SUM(completion_tokens), SUM(total_tokens), SUM(cached_tokens),
-        SUM(CAST(ROUND(duration_ms * 1000) AS INTEGER)), SUM(CASE WHEN estimated THEN 1 ELSE 0 END)
-    FROM http_analytics GROUP BY 1, 2, 3, 4""",
-]
-
-PG_ROLLUP_DDL: list[str] = [
-    f"""CREATE TABLE {ROLLUP_TABLE} (
-        day               DATE NOT NULL,      -- UTC day
-        user_email        TEXT NOT NULL,
-        team              TEXT NOT NULL,
-        model             TEXT NOT NULL,
-        requests          BIGINT NOT NULL,
-        prompt_tokens     BIGINT NOT NULL,
-        completion_tokens BIGINT NOT NULL,
-        total_tokens      BIGINT NOT NULL,
-        cached_tokens     BIGINT NOT NULL,
-        duration_us       BIGINT NOT NULL,    -- Σ round(duration_ms × 1000)
-        estimated         BIGINT NOT NULL,    -- rows with estimated usage
-        PRIMARY KEY (day, user_email, team, model)
-    )""",
-    # A statement-level trigger sees the statement's inserted rows as a transition table: one
-    # aggregate per batch (or per COPY), not one upsert per row. Rows skipped by ON CONFLICT are
-    # not in it. Sorted so concurrent writers lock rollup rows in the same order (no deadlocks).
-    f"""CREATE FUNCTION chargeback_rollup_add() RETURNS trigger LANGUAGE plpgsql AS $$
+        {_upsert(ROLLUP_TABLE)};
+    END"""
+        ]
+    else:
+        # A statement-level trigger sees the statement's inserted rows as a transition table: one
+        # aggregate per batch (or per COPY), not one upsert per row. Rows skipped by ON CONFLICT are
+        # not in it. Sorted so concurrent writers lock rollup rows in the same order (no deadlocks).
+        trigger = [
+            f"""CREATE FUNCTION chargeback_rollup_add() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         INSERT INTO {ROLLUP_TABLE} AS d
-        SELECT (n.timestamp AT TIME ZONE 'UTC')::date, n.user_email, n.team, n.model, COUNT(*),
-            SUM(n.prompt_tokens), SUM(n.completion_tokens), SUM(n.total_tokens), SUM(n.cached_tokens),
-            SUM(round(n.duration_ms * 1000)::bigint), COUNT(*) FILTER (WHERE n.estimated)
+        SELECT {_day("postgresql", "n.")}, {_group("n.")}, {raw_sums("postgresql", "n.")}
         FROM new_rows n GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-        ON CONFLICT (day, user_email, team, model) DO UPDATE SET
-            requests = d.requests + EXCLUDED.requests,
-            prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
-            completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
-            total_tokens = d.total_tokens + EXCLUDED.total_tokens,
-            cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens,
-            duration_us = d.duration_us + EXCLUDED.duration_us,
-            estimated = d.estimated + EXCLUDED.estimated;
+        {_upsert("d")};
         RETURN NULL;
     END $$""",
-    """CREATE TRIGGER http_analytics_rollup AFTER INSERT ON http_analytics
+            """CREATE TRIGGER http_analytics_rollup AFTER INSERT ON http_analytics
         REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION chargeback_rollup_add()""",
-]
+        ]
+    return [*create_table(HTTP_ANALYTICS_DAILY, dialect), *trigger]
+
+
+def sqlite_upgrade() -> list[str]:
+    """Version 4 on SQLite: the rollup, then the sums of the rows written before it."""
+    return [
+        *ddl("sqlite"),
+        f"""INSERT INTO {ROLLUP_TABLE}
+    SELECT {_day("sqlite")}, {_group()}, {raw_sums("sqlite")}
+    FROM http_analytics GROUP BY 1, 2, 3, 4""",
+    ]
+
 
 # --------------------------------------------------------------------------- reading
 
 
 @dataclass
 class Totals:
+    """One group's sums: the rollup's sum columns, in their order (``add`` takes them positionally)."""
+
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -139,15 +137,6 @@ class Totals:
 
 Key = tuple[str, str, str]  # (team, user_email, model)
 
-_SUMS_RAW = (
-    "COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
-    " COALESCE(SUM(total_tokens), 0), COALESCE(SUM(cached_tokens), 0), {duration},"
-    " COALESCE(SUM(CASE WHEN estimated THEN 1 ELSE 0 END), 0)"
-)
-_DURATION = {
-    "sqlite": "COALESCE(SUM(CAST(ROUND(duration_ms * 1000) AS INTEGER)), 0)",
-    "postgresql": "COALESCE(SUM(round(duration_ms * 1000)::bigint), 0)",
-}
 _SUMS_ROLLUP = ", ".join(f"SUM({c})" for c in ROLLUP_SUMS)
 
 
@@ -210,54 +199,43 @@ def split_period(since: datetime | None, until: datetime | None) -> Plan:
     return Plan(first, end, plus, minus)
 
 
-def _raw_into(store: Any, out: dict[Key, Totals], ranges: list[Range], sign: int) -> None:
-    ph = store.placeholder
+def _where(column: str, ranges: list[tuple[Any, Any]], param: Callable[[Any], Any]) -> tuple[str, list[Any]]:
+    """' WHERE (column >= ? AND column < ?) OR ...' for [lo, hi) ranges (None: unbounded), and its
+    parameters; no condition at all when a range is unbounded at both ends."""
     conds, params = [], []
     for lo, hi in ranges:
         parts = []
-        if lo is not None:
-            parts.append(f"timestamp >= {ph}")
-            params.append(store.timestamp_param(lo))
-        if hi is not None:
-            parts.append(f"timestamp < {ph}")
-            params.append(store.timestamp_param(hi))
-        conds.append("(" + " AND ".join(parts or ["1 = 1"]) + ")")
-    sql = (
-        "SELECT team, user_email, model, "
-        + _SUMS_RAW.format(duration=_DURATION[store.backend])
-        + " FROM http_analytics WHERE "
-        + " OR ".join(conds)
-        + " GROUP BY team, user_email, model"
-    )
-    for team, user, model, *sums in store.query(sql, params)[1]:
-        out.setdefault((str(team), str(user), str(model)), Totals()).add(sums, sign)
+        for value, op in ((lo, ">="), (hi, "<")):
+            if value is not None:
+                parts.append(f"{column} {op} ?")
+                params.append(param(value))
+        if not parts:
+            return "", []
+        conds.append(" AND ".join(parts))
+    return " WHERE " + " OR ".join(f"({c})" for c in conds), params
+
+
+def _sums_into(
+    store: Any, out: dict[Key, Totals], sums: str, table: str, where: tuple[str, list[Any]], sign: int = 1
+) -> None:
+    sql = f"SELECT team, user_email, model, {sums} FROM {table}{where[0]} GROUP BY team, user_email, model"
+    for team, user, model, *values in store.select(sql, where[1]):
+        out.setdefault((str(team), str(user), str(model)), Totals()).add(values, sign)
+
+
+def _raw_into(store: Any, out: dict[Key, Totals], ranges: list[Range], sign: int = 1) -> None:
+    where = _where("timestamp", ranges, store.timestamp_param)
+    _sums_into(store, out, raw_sums(store.backend), "http_analytics", where, sign)
 
 
 def totals(store: Any, since: datetime | None, until: datetime | None) -> dict[Key, Totals]:
     """Sums per (team, user, model) for requests that started in [since, until): exactly what
     summing the raw rows gives, read from the rollup for whole UTC days (see ``split_period``)."""
-    ph = store.placeholder
     out: dict[Key, Totals] = {}
-
-    def day_param(d: date) -> Any:
-        return d.isoformat() if store.backend == "sqlite" else d
-
     plan = split_period(since, until)
     if plan.use_rollup and (plan.first is None or plan.end is None or plan.first < plan.end):
-        where, params = [], []
-        if plan.first is not None:
-            where.append(f"day >= {ph}")
-            params.append(day_param(plan.first))
-        if plan.end is not None:
-            where.append(f"day < {ph}")
-            params.append(day_param(plan.end))
-        sql = (
-            f"SELECT team, user_email, model, {_SUMS_ROLLUP} FROM {ROLLUP_TABLE}"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " GROUP BY team, user_email, model"
-        )
-        for team, user, model, *sums in store.query(sql, params)[1]:
-            out.setdefault((str(team), str(user), str(model)), Totals()).add(sums)
+        where = _where("day", [(plan.first, plan.end)], store.day_param)
+        _sums_into(store, out, _SUMS_ROLLUP, ROLLUP_TABLE, where)
     if plan.plus:
         _raw_into(store, out, plan.plus, 1)
     if plan.minus:
@@ -269,22 +247,6 @@ def totals(store: Any, since: datetime | None, until: datetime | None) -> dict[K
 
 def raw_totals(store: Any, since: datetime | None, until: datetime | None) -> dict[Key, Totals]:
     """The same sums straight from the raw rows (for tests and the benchmark's comparison)."""
-    ph = store.placeholder
-    where, params = [], []
-    if since is not None:
-        where.append(f"timestamp >= {ph}")
-        params.append(store.timestamp_param(since))
-    if until is not None:
-        where.append(f"timestamp < {ph}")
-        params.append(store.timestamp_param(until))
-    sql = (
-        "SELECT team, user_email, model, "
-        + _SUMS_RAW.format(duration=_DURATION[store.backend])
-        + " FROM http_analytics"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + " GROUP BY team, user_email, model"
-    )
     out: dict[Key, Totals] = {}
-    for team, user, model, *sums in store.query(sql, params)[1]:
-        out.setdefault((str(team), str(user), str(model)), Totals()).add(sums)
+    _raw_into(store, out, [(since, until)])
     return out

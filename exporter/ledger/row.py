@@ -1,9 +1,15 @@
-"""One ledger row: everything recorded about one request that went through the proxy."""
+"""One ledger row: everything recorded about one request that went through the proxy.
+
+The fields are ``http_analytics``'s columns (``schema.HTTP_ANALYTICS``), in the same order (the
+journal writes them positionally); tests/test_ledger_schema.py holds the two together.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from exporter.ledger.schema import HTTP_ANALYTICS
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,4 +45,4 @@ class LedgerRow:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
-COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
+COLUMNS: tuple[str, ...] = HTTP_ANALYTICS.names

@@ -11,12 +11,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from exporter.ledger import rollup
+from exporter.ledger import migrations, schema
 from exporter.ledger.backend import (
     TS_FORMAT,
     QueryError,
@@ -28,65 +28,14 @@ from exporter.ledger.backend import (
 )
 from exporter.ledger.keys import KeyOps
 from exporter.ledger.private_files import create_private_file, make_private_dir
-from exporter.ledger.row import COLUMNS, LedgerRow
+from exporter.ledger.row import LedgerRow
 
-SCHEMA_VERSION = 5
+MIGRATIONS = migrations.MIGRATIONS["sqlite"]  # schema versions: see ``migrations``
+SCHEMA_VERSION = schema.SCHEMA_VERSION
 
-MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        """CREATE TABLE http_analytics (
-            request_id        TEXT PRIMARY KEY,
-            timestamp         TEXT NOT NULL,      -- UTC 'YYYY-MM-DDTHH:MM:SS.ffffffZ'
-            user_email        TEXT NOT NULL,
-            team              TEXT NOT NULL,
-            model             TEXT NOT NULL,
-            endpoint          TEXT NOT NULL,
-            status_code       INTEGER NOT NULL,
-            prompt_tokens     INTEGER NOT NULL,
-            completion_tokens INTEGER NOT NULL,
-            total_tokens      INTEGER NOT NULL,
-            cached_tokens     INTEGER NOT NULL,
-            estimated         INTEGER NOT NULL,   -- 0/1
-            stream            INTEGER NOT NULL,   -- 0/1
-            duration_ms       REAL NOT NULL,
-            ttft_ms           REAL,
-            api_key_id        TEXT NOT NULL,
-            upstream          TEXT NOT NULL,
-            error             TEXT NOT NULL DEFAULT ''
-        )""",
-        "CREATE INDEX http_analytics_timestamp ON http_analytics (timestamp)",
-        "CREATE INDEX http_analytics_user_model ON http_analytics (user_email, model)",
-        """CREATE TABLE api_keys (
-            key_id      TEXT PRIMARY KEY,
-            prefix      TEXT NOT NULL,
-            token_hash  TEXT NOT NULL UNIQUE,
-            user_email  TEXT NOT NULL,
-            team        TEXT NOT NULL,
-            created_at  TEXT NOT NULL,
-            revoked_at  TEXT
-        )""",
-        "CREATE INDEX api_keys_user ON api_keys (user_email)",
-    ],
-    # 2: how each request's usage was counted (issue 11 and 12)
-    2: [
-        "ALTER TABLE http_analytics ADD COLUMN usage_source TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE http_analytics ADD COLUMN usage_reason TEXT NOT NULL DEFAULT ''",
-    ],
-    3: [],  # reserved (stays empty: databases at version 4 exist)
-    # 4: the daily rollup, kept by a trigger (issue 17)
-    4: rollup.SQLITE_MIGRATION,
-    # 5: key expiry, rotation and last use (issue 15)
-    5: [
-        "ALTER TABLE api_keys ADD COLUMN expires_at TEXT",
-        "ALTER TABLE api_keys ADD COLUMN rotated_to TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE api_keys ADD COLUMN last_used_at TEXT",
-    ],
-}
-
-_INSERT = (
-    f"INSERT INTO http_analytics ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-    " ON CONFLICT (request_id) DO NOTHING"
-)
+_INSERT = schema.insert_sql(schema.HTTP_ANALYTICS, "sqlite")
+# Columns whose checked value (row_values) SQLite cannot bind as it is: timestamps, stored as text.
+_TIMESTAMPS = [i for i, c in enumerate(schema.HTTP_ANALYTICS.columns) if c.type is schema.TIMESTAMP]
 
 # Authorizer actions allowed on the ad-hoc query connection: reading only.
 _READ_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, 33}  # 33 = RECURSIVE
@@ -206,17 +155,7 @@ class SqliteStore(StoreOpsMixin, KeyOps):
             c = self._conn
             c.execute("BEGIN IMMEDIATE")  # one process migrates at a time
             try:
-                c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-                row = c.execute("SELECT MAX(version) FROM schema_version").fetchone()
-                current = row[0] or 0
-                if current > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"ledger schema version {current} is newer than this program supports ({SCHEMA_VERSION})"
-                    )
-                for version in range(current + 1, SCHEMA_VERSION + 1):
-                    for stmt in MIGRATIONS[version]:
-                        c.execute(stmt)
-                    c.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                migrations.migrate(c, "sqlite")
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -230,9 +169,8 @@ class SqliteStore(StoreOpsMixin, KeyOps):
         params = []
         for row in rows:
             v = list(row_values(row))
-            v[1] = v[1].strftime(TS_FORMAT)  # row_values already made it an aware UTC datetime
-            v[11] = int(v[11])
-            v[12] = int(v[12])
+            for i in _TIMESTAMPS:
+                v[i] = v[i].strftime(TS_FORMAT)  # row_values already made it an aware UTC datetime
             params.append(v)
         with self._lock:
             c = self._conn
@@ -304,6 +242,10 @@ class SqliteStore(StoreOpsMixin, KeyOps):
     def timestamp_param(self, value: str | datetime) -> Any:
         """A timestamp as this backend compares it with the ``timestamp`` column (for query params)."""
         return canonical_timestamp(value)
+
+    def day_param(self, value: date) -> Any:
+        """A UTC day as this backend compares it with the rollup's ``day`` column."""
+        return value.isoformat()
 
     def close(self) -> None:
         with self._lock:

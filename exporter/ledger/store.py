@@ -12,7 +12,7 @@ a backend, so imports point one way.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol
 
 from exporter.ledger.backend import (
@@ -51,12 +51,20 @@ class LedgerStore(Protocol):
         """A timestamp as this backend compares it with the ``timestamp`` column."""
         ...
 
+    def day_param(self, value: date) -> Any:
+        """A UTC day as this backend compares it with the rollup's ``day`` column."""
+        ...
+
     def insert_rows(self, rows: Sequence[LedgerRow]) -> int:
         """Insert in one transaction, skipping request_ids already present; returns rows added."""
         ...
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run one read-only statement; returns (column names, rows)."""
+        ...
+
+    def select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Our own read (parameters marked '?' on both backends); returns the rows."""
         ...
 
     def summary(

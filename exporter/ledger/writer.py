@@ -229,26 +229,26 @@ class LedgerWriter:
 
     def _enter_disk_mode(self) -> None:
         """The queue is full: later rows go to a segment of their own, read back from disk later."""
-        assert self._journal is not None
-        try:
-            seq = self._journal.rotate()
-        except OSError:
-            return
-        self._disk_mode = True
-        self._segs.setdefault(seq, _Seg()).disk = True
-        log.warning(
-            "ledger: %d rows waiting for the database; further rows are kept in the journal only",
-            len(self._queue),
-        )
+        if self._set_disk_mode(True):
+            log.warning(
+                "ledger: %d rows waiting for the database; further rows are kept in the journal only",
+                len(self._queue),
+            )
 
     def _leave_disk_mode(self) -> None:
+        self._set_disk_mode(False)
+
+    def _set_disk_mode(self, disk: bool) -> bool:
+        """Start a new journal segment whose rows are (disk) or are not kept in the journal only;
+        False, and the mode unchanged, when the journal cannot rotate."""
         assert self._journal is not None
         try:
             seq = self._journal.rotate()
         except OSError:
-            return
-        self._disk_mode = False
-        self._segs.setdefault(seq, _Seg())
+            return False
+        self._disk_mode = disk
+        self._segs.setdefault(seq, _Seg()).disk = disk
+        return True
 
     def _late_submit(self, row: LedgerRow) -> None:
         """A row after close(): nobody will write it any more, so journal it for the next start."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import contract
@@ -40,29 +40,13 @@ class LimitMetrics(Collector):
     def collect(self) -> Iterable[Metric]:
         limits = self.cfg.limits
         assert limits is not None
-        rej = CounterMetricFamily(
-            contract.LIMIT_REJECTIONS_TOTAL,
-            "Requests refused with 429 by a limit (budget, monthly_tokens, requests_per_minute, tokens_per_minute).",
-            labels=("team", "user", "limit"),
-        )
+        rej = contract.spec(contract.LIMIT_REJECTIONS_TOTAL).family()
         for labels, n in self.rejections.copy().items():
             rej.add_metric(labels, n)
         yield rej
-        configured = GaugeMetricFamily(
-            contract.TEAM_LIMIT,
-            "A team's configured limit (currency, weighted tokens, requests or tokens per minute).",
-            labels=("team", "limit", "enforce"),
-        )
-        budget = GaugeMetricFamily(
-            contract.LIMIT_REMAINING_BUDGET,
-            f"What is left of the team's monthly budget at the limit price, in {self.cfg.currency}.",
-            labels=("team",),
-        )
-        quota = GaugeMetricFamily(
-            contract.LIMIT_REMAINING_WEIGHTED_TOKENS,
-            "What is left of the team's monthly weighted-token quota.",
-            labels=("team",),
-        )
+        configured = contract.spec(contract.TEAM_LIMIT).family()
+        budget = contract.spec(contract.LIMIT_REMAINING_BUDGET).family(currency=self.cfg.currency)
+        quota = contract.spec(contract.LIMIT_REMAINING_WEIGHTED_TOKENS).family()
         used = self.team_used.copy()
         for team, ls in limits.teams.items():
             for kind, lim in ls.limits.items():
@@ -75,16 +59,9 @@ class LimitMetrics(Collector):
         yield configured
         yield budget
         yield quota
-        yield GaugeMetricFamily(
-            contract.LIMIT_STORE_UP,
-            "1 when the last call to the limit store (Redis or in-process) succeeded.",
-            value=self.store_up,
-        )
-        yield CounterMetricFamily(
-            contract.LIMIT_STORE_ERRORS_TOTAL, "Failed calls to the limit store.", value=self.store_errors
-        )
-        yield CounterMetricFamily(
-            contract.LIMIT_UNCHECKED_REQUESTS_TOTAL,
-            "Requests let through unchecked because the limit store was unreachable (fail-open).",
-            value=self.unchecked,
-        )
+        for name, value in (
+            (contract.LIMIT_STORE_UP, self.store_up),
+            (contract.LIMIT_STORE_ERRORS_TOTAL, self.store_errors),
+            (contract.LIMIT_UNCHECKED_REQUESTS_TOTAL, self.unchecked),
+        ):
+            yield contract.spec(name).family(value=value)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from exporter.cliutil import add_config_flag, add_log_flag, config_from_args, setup_logging
+from exporter.cliutil import add_server_flags, config_from_args, setup_logging
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,15 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="OpenAI-compatible proxy that attributes requests to users/teams, counts tokens "
         "(Prometheus, separate listener) and writes the request ledger.",
     )
-    add_config_flag(p)
-    add_log_flag(p)
-    p.add_argument(
-        "--web.listen-address",
-        dest="listen",
-        action="append",
-        metavar="HOST:PORT",
-        help="API address (repeatable; overrides proxy.listen)",
-    )
+    add_server_flags(p, "API address (repeatable; overrides proxy.listen)", repeatable_listen=True)
     p.add_argument(
         "--web.metrics-address",
         dest="metrics_listen",

@@ -12,12 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -34,24 +29,19 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # index of each value in a usage cell; the last item is the pre-rendered label string
 _REQUESTS, _PROMPT, _COMPLETION, _CACHED, _SECONDS, _ESTIMATED, _LABELS = range(7)
 
-_USAGE_SPECS = (
-    (
-        contract.REQUESTS_TOTAL,
-        "Requests by user, team and model (by status code: chargeback_requests_by_code_total).",
-        _REQUESTS,
-    ),
-    (contract.PROMPT_TOKENS_TOTAL, "Prompt tokens reported by the upstream (or estimated).", _PROMPT),
-    (
-        contract.COMPLETION_TOKENS_TOTAL,
-        "Completion tokens reported by the upstream (or estimated).",
-        _COMPLETION,
-    ),
-    (contract.CACHED_PROMPT_TOKENS_TOTAL, "Prompt tokens served from the upstream's prefix cache.", _CACHED),
-    (contract.REQUEST_SECONDS_TOTAL, "Summed wall time of requests, for time-based allocation.", _SECONDS),
-    (contract.USAGE_ESTIMATED_TOTAL, "Requests whose usage the proxy had to estimate.", _ESTIMATED),
+_USAGE_SPECS = tuple(
+    (contract.spec(name), index)
+    for name, index in (
+        (contract.REQUESTS_TOTAL, _REQUESTS),
+        (contract.PROMPT_TOKENS_TOTAL, _PROMPT),
+        (contract.COMPLETION_TOKENS_TOTAL, _COMPLETION),
+        (contract.CACHED_PROMPT_TOKENS_TOTAL, _CACHED),
+        (contract.REQUEST_SECONDS_TOTAL, _SECONDS),
+        (contract.USAGE_ESTIMATED_TOTAL, _ESTIMATED),
+    )
 )
-_BY_CODE_HELP = "Requests by team, model and HTTP status code returned to the client."
-_REJECTED_HELP = "Requests refused before a user and a configured model were known (401, 400, 404, 413, 503)."
+_BY_CODE = contract.spec(contract.REQUESTS_BY_CODE_TOTAL)
+_REJECTED = contract.spec(contract.REJECTED_REQUESTS_TOTAL)
 
 
 def _escape(value: str) -> str:
@@ -131,35 +121,34 @@ class UsageCollector(Collector):
         usage = list(self.usage.copy().values())
         rejected = self.rejected.copy()
         out: list[str] = []
-        for name, doc, i in _USAGE_SPECS:
-            out.append(f"# HELP {name} {doc}\n# TYPE {name} counter\n")
+        for spec, i in _USAGE_SPECS:
+            name = spec.name
+            out.append(f"# HELP {name} {spec.help}\n# TYPE {name} counter\n")
             if i == _SECONDS:
                 out += [f"{name}{{{c[_LABELS]}}} {float(c[i])!r}\n" for c in usage]
             else:
                 out += [f"{name}{{{c[_LABELS]}}} {c[i]}\n" for c in usage]
-        name = contract.REQUESTS_BY_CODE_TOTAL
-        out.append(f"# HELP {name} {_BY_CODE_HELP}\n# TYPE {name} counter\n")
+        name = _BY_CODE.name
+        out.append(f"# HELP {name} {_BY_CODE.help}\n# TYPE {name} counter\n")
         out += [f"{name}{{{r[1]}}} {r[0]}\n" for r in by_code]
-        name = contract.REJECTED_REQUESTS_TOTAL
-        out.append(f"# HELP {name} {_REJECTED_HELP}\n# TYPE {name} counter\n")
+        name = _REJECTED.name
+        out.append(f"# HELP {name} {_REJECTED.help}\n# TYPE {name} counter\n")
         out += [f'{name}{{code="{code}"}} {n}\n' for code, n in rejected.items()]
         return "".join(out)
 
     def collect(self) -> Iterable[Metric]:
         usage = self.usage.copy()
         labels = self.usage_labels
-        for name, doc, index in _USAGE_SPECS:
-            fam = CounterMetricFamily(name, doc, labels=labels)
+        for spec, index in _USAGE_SPECS:
+            fam = spec.family(labels)
             for key, cell in usage.items():
                 fam.add_metric(key if self.per_user else key[1:], cell[index])
             yield fam
-        fam = CounterMetricFamily(
-            contract.REQUESTS_BY_CODE_TOTAL, _BY_CODE_HELP, labels=("team", "model", "code")
-        )
+        fam = _BY_CODE.family()
         for key, (value, _) in self.by_code.copy().items():
             fam.add_metric(key, value)
         yield fam
-        fam = CounterMetricFamily(contract.REJECTED_REQUESTS_TOTAL, _REJECTED_HELP, labels=("code",))
+        fam = _REJECTED.family()
         for code, value in self.rejected.copy().items():
             fam.add_metric((code,), value)
         yield fam
@@ -173,27 +162,17 @@ class ConfigCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         cfg = self.cfg
-        info = GaugeMetricFamily(
-            contract.TEAM_INFO, "Team metadata (always 1).", labels=("team", "business_unit", "cost_center")
-        )
-        budget = GaugeMetricFamily(
-            contract.TEAM_BUDGET, f"Monthly team budget in {cfg.currency}.", labels=("team",)
-        )
+        info = contract.spec(contract.TEAM_INFO).family()
+        budget = contract.spec(contract.TEAM_BUDGET).family(currency=cfg.currency)
         for team in cfg.teams.values():
             info.add_metric((team.name, team.business_unit, team.cost_center), 1)
             if team.budget is not None:
                 budget.add_metric((team.name,), float(team.budget))
         yield info
         yield budget
-        model_info = GaugeMetricFamily(
-            contract.MODEL_INFO, "Model to GPU pool (always 1).", labels=("model", "pool")
-        )
-        pw = GaugeMetricFamily(
-            contract.MODEL_PROMPT_TOKEN_WEIGHT, "Cost weight of one prompt token.", labels=("model",)
-        )
-        cw = GaugeMetricFamily(
-            contract.MODEL_COMPLETION_TOKEN_WEIGHT, "Cost weight of one completion token.", labels=("model",)
-        )
+        model_info = contract.spec(contract.MODEL_INFO).family()
+        pw = contract.spec(contract.MODEL_PROMPT_TOKEN_WEIGHT).family()
+        cw = contract.spec(contract.MODEL_COMPLETION_TOKEN_WEIGHT).family()
         for model in cfg.models.values():
             model_info.add_metric((model.name, model.pool), 1)
             pw.add_metric((model.name,), float(model.token_weights.prompt))
@@ -201,22 +180,28 @@ class ConfigCollector(Collector):
         yield model_info
         yield pw
         yield cw
-        cap = GaugeMetricFamily(
-            contract.POOL_CAPACITY_TOKENS_PER_SECOND,
-            "Configured weighted-token capacity of a GPU pool.",
-            labels=("pool",),
-        )
+        cap = contract.spec(contract.POOL_CAPACITY_TOKENS_PER_SECOND).family()
         for pool in cfg.pools.values():
             if pool.capacity_tokens_per_second is not None:
                 cap.add_metric((pool.name,), float(pool.capacity_tokens_per_second))
         yield cap
-        method = GaugeMetricFamily(
-            contract.REALTIME_METHOD_INFO,
-            "Allocation method used for real-time spend (always 1).",
-            labels=("method",),
-        )
+        method = contract.spec(contract.REALTIME_METHOD_INFO).family()
         method.add_metric((cfg.report.realtime_method,), 1)
         yield method
+
+
+# ledger health metric → its LedgerStats field
+_LEDGER_STATS = (
+    (contract.LEDGER_ROWS_WRITTEN_TOTAL, "rows_written"),
+    (contract.LEDGER_WRITE_ERRORS_TOTAL, "write_errors"),
+    (contract.LEDGER_QUEUE_ROWS, "queue_rows"),
+    (contract.LEDGER_SPOOLED_ROWS, "spooled_rows"),
+    (contract.LEDGER_JOURNAL_ROWS, "journal_rows"),
+    (contract.LEDGER_JOURNAL_BYTES, "journal_bytes"),
+    (contract.LEDGER_UNJOURNALED_ROWS, "rows_unjournaled"),
+    (contract.LEDGER_DEAD_LETTER_ROWS_TOTAL, "rows_rejected"),
+    (contract.LEDGER_ROWS_LOST_TOTAL, "rows_lost"),
+)
 
 
 class LedgerCollector(Collector):
@@ -227,45 +212,8 @@ class LedgerCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         s = self.stats()
-        yield CounterMetricFamily(
-            contract.LEDGER_ROWS_WRITTEN_TOTAL, "Rows written to the ledger database.", value=s.rows_written
-        )
-        yield CounterMetricFamily(
-            contract.LEDGER_WRITE_ERRORS_TOTAL, "Failed ledger write attempts.", value=s.write_errors
-        )
-        yield GaugeMetricFamily(
-            contract.LEDGER_QUEUE_ROWS, "Rows waiting in memory for the ledger.", value=s.queue_rows
-        )
-        yield GaugeMetricFamily(
-            contract.LEDGER_SPOOLED_ROWS,
-            "Rows waiting on disk only (journaled beyond the memory queue, or by an earlier run).",
-            value=s.spooled_rows,
-        )
-        yield GaugeMetricFamily(
-            contract.LEDGER_JOURNAL_ROWS,
-            "Rows in the write-ahead journal not yet committed to the database (backlog).",
-            value=s.journal_rows,
-        )
-        yield GaugeMetricFamily(
-            contract.LEDGER_JOURNAL_BYTES,
-            "Bytes of journal files not yet deleted.",
-            value=s.journal_bytes,
-        )
-        yield GaugeMetricFamily(
-            contract.LEDGER_UNJOURNALED_ROWS,
-            "Rows held in memory only because the journal could not be written (a crash loses them).",
-            value=s.rows_unjournaled,
-        )
-        yield CounterMetricFamily(
-            contract.LEDGER_DEAD_LETTER_ROWS_TOTAL,
-            "Rows the database refused for good, kept in the dead-letter file.",
-            value=s.rows_rejected,
-        )
-        yield CounterMetricFamily(
-            contract.LEDGER_ROWS_LOST_TOTAL,
-            "Rows that could be neither written to the database nor journaled.",
-            value=s.rows_lost,
-        )
+        for name, field in _LEDGER_STATS:
+            yield contract.spec(name).family(value=getattr(s, field))
 
 
 class LoopHistogram:
@@ -305,26 +253,16 @@ class LatencyCollector(Collector):
         self.inflight = dict.fromkeys(self.duration, 0)
 
     def collect(self) -> Iterable[Metric]:
-        for name, doc, hists in (
-            (
-                contract.REQUEST_DURATION_SECONDS,
-                "Time from request to the last byte sent to the client.",
-                self.duration,
-            ),
-            (
-                contract.TIME_TO_FIRST_TOKEN_SECONDS,
-                "Streaming requests: time until the first event reached the client.",
-                self.ttft,
-            ),
+        for name, hists in (
+            (contract.REQUEST_DURATION_SECONDS, self.duration),
+            (contract.TIME_TO_FIRST_TOKEN_SECONDS, self.ttft),
         ):
-            fam = HistogramMetricFamily(name, doc, labels=("model",))
+            fam = contract.spec(name).family()
             for model, hist in list(hists.items()):
                 buckets, total = hist.snapshot()
                 fam.add_metric((model,), buckets, total)
             yield fam
-        gauge = GaugeMetricFamily(
-            contract.INFLIGHT_REQUESTS, "Requests being forwarded right now.", labels=("model",)
-        )
+        gauge = contract.spec(contract.INFLIGHT_REQUESTS).family()
         for model, n in list(self.inflight.items()):
             gauge.add_metric((model,), n)
         yield gauge

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import contract
@@ -59,11 +59,7 @@ class UsageSourceCollector(Collector):
         self.counts[key] = self.counts.get(key, 0) + 1
 
     def collect(self) -> Iterable[Metric]:
-        fam = CounterMetricFamily(
-            contract.USAGE_SOURCE_TOTAL,
-            "Requests by the path that counted their usage: upstream, tokenize or estimate.",
-            labels=("model", "source"),
-        )
+        fam = contract.spec(contract.USAGE_SOURCE_TOTAL).family()
         for (model, source), n in self.counts.copy().items():
             fam.add_metric((model, source), n)
         yield fam

@@ -184,6 +184,12 @@ PROXY_COUNTERS = {
     "cached_tokens": contract.CACHED_PROMPT_TOKENS_TOTAL,
     "request_seconds": contract.REQUEST_SECONDS_TOTAL,
 }
+# Per GPU (by uuid): the basis of the pool costs (see gather_pools).
+GPU_COUNTERS = {
+    "busy": contract.GPU_BUSY_SECONDS_TOTAL,
+    "idle": contract.GPU_IDLE_SECONDS_TOTAL,
+    "observed": contract.GPU_OBSERVED_SECONDS_TOTAL,
+}
 USAGE_LABELS = ("team", "user", "model")
 # Counters without a user label (proxy.metrics_labels: team) give one line per team and model.
 NO_USER_LABEL_NOTE = (
@@ -201,6 +207,16 @@ def _gauge_by(
         if label in d:
             out[d[label]] = d.get(value_label, "") if value_label else v
     return out
+
+
+def _per_model(
+    client: PromClient, period: Period, metric: str, value_label: str | None = None
+) -> dict[str, Any]:
+    """A proxy's per-model gauge, last seen in the period: its value per model, or the value of
+    its label ``value_label`` (the pool of ``chargeback_model_info``)."""
+    by = f"model, {value_label}" if value_label else "model"
+    expr = f"max by ({by}) (last_over_time({client.selector(metric)}[{period.seconds}s] @ {period.end_ts}))"
+    return _gauge_by(client, expr, period.end_ts, "model", value_label)
 
 
 def _config_pool(cfg: Config, name: str, period: Period) -> PoolInput:
@@ -456,9 +472,7 @@ def gather_prometheus(
     # proxy.metrics_labels: team there is no user label, and team always exists
     split = "team" if cfg.proxy.metrics_labels == "team" else "user"
     tasks = {name: (metric, split) for name, metric in PROXY_COUNTERS.items()}
-    tasks["busy"] = (contract.GPU_BUSY_SECONDS_TOTAL, "uuid")
-    tasks["idle"] = (contract.GPU_IDLE_SECONDS_TOTAL, "uuid")
-    tasks["observed"] = (contract.GPU_OBSERVED_SECONDS_TOTAL, "uuid")
+    tasks.update({name: (metric, "uuid") for name, metric in GPU_COUNTERS.items()})
     dstats = {name: DeltaStats() for name in tasks}
     clients = {name: PromClient(client.url, client.timeout, client.extra) for name in tasks}
 
@@ -485,27 +499,11 @@ def gather_prometheus(
         if any((v.requests, v.prompt_tokens, v.completion_tokens, v.cached_tokens, v.request_seconds))
     }
 
-    model_pools = _gauge_by(
-        client,
-        f"max by (model, pool) (last_over_time({client.selector(contract.MODEL_INFO)}[{period.seconds}s] @ {end}))",
-        end,
-        "model",
-        "pool",
-    )
+    model_pools = _per_model(client, period, contract.MODEL_INFO, "pool")
     weights: dict[str, tuple[Decimal, Decimal]] = {}
     if any(k[2] not in cfg.models for k in raw):
-        wp = _gauge_by(
-            client,
-            f"max by (model) (last_over_time({client.selector(contract.MODEL_PROMPT_TOKEN_WEIGHT)}[{period.seconds}s] @ {end}))",
-            end,
-            "model",
-        )
-        wc = _gauge_by(
-            client,
-            f"max by (model) (last_over_time({client.selector(contract.MODEL_COMPLETION_TOKEN_WEIGHT)}[{period.seconds}s] @ {end}))",
-            end,
-            "model",
-        )
+        wp = _per_model(client, period, contract.MODEL_PROMPT_TOKEN_WEIGHT)
+        wc = _per_model(client, period, contract.MODEL_COMPLETION_TOKEN_WEIGHT)
         weights = {m: (wp.get(m, Decimal(1)), wc.get(m, Decimal(1))) for m in set(wp) | set(wc)}
     usage = build_usage(cfg, raw, model_pools, weights, notes)
     if any(not u.user for u in usage):
@@ -559,24 +557,10 @@ def gather_ledger(
     raw = ledger_usage(store, period)
     kwargs: dict[str, Any] = {} if lookback is None else {"lookback": lookback}
     deltas = {
-        "busy": exact_deltas(
-            client, contract.GPU_BUSY_SECONDS_TOTAL, period.start_ts, period.end_ts, "uuid", **kwargs
-        ),
-        "idle": exact_deltas(
-            client, contract.GPU_IDLE_SECONDS_TOTAL, period.start_ts, period.end_ts, "uuid", **kwargs
-        ),
-        "observed": exact_deltas(
-            client, contract.GPU_OBSERVED_SECONDS_TOTAL, period.start_ts, period.end_ts, "uuid", **kwargs
-        ),
+        name: exact_deltas(client, metric, period.start_ts, period.end_ts, "uuid", **kwargs)
+        for name, metric in GPU_COUNTERS.items()
     }
-    end = period.end_ts
-    model_pools = _gauge_by(
-        client,
-        f"max by (model, pool) (last_over_time({client.selector(contract.MODEL_INFO)}[{period.seconds}s] @ {end}))",
-        end,
-        "model",
-        "pool",
-    )
+    model_pools = _per_model(client, period, contract.MODEL_INFO, "pool")
     usage = build_usage(cfg, raw, model_pools, {}, notes)
     pools = gather_pools(cfg, client, period, notes, deltas)
     return Inputs(

@@ -60,9 +60,10 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TypeVar
 
 import requests
 
@@ -71,6 +72,7 @@ from exporter.logs import get_logger
 log = get_logger(__name__)
 
 LabelKey = tuple[tuple[str, str], ...]  # sorted (name, value) pairs without __name__
+_V = TypeVar("_V")  # one series' value: a number (instant query) or its samples (range query)
 
 BASELINE_WINDOW_SECONDS = 3600
 DEFAULT_LOOKBACK_SECONDS = 62 * 86400
@@ -282,31 +284,25 @@ class _Series:
         ]
 
     def vector(self, template: str, keys: Iterable[LabelKey], at_ms: int) -> dict[LabelKey, Decimal]:
-        keys = set(keys)
-        out: dict[LabelKey, Decimal] = {}
-        for sel in self.selectors(keys):
-            out.update(
-                {
-                    k: v
-                    for k, v in self.client.vector(template.format(sel=sel), at_ms / 1000).items()
-                    if k in keys
-                }
-            )
-        return out
+        return self._query(self.client.vector, template, keys, at_ms)
 
     def matrix(
         self, template: str, keys: Iterable[LabelKey], at_ms: int
     ) -> dict[LabelKey, list[tuple[float, Decimal]]]:
+        return self._query(self.client.matrix, template, keys, at_ms)
+
+    def _query(
+        self,
+        run: Callable[[str, float], dict[LabelKey, _V]],
+        template: str,
+        keys: Iterable[LabelKey],
+        at_ms: int,
+    ) -> dict[LabelKey, _V]:
+        """``template`` (with ``{sel}``) run once per selector at ``at_ms``; only ``keys`` are kept."""
         keys = set(keys)
-        out: dict[LabelKey, list[tuple[float, Decimal]]] = {}
+        out: dict[LabelKey, _V] = {}
         for sel in self.selectors(keys):
-            out.update(
-                {
-                    k: v
-                    for k, v in self.client.matrix(template.format(sel=sel), at_ms / 1000).items()
-                    if k in keys
-                }
-            )
+            out.update({k: v for k, v in run(template.format(sel=sel), at_ms / 1000).items() if k in keys})
         return out
 
 

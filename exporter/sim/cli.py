@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 
-from exporter.cliutil import add_log_flag, setup_logging
+from exporter.cliutil import add_server_flags, setup_logging
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -16,12 +16,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Deterministic OpenAI-compatible upstream. Faults: header X-Sim-Fault: "
         "500|429|503|drop|no-usage|slow, or POST /sim/fault. Counters: GET /sim/stats.",
     )
-    p.add_argument(
-        "--web.listen-address",
-        dest="listen",
-        action="append",
-        metavar="HOST:PORT",
-        help="address to listen on (repeatable; default 127.0.0.1:8000)",
+    add_server_flags(
+        p,
+        "address to listen on (repeatable; default 127.0.0.1:8000)",
+        repeatable_listen=True,
+        reads_config=False,
     )
     p.add_argument(
         "--tokens-per-second", type=float, default=0.0, help="streaming speed per request (0: unlimited)"
@@ -32,7 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--api-key", default=None, help="require this bearer token (tests that the proxy swaps credentials)"
     )
     p.add_argument("--strict-models", action="store_true", help="404 for models not in --models")
-    add_log_flag(p)
     p.set_defaults(func=_simulate)
 
     t = subparsers.add_parser(

@@ -74,8 +74,9 @@ def start_simulator(
 def proxy_config(
     *,
     upstreams: Mapping[str, Sequence[str]],
-    ledger_url: str,
-    spool_dir: str,
+    workdir: Path | None = None,
+    ledger_url: str | None = None,
+    spool_dir: str | None = None,
     teams: Mapping[str, Mapping[str, Any]] = DEFAULT_TEAMS,
     users: Mapping[str, str] | None = None,
     allowed_teams: Mapping[str, Sequence[str]] | None = None,
@@ -84,7 +85,14 @@ def proxy_config(
     ledger: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A config document: one pool, ``upstreams`` = model → upstream base URLs (ending in /v1)."""
+    """A config document: one pool, ``upstreams`` = model → upstream base URLs (ending in /v1).
+    The ledger is ``ledger_url`` with its spool in ``spool_dir``; given ``workdir``, either defaults
+    to a place in it (``ledger.db``, ``spool/``)."""
+    if workdir is not None:
+        ledger_url = ledger_url or f"sqlite:///{workdir / 'ledger.db'}"
+        spool_dir = spool_dir or str(workdir / "spool")
+    if ledger_url is None or spool_dir is None:
+        raise TypeError("proxy_config needs workdir, or ledger_url and spool_dir")
     models: dict[str, Any] = {}
     for i, (name, urls) in enumerate(upstreams.items()):
         m: dict[str, Any] = {
@@ -172,6 +180,21 @@ def create_keys(ledger_url: str, users: Mapping[str, str]) -> dict[str, str]:
         return {user: store.create_key(user, team)[0] for user, team in users.items()}
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def running_proxy(
+    workdir: Path, doc: Mapping[str, Any], users: Mapping[str, str]
+) -> Iterator[tuple[ProxyProcess, dict[str, str]]]:
+    """Write ``doc`` to ``workdir/chargeback.yaml``, create a key per user (user → team) in its
+    ledger and run a proxy on it; yields (proxy, user → token) and stops the proxy afterwards."""
+    config_path = write_config(workdir / "chargeback.yaml", doc)
+    tokens = create_keys(doc["ledger"]["url"], users)
+    proxy = start_proxy(workdir, config_path)
+    try:
+        yield proxy, tokens
+    finally:
+        proxy.stop()
 
 
 @dataclass

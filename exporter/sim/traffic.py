@@ -45,6 +45,11 @@ class Totals:
         details = getattr(usage, "prompt_tokens_details", None)
         self.cached_tokens += (getattr(details, "cached_tokens", 0) or 0) if details else 0
 
+    def merge(self, other: Totals) -> None:
+        """Add another (user, model)'s or run's totals to these."""
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
 
 @dataclass
 class TrafficResult:
@@ -58,12 +63,17 @@ class TrafficResult:
         out = Totals()
         for (u, m), t in self.totals.items():
             if (user is None or u == user) and (model is None or m == model):
-                out.requests += t.requests
-                out.prompt_tokens += t.prompt_tokens
-                out.completion_tokens += t.completion_tokens
-                out.total_tokens += t.total_tokens
-                out.cached_tokens += t.cached_tokens
+                out.merge(t)
         return out
+
+    def add(self, other: TrafficResult) -> None:
+        """Count another run's traffic into this one (several drives through the same stack)."""
+        self.requests += other.requests
+        self.streamed += other.streamed
+        self.seconds += other.seconds
+        self.errors.extend(other.errors)
+        for key, t in other.totals.items():
+            self.totals.setdefault(key, Totals()).merge(t)
 
     def as_dict(self) -> dict[str, Any]:
         return {

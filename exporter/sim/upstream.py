@@ -399,39 +399,30 @@ async def _stream(
     await resp.prepare(request)
     finished = False
     try:
-        if endpoint == "chat/completions":
+        chat = endpoint == "chat/completions"
 
-            def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-                c: dict[str, Any] = {
-                    "id": f"chatcmpl-{rid}",
-                    "object": "chat.completion.chunk",
-                    "created": now,
-                    "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                }
-                if include_usage:
-                    c["usage"] = None
-                return c
+        def chunk(choice: dict[str, Any]) -> dict[str, Any]:
+            """A chat or completions stream chunk with one choice (``choice`` without its index)."""
+            c: dict[str, Any] = {
+                "id": f"{'chatcmpl' if chat else 'cmpl'}-{rid}",
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": now,
+                "model": model,
+                "choices": [{"index": 0, **choice}],
+            }
+            if include_usage:
+                c["usage"] = None
+            return c
 
-            await resp.write(_sse(chunk({"role": "assistant", "content": ""}, None)))
-            pieces = [chunk({"content": w}, None) for w in words]
-            last = chunk({}, "stop")
+        if chat:
+            await resp.write(
+                _sse(chunk({"delta": {"role": "assistant", "content": ""}, "finish_reason": None}))
+            )
+            pieces = [chunk({"delta": {"content": w}, "finish_reason": None}) for w in words]
+            last = chunk({"delta": {}, "finish_reason": "stop"})
         elif endpoint == "completions":
-
-            def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-                c: dict[str, Any] = {
-                    "id": f"cmpl-{rid}",
-                    "object": "text_completion",
-                    "created": now,
-                    "model": model,
-                    "choices": [{"index": 0, "text": delta.get("text", ""), "finish_reason": finish}],
-                }
-                if include_usage:
-                    c["usage"] = None
-                return c
-
-            pieces = [chunk({"text": w}, None) for w in words]
-            last = chunk({}, "stop")
+            pieces = [chunk({"text": w, "finish_reason": None}) for w in words]
+            last = chunk({"text": "", "finish_reason": "stop"})
         else:  # responses: typed events, usage in response.completed
             await resp.write(
                 _sse(

@@ -58,6 +58,10 @@ class FakeGpu:
     unsupported: set[str] = field(default_factory=set)  # keys of FUNCTIONS → NotSupported
     errors: dict[str, int] = field(default_factory=dict)  # key of FUNCTIONS → NVML_ERROR_* raised
     mig: list[FakeMig] = field(default_factory=list)  # non-empty: MIG mode on
+    # Any other pynvml device function → what it returns for this GPU (a field added to the GPU
+    # field table reads through it without a fake of its own); its name also works as a key of
+    # ``unsupported`` and ``errors``.
+    readings: dict[str, Any] = field(default_factory=dict)
     lost: bool = False  # every call on it raises GPU_IS_LOST
     hang: threading.Event | None = None  # calls on it block until the event is set
 
@@ -207,17 +211,31 @@ class FakeNvml:
             raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return handle.mig.compute_instance_id
 
+    def reading(self, function: str) -> Any:
+        """A fake of ``pynvml.<function>(handle, *args)`` answering from ``FakeGpu.readings``."""
+
+        def fake(handle: _Handle, *args: Any) -> Any:
+            gpu = self._dev(handle, function)
+            if function not in gpu.readings:
+                raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+            return gpu.readings[function]
+
+        return fake
+
     # --- installing
 
     def functions(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in dir(self) if name.startswith("nvml")}
+        fakes = {name: self.reading(name) for gpu in self.gpus for name in gpu.readings}
+        return fakes | {name: getattr(self, name) for name in dir(self) if name.startswith("nvml")}
 
     @contextlib.contextmanager
     def patch(self) -> Iterator[FakeNvml]:
-        """Swap the fakes into the real ``pynvml`` module for the duration of the block."""
-        saved = {name: getattr(pynvml, name) for name in self.functions()}
+        """Swap the fakes into the real ``pynvml`` module for the duration of the block (functions
+        named in ``FakeGpu.readings``: those of the GPUs given before the block)."""
+        functions = self.functions()
+        saved = {name: getattr(pynvml, name) for name in functions}
         try:
-            for name, fn in self.functions().items():
+            for name, fn in functions.items():
                 setattr(pynvml, name, fn)
             yield self
         finally:

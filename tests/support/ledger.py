@@ -14,7 +14,8 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +27,34 @@ VERBATIM_SQL = """SELECT user_email, model, SUM(total_tokens) as total_tokens_su
 FROM public.http_analytics
 GROUP BY model, user_email
 ORDER BY total_tokens_sum DESC;"""
+
+
+def write_ledger_config(path: Path, url: str, users: Mapping[str, str]) -> Path:
+    """The smallest config the ``keys``/``ledger`` commands accept: one model, the teams of ``users``
+    (user → team), written to ``path``."""
+    teams = "\n".join(f"  {t}: {{}}" for t in dict.fromkeys(users.values()))
+    listed = "\n".join(f"  {u}: {t}" for u, t in users.items())
+    path.write_text(
+        "currency: EUR\n"
+        "pools:\n  p: {gpu_hourly_cost: 1, gpus: 1}\n"
+        "models:\n  m0: {upstreams: [http://127.0.0.1:9/v1], pool: p}\n"
+        f"teams:\n{teams}\nusers:\n{listed}\nledger:\n  url: {url}\n"
+    )
+    return path
+
+
+# The header of `chargeback ledger summary` and the columns of LedgerStore.summary(), as users see them.
+SUMMARY_COLUMNS = [
+    "user_email",
+    "team",
+    "model",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "estimated",
+]
 
 
 async def async_wait_for(
@@ -70,6 +99,18 @@ def temp_pg_database(prefix: str = "cb_test") -> Iterator[str]:
         with _admin() as conn:
             conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def pg_database_or_skip(prefix: str = "cb_test") -> Iterator[str]:
+    """``temp_pg_database`` when the test PostgreSQL answers; the calling test is skipped otherwise."""
+    import pytest
+
+    reason = pg_available()
+    if reason:
+        pytest.skip(reason)
+    with temp_pg_database(prefix) as url:
+        yield url
 
 
 def _dbname(url: str) -> str:

@@ -9,15 +9,16 @@ since the last restart up to that time. That makes every exact delta computable 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
-from exporter.stack import find_binary
+from exporter.stack import ManagedProcess, find_binary, start_prometheus
 
 
 def ts(text: str) -> int:
@@ -128,3 +129,26 @@ def backfill(openmetrics: Path, data_dir: Path, timeout: float = 600, block_hour
         raise RuntimeError(
             f"promtool backfill of {openmetrics} failed ({proc.returncode}): {proc.stderr[-2000:]}"
         )
+
+
+def backfill_series(workdir: Path, series: Iterable[Series], name: str = "history") -> Path:
+    """Write ``series`` to ``workdir/<name>.om`` and backfill them into ``workdir/tsdb``; returns
+    that data directory."""
+    om = workdir / f"{name}.om"
+    with om.open("w") as f:
+        write_openmetrics(f, series)
+    data = workdir / "tsdb"
+    backfill(om, data)
+    return data
+
+
+@contextlib.contextmanager
+def prometheus_with(
+    workdir: Path, series: Iterable[Series], name: str = "history"
+) -> Iterator[ManagedProcess]:
+    """A real Prometheus serving ``series`` (backfilled; retention long enough for any test date)."""
+    p = start_prometheus(workdir, storage_dir=backfill_series(workdir, series, name), retention="10y")
+    try:
+        yield p
+    finally:
+        p.stop()
