@@ -529,7 +529,13 @@ class UpstreamPool:
         oldest_ok = time.monotonic() - KEEPALIVE_SECONDS
         while idle:
             conn = idle.pop()
-            if not conn.closed and conn.idle_since >= oldest_ok:
+            transport = conn.transport
+            if (
+                not conn.closed
+                and conn.idle_since >= oldest_ok
+                and transport is not None
+                and not transport.is_closing()
+            ):
                 return conn
             conn.close()
         return None
