@@ -71,8 +71,9 @@ def plain_target(base: str) -> tuple[str, int, str] | None:
     return parts.hostname, port, parts.path
 
 
-def _bad(message: str) -> aiohttp.ClientResponseError:
-    return aiohttp.ClientPayloadError(message)  # type: ignore[return-value]
+def _bad(message: str) -> aiohttp.ClientPayloadError:
+    """A response the proxy cannot read: a 502 before the head is complete, a cut stream after."""
+    return aiohttp.ClientPayloadError(message)
 
 
 class _Conn(asyncio.Protocol):
@@ -195,7 +196,14 @@ class UpstreamResponse:
     def data_received(self, data: bytes) -> None:
         self._last = self.loop.time()
         sink = self.sink
-        if sink is not None and self._chunked and not self._cbuf and not self._cleft and self._decomp is None:
+        if (
+            sink is not None
+            and self._chunked
+            and not self._cbuf
+            and not self._cleft
+            and self._trailer is False  # between chunks: neither in the trailer nor past the end
+            and self._decomp is None
+        ):
             # the hot path of a stream: one whole chunk (one SSE event, usually) in one read
             end = data.find(b"\r\n")
             if 0 < end <= 16 and data[-2:] == b"\r\n" and not data[:end].translate(None, HEX):
@@ -314,7 +322,7 @@ class UpstreamResponse:
 
     def _dechunk(self, data: bytes) -> bytes:
         buf = self._cbuf
-        if not buf and self._cleft == 0 and not self._trailer:
+        if not buf and self._cleft == 0 and self._trailer is False:
             # fast path: one whole chunk (one SSE event, usually) in one read
             end = data.find(b"\r\n")
             if 0 < end <= 16:
