@@ -16,10 +16,12 @@ docs/methods.md explains how this figure relates to the month's statement.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any, Protocol
 
-from exporter.config import Config, Model
+from exporter.catalog import Model, Pool
 
 MILLION = Decimal(1_000_000)
 NANO = Decimal("1e-9")  # spend is counted in nano-units of the currency (integers in the store)
@@ -43,19 +45,36 @@ class ModelPrice:
         return self.weighted_tokens(prompt, completion) * self.per_weighted_token
 
 
-def model_price(cfg: Config, model: Model) -> ModelPrice:
+class PricedConfig(Protocol):
+    """What prices are read from (exporter.config.Config; a protocol keeps this module below it)."""
+
+    @property
+    def pools(self) -> Mapping[str, Pool]: ...
+
+    @property
+    def models(self) -> Mapping[str, Model]: ...
+
+    @property
+    def limits(self) -> Any: ...  # LimitsConfig | None
+
+
+def model_price(cfg: PricedConfig, model: Model) -> ModelPrice:
+    return price_of(model, cfg.pools, cfg.limits.price_per_million if cfg.limits is not None else {})
+
+
+def price_of(model: Model, pools: Mapping[str, Pool], configured_prices: Mapping[str, Decimal]) -> ModelPrice:
     w = model.token_weights
-    configured = cfg.limits.price_per_million.get(model.name) if cfg.limits is not None else None
+    configured = configured_prices.get(model.name)
     if configured is not None:
         return ModelPrice(model.name, configured / MILLION, "configured", w.prompt, w.completion)
-    pool = cfg.pools.get(model.pool)
+    pool = pools.get(model.pool)
     if pool is not None and pool.capacity_tokens_per_second:
         price = pool.hourly_cost / Decimal(3600) / pool.capacity_tokens_per_second
         return ModelPrice(model.name, price, "proxy-price", w.prompt, w.completion)
     return ModelPrice(model.name, None, "none", w.prompt, w.completion)
 
 
-def price_table(cfg: Config) -> dict[str, ModelPrice]:
+def price_table(cfg: PricedConfig) -> dict[str, ModelPrice]:
     return {name: model_price(cfg, m) for name, m in cfg.models.items()}
 
 

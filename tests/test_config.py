@@ -247,3 +247,187 @@ def test_hostile_config_files_get_a_clear_error(tmp_path: Path, case: str) -> No
     assert out.returncode == 2, out.stderr
     assert out.stderr == f"chargeback: config error: {message.format(path=path, name=path.name)}\n"
     assert "u:pw" not in out.stderr
+
+
+# Each kind of problem the section schemas report, in the loader's wording (pydantic's own messages
+# never reach the user).
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        (
+            "teams: {research: {budget: true}}",
+            "teams.research.budget: expected a number, got a boolean (true)",
+        ),
+        ("teams: {research: {budget: .inf}}", "teams.research.budget: expected a finite number, got inf"),
+        (
+            "teams: {research: {business_unit: [a]}}",
+            "teams.research.business_unit: expected a string, got a list",
+        ),
+        ("teams: {research: 5}", "teams.research: expected a mapping, got 5"),
+        ("teams: {'bad name': {}}", 'teams.bad name: invalid name "bad name"'),
+        ("pools: {a100: {gpus: 2}}", "pools.a100.gpu_hourly_cost: is required"),
+        (
+            "pools: {a100: {gpu_hourly_cost: 1, gpus: 1.5}}",
+            "pools.a100.gpus: expected a whole number, got 1.5",
+        ),
+        (
+            "pools: {a100: {gpu_hourly_cost: 1, gpu_indexes: [0, x]}}",
+            'pools.a100.gpu_indexes[1]: expected a whole number, got "x"',
+        ),
+        (
+            "pools: {a100: {gpu_hourly_cost: 1, gpu_uuids: ['']}}",
+            'pools.a100.gpu_uuids[0]: expected a non-empty string, got ""',
+        ),
+        (
+            "models: {m1: {upstreams: [http://x/v1], pool: a100, token_weights: {prompt: 1, output: 2}}}",
+            "models.m1.token_weights.output: unknown key (expected one of: completion, prompt)",
+        ),
+        (
+            "models: {m1: {upstreams: [http://x/v1], pool: a100, tokenize: {api: ollama}}}",
+            'models.m1.tokenize.api: expected one of llama.cpp, llama-cpp-python, vllm, tgi, got "ollama"',
+        ),
+        (
+            "models: {m1: {upstreams: [http://x/v1], pool: a100, usage_fallback: tokenize}}",
+            "models.m1.tokenize: usage_fallback: tokenize needs a tokenize section",
+        ),
+        ("models: {m1: {upstream: http://x/v1, pool: a100, colour: red}}", "models.m1.colour: unknown key"),
+        (
+            "ledger: {url: 'mysql://u:pw@db/x'}",
+            'ledger.url: expected sqlite:///PATH or postgresql://..., got "mysql://[redacted]@db/x"',
+        ),
+        ("ledger: {batch_size: 0}", "ledger.batch_size: must be at least 1, got 0"),
+        (
+            "proxy: {metrics_labels: everyone}",
+            'proxy.metrics_labels: expected one of user, team, got "everyone"',
+        ),
+        (
+            "proxy: {listen: [':8080', ':99999']}",
+            'proxy.listen[1]: expected HOST:PORT or :PORT, got ":99999"',
+        ),
+        (
+            "gpu_exporter: {pool_by_index: {-1: a100}}",
+            "gpu_exporter.pool_by_index.-1: GPU index must be a whole number ≥ 0",
+        ),
+        (
+            "gpu_exporter: {pool_by_uuid: {GPU-1: nope}}",
+            'gpu_exporter.pool_by_uuid.GPU-1: unknown pool "nope"',
+        ),
+        (
+            "gpu_exporter: {idle_threshold_ratio: 2}",
+            "gpu_exporter.idle_threshold_ratio: must be at most 1, got 2",
+        ),
+        (
+            "prometheus: {url: 'localhost:9090'}",
+            'prometheus.url: expected an http(s) URL, got "localhost:9090"',
+        ),
+        (
+            "report: {realtime_method: hybrid}",
+            'report.realtime_method: expected one of token-share, proxy-price-per-token, got "hybrid"',
+        ),
+        ("report: {locale: xx_YY}", 'report.locale: unknown locale "xx_YY"'),
+        (
+            "report: {finance_recipients: [finance]}",
+            'report.finance_recipients[0]: not an email address: "finance"',
+        ),
+        (
+            "report: {colour: red}",
+            "report.colour: unknown key (expected one of: billing_contact, finance_recipients, flat_fee,",
+        ),
+        ("report: {hybrid: {weights: {gpu_share: 1}}}", "report.hybrid.weights.gpu_share: unknown component"),
+        (
+            "report: {hybrid: {fixed_shares: {research: 1}}}",
+            "report.hybrid.weights: at least one component weight is required",
+        ),
+        (
+            "report: {hybrid: {weights: {token_share: 1}, fixed_shares: {ghosts: 1}}}",
+            'report.hybrid.fixed_shares.ghosts: unknown team "ghosts"',
+        ),
+        (
+            "report: {hybrid: {weights: {fixed_share: 1}}}",
+            "report.hybrid.fixed_shares: required when the fixed_share component has a weight",
+        ),
+        (
+            "report: {tiers: [{price_per_million: 1}, {up_to_tokens: 5, price_per_million: 1}]}",
+            "report.tiers[0].up_to_tokens: only the last tier may be open-ended",
+        ),
+        ("report: {tiers: [{up_to_tokens: 5}]}", "report.tiers[0].price_per_million: is required"),
+        ("report: {tiers: 5}", "report.tiers: expected a list of tiers, got 5"),
+        (
+            "report: {method: flat-fee-with-overages}",
+            "report.flat_fee: required when report.method is flat-fee-with-overages",
+        ),
+        (
+            "report: {flat_fee: {teams: {ghosts: {monthly_fee: 1, overage_per_million: 1}}}}",
+            'report.flat_fee.teams.ghosts: unknown team "ghosts"',
+        ),
+        (
+            "report: {flat_fee: {default: {monthly_fee: 1}}}",
+            "report.flat_fee.default.overage_per_million: is required",
+        ),
+        ("smtp: {port: 70000}", "smtp.port: must be at most 65535, got 70000"),
+        ("smtp: {from: nobody}", 'smtp.from: not an email address: "nobody"'),
+        ("limits: {teams: {ghosts: {}}}", 'limits.teams.ghosts: unknown team "ghosts"'),
+        ("limits: {store: {timeout_ms: 0}}", "limits.store.timeout_ms: must be at least 1, got 0"),
+        (
+            "limits: {reconcile_with_prometheus_seconds: 2}",
+            "limits.reconcile_with_prometheus_seconds: must be 0 (off) or at least 5, got 2",
+        ),
+        (
+            "limits: {teams: {research: {tokens_per_minute: {enforce: block}}}}",
+            "limits.teams.research.tokens_per_minute.limit: is required",
+        ),
+        ("currency_minor_units: 5", "currency_minor_units: must be at most 4, got 5"),
+        ("[1, 2]", "expected a mapping, got a list"),
+    ],
+)
+def test_every_error_kind_keeps_its_wording(patch: str, message: str) -> None:
+    import yaml
+
+    base = yaml.safe_load(MINIMAL)
+    override = yaml.safe_load(patch)
+    text = yaml.safe_dump({**base, **override} if isinstance(override, dict) else override)
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "/etc/chargeback/chargeback.yaml")
+    assert str(err.value).startswith("chargeback.yaml: ")
+    assert message in str(err.value)
+    assert "pydantic" not in str(err.value) and "[type=" not in str(err.value)
+
+
+def test_a_null_key_is_as_if_absent_and_sections_keep_their_attributes() -> None:
+    cfg = parse_config(MINIMAL + "proxy: {listen: null}\nsmtp: {security: ssl}\nreport:\n")
+    assert cfg.proxy.listen == ("0.0.0.0:8080",)
+    assert cfg.smtp.port == 465 and cfg.smtp.from_address == "chargeback@localhost"
+    assert cfg.report.tiers == () and cfg.report.flat_fee.default is None
+    assert cfg.report.hybrid.weights == {"token_share": Decimal(1)}
+    assert cfg.limits is None
+
+
+def test_report_method_and_its_parameters_come_from_the_registry() -> None:
+    """A method module registers its name and keys; the config accepts them with no other edit."""
+    from exporter.report import method_registry
+    from exporter.report.method_registry import Param, register
+    from exporter.sections import Money
+
+    names = method_registry.method_names()
+    assert names == (
+        "proxy-price-per-token",
+        "token-share",
+        "time-based",
+        "hybrid",
+        "tiered",
+        "flat-fee-with-overages",
+    )
+    register(
+        "test-flat-rate", order=99, params={"flat_rate": Param(Money, lambda: None)}, requires="flat_rate"
+    )(lambda inputs, cfg: None)
+    try:
+        cfg = parse_config(MINIMAL + "report: {method: test-flat-rate, flat_rate: '2.50'}\n")
+        assert cfg.report.method == "test-flat-rate" and cfg.report.flat_rate == Decimal("2.50")
+        with pytest.raises(
+            ConfigError, match=r"report\.flat_rate: required when report\.method is test-flat-rate"
+        ):
+            parse_config(MINIMAL + "report: {method: test-flat-rate}\n")
+    finally:
+        method_registry._REGISTRY.pop("test-flat-rate")
+    with pytest.raises(ConfigError, match=r"report\.flat_rate: unknown key"):
+        parse_config(MINIMAL + "report: {flat_rate: 1}\n")

@@ -134,11 +134,17 @@ class AdhocQuery(Protocol):
 def open_adhoc(url: str, source: str = "ledger.url", allow_superuser: bool = False) -> AdhocQuery:
     """A read-only query connection to the ledger at ``url`` (``source`` names where the URL came
     from, for messages). Nothing is created or migrated."""
-    if url.startswith("sqlite:"):
+    from exporter.ledger.url import LedgerUrlError, parse_ledger_url
+
+    try:
+        backend = parse_ledger_url(url).backend
+    except LedgerUrlError:
+        if url.startswith("sqlite:"):
+            return SqliteAdhoc(url, source)  # names the bad SQLite URL itself
+        raise StoreError(f"{source}: unsupported ledger URL {redact_url(url)!r}") from None
+    if backend == "sqlite":
         return SqliteAdhoc(url, source)
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresAdhoc(url, source, allow_superuser)
-    raise StoreError(f"{source}: unsupported ledger URL {redact_url(url)!r}")
+    return PostgresAdhoc(url, source, allow_superuser)
 
 
 class SqliteAdhoc:
@@ -170,8 +176,9 @@ class PostgresAdhoc:
     def __init__(self, url: str, source: str, allow_superuser: bool, connect_timeout: int = 10) -> None:
         import psycopg
 
-        if url.startswith("postgres://"):
-            url = "postgresql://" + url[len("postgres://") :]
+        from exporter.ledger.url import parse_ledger_url
+
+        url = parse_ledger_url(url).url  # postgres:// → postgresql://
         kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in url:
             kwargs["connect_timeout"] = connect_timeout

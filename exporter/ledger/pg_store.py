@@ -56,8 +56,9 @@ class PostgresStore(StoreOpsMixin, KeyOps):
         clock: Callable[[], datetime] | None = None,
         statement_timeout: float = 30.0,
     ) -> None:
-        if url.startswith("postgres://"):
-            url = "postgresql://" + url[len("postgres://") :]
+        from exporter.ledger.url import parse_ledger_url
+
+        url = parse_ledger_url(url).url  # postgres:// → postgresql://
         self.url = url
         self.connect_timeout = connect_timeout
         # Server side: statement_timeout and lock_timeout end a slow statement or a lock wait. A

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 from exporter.ledger import migrations, schema
 from exporter.ledger.backend import (
@@ -90,18 +90,17 @@ def existing_file(path: str, hint: str) -> Path:
 
 def parse_sqlite_url(url: str) -> tuple[str, bool, dict[str, str]]:
     """(path or shared-memory URI, is_memory, options) from sqlite:///rel.db, sqlite:////abs.db, sqlite://:memory:."""
-    rest = url[len("sqlite:") :]
-    query = ""
-    if "?" in rest:
-        rest, query = rest.split("?", 1)
-    opts = {k: v[-1] for k, v in parse_qs(query).items()}
-    if rest in ("//:memory:", "///:memory:"):
-        return "file:chargeback-ledger-memory?mode=memory&cache=shared", True, opts
-    if not rest.startswith("///") or len(rest) <= 3:
+    from exporter.ledger.url import LedgerUrlError, parse_ledger_url
+
+    try:
+        parsed = parse_ledger_url(url)
+    except LedgerUrlError as exc:
+        raise StoreError(str(exc)) from None
+    if parsed.backend != "sqlite":
         raise StoreError(
             f"bad SQLite ledger URL {url!r}: expected sqlite:///relative.db or sqlite:////absolute.db"
         )
-    return rest[3:], False, opts
+    return parsed.path, parsed.memory, parsed.options
 
 
 class SqliteStore(StoreOpsMixin, KeyOps):

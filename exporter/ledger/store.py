@@ -110,14 +110,16 @@ def open_store(url: str, **options: Any) -> LedgerStore:
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` (SQLAlchemy's convention),
     ``sqlite://:memory:`` (tests), or ``postgresql://user:pass@host:port/db`` (also ``postgres://``).
     """
-    if url.startswith("sqlite:"):
+    from exporter.ledger.url import LedgerUrlError, parse_ledger_url
+
+    try:
+        backend = parse_ledger_url(url).backend
+    except LedgerUrlError as exc:
+        raise StoreError(str(exc)) from None
+    if backend == "sqlite":
         from exporter.ledger.sqlite_store import SqliteStore
 
         return SqliteStore(url, **options)
-    if url.startswith(("postgresql://", "postgres://")):
-        from exporter.ledger.pg_store import PostgresStore
+    from exporter.ledger.pg_store import PostgresStore
 
-        return PostgresStore(url, **options)
-    raise StoreError(
-        f"unsupported ledger URL {redact_url(url)!r}: expected sqlite:///PATH or postgresql://..."
-    )
+    return PostgresStore(url, **options)

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.config import LedgerConfig
 from exporter.ledger.deadletter import DeadLetters
 from exporter.ledger.journal import (
     Journal,
@@ -41,6 +40,7 @@ from exporter.ledger.journal import (
     journal_lines,
 )
 from exporter.ledger.row import LedgerRow
+from exporter.ledger.settings import LedgerConfig
 from exporter.ledger.store import LedgerStore, is_transient, open_store, redact_url
 from exporter.logs import get_logger
 

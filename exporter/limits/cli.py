@@ -33,10 +33,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"chargeback: --team is required ({args.user} has no team in {cfg.path})", file=sys.stderr)
         return 2
     if cfg.limits is None:  # no limits: section: the teams' budgets, alert only, counted from the ledger
-        from exporter.config import _Reader
-        from exporter.limits.settings import parse_limits
+        from exporter.limits.settings import LimitsConfig
+        from exporter.sections import validate
 
-        limits = parse_limits(_Reader(cfg.path), {}, cfg.teams, cfg.users, cfg.models)
+        context = {"pools": cfg.pools, "teams": cfg.teams, "users": cfg.users, "models": cfg.models}
+        limits = validate(LimitsConfig, {}, "limits", cfg.path, context)
         cfg = dataclasses.replace(cfg, limits=limits)
     clock = None
     if args.now:

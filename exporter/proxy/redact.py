@@ -21,30 +21,18 @@ import logging
 import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from multidict import CIMultiDict
 
-REDACTED = "[redacted]"
+# public_url lives below the proxy so the config schema and the ledger can use it too
+from exporter.urls import _USERINFO, REDACTED
+from exporter.urls import public_url as public_url  # its callers import it from here
+
 MIN_SECRET_LEN = 4
 # a client API key as `chargeback keys create` makes them (cbk_ + 43 URL-safe base64 characters);
 # anything from 16 characters on is treated as one, so a cut or mangled key is hidden as well
 _CLIENT_TOKEN = re.compile(r"cbk_[A-Za-z0-9_\-]{16,}")
-_USERINFO = re.compile(r"(?<=://)[^/@\s'\"]+@")
-
-
-def public_url(url: str) -> str:
-    """``url`` without its userinfo (``http://user:pass@host/v1`` → ``http://[redacted]@host/v1``)."""
-    if "@" not in url:
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _USERINFO.sub(REDACTED + "@", url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{REDACTED}@{host}"))
 
 
 def url_secrets(url: str) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from exporter.cliutil import add_config_flag, add_log_flag, config_from_args, setup_logging
-from exporter.config import METHODS, Config, ConfigError
+from exporter.config import Config, ConfigError
 from exporter.logs import get_logger
 from exporter.report.inputs import (
     NO_USER_LABEL_NOTE,
@@ -29,6 +29,7 @@ from exporter.report.inputs import (
     ledger_usage,
     statement_team,
 )
+from exporter.report.method_registry import method_names
 from exporter.report.methods import CENTRAL, MethodError, allocate
 from exporter.report.output import FORMATS, parse_formats, statement_dir, write_statement
 from exporter.report.period import Period, PeriodError, parse_period, previous_period
@@ -132,7 +133,7 @@ def register(subparsers: Any) -> None:
         description="Write chargeback statements for a billing period.",
     )
     _common(rp)
-    rp.add_argument("--method", choices=METHODS, help="allocation method (default: report.method)")
+    rp.add_argument("--method", choices=method_names(), help="allocation method (default: report.method)")
     rp.add_argument(
         "--format", default="csv,json,html,md", help=f"comma-separated: {', '.join(FORMATS)} (default: all)"
     )
@@ -180,10 +181,14 @@ def _client(cfg: Config, args: argparse.Namespace) -> PromClient:
 
 def _open_ledger(cfg: Config, args: argparse.Namespace) -> Any:
     from exporter.ledger.store import StoreError, open_store, redact_url
+    from exporter.ledger.url import LedgerUrlError, parse_ledger_url
 
     url = args.ledger_url or cfg.ledger.url
-    m = re.match(r"sqlite:///(.+)$", url)
-    if m and not Path(m.group(1)).exists():
+    try:
+        parsed = parse_ledger_url(url)
+    except LedgerUrlError:
+        parsed = None  # open_store names the problem
+    if parsed and parsed.backend == "sqlite" and not parsed.memory and not Path(parsed.path).exists():
         raise SourceError(f"ledger {url}: no such database file")
     try:
         return open_store(url)
@@ -365,7 +370,7 @@ def compare(cfg: Config, inputs: Inputs) -> tuple[list[str], dict[str, dict[str,
     """(methods, {team: {method: total}}, {method: reason it could not run})."""
     table: dict[str, dict[str, str]] = {}
     skipped: dict[str, str] = {}
-    for method in METHODS:
+    for method in method_names():
         try:
             st = build_statement(cfg, inputs, allocate(inputs, cfg, method))
         except MethodError as exc:
@@ -374,7 +379,7 @@ def compare(cfg: Config, inputs: Inputs) -> tuple[list[str], dict[str, dict[str,
         for t in [*st.teams, st.central]:
             table.setdefault(t.team, {})[method] = st.money(t.total)
         table.setdefault("total pool cost", {})[method] = st.money(st.total_pool_cost)
-    return list(METHODS), table, skipped
+    return list(method_names()), table, skipped
 
 
 def _team_order(table: dict[str, dict[str, str]]) -> list[str]:

@@ -1,4 +1,7 @@
-"""The six allocation methods. Each turns :class:`Inputs` into exact (unrounded) charges.
+"""The allocation methods. Each turns :class:`Inputs` into exact (unrounded) charges.
+
+One module per method in this package registers it (exporter/report/method_registry.py) with
+the parameters it owns under ``report:``; this module holds what they share and finds them.
 
 Pool-cost methods (token-share, time-based, hybrid) recover every pool's cost C_p; how the idle
 part of C_p is treated follows ``report.idle_handling``:
@@ -19,13 +22,17 @@ docs/methods.md has the formulas and worked examples.
 from __future__ import annotations
 
 import decimal
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from exporter.config import METHODS, Config, ConfigError, FlatFee
-from exporter.report.inputs import UNASSIGNED, UNKNOWN_POOL, Inputs, Usage
+from exporter.config import Config
+from exporter.report.inputs import UNKNOWN_POOL, Inputs, Usage
+from exporter.report.method_registry import methods
 from exporter.report.money import CONTEXT
+from exporter.sections import ConfigError
 
 MILLION = Decimal(1_000_000)
 CENTRAL = "central-it"
@@ -183,9 +190,15 @@ def _idle_side(book: _Book, inputs: Inputs, pool: str, lines: list[Usage], idle_
             )
 
 
-def _share_method(inputs: Inputs, idle_handling: str, parts: list[tuple[Decimal, str]], cfg: Config) -> _Book:
+def _share_method(
+    inputs: Inputs,
+    idle_handling: str,
+    parts: list[tuple[Decimal, str]],
+    fixed_shares: dict[str, Decimal] | None = None,
+) -> _Book:
     """Pool cost shared by a weighted mix of components (token_share, time_share, equal_split,
-    fixed_share); token-share and time-based are the one-component cases."""
+    fixed_share, with ``fixed_shares`` per team); token-share and time-based are the one-component
+    cases."""
     book = _Book(inputs)
     lines_by_pool = _pool_lines(inputs)
     for pool, p in sorted(inputs.pools.items()):
@@ -222,7 +235,7 @@ def _share_method(inputs: Inputs, idle_handling: str, parts: list[tuple[Decimal,
                         a * idle_ratio,
                     )
             elif comp == "fixed_share":
-                for t, f in sorted(cfg.report.hybrid.fixed_shares.items()):
+                for t, f in sorted((fixed_shares or {}).items()):
                     a = amount * f
                     book.add_extra(
                         t,
@@ -246,89 +259,7 @@ def _share_method(inputs: Inputs, idle_handling: str, parts: list[tuple[Decimal,
     return book
 
 
-def token_share(inputs: Inputs, cfg: Config) -> Allocation:
-    notes: list[str] = []
-    _unknown_pool_note(_pool_lines(inputs), notes)
-    book = _share_method(inputs, cfg.report.idle_handling, [(Decimal(1), "token_share")], cfg)
-    params = {"idle_handling": cfg.report.idle_handling, "pools": _pool_params(inputs)}
-    return book.result("token-share", params, notes)
-
-
-def time_based(inputs: Inputs, cfg: Config) -> Allocation:
-    notes: list[str] = []
-    _unknown_pool_note(_pool_lines(inputs), notes)
-    book = _share_method(inputs, cfg.report.idle_handling, [(Decimal(1), "time_share")], cfg)
-    params = {"idle_handling": cfg.report.idle_handling, "pools": _pool_params(inputs)}
-    return book.result("time-based", params, notes)
-
-
-def hybrid(inputs: Inputs, cfg: Config) -> Allocation:
-    h = cfg.report.hybrid
-    if sum(h.weights.values(), Decimal(0)) != 1:
-        raise MethodError(f"{cfg.path}: report.hybrid.weights: weights must sum to 1")
-    if h.weights.get("fixed_share") and sum(h.fixed_shares.values(), Decimal(0)) != 1:
-        raise MethodError(f"{cfg.path}: report.hybrid.fixed_shares: shares must sum to 1")
-    notes: list[str] = []
-    _unknown_pool_note(_pool_lines(inputs), notes)
-    parts = [(w, c) for c, w in sorted(h.weights.items())]
-    book = _share_method(inputs, cfg.report.idle_handling, parts, cfg)
-    params = {
-        "idle_handling": cfg.report.idle_handling,
-        "weights": {k: str(v) for k, v in sorted(h.weights.items())},
-        "fixed_shares": {k: str(v) for k, v in sorted(h.fixed_shares.items())},
-        "pools": _pool_params(inputs),
-    }
-    return book.result("hybrid", params, notes)
-
-
 # --------------------------------------------------------------------------- proxy price
-
-
-def proxy_price_per_token(inputs: Inputs, cfg: Config) -> Allocation:
-    book = _Book(inputs)
-    notes: list[str] = []
-    lines_by_pool = _pool_lines(inputs)
-    _unknown_pool_note(lines_by_pool, notes)
-    prices: dict[str, object] = {}
-    for pool, p in sorted(inputs.pools.items()):
-        lines = lines_by_pool.get(pool, [])
-        # C_p covers the time its GPUs were present, so capacity does too: the average GPU's
-        # presence (= the whole period when the exporter saw every GPU throughout).
-        seconds = (
-            p.gpu_seconds / p.gpus
-            if p.cost_source == "prometheus" and p.gpus
-            else Decimal(inputs.period.seconds)
-        )
-        k = p.capacity_tokens_per_second
-        if k is None or k <= 0:
-            if any(u.weighted_tokens for u in lines):
-                raise MethodError(
-                    f"{cfg.path}: pools.{pool}.capacity_tokens_per_second: required by method proxy-price-per-token "
-                    f"(pool {pool} has usage in {inputs.period.label})"
-                )
-            book.add_central(UNRECOVERED, pool, p.cost, f"pool {pool}: no capacity configured and no usage")
-            continue
-        price = p.cost / (k * seconds) if seconds else Decimal(0)
-        prices[pool] = {
-            "price_per_million_tokens": str(price * MILLION),
-            "capacity_tokens_per_second": str(k),
-            "capacity_seconds": str(seconds),
-        }
-        recovered = Decimal(0)
-        for u in lines:
-            a = u.weighted_tokens * price
-            book.add_usage(u, a)
-            recovered += a
-        book.add_central(
-            UNRECOVERED,
-            pool,
-            p.cost - recovered,
-            f"pool {pool}: capacity not used (cost minus tokens × price)"
-            if recovered <= p.cost
-            else f"pool {pool}: usage above the stated capacity (negative: recovered more than cost)",
-        )
-    params = {"prices": prices, "pools": _pool_params(inputs)}
-    return book.result("proxy-price-per-token", params, notes)
 
 
 # --------------------------------------------------------------------------- rate cards
@@ -349,106 +280,13 @@ def _rate_card_central(book: _Book, inputs: Inputs) -> None:
     )
 
 
-def tier_charge(tokens: Decimal, cfg: Config) -> tuple[Decimal, list[tuple[str, Decimal, Decimal]]]:
-    """Marginal tiers: each tier's price applies to the tokens that fall inside it."""
-    total = Decimal(0)
-    bands: list[tuple[str, Decimal, Decimal]] = []
-    lower = Decimal(0)
-    for t in cfg.report.tiers:
-        upper = Decimal(t.up_to_tokens) if t.up_to_tokens is not None else None
-        in_band = max(Decimal(0), (min(tokens, upper) if upper is not None else tokens) - lower)
-        if in_band > 0:
-            amount = in_band * t.price_per_million / MILLION
-            total += amount
-            bands.append((f"{lower}-{upper if upper is not None else '∞'}", in_band, amount))
-        if upper is None or tokens <= upper:
-            break
-        lower = upper
-    return total, bands
-
-
-def tiered(inputs: Inputs, cfg: Config) -> Allocation:
-    if not cfg.report.tiers:
-        raise MethodError(f"{cfg.path}: report.tiers: required by method tiered")
-    book = _Book(inputs)
-    for _team, lines in sorted(_team_tokens(inputs).items()):
-        w = sum((u.weighted_tokens for u in lines), Decimal(0))
-        charge, _ = tier_charge(w, cfg)
-        for u, a in _spread(charge, lines, _tokens) or []:
-            book.add_usage(u, a)
-    _rate_card_central(book, inputs)
-    params = {
-        "tiers": [
-            {"up_to_tokens": t.up_to_tokens, "price_per_million": str(t.price_per_million)}
-            for t in cfg.report.tiers
-        ],
-        "basis": "cumulative weighted tokens per team in the period; marginal (each tier's price applies inside it)",
-        "pools": _pool_params(inputs),
-    }
-    return book.result("tiered", params, [])
-
-
-def flat_fee_plan(cfg: Config, team: str) -> FlatFee | None:
-    return cfg.report.flat_fee_teams.get(team, cfg.report.flat_fee_default)
-
-
-def flat_fee_with_overages(inputs: Inputs, cfg: Config) -> Allocation:
-    if cfg.report.flat_fee_default is None and not cfg.report.flat_fee_teams:
-        raise MethodError(f"{cfg.path}: report.flat_fee: required by method flat-fee-with-overages")
-    book = _Book(inputs)
-    notes: list[str] = []
-    by_team = _team_tokens(inputs)
-    # Configured teams pay their fee every month; unassigned usage is billed on the default plan.
-    teams = sorted(set(cfg.teams) | ({UNASSIGNED} if UNASSIGNED in by_team else set()))
-    plans: dict[str, object] = {}
-    for team in teams:
-        plan = flat_fee_plan(cfg, team)
-        lines = by_team.get(team, [])
-        if plan is None:
-            if lines:
-                notes.append(
-                    f"team {team!r} has usage but no flat-fee plan (no report.flat_fee.default): not charged"
-                )
-            continue
-        plans[team] = {
-            "monthly_fee": str(plan.monthly_fee),
-            "included_tokens": plan.included_tokens,
-            "overage_per_million": str(plan.overage_per_million),
-        }
-        if plan.monthly_fee:
-            book.add_extra(
-                team,
-                FEE,
-                "",
-                plan.monthly_fee,
-                f"monthly fee, includes {plan.included_tokens:,} weighted tokens",
-            )
-        w = sum((u.weighted_tokens for u in lines), Decimal(0))
-        overage = max(Decimal(0), w - plan.included_tokens) * plan.overage_per_million / MILLION
-        for u, a in _spread(overage, lines, _tokens) or []:
-            book.add_usage(u, a)
-    _rate_card_central(book, inputs)
-    params = {"plans": plans, "pools": _pool_params(inputs)}
-    return book.result("flat-fee-with-overages", params, notes)
-
-
-METHOD_FUNCS: dict[str, Callable[[Inputs, Config], Allocation]] = {
-    "proxy-price-per-token": proxy_price_per_token,
-    "token-share": token_share,
-    "time-based": time_based,
-    "hybrid": hybrid,
-    "tiered": tiered,
-    "flat-fee-with-overages": flat_fee_with_overages,
-}
-assert tuple(METHOD_FUNCS) == METHODS
-
-
 def allocate(inputs: Inputs, cfg: Config, method: str | None = None) -> Allocation:
     method = method or cfg.report.method
-    if method not in METHOD_FUNCS:
-        raise MethodError(f"unknown method {method!r} (expected one of: {', '.join(METHODS)})")
+    known = methods()
+    if method not in known:
+        raise MethodError(f"unknown method {method!r} (expected one of: {', '.join(known)})")
     with decimal.localcontext(CONTEXT):
-        return METHOD_FUNCS[method](inputs, cfg)
+        return known[method].allocate(inputs, cfg)  # type: ignore[no-any-return]
 
 
 def all_teams(cfg: Config, inputs: Inputs, charges: Iterable[Charge]) -> list[str]:
@@ -457,3 +295,12 @@ def all_teams(cfg: Config, inputs: Inputs, charges: Iterable[Charge]) -> list[st
     teams.update(c.team for c in charges)
     teams.update(u.team for u in inputs.usage)
     return sorted(teams)
+
+
+def _discover() -> None:
+    """Import every method module here: each registers itself (a new method needs no edit here)."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_discover()
