@@ -34,6 +34,7 @@ from exporter.proxy.lifecycle import SHUTDOWN_STATUS, Streams, journal_begin
 from exporter.proxy.metrics import ProxyMetrics
 from exporter.proxy.redact import clean_message, public_url
 from exporter.proxy.relay import HOP_BY_HOP, relay_body, relay_stream
+from exporter.proxy.upstream_client import Unreachable, UpstreamPool, UpstreamResponse, plain_target
 from exporter.proxy.usage import Usage, estimate_tokens, prompt_chars
 from exporter.proxy.usage_count import UsageCounter
 
@@ -80,7 +81,10 @@ class ProxyState:
     keys: KeyLookup
     ledger: LedgerSink
     metrics: ProxyMetrics
-    session: aiohttp.ClientSession | None = None
+    session: aiohttp.ClientSession | None = None  # https upstreams, URL credentials, tokenize counts
+    pool: UpstreamPool | None = None  # plain-http upstreams (exporter/proxy/upstream_client.py)
+    # base URL → (host, port, path) for the pool, or None for aiohttp's client
+    targets: dict[str, tuple[str, int, str] | None] = field(default_factory=dict)
     rr: dict[str, int] = field(default_factory=dict)
     draining: bool = False
     inflight: int = 0
@@ -413,17 +417,24 @@ async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.Str
 
 async def _open_upstream(
     request: web.Request, state: ProxyState, call: Call, model: Model, payload: bytes
-) -> aiohttp.ClientResponse | web.Response:
+) -> aiohttp.ClientResponse | UpstreamResponse | web.Response:
     """POST to the first upstream that accepts the connection; an error response when none does."""
-    assert state.session is not None
+    assert state.session is not None and state.pool is not None
     headers = _upstream_headers(request, model, call)
     suffix = call.endpoint.removeprefix("/v1")
     last_error = ""
+    targets = state.targets
     for base in _upstream_order(state, model):
         call.upstream = base
+        if base in targets:
+            target = targets[base]
+        else:
+            target = targets[base] = plain_target(base)
         try:
+            if target is not None:
+                return await state.pool.post(target, suffix, headers, payload)
             return await state.session.post(base + suffix, data=payload, headers=headers)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        except (Unreachable, aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             last_error = f"{public_url(base)}: {exc}"
             log.warning("upstream %s unreachable for %s: %s", public_url(base), model.name, exc)
             continue
@@ -553,6 +564,7 @@ def _lifecycle(state: ProxyState, close_timeout: float) -> Any:
             auto_decompress=True,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        state.pool = UpstreamPool(proxy.connect_timeout_seconds, proxy.upstream_timeout_seconds)
         try:
             yield
         finally:
@@ -562,6 +574,7 @@ def _lifecycle(state: ProxyState, close_timeout: float) -> Any:
                 wait = min(max(state.shutdown_deadline - time.monotonic(), 0.5), COUNT_DRAIN_MAX_SECONDS)
             await (state.counter.drain() if wait is None else state.counter.drain(wait))
             await state.session.close()
+            await state.pool.close()
             # The ledger first, with what is left of the shutdown budget: the key store may hang on
             # a frozen database, and the ledger's rows are what must not be lost.
             timeout = close_timeout

@@ -21,6 +21,8 @@ from exporter.proxy.redact import public_url
 if TYPE_CHECKING:
     import aiohttp
 
+    from exporter.proxy.upstream_client import UpstreamResponse
+
 SHUTDOWN_STATUS = 503
 SHUTDOWN_REASON = "stream cut by proxy shutdown"
 CRASH_REASON = "the proxy stopped before the response finished (recorded from the journal)"
@@ -61,13 +63,13 @@ class Streams:
     """Upstream responses of the streams in progress, by request id."""
 
     def __init__(self) -> None:
-        self._open: dict[str, aiohttp.ClientResponse] = {}
+        self._open: dict[str, aiohttp.ClientResponse | UpstreamResponse] = {}
         self.cut: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def add(self, request_id: str, upstream: aiohttp.ClientResponse) -> None:
+    def add(self, request_id: str, upstream: aiohttp.ClientResponse | UpstreamResponse) -> None:
         self._open[request_id] = upstream
 
     def discard(self, request_id: str) -> None:

@@ -5,10 +5,11 @@ The stream path is the proxy's hot loop: a real inference server sends every tok
 event, so one request costs the proxy a wake-up, a read and a write per token. It therefore does the
 least per event that keeps the accounting exact:
 
-- no task wake-up per event: after the first event (which aiohttp sends together with the status
-  line and headers) the body is taken from aiohttp's payload reader as its HTTP parser hands it
-  over (``_TappedReader``), inside the upstream connection's ``data_received``, and written straight
-  to the client's transport, one HTTP chunk per upstream read;
+- no task wake-up per event: the body is handed over as the upstream connection's
+  ``data_received`` decodes it (by the proxy's own client, exporter/proxy/upstream_client.py, or by
+  aiohttp's payload reader, tapped with ``_TappedReader``) and written straight to the client's
+  transport, one HTTP chunk per upstream read; the first write carries the status line and headers
+  that ``prepare`` left in aiohttp's writer;
 - flow control only when the client's socket buffer is above its high-water mark: the stream is
   then handed back to the handler's task and aiohttp's reader, which buffers and stops reading the
   upstream until the client has caught up (a slow client slows its upstream; a fast one costs no
@@ -37,6 +38,7 @@ from multidict import CIMultiDict
 from exporter.proxy.errors import error_body, error_response
 from exporter.proxy.lifecycle import Streams, shutdown_cut
 from exporter.proxy.redact import clean_message, model_redactor
+from exporter.proxy.upstream_client import Body, UpstreamResponse
 from exporter.proxy.usage import InvalidUsage, SSEFilter, Usage, read_usage, response_chars, response_texts
 
 if TYPE_CHECKING:
@@ -72,8 +74,10 @@ MAX_UPSTREAM_BODY = 256 * 1024 * 1024  # a non-streaming response bigger than th
 # the proxy's memory.
 WRITE_HIGH_WATER = 64 * 1024
 
+Upstream = aiohttp.ClientResponse | UpstreamResponse  # aiohttp's client, or the proxy's own
 
-def client_headers(upstream: aiohttp.ClientResponse, call: Call) -> CIMultiDict[str]:
+
+def client_headers(upstream: Upstream, call: Call) -> CIMultiDict[str]:
     connection = upstream.headers.get("Connection")
     drop = RESPONSE_DROP | {h.strip().lower() for h in connection.split(",")} if connection else RESPONSE_DROP
     # Case-insensitive and multi-valued, like HTTP headers: an upstream that echoes ``x-request-id``
@@ -90,7 +94,7 @@ def _upstream_error(call: Call, status: int, message: str, code: str) -> web.Res
     return error_response(status, message, "upstream_error", code, headers={"X-Request-Id": call.request_id})
 
 
-async def relay_body(call: Call, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+async def relay_body(call: Call, upstream: Upstream) -> web.StreamResponse:
     """Non-streaming: read the (bounded) JSON, take its usage, pass it on."""
     try:
         if (upstream.content_length or 0) > MAX_UPSTREAM_BODY:
@@ -134,10 +138,11 @@ class _Relay:
     behind (``slow``), or fails with what ended it (an upstream error, or
     ``ClientConnectionResetError`` when the client has gone)."""
 
-    __slots__ = ("_chunked", "_redact", "_transport", "call", "done", "first", "slow", "sse")
+    __slots__ = ("_chunked", "_redact", "_transport", "_writer", "call", "done", "first", "slow", "sse")
 
     def __init__(self, request: web.Request, call: Call, sse: SSEFilter, chunked: bool) -> None:
         self._transport = request.transport  # the connection's, for the response's whole life
+        self._writer = request.writer  # aiohttp's, holding the prepared status line and headers
         self._chunked = chunked
         self._redact = model_redactor(call.model).data  # an upstream echoing its credential
         self.call = call
@@ -160,20 +165,35 @@ class _Relay:
     def send(self, data: bytes) -> None:
         """Raises ``ClientConnectionResetError`` when the client has gone, before handing anything on."""
         call = self.call
-        if self.first:
-            call.first_byte = time.perf_counter()
-            self.first = False
         transport = self._transport
         if transport is None or transport.is_closing():
             raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        out = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
+        if self.first:
+            call.first_byte = time.perf_counter()
+            self.first = False
+            out = self._head() + out
         # Once the end marker has been handed to the transport the client has the whole answer: a
         # close from then on (the SDK stops reading at [DONE] while the upstream still ends its body)
         # must not turn a delivered stream into a 499.
         call.complete = call.complete or self.sse.complete
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        transport.write(out)
         if not self.slow and transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             self.slow = True
             self.end()
+
+    def _head(self) -> bytes:
+        """The status line and headers that ``prepare`` left in aiohttp's writer, taken to go out in
+        one write with the first bytes of the body (as aiohttp itself does)."""
+        writer = self._writer
+        head = getattr(writer, "_headers_buf", None)
+        if head and not getattr(writer, "_headers_written", True):
+            writer._headers_written = True  # type: ignore[union-attr]
+            writer._headers_buf = None  # type: ignore[union-attr]
+            return bytes(head)
+        if writer is not None:
+            writer.send_headers()  # another aiohttp: its own write (a no-op when already sent)
+        return b""
 
     def backlog(self) -> bool:
         transport = self._transport
@@ -229,9 +249,20 @@ class _TappedReader(StreamReader):
         _TAPS[self].end(exc)
 
 
-async def _pump(relay: _Relay, request: web.Request, content: StreamReader) -> None:
+async def _pump(relay: _Relay, request: web.Request, content: StreamReader | Body) -> None:
     """Move the upstream's body to the client until it ends (raises what ended it)."""
-    if type(content) is StreamReader and not content.is_eof() and content.exception() is None:
+    if type(content) is Body:  # the proxy's own client: it hands the body over as it decodes it
+        early = content.read_nowait()
+        if early:
+            relay.take(early)
+        content.tap(relay)
+        try:
+            await relay.done
+        finally:
+            content.tap(None)
+        if not relay.slow:
+            return
+    elif type(content) is StreamReader and not content.is_eof() and content.exception() is None:
         early = content.read_nowait()  # what arrived with the headers; nothing can land in between
         if early:
             relay.take(early)
@@ -257,7 +288,14 @@ async def _pump(relay: _Relay, request: web.Request, content: StreamReader) -> N
             return
         data = relay.sse.feed(chunk)
         if data:
-            relay.send(data)
+            relay.send(relay._redact(data))
+
+
+class _SSEResponse(web.StreamResponse):
+    # ``prepare`` leaves the status line and headers in aiohttp's writer (as ``web.Response`` does)
+    # instead of sending them on their own: the relay's first write carries them with the first
+    # event, one system call and one TCP segment fewer per stream.
+    _send_headers_immediately = False
 
 
 async def write_error_event(
@@ -271,20 +309,20 @@ async def write_error_event(
 async def relay_stream(
     request: web.Request,
     call: Call,
-    upstream: aiohttp.ClientResponse,
+    upstream: Upstream,
     hide_usage: bool,
     streams: Streams | None = None,
 ) -> web.StreamResponse:
     """SSE: pass the upstream's events on as they arrive, keep the usage event. ``streams``: the
     streams in progress, which shutdown may cut (exporter/proxy/lifecycle.py)."""
-    response = web.StreamResponse(status=upstream.status, headers=client_headers(upstream, call))
+    response = _SSEResponse(status=upstream.status, headers=client_headers(upstream, call))
     call.status = upstream.status
     sse = SSEFilter(hide_usage, keep_text=call.model is not None and call.model.usage_fallback == "tokenize")
     relay: _Relay | None = None
     redact = model_redactor(call.model).data
 
     async def send(data: bytes) -> None:
-        """Through aiohttp (the first bytes, with the status line and headers; the rare tail)."""
+        """Through aiohttp (the rare tail; with the status line and headers if nothing went before)."""
         if relay is None or relay.first:
             call.first_byte = time.perf_counter()
         before = call.complete
@@ -296,21 +334,11 @@ async def relay_stream(
             raise
 
     try:
-        await response.prepare(request)
+        await response.prepare(request)  # the status line and headers wait in aiohttp's writer
         try:
-            # Up to the first bytes to forward the task reads itself, and aiohttp sends them in one
-            # write with the status line and headers; from then on the relay writes the body.
-            data = b""
-            while not data:
-                chunk = await upstream.content.readany()
-                if not chunk:
-                    break
-                data = sse.feed(chunk)
-            if data:
-                await send(data)
+            # The relay writes the body from its first bytes, together with the waiting head.
             chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
             relay = _Relay(request, call, sse, chunked)
-            relay.first = not data
             await _pump(relay, request, upstream.content)
             tail = sse.flush()
             if tail:

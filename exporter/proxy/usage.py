@@ -264,7 +264,7 @@ class SSEFilter:
             self._mark_complete(done)
         if b'"error"' in done:
             self._note_error(done)
-        found = _USAGE_OBJECT.search(done)
+        found = _USAGE_OBJECT.search(done) if b'"usage"' in done else None
         if found is None:
             # Almost every chunk: no usage here, so the events pass through as they are (their
             # generated text is counted later, if at all).
