@@ -29,6 +29,7 @@ from exporter.ledger.keys import expired_message
 from exporter.ledger.row import LedgerRow
 from exporter.ledger.validate import storable_text, tokens_problem
 from exporter.logs import get_logger
+from exporter.proxy.call import Call
 from exporter.proxy.errors import error_response
 from exporter.proxy.lifecycle import SHUTDOWN_STATUS, Streams, journal_begin
 from exporter.proxy.metrics import ProxyMetrics
@@ -97,36 +98,6 @@ class ProxyState:
 
 
 STATE = web.AppKey("chargeback_proxy_state", ProxyState)
-
-
-@dataclass(slots=True)
-class Call:
-    """What is known about one request; turned into a ledger row and counters at the end."""
-
-    request_id: str
-    started: float
-    timestamp: str
-    endpoint: str
-    user: str = ""
-    team: str = ""
-    api_key_id: str = ""
-    model_name: str = ""  # as requested (ledger)
-    model: Model | None = None  # configured model (metrics labels)
-    status: int = 0
-    stream: bool = False
-    usage: Usage | None = None
-    estimated: bool = False
-    prompt_chars: int = 0
-    delivered_chars: int = 0
-    upstream: str = ""
-    error: str = ""
-    first_byte: float | None = None
-    forwarded: bool = False
-    usage_reason: str = ""  # why usage was not the upstream's own (ledger usage_reason)
-    body: dict[str, Any] | None = None  # the parsed request, for a prompt estimate when usage is missing
-    complete: bool = False  # the stream's end marker reached the client: a close after it is no 499
-    usage_source: str = ""  # set when usage was counted by the proxy's tokenize fallback
-    texts: list[str] | None = None  # delivered text, kept only for models with usage_fallback: tokenize
 
 
 class RequestIds:

@@ -42,7 +42,7 @@ from exporter.proxy.upstream_client import Body, UpstreamResponse
 from exporter.proxy.usage import InvalidUsage, SSEFilter, Usage, read_usage, response_chars, response_texts
 
 if TYPE_CHECKING:
-    from exporter.proxy.app import Call
+    from exporter.proxy.call import Call
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus what the proxy sets itself or must never pass on.
 HOP_BY_HOP = frozenset(
