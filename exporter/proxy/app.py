@@ -15,7 +15,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -139,6 +139,20 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip()
 
 
+_PUBLIC: dict[str, str] = {}  # upstream base URL -> as the ledger shows it (configured URLs only)
+
+
+def _public_upstream(base: str) -> str:
+    if not base:
+        return ""
+    shown = _PUBLIC.get(base)
+    if shown is None:
+        if len(_PUBLIC) >= 4096:
+            _PUBLIC.clear()
+        shown = _PUBLIC[base] = public_url(base)
+    return shown
+
+
 def _finish(state: ProxyState, call: Call) -> None:
     """Record the request: ledger row + counters. Never raises (a bug here must not hide the response)."""
     try:
@@ -183,10 +197,12 @@ def _finish(state: ProxyState, call: Call) -> None:
             duration_ms=round(duration * 1000, 3),
             ttft_ms=round(ttft * 1000, 3) if ttft is not None else None,
             api_key_id=call.api_key_id,
-            upstream=public_url(call.upstream),
-            error=storable_text(clean_message(call.model, call.error), 500),
+            upstream=_public_upstream(call.upstream),
+            error=storable_text(clean_message(call.model, call.error), 500) if call.error else "",
             usage_source=source,
-            usage_reason=storable_text(clean_message(call.model, call.usage_reason), 200),
+            usage_reason=(
+                storable_text(clean_message(call.model, call.usage_reason), 200) if call.usage_reason else ""
+            ),
         )
         state.ledger.submit(row)
         if state.limiter is not None and call.forwarded and call.model is not None:
@@ -256,8 +272,10 @@ def _upstream_headers(request: web.Request, model: Model, call: Call) -> dict[st
     return headers
 
 
-def _upstream_order(state: ProxyState, model: Model) -> list[str]:
+def _upstream_order(state: ProxyState, model: Model) -> Sequence[str]:
     n = len(model.upstreams)
+    if n == 1:  # the usual sidecar: nothing to rotate
+        return model.upstreams
     i = state.rr.get(model.name, 0)
     state.rr[model.name] = (i + 1) % n
     return [model.upstreams[(i + k) % n] for k in range(n)]

@@ -105,11 +105,24 @@ def _redactor(api_key: str | None, urls: tuple[str, ...]) -> Redactor:
     return Redactor(secrets)
 
 
+# model object's id -> (the model, its redactor): several look-ups per request, each otherwise a
+# tuple of the model's URLs and an lru_cache probe. The model is kept with its redactor, so an id is
+# never reused while its entry exists, and a reloaded config's models get their own entries.
+_BY_MODEL: dict[int, tuple[Any, Redactor]] = {}
+
+
 def model_redactor(model: Any) -> Redactor:
     """The redactor for a configured model: its api_key and the userinfo of its URLs."""
     if model is None:
         return NO_SECRETS
-    return _redactor(model.api_key, _model_urls(model))
+    hit = _BY_MODEL.get(id(model))
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    redactor = _redactor(model.api_key, _model_urls(model))
+    if len(_BY_MODEL) >= 1024:
+        _BY_MODEL.clear()
+    _BY_MODEL[id(model)] = (model, redactor)
+    return redactor
 
 
 def _model_urls(model: Any) -> tuple[str, ...]:
