@@ -13,7 +13,7 @@ from exporter.config import Config
 from exporter.report.inputs import UNASSIGNED, Inputs
 from exporter.report.method_registry import Param, register
 from exporter.report.methods import FEE, MILLION, Allocation, Book, charge_team, rate_card_result, team_lines
-from exporter.sections import Money, Section, Whole, context, describe, fail, mapping, section
+from exporter.sections import Money, Section, Whole, known_team, mapping, section
 
 
 @section
@@ -31,10 +31,8 @@ class FlatFeeConfig(Section):
     @field_validator("teams", mode="before")
     @classmethod
     def _known_teams(cls, value: Any, info: ValidationInfo) -> Any:
-        teams = context(info).get("teams")
         for team in mapping(value):
-            if teams is not None and team not in teams:
-                fail(f"unknown team {describe(team)}", f".{team}")
+            known_team(team, info, f".{team}")
         return mapping(value)
 
     def __bool__(self) -> bool:

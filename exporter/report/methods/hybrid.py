@@ -14,7 +14,7 @@ from exporter.config import Config
 from exporter.report.inputs import Inputs
 from exporter.report.method_registry import Param, register
 from exporter.report.methods import Allocation, pool_share_method
-from exporter.sections import Section, context, describe, fail, mapping, money, section
+from exporter.sections import Section, fail, known_team, mapping, money, section
 
 HYBRID_COMPONENTS = ("token_share", "time_share", "fixed_share", "equal_split")
 _SHARE = money().func
@@ -60,10 +60,8 @@ class HybridConfig(Section):
     @field_validator("fixed_shares", mode="plain")
     @classmethod
     def _fixed(cls, value: Any, info: ValidationInfo) -> dict[str, Decimal]:
-        teams = context(info).get("teams")
         for team in mapping(value):
-            if teams is not None and team not in teams:
-                fail(f"unknown team {describe(team)}", f".{team}")
+            known_team(team, info, f".{team}")
         return _shares(value)
 
     @model_validator(mode="after")
