@@ -18,7 +18,7 @@ import report_scenario as sc
 from exporter import contract
 from exporter.config import ConfigError, parse_config
 from exporter.report.inputs import gather_prometheus
-from exporter.report.methods import allocate
+from exporter.report.methods import MethodError, allocate
 from exporter.report.period import parse_period
 from exporter.report.promql import PromClient, Restart, delta_from_samples, exact_deltas
 from exporter.report.statement import Statement, build_statement
@@ -436,6 +436,21 @@ def test_bad_method_parameters_are_config_errors(prom) -> None:  # type: ignore[
         parse_config(text.replace("equal_split: 0.2", "equal_split: 0.3"), "chargeback.yaml")
     with pytest.raises(ConfigError, match=r"report.tiers\[1\].up_to_tokens: tiers out of order"):
         parse_config(text.replace("up_to_tokens: 3000000", "up_to_tokens: 500000"), "chargeback.yaml")
+
+
+def test_method_without_its_required_key(prom, inputs) -> None:  # type: ignore[no-untyped-def]
+    # --method can name a method whose key the config lacks (the config only checks report.method)
+    text = sc.config_text(prom.url or "")
+    start, end = text.index("  tiers:\n"), text.index("  flat_fee:\n")
+    cfg = parse_config(text[:start] + text[end:], "chargeback.yaml")
+    with pytest.raises(MethodError, match=r"^chargeback.yaml: report.tiers: required by method tiered$"):
+        allocate(inputs, cfg, "tiered")
+    start, end = text.index("  flat_fee:\n"), text.index("smtp:\n")
+    cfg = parse_config(text[:start] + text[end:], "chargeback.yaml")
+    with pytest.raises(
+        MethodError, match=r"^chargeback.yaml: report.flat_fee: required by method flat-fee-with-overages$"
+    ):
+        allocate(inputs, cfg, "flat-fee-with-overages")
 
 
 def test_same_inputs_byte_identical(prom, inputs) -> None:  # type: ignore[no-untyped-def]
