@@ -1,7 +1,8 @@
 """The allocation methods. Each turns :class:`Inputs` into exact (unrounded) charges.
 
 One module per method in this package registers it (exporter/report/method_registry.py) with
-the parameters it owns under ``report:``; this module holds what they share and finds them.
+the parameters it owns under ``report:``; this module holds what they share (its public names are
+the API method modules build on) and finds them.
 
 Pool-cost methods (token-share, time-based, hybrid) recover every pool's cost C_p; how the idle
 part of C_p is treated follows ``report.idle_handling``:
