@@ -199,18 +199,16 @@ def _end_to_end(requests: int) -> dict[str, tuple[list[float], float, int]]:
             for name, limits in (("without limits", None), ("with limits", _proxy_limits(ns))):
                 d = work / name.replace(" ", "-")
                 d.mkdir()
-                ledger_url = f"sqlite:///{d / 'ledger.db'}"
                 doc = proxy_config(
                     upstreams={"bench-a": [f"{sim.url}/v1"]},
-                    ledger_url=ledger_url,
-                    spool_dir=str(d / "spool"),
+                    workdir=d,
                     users=users,
                     ledger={"batch_size": 1000, "flush_interval_seconds": 0.5, "retry_seconds": 2.0},
                     proxy={"upstream_timeout_seconds": 60, "key_refresh_seconds": 2.0},
                     extra={"limits": limits} if limits else None,
                 )
                 cfg = write_config(d / "chargeback.yaml", doc)
-                token = create_keys(ledger_url, users)["alice@corp.example"]
+                token = create_keys(doc["ledger"]["url"], users)["alice@corp.example"]
                 proc = start_proxy(d, cfg, name="proxy")
                 procs.append(proc)
                 pin(proc.process.proc.pid, where.proxy)

@@ -139,11 +139,44 @@ def cpu_seconds(pid: int) -> float:
 # --------------------------------------------------------------------------- load
 
 
-def run_loadgen(
-    argv: list[str], url: str, total: int, cpus: set[int] | None, pid: int | None
-) -> tuple[dict, float]:
-    """Run the load generator (pinned to ``cpus``) and return its JSON result and the CPU seconds
-    process ``pid`` used meanwhile; every one of the ``total`` requests must have been answered."""
+@dataclass(frozen=True)
+class Load:
+    """What the load generator sends: ``concurrency`` connections, ``warmup`` + ``total`` requests
+    with ``body`` to ``url``; ``options``: more of its flags."""
+
+    url: str
+    token: str
+    body: dict
+    concurrency: int
+    total: int
+    warmup: int = 200
+    stagger: float = 0.0
+    options: tuple[str, ...] = ()
+
+
+def run_loadgen(load: Load, cpus: set[int] | None, pid: int | None) -> tuple[dict, float]:
+    """Run the load generator (its own process, pinned to ``cpus``). Returns its JSON result and the
+    CPU seconds process ``pid`` used meanwhile, warm-up included; every one of the requests must have
+    been answered."""
+    argv = [
+        sys.executable,
+        str(LOADGEN),
+        "--url",
+        load.url,
+        "--token",
+        load.token,
+        "--body",
+        json.dumps(load.body),
+        "--concurrency",
+        str(load.concurrency),
+        "--requests",
+        str(load.total),
+        "--warmup",
+        str(load.warmup),
+        "--stagger",
+        str(load.stagger),
+        *load.options,
+    ]
     before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(
         argv,
@@ -156,8 +189,10 @@ def run_loadgen(
     if out.returncode != 0:
         raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr.decode()[-2000:]}")
     data = json.loads(out.stdout)
-    if data["errors"] or len(data["latencies"]) != total:
-        raise RuntimeError(f"{url}: {len(data['latencies'])}/{total} answers, statuses {data['statuses']}")
+    if data["errors"] or len(data["latencies"]) != load.total:
+        raise RuntimeError(
+            f"{load.url}: {len(data['latencies'])}/{load.total} answers, statuses {data['statuses']}"
+        )
     return data, used
 
 
@@ -172,27 +207,9 @@ def drive(
     warmup: int = 200,
     stagger: float = 0.0,
 ) -> Result:
-    """Run the load generator (its own process) and collect its measurements. ``cpu_seconds`` covers
-    the warm-up requests too."""
-    argv = [
-        sys.executable,
-        str(LOADGEN),
-        "--url",
-        url,
-        "--token",
-        token,
-        "--body",
-        json.dumps(body),
-        "--concurrency",
-        str(concurrency),
-        "--requests",
-        str(total),
-        "--warmup",
-        str(warmup),
-        "--stagger",
-        str(stagger),
-    ]
-    data, used = run_loadgen(argv, url, total, cpus, proxy_pid)
+    """Run the load generator and collect its measurements. ``cpu_seconds`` covers the warm-up
+    requests too."""
+    data, used = run_loadgen(Load(url, token, body, concurrency, total, warmup, stagger), cpus, proxy_pid)
     tokens_each = expected_usage("chat/completions", body)["completion_tokens"]
     return Result(data["latencies"], data["ttfts"], data["seconds"], tokens_each * total, used)
 
@@ -322,7 +339,7 @@ def wait_ledger_idle(stack: Stack, timeout: float = 120) -> None:
 # --------------------------------------------------------------------------- the run
 
 
-def bench(quick: bool) -> str:
+def run(quick: bool) -> str:
     n_users = 5000
     where = placement()
     load = os.getloadavg()[0]
@@ -488,10 +505,6 @@ def bench(quick: bool) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def run(quick: bool) -> str:
-    return bench(quick)
 
 
 if __name__ == "__main__":

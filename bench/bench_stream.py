@@ -22,7 +22,6 @@ minus the direct run's p99.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -35,11 +34,10 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from bench_proxy import Placement, pct, pin, placement, run_loadgen, start  # noqa: E402
+from bench_proxy import Load, Placement, pct, pin, placement, run_loadgen, start  # noqa: E402
 
 from exporter.sim.harness import UPSTREAM_API_KEY  # noqa: E402
 
-LOADGEN = BENCH / "loadgen.py"
 RELAY = BENCH / "bare_relay.py"
 STREAMS = 256
 # 24 tokens (one SSE event each) after the role event, then the finish chunk, the usage chunk and
@@ -83,28 +81,9 @@ class Run:
 
 def drive(url: str, token: str, rate: float, requests: int, cpus: set[int] | None, pid: int | None) -> Run:
     answer_seconds = BODY["max_tokens"] / rate
-    argv = [
-        sys.executable,
-        str(LOADGEN),
-        "--url",
-        url,
-        "--token",
-        token,
-        "--body",
-        json.dumps(BODY),
-        "--header",
-        f"X-Sim-Tokens-Per-Second: {rate}",
-        "--concurrency",
-        str(STREAMS),
-        "--requests",
-        str(requests),
-        "--warmup",
-        "16",
-        "--stagger",
-        str(answer_seconds),
-        "--events",
-    ]
-    data, used = run_loadgen(argv, url, requests, cpus, pid)
+    options = ("--header", f"X-Sim-Tokens-Per-Second: {rate}", "--events")
+    load = Load(url, token, BODY, STREAMS, requests, warmup=16, stagger=answer_seconds, options=options)
+    data, used = run_loadgen(load, cpus, pid)
     return Run(data["events"], data["gaps"], data["seconds"], used, requests)
 
 

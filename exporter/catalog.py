@@ -24,12 +24,13 @@ from exporter.sections import (
     as_strings,
     check_name,
     choice,
-    context,
     describe,
     entries,
     fail,
     injected,
     key,
+    known_pool,
+    known_team,
     money,
     number,
     plain,
@@ -145,18 +146,13 @@ class Model(Section):
     @field_validator("pool")
     @classmethod
     def _known_pool(cls, value: str, info: ValidationInfo) -> str:
-        pools = context(info).get("pools")
-        if pools is not None and value not in pools:
-            fail(f"unknown pool {describe(value)} (configured: {', '.join(pools) or 'none'})")
-        return value
+        return known_pool(value, info)
 
     @field_validator("allowed_teams")
     @classmethod
     def _known_teams(cls, value: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
-        teams = context(info).get("teams")
         for i, t in enumerate(value or ()):
-            if teams is not None and t not in teams:
-                fail(f"unknown team {describe(t)}", f"[{i}]")
+            known_team(t, info, f"[{i}]")
         return value
 
     @model_validator(mode="after")
@@ -193,10 +189,7 @@ class User(Section):
     @field_validator("team")
     @classmethod
     def _known_team(cls, value: str, info: ValidationInfo) -> str:
-        teams = context(info).get("teams")
-        if teams is not None and value not in teams:
-            fail(f"unknown team {describe(value)}")
-        return value
+        return known_team(value, info)
 
 
 def _email_key(value: Any, at: str) -> None:

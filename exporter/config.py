@@ -62,6 +62,7 @@ from exporter.sections import (
     ConfigError,
     Section,
     as_string,
+    checked_string,
     describe,
     fail,
     parse_listen,
@@ -145,13 +146,9 @@ def _currency(value: Any) -> str:
     return text
 
 
-def _timezone(value: Any) -> str:
-    text = as_string(value)
-    try:
-        ZoneInfo(text)
-    except (ZoneInfoNotFoundError, ValueError):
-        fail(f"unknown time zone {describe(text)}")
-    return text
+_timezone = checked_string(
+    ZoneInfo, (ZoneInfoNotFoundError, ValueError), lambda text: f"unknown time zone {describe(text)}"
+)
 
 
 @section

@@ -129,6 +129,22 @@ def context(info: ValidationInfo) -> dict[str, Any]:
     return info.context if isinstance(info.context, dict) else {}
 
 
+def known_pool(name: Any, info: ValidationInfo, at: str = "") -> str:
+    """``name`` when the config's pools have it (or are not known here), else a validation error."""
+    pools = context(info).get("pools")
+    if pools is not None and name not in pools:
+        fail(f"unknown pool {describe(name)} (configured: {', '.join(pools) or 'none'})", at)
+    return str(name)
+
+
+def known_team(name: Any, info: ValidationInfo, at: str = "") -> str:
+    """``name`` when the config's teams have it (or are not known here), else a validation error."""
+    teams = context(info).get("teams")
+    if teams is not None and name not in teams:
+        fail(f"unknown team {describe(name)}", at)
+    return str(name)
+
+
 def keys_of(cls: type) -> list[str]:
     """The YAML keys a section accepts: its fields, under their ``key`` alias where they have one."""
     hidden = {f.name for f in dataclasses.fields(cls) if f.metadata.get("injected")}
@@ -303,6 +319,25 @@ Str = Annotated[str, plain(_string)]
 as_string = _string
 
 
+def checked_string(
+    check: Callable[[str], object],
+    errors: type[Exception] | tuple[type[Exception], ...],
+    message: Callable[[str], str],
+) -> Callable[[Any], str]:
+    """A validator for a string that ``check`` must accept: ``check`` raising one of ``errors``
+    fails validation with ``message(text)``."""
+
+    def validate(value: Any) -> str:
+        text = _string(value)
+        try:
+            check(text)
+        except errors:
+            fail(message(text))
+        return text
+
+    return validate
+
+
 def _strings(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -392,13 +427,9 @@ def parse_listen(value: str, path: str = "listen", filename: str = "<config>") -
     return host, int(m.group(3))
 
 
-def _listen(value: Any) -> str:
-    text = _string(value)
-    try:
-        parse_listen(text)
-    except ConfigError:
-        fail(f"expected HOST:PORT or :PORT, got {describe(text)}")
-    return text
+_listen = checked_string(
+    parse_listen, ConfigError, lambda text: f"expected HOST:PORT or :PORT, got {describe(text)}"
+)
 
 
 Listen = Annotated[str, plain(_listen)]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,23 +158,25 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
 
 
+def _check_config(path: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """``chargeback check-config`` on ``path`` in a child process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "check-config", "--config.file", str(path)],
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+
+
 def test_check_config_command(tmp_path: Path) -> None:
     good = tmp_path / "chargeback.yaml"
     good.write_text(MINIMAL)
-    out = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "check-config", "--config.file", str(good)],
-        capture_output=True,
-        text=True,
-    )
+    out = _check_config(good)
     assert out.returncode == 0, out.stderr
     assert "1 pools, 1 models, 1 teams, 1 users" in out.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("teams: {research: {budget: lots}}\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "check-config", "--config.file", str(bad)],
-        capture_output=True,
-        text=True,
-    )
+    out = _check_config(bad)
     assert out.returncode == 2
     assert 'bad.yaml: teams.research.budget: expected a number, got "lots"' in out.stderr
 
@@ -237,10 +240,8 @@ def test_hostile_config_files_get_a_clear_error(tmp_path: Path, case: str) -> No
     data, message = HOSTILE_FILES[case]
     path = tmp_path / "chargeback.yaml"
     path.write_bytes(data)
-    out = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "check-config", "--config.file", str(path)],
-        capture_output=True,
-        text=True,
+    out = _check_config(
+        path,
         env={**os.environ, "MISSING": "set, but the name has a space"},
         preexec_fn=_limits,
     )

@@ -141,6 +141,18 @@ class Replicas:
     def upstream_calls(self) -> int:
         return int(requests.get(f"{self.sim_url}/sim/stats", timeout=5).json()["requests"])
 
+    def chat_in_turn(self, n: int) -> tuple[int, list[openai.RateLimitError]]:
+        """Alice sends ``n`` chats, one after the other, to the replicas in turn: how many passed, and
+        the refusals in order."""
+        passed, refused = 0, []
+        for i in range(n):
+            try:
+                _chat(self.client(i % len(self.proxies)))
+                passed += 1
+            except openai.RateLimitError as exc:
+                refused.append(exc)
+        return passed, refused
+
 
 @pytest.fixture
 def replicas(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
@@ -192,13 +204,7 @@ def test_quota_lets_exactly_what_fits_through_across_two_replicas(replicas: Any,
             "teams": {"research": {"enforce": "block", "monthly_tokens": fits * TOKENS_PER_REQUEST}},
         }
     )
-    passed, refused = 0, []
-    for i in range(fits + 4):
-        try:
-            _chat(r.client(i % 2))
-            passed += 1
-        except openai.RateLimitError as exc:
-            refused.append(exc)
+    passed, refused = r.chat_in_turn(fits + 4)
     assert passed == fits
     assert len(refused) == 4
     assert r.upstream_calls() == fits  # blocked requests cost no upstream call
@@ -334,13 +340,7 @@ def test_rate_limit_holds_within_one_window(replicas: Any, namespace: str) -> No
         }
     )
     window = _wait_for_fresh_minute()  # so that all requests share one window
-    passed, refused = 0, []
-    for i in range(rpm + 5):
-        try:
-            _chat(r.client(i % 2))
-            passed += 1
-        except openai.RateLimitError as exc:
-            refused.append(exc)
+    passed, refused = r.chat_in_turn(rpm + 5)
     same_window = int(time.time() // 60) == window
     assert rpm <= passed <= 2 * rpm
     if same_window:

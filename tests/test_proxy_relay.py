@@ -120,13 +120,10 @@ def read_response(sock: socket.socket) -> bytes:
 
 
 def test_a_client_that_stops_reading_holds_the_upstream_back(tmp_path: Path, upstream: Upstream) -> None:
-    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     doc = proxy_config(
-        upstreams={"relay-model": [f"http://127.0.0.1:{upstream.port}/v1"]},
-        ledger_url=ledger_url,
-        spool_dir=str(tmp_path / "spool"),
-        api_key=None,
+        upstreams={"relay-model": [f"http://127.0.0.1:{upstream.port}/v1"]}, workdir=tmp_path, api_key=None
     )
+    ledger_url = doc["ledger"]["url"]
     token = create_keys(ledger_url, {USER: "research"})[USER]
     proxy = start_proxy(tmp_path, write_config(tmp_path / "chargeback.yaml", doc))
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -17,7 +18,7 @@ import report_scenario as sc
 from exporter import contract
 from exporter.config import ConfigError, parse_config
 from exporter.report.inputs import gather_prometheus
-from exporter.report.methods import allocate
+from exporter.report.methods import MethodError, allocate
 from exporter.report.period import parse_period
 from exporter.report.promql import PromClient, Restart, delta_from_samples, exact_deltas
 from exporter.report.statement import Statement, build_statement
@@ -293,153 +294,125 @@ def test_token_share(prom, inputs) -> None:  # type: ignore[no-untyped-def]
     )
 
 
-def test_token_share_idle_absorbed_and_even(prom, inputs) -> None:  # type: ignore[no-untyped-def]
-    st = statement(prom, inputs, "token-share", idle="absorb")
-    # big busy cost 2980 − 1490 = 1490 by tokens: ann 1490 × 2.3/5.8 = 590.862068…, bob 1490 × 3.5/5.8 = 899.137931…
-    # small unchanged (idle unknown): al 507.954545…, bob 169.318181…, zed 67.727272…
-    # alpha 1098.816613…, beta 1068.456112…, unassigned 67.727272… (sum 2235.00 = 1490 + 745)
-    # floors 1098.81 + 1068.45 + 67.72 = 2234.98 → 2 cents to unassigned (.727) and alpha (.661) before beta (.611)
-    assert totals(st) == {
-        "alpha": "1098.82",
-        "beta": "1068.45",
-        "gamma": "0.00",
-        "unassigned": "67.73",
-        "central-it": "1490.00",
-    }
-    assert charges(st)[("central-it", "idle-absorbed", "big", "")] == "1490.00"
-    assert_reconciles(st)
-
-    st = statement(prom, inputs, "token-share", idle="even")
-    # idle 1490.00 split between the two teams using pool big: 745.00 each
-    # alpha 1098.816613 + 745 = 1843.816613…, beta 1068.456112 + 745 = 1813.456112…, unassigned 67.727272…
-    # floors 1843.81 + 1813.45 + 67.72 = 3724.98 → 2 cents to unassigned (.727) and alpha (.661)
-    assert totals(st) == {
-        "alpha": "1843.82",
-        "beta": "1813.45",
-        "gamma": "0.00",
-        "unassigned": "67.73",
-        "central-it": "0.00",
-    }
-    assert charges(st)[("alpha", "idle-share", "big", "")] == "745.00"
-    assert_reconciles(st)
+TEAMS = ("alpha", "beta", "gamma", "unassigned", "central-it")
 
 
-def test_time_based(prom, inputs) -> None:  # type: ignore[no-untyped-def]
-    st = statement(prom, inputs, "time-based")
-    # big by request seconds (ann 1500, bob 3000 of 4500): ann 993.333…, bob 1986.666…
-    # small (al 1500, bob 250, zed 250 of 2000): al 558.75, bob 93.125, zed 93.125
-    # alpha 1552.083…, beta 2079.791…, unassigned 93.125; floors 1552.08+2079.79+93.12 = 3724.99
-    # → 1 cent to unassigned (.5 > .333 > .166)
-    assert totals(st) == {
-        "alpha": "1552.08",
-        "beta": "2079.79",
-        "gamma": "0.00",
-        "unassigned": "93.13",
-        "central-it": "0.00",
-    }
-    # beta lines: floors 1986.66 + 93.12 = 2079.78 → 1 cent to bob-m-big (.666 > .5)
+@dataclass(frozen=True)
+class MethodCase:
+    """One method's statement of the scenario month: every team's total and chosen lines."""
+
+    method: str
+    totals: tuple[str, str, str, str, str]  # in TEAMS order
+    lines: dict[tuple[str, str, str, str], str]  # (team, kind, user|pool, model) → charge
+    idle: str = "spread"
+
+
+METHOD_CASES = {
+    "token-share, idle absorbed": MethodCase(
+        # big busy cost 2980 − 1490 = 1490 by tokens: ann 1490 × 2.3/5.8 = 590.862068…, bob 1490 × 3.5/5.8 = 899.137931…
+        # small unchanged (idle unknown): al 507.954545…, bob 169.318181…, zed 67.727272…
+        # alpha 1098.816613…, beta 1068.456112…, unassigned 67.727272… (sum 2235.00 = 1490 + 745)
+        # floors 1098.81 + 1068.45 + 67.72 = 2234.98 → 2 cents to unassigned (.727) and alpha (.661) before beta (.611)
+        "token-share",
+        ("1098.82", "1068.45", "0.00", "67.73", "1490.00"),
+        {("central-it", "idle-absorbed", "big", ""): "1490.00"},
+        idle="absorb",
+    ),
+    "token-share, idle even": MethodCase(
+        # idle 1490.00 split between the two teams using pool big: 745.00 each
+        # alpha 1098.816613 + 745 = 1843.816613…, beta 1068.456112 + 745 = 1813.456112…, unassigned 67.727272…
+        # floors 1843.81 + 1813.45 + 67.72 = 3724.98 → 2 cents to unassigned (.727) and alpha (.661)
+        "token-share",
+        ("1843.82", "1813.45", "0.00", "67.73", "0.00"),
+        {("alpha", "idle-share", "big", ""): "745.00"},
+        idle="even",
+    ),
+    "time-based": MethodCase(
+        # big by request seconds (ann 1500, bob 3000 of 4500): ann 993.333…, bob 1986.666…
+        # small (al 1500, bob 250, zed 250 of 2000): al 558.75, bob 93.125, zed 93.125
+        # alpha 1552.083…, beta 2079.791…, unassigned 93.125; floors 1552.08+2079.79+93.12 = 3724.99
+        # → 1 cent to unassigned (.5 > .333 > .166)
+        "time-based",
+        ("1552.08", "2079.79", "0.00", "93.13", "0.00"),
+        # beta lines: floors 1986.66 + 93.12 = 2079.78 → 1 cent to bob-m-big (.666 > .5)
+        {
+            ("beta", "usage", "bob@corp.test", "m-big"): "1986.67",
+            ("beta", "usage", "bob@corp.test", "m-small"): "93.12",
+        },
+    ),
+    "proxy-price-per-token": MethodCase(
+        # price_big = 2980 / (4 tok/s × 2,682,000 s) = 1/3600 per token; price_small = 745 / (1 × 2,682,000) = 1/3600
+        # alpha (2.3M + 0.75M)/3600 = 847.222…, beta 3.75M/3600 = 1041.666…, unassigned 0.1M/3600 = 27.777…
+        # recovered exact 6.9M/3600 = 1916.666… → 1916.67: floors 847.22+1041.66+27.77 = 1916.65,
+        # 2 cents to unassigned (.777) and beta (.666)
+        "proxy-price-per-token",
+        ("847.22", "1041.67", "0.00", "27.78", "1808.33"),
+        # unrecovered: big 2980 − 5.8M/3600 = 1368.888…, small 745 − 1.1M/3600 = 439.444… (sum 1808.33)
+        {
+            ("central-it", "unrecovered", "big", ""): "1368.89",
+            ("central-it", "unrecovered", "small", ""): "439.44",
+        },
+    ),
+    "hybrid": MethodCase(
+        # weights: token_share 0.5, fixed_share 0.3 (alpha 0.6, beta 0.4), equal_split 0.2
+        # token half:   ann 590.862068…, al 253.977272…, bob-big 899.137931…, bob-small 84.659090…, zed 33.863636…
+        # fixed 0.3:    big 894 → alpha 536.40, beta 357.60;  small 223.5 → alpha 134.10, beta 89.40
+        # equal 0.2:    big 596 / 2 teams = 298 each; small 149 / 3 teams = 49.666… each
+        # alpha = 590.862068 + 253.977272 + 536.40 + 134.10 + 298 + 49.666666 = 1863.006008…
+        # beta  = 899.137931 + 84.659090 + 357.60 + 89.40 + 298 + 49.666666 = 1778.463688…
+        # unassigned = 33.863636 + 49.666666 = 83.530303…  (sum 3725.00)
+        # floors 1863.00 + 1778.46 + 83.53 = 3724.99 → 1 cent to the largest remainder in cents:
+        # alpha 0.60 (…3.0060) > beta 0.37 (…8.4637) > unassigned 0.03 (…3.5303)
+        "hybrid",
+        ("1863.01", "1778.46", "0.00", "83.53", "0.00"),
+        {("alpha", "fixed-share", "big", ""): "536.40", ("beta", "equal-split", "big", ""): "298.00"},
+    ),
+    "tiered": MethodCase(
+        # tiers: ≤1M at 100/M, ≤3M at 50/M, beyond at 20/M (marginal)
+        # alpha 3.05M: 1M×100 + 2M×50 + 0.05M×20 = 100 + 100 + 1 = 201.00
+        #   lines by tokens: ann 201 × 2.3/3.05 = 151.573770…, al 201 × 0.75/3.05 = 49.426229…
+        # beta 3.75M: 100 + 100 + 0.75M×20 = 215.00; bob-big 215 × 3.5/3.75 = 200.666…, bob-small 14.333…
+        # unassigned 0.1M × 100 = 10.00; central: 3725 − 426 = 3299.00
+        "tiered",
+        ("201.00", "215.00", "0.00", "10.00", "3299.00"),
+        {
+            ("alpha", "usage", "ann@corp.test", "m-big"): "151.57",
+            ("alpha", "usage", "al@corp.test", "m-small"): "49.43",
+            ("beta", "usage", "bob@corp.test", "m-big"): "200.67",
+            ("beta", "usage", "bob@corp.test", "m-small"): "14.33",
+        },
+    ),
+    "flat-fee-with-overages": MethodCase(
+        # alpha: own plan 500 incl. 5M; 3.05M used → 500.00, no overage
+        # beta: default 100 incl. 1M; 3.75M → overage 2.75M × 10/M = 27.50 → 127.50
+        #   overage by tokens: bob-big 27.5 × 3.5/3.75 = 25.666…, bob-small 1.833…
+        # gamma: no usage, still pays its fee: 100.00; unassigned (default plan): 100.00 (0.1M < 1M)
+        # central: 3725 − 827.50 = 2897.50
+        "flat-fee-with-overages",
+        ("500.00", "127.50", "100.00", "100.00", "2897.50"),
+        {
+            ("beta", "usage", "bob@corp.test", "m-big"): "25.67",
+            ("beta", "usage", "bob@corp.test", "m-small"): "1.83",
+            ("alpha", "monthly-fee", "", ""): "500.00",
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(METHOD_CASES))
+def test_method_statement(prom, inputs, case: str) -> None:  # type: ignore[no-untyped-def]
+    m = METHOD_CASES[case]
+    st = statement(prom, inputs, m.method, idle=m.idle)
+    assert totals(st) == dict(zip(TEAMS, m.totals, strict=True))
     c = charges(st)
-    assert (
-        c[("beta", "usage", "bob@corp.test", "m-big")],
-        c[("beta", "usage", "bob@corp.test", "m-small")],
-    ) == ("1986.67", "93.12")
+    assert {k: c[k] for k in m.lines} == m.lines
     assert_reconciles(st)
 
 
-def test_proxy_price_per_token(prom, inputs) -> None:  # type: ignore[no-untyped-def]
+def test_proxy_price_per_token_price(prom, inputs) -> None:  # type: ignore[no-untyped-def]
     st = statement(prom, inputs, "proxy-price-per-token")
-    # price_big = 2980 / (4 tok/s × 2,682,000 s) = 1/3600 per token; price_small = 745 / (1 × 2,682,000) = 1/3600
+    # price_big = 2980 / (4 tok/s × 2,682,000 s) = 1/3600 per token
     assert st.params["prices"]["big"]["price_per_million_tokens"].startswith("277.7777")
-    # alpha (2.3M + 0.75M)/3600 = 847.222…, beta 3.75M/3600 = 1041.666…, unassigned 0.1M/3600 = 27.777…
-    # recovered exact 6.9M/3600 = 1916.666… → 1916.67: floors 847.22+1041.66+27.77 = 1916.65,
-    # 2 cents to unassigned (.777) and beta (.666)
-    assert totals(st) == {
-        "alpha": "847.22",
-        "beta": "1041.67",
-        "gamma": "0.00",
-        "unassigned": "27.78",
-        "central-it": "1808.33",
-    }
-    # unrecovered: big 2980 − 5.8M/3600 = 1368.888…, small 745 − 1.1M/3600 = 439.444… (sum 1808.33)
-    c = charges(st)
-    assert (c[("central-it", "unrecovered", "big", "")], c[("central-it", "unrecovered", "small", "")]) == (
-        "1368.89",
-        "439.44",
-    )
-    assert_reconciles(st)
-
-
-def test_hybrid(prom, inputs) -> None:  # type: ignore[no-untyped-def]
-    st = statement(prom, inputs, "hybrid")
-    # weights: token_share 0.5, fixed_share 0.3 (alpha 0.6, beta 0.4), equal_split 0.2
-    # token half:   ann 590.862068…, al 253.977272…, bob-big 899.137931…, bob-small 84.659090…, zed 33.863636…
-    # fixed 0.3:    big 894 → alpha 536.40, beta 357.60;  small 223.5 → alpha 134.10, beta 89.40
-    # equal 0.2:    big 596 / 2 teams = 298 each; small 149 / 3 teams = 49.666… each
-    # alpha = 590.862068 + 253.977272 + 536.40 + 134.10 + 298 + 49.666666 = 1863.006008…
-    # beta  = 899.137931 + 84.659090 + 357.60 + 89.40 + 298 + 49.666666 = 1778.463688…
-    # unassigned = 33.863636 + 49.666666 = 83.530303…  (sum 3725.00)
-    # floors 1863.00 + 1778.46 + 83.53 = 3724.99 → 1 cent to the largest remainder in cents:
-    # alpha 0.60 (…3.0060) > beta 0.37 (…8.4637) > unassigned 0.03 (…3.5303)
-    assert totals(st) == {
-        "alpha": "1863.01",
-        "beta": "1778.46",
-        "gamma": "0.00",
-        "unassigned": "83.53",
-        "central-it": "0.00",
-    }
-    c = charges(st)
-    assert c[("alpha", "fixed-share", "big", "")] == "536.40"
-    assert c[("beta", "equal-split", "big", "")] == "298.00"
-    assert_reconciles(st)
-
-
-def test_tiered(prom, inputs) -> None:  # type: ignore[no-untyped-def]
-    st = statement(prom, inputs, "tiered")
-    # tiers: ≤1M at 100/M, ≤3M at 50/M, beyond at 20/M (marginal)
-    # alpha 3.05M: 1M×100 + 2M×50 + 0.05M×20 = 100 + 100 + 1 = 201.00
-    #   lines by tokens: ann 201 × 2.3/3.05 = 151.573770…, al 201 × 0.75/3.05 = 49.426229…
-    # beta 3.75M: 100 + 100 + 0.75M×20 = 215.00; bob-big 215 × 3.5/3.75 = 200.666…, bob-small 14.333…
-    # unassigned 0.1M × 100 = 10.00; central: 3725 − 426 = 3299.00
-    assert totals(st) == {
-        "alpha": "201.00",
-        "beta": "215.00",
-        "gamma": "0.00",
-        "unassigned": "10.00",
-        "central-it": "3299.00",
-    }
-    c = charges(st)
-    assert (
-        c[("alpha", "usage", "ann@corp.test", "m-big")],
-        c[("alpha", "usage", "al@corp.test", "m-small")],
-    ) == ("151.57", "49.43")
-    assert (
-        c[("beta", "usage", "bob@corp.test", "m-big")],
-        c[("beta", "usage", "bob@corp.test", "m-small")],
-    ) == ("200.67", "14.33")
-    assert_reconciles(st)
-
-
-def test_flat_fee_with_overages(prom, inputs) -> None:  # type: ignore[no-untyped-def]
-    st = statement(prom, inputs, "flat-fee-with-overages")
-    # alpha: own plan 500 incl. 5M; 3.05M used → 500.00, no overage
-    # beta: default 100 incl. 1M; 3.75M → overage 2.75M × 10/M = 27.50 → 127.50
-    #   overage by tokens: bob-big 27.5 × 3.5/3.75 = 25.666…, bob-small 1.833…
-    # gamma: no usage, still pays its fee: 100.00; unassigned (default plan): 100.00 (0.1M < 1M)
-    # central: 3725 − 827.50 = 2897.50
-    assert totals(st) == {
-        "alpha": "500.00",
-        "beta": "127.50",
-        "gamma": "100.00",
-        "unassigned": "100.00",
-        "central-it": "2897.50",
-    }
-    c = charges(st)
-    assert (
-        c[("beta", "usage", "bob@corp.test", "m-big")],
-        c[("beta", "usage", "bob@corp.test", "m-small")],
-    ) == ("25.67", "1.83")
-    assert c[("alpha", "monthly-fee", "", "")] == "500.00"
-    assert_reconciles(st)
 
 
 # --------------------------------------------------------------------------- faults and config
@@ -463,6 +436,21 @@ def test_bad_method_parameters_are_config_errors(prom) -> None:  # type: ignore[
         parse_config(text.replace("equal_split: 0.2", "equal_split: 0.3"), "chargeback.yaml")
     with pytest.raises(ConfigError, match=r"report.tiers\[1\].up_to_tokens: tiers out of order"):
         parse_config(text.replace("up_to_tokens: 3000000", "up_to_tokens: 500000"), "chargeback.yaml")
+
+
+def test_method_without_its_required_key(prom, inputs) -> None:  # type: ignore[no-untyped-def]
+    # --method can name a method whose key the config lacks (the config only checks report.method)
+    text = sc.config_text(prom.url or "")
+    start, end = text.index("  tiers:\n"), text.index("  flat_fee:\n")
+    cfg = parse_config(text[:start] + text[end:], "chargeback.yaml")
+    with pytest.raises(MethodError, match=r"^chargeback.yaml: report.tiers: required by method tiered$"):
+        allocate(inputs, cfg, "tiered")
+    start, end = text.index("  flat_fee:\n"), text.index("smtp:\n")
+    cfg = parse_config(text[:start] + text[end:], "chargeback.yaml")
+    with pytest.raises(
+        MethodError, match=r"^chargeback.yaml: report.flat_fee: required by method flat-fee-with-overages$"
+    ):
+        allocate(inputs, cfg, "flat-fee-with-overages")
 
 
 def test_same_inputs_byte_identical(prom, inputs) -> None:  # type: ignore[no-untyped-def]

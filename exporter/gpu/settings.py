@@ -8,16 +8,9 @@ from typing import Annotated, Any
 
 from pydantic import ValidationInfo, field_validator, model_validator
 
-from exporter.sections import Listen, Section, Str, context, describe, fail, mapping, number, section
+from exporter.sections import Listen, Section, Str, context, fail, known_pool, mapping, number, section
 
 DEFAULT_GPU_EXPORTER_LISTEN = "0.0.0.0:9842"
-
-
-def _check_pool(name: Any, info: ValidationInfo, at: str = "") -> str:
-    pools = context(info).get("pools")
-    if pools is not None and name not in pools:
-        fail(f"unknown pool {describe(name)} (configured: {', '.join(pools) or 'none'})", at)
-    return str(name)
 
 
 @section
@@ -32,12 +25,12 @@ class GpuExporterConfig(Section):
     @field_validator("default_pool")
     @classmethod
     def _known_default(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else _check_pool(value, info)
+        return None if value is None else known_pool(value, info)
 
     @field_validator("pool_by_uuid", mode="plain")
     @classmethod
     def _by_uuid(cls, value: Any, info: ValidationInfo) -> dict[str, str]:
-        return {str(u): _check_pool(p, info, f".{u}") for u, p in mapping(value).items()}
+        return {str(u): known_pool(p, info, f".{u}") for u, p in mapping(value).items()}
 
     @field_validator("pool_by_index", mode="plain")
     @classmethod
@@ -46,7 +39,7 @@ class GpuExporterConfig(Section):
         for idx, pool in mapping(value).items():
             if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
                 fail("GPU index must be a whole number ≥ 0", f".{idx}")
-            out[idx] = _check_pool(pool, info, f".{idx}")
+            out[idx] = known_pool(pool, info, f".{idx}")
         return out
 
     @model_validator(mode="after")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from exporter.ledger.url import LedgerUrlError, parse_ledger_url
 from exporter.sections import (
@@ -10,9 +10,8 @@ from exporter.sections import (
     Seconds,
     Section,
     Str,
-    as_string,
+    checked_string,
     describe,
-    fail,
     number,
     plain,
     section,
@@ -20,14 +19,11 @@ from exporter.sections import (
 )
 from exporter.urls import public_url
 
-
-def _ledger_url(value: Any) -> str:
-    text = as_string(value)
-    try:
-        parse_ledger_url(text)
-    except LedgerUrlError:
-        fail(f"expected sqlite:///PATH or postgresql://..., got {describe(public_url(text))}")
-    return text
+_ledger_url = checked_string(
+    parse_ledger_url,
+    LedgerUrlError,
+    lambda text: f"expected sqlite:///PATH or postgresql://..., got {describe(public_url(text))}",
+)
 
 
 LedgerUrlText = Annotated[str, plain(_ledger_url)]

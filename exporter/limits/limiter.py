@@ -56,6 +56,7 @@ from exporter.limits.store import (
     Usage,
     open_limit_store,
 )
+from exporter.limits.usage import seed_memory_store, usage_document
 from exporter.logs import get_logger
 from exporter.pricing import from_nano, price_table, to_nano
 
@@ -557,8 +558,6 @@ class Limiter:
     async def seed_from_ledger(self) -> None:
         """In-process counters start from the ledger's month to date (a restart forgets nothing
         that was written)."""
-        from exporter.limits.usage import seed_memory_store
-
         await asyncio.to_thread(seed_memory_store, self, self.cfg.ledger.url)
 
     async def refresh(self) -> None:
@@ -599,8 +598,6 @@ class Limiter:
     # ------------------------------------------------------------------ self-service usage
 
     async def usage(self, user: str, team: str) -> dict[str, Any]:
-        from exporter.limits.usage import usage_document
-
         now = self.clock()
         month = self.month(now)
         window = int(now // 60)

@@ -104,6 +104,10 @@ class Usage:
     requests: int = 1  # several requests of one team, user, model and minute, recorded together
 
 
+# called once a record is counted: the team's month counters after it, or None when it failed
+RecordDone = Callable[[Counters | None], None]
+
+
 class LimitStore(Protocol):
     backend: str  # "redis" | "memory"
 
@@ -111,14 +115,7 @@ class LimitStore(Protocol):
         self, month: str, window: int, scopes: Sequence[Scope], lease: LeaseArgs | None = None
     ) -> CheckResult: ...
 
-    def record(
-        self,
-        month: str,
-        window: int,
-        usage: Usage,
-        done: Callable[[Counters | None], None],
-        replica: str = "",
-    ) -> None: ...
+    def record(self, month: str, window: int, usage: Usage, done: RecordDone, replica: str = "") -> None: ...
 
     async def read(self, month: str, window: int, kind: str, name: str) -> Counters: ...
 
@@ -199,14 +196,7 @@ class MemoryStore:
                     c.window_requests += 1
         return CheckResult(blocked, kind, out)
 
-    def record(
-        self,
-        month: str,
-        window: int,
-        usage: Usage,
-        done: Callable[[Counters | None], None],
-        replica: str = "",
-    ) -> None:
+    def record(self, month: str, window: int, usage: Usage, done: RecordDone, replica: str = "") -> None:
         for kind, name in (("team", usage.team), ("user", usage.user)):
             m = self._month(month, kind, name)
             m.spend_nano += usage.spend_nano
@@ -327,6 +317,13 @@ for i = 0, n - 1 do
   out[#out + 1] = orq
   out[#out + 1] = ott
 end
+-- a grant of both parts (a, b) becomes the caller's lease in lease hash lk, kept for expire seconds
+local function lease_out(lk, a, b, expire)
+  if a < 0 or b < 0 then return {-1, -1} end
+  redis.call('HSET', lk, rid, fmt(a, b, now + ttl))
+  redis.call('EXPIRE', lk, expire)
+  return {a, b}
+end
 local passed = out[1] == 0
 for i = 1, n do
   local v = s[i]
@@ -339,22 +336,12 @@ for i = 1, n do
     local reqs, r = v[9], v[10]
     if v[5] and reqs > 0 then
       local gs = slice(v[1], v[7], v[12], share, minreq * v[7] / reqs)
-      local gt = slice(v[2], v[8], v[13], share, minreq * v[8] / reqs)
-      if gs >= 0 and gt >= 0 then
-        redis.call('HSET', v[18], rid, fmt(gs, gt, now + ttl))
-        redis.call('EXPIRE', v[18], ARGV[3])
-        gm = {gs, gt}
-      end
+      gm = lease_out(v[18], gs, slice(v[2], v[8], v[13], share, minreq * v[8] / reqs), ARGV[3])
     end
     if v[6] then
-      local gr = slice(v[3], r, v[14], share, minreq)
       local gt = -1
       if v[4] <= 0 then gt = 0 elseif v[11] > 0 then gt = slice(v[4], v[11], v[15], share, minreq * v[11] / r) end
-      if gr >= 0 and gt >= 0 then
-        redis.call('HSET', v[19], rid, fmt(gr, gt, now + ttl))
-        redis.call('EXPIRE', v[19], ARGV[2])
-        gw = {gr, gt}
-      end
+      gw = lease_out(v[19], slice(v[3], r, v[14], share, minreq), gt, ARGV[2])
     end
   end
   out[#out + 1] = gm[1]
@@ -549,14 +536,7 @@ class RedisStore:
             return None
         return _grant(fut)
 
-    def record(
-        self,
-        month: str,
-        window: int,
-        usage: Usage,
-        done: Callable[[Counters | None], None],
-        replica: str = "",
-    ) -> None:
+    def record(self, month: str, window: int, usage: Usage, done: RecordDone, replica: str = "") -> None:
         """Sent without waiting: the request's response does not wait for its bookkeeping."""
         keys, head = self._record_keys(month, window, usage.team, usage.user)
         args = (
@@ -600,9 +580,7 @@ class RedisStore:
         self._record_heads[(team, user)] = ((month, window), keys, head)
         return keys, head
 
-    def _spawn(
-        self, keys: Sequence[str], args: Sequence[str | int], done: Callable[[Counters | None], None]
-    ) -> None:
+    def _spawn(self, keys: Sequence[str], args: Sequence[str | int], done: RecordDone) -> None:
         task = asyncio.ensure_future(self._eval(self._record, keys, args))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -8,15 +8,34 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from exporter.config import Config
 from exporter.limits.messages import BillingMonth, money
-from exporter.limits.settings import BUDGET, KINDS, MONTHLY_TOKENS, REQUESTS_PER_MINUTE, LimitSet
-from exporter.limits.store import Counters, MemoryStore, Usage
-from exporter.pricing import from_nano, to_nano
+from exporter.limits.settings import (
+    BUDGET,
+    KINDS,
+    MONTHLY_TOKENS,
+    REQUESTS_PER_MINUTE,
+    LimitsConfig,
+    LimitSet,
+)
+from exporter.limits.store import Counters, LimitStore, MemoryStore, Usage
+from exporter.pricing import ModelPrice, from_nano, to_nano
 
-if TYPE_CHECKING:
-    from exporter.limits.limiter import Limiter
+
+class UsageSource(Protocol):
+    """What this module reads from the limiter (``exporter.limits.limiter.Limiter``). Spelled out
+    here so that the limiter imports this module and not the other way round."""
+
+    cfg: Config
+    limits: LimitsConfig
+    prices: dict[str, ModelPrice]
+    store: LimitStore
+    statement_spend: dict[str, int]  # team → month-to-date spend (nano) from the recording rules
+    reconciled_month: str
+
+    def month(self, now: float | None = None) -> BillingMonth: ...
 
 
 def plain_money(amount: Decimal, minor: int) -> str:
@@ -73,7 +92,7 @@ def _limits(limit_set: LimitSet | None, c: Counters, month: BillingMonth, minor:
 
 
 def usage_document(
-    limiter: Limiter, user: str, team: str, u: Counters, t: Counters, month: BillingMonth, store_up: bool
+    limiter: UsageSource, user: str, team: str, u: Counters, t: Counters, month: BillingMonth, store_up: bool
 ) -> dict[str, Any]:
     cfg = limiter.cfg
     minor = cfg.currency_minor_units
@@ -132,7 +151,7 @@ def usage_document(
     }
 
 
-def seed_memory_store(limiter: Limiter, ledger_url: str) -> None:
+def seed_memory_store(limiter: UsageSource, ledger_url: str) -> None:
     """Fill an in-process store with the month to date from the ledger (runs in a worker thread)."""
     from exporter.ledger.rollup import totals
     from exporter.ledger.store import open_store

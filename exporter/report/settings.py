@@ -15,6 +15,7 @@ from exporter.sections import (
     Section,
     Str,
     as_string,
+    checked_string,
     choice,
     context,
     describe,
@@ -47,15 +48,18 @@ def _realtime(value: Any) -> str:
     return str(value)
 
 
-def _locale(value: Any) -> str:
-    text = as_string(value)
+def _parse_locale(text: str) -> None:
     from babel import Locale, UnknownLocaleError  # only the reporter needs CLDR data
 
     try:
         Locale.parse(text.replace("-", "_"))
-    except (UnknownLocaleError, ValueError):
-        fail(f"unknown locale {describe(text)} (expected e.g. en_US, de_DE)")
-    return text
+    except UnknownLocaleError as exc:
+        raise ValueError(text) from exc
+
+
+_locale = checked_string(
+    _parse_locale, ValueError, lambda text: f"unknown locale {describe(text)} (expected e.g. en_US, de_DE)"
+)
 
 
 @section

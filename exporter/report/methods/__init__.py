@@ -1,7 +1,8 @@
 """The allocation methods. Each turns :class:`Inputs` into exact (unrounded) charges.
 
 One module per method in this package registers it (exporter/report/method_registry.py) with
-the parameters it owns under ``report:``; this module holds what they share and finds them.
+the parameters it owns under ``report:``; this module holds what they share (its public names are
+the API method modules build on) and finds them.
 
 Pool-cost methods (token-share, time-based, hybrid) recover every pool's cost C_p; how the idle
 part of C_p is treated follows ``report.idle_handling``:
@@ -80,7 +81,7 @@ class Allocation:
     notes: list[str] = field(default_factory=list)
 
 
-class _Book:
+class Book:
     """Collects exact amounts: one usage line per Usage, extra lines by (team, kind, pool)."""
 
     def __init__(self, inputs: Inputs) -> None:
@@ -122,7 +123,7 @@ class _Book:
         return Allocation(method, params, charges, central, notes)
 
 
-def _spread(
+def spread(
     amount: Decimal, lines: list[Usage], weight: Callable[[Usage], Decimal]
 ) -> list[tuple[Usage, Decimal]] | None:
     """amount × w(u) / Σw over ``lines``; None when Σw is 0 (nothing to share by)."""
@@ -132,22 +133,22 @@ def _spread(
     return [(u, amount * weight(u) / total) for u in lines]
 
 
-def _tokens(u: Usage) -> Decimal:
+def by_tokens(u: Usage) -> Decimal:
     return u.weighted_tokens
 
 
-def _seconds(u: Usage) -> Decimal:
+def by_seconds(u: Usage) -> Decimal:
     return u.request_seconds
 
 
-def _pool_lines(inputs: Inputs) -> dict[str, list[Usage]]:
+def pool_lines(inputs: Inputs) -> dict[str, list[Usage]]:
     out: dict[str, list[Usage]] = {p: [] for p in inputs.pools}
     for u in inputs.usage:
         out.setdefault(u.pool, []).append(u)
     return out
 
 
-def _pool_params(inputs: Inputs) -> dict[str, object]:
+def pool_params(inputs: Inputs) -> dict[str, object]:
     return {
         name: {
             "cost_exact": str(p.cost),
@@ -161,7 +162,7 @@ def _pool_params(inputs: Inputs) -> dict[str, object]:
     }
 
 
-def _unknown_pool_note(lines: dict[str, list[Usage]], notes: list[str]) -> None:
+def unknown_pool_note(lines: dict[str, list[Usage]], notes: list[str]) -> None:
     if lines.get(UNKNOWN_POOL):
         notes.append(f"{len(lines[UNKNOWN_POOL])} usage lines have no known pool and carry no pool cost")
 
@@ -169,7 +170,7 @@ def _unknown_pool_note(lines: dict[str, list[Usage]], notes: list[str]) -> None:
 # --------------------------------------------------------------------------- pool-cost methods
 
 
-def _idle_side(book: _Book, inputs: Inputs, pool: str, lines: list[Usage], idle_handling: str) -> None:
+def _idle_side(book: Book, inputs: Inputs, pool: str, lines: list[Usage], idle_handling: str) -> None:
     """The idle part of a pool's cost when it is not spread by usage."""
     idle = inputs.pools[pool].idle_cost
     if idle == 0:
@@ -190,17 +191,17 @@ def _idle_side(book: _Book, inputs: Inputs, pool: str, lines: list[Usage], idle_
             )
 
 
-def _share_method(
+def share_pool_costs(
     inputs: Inputs,
     idle_handling: str,
     parts: list[tuple[Decimal, str]],
     fixed_shares: dict[str, Decimal] | None = None,
-) -> _Book:
+) -> Book:
     """Pool cost shared by a weighted mix of components (token_share, time_share, equal_split,
     fixed_share, with ``fixed_shares`` per team); token-share and time-based are the one-component
     cases."""
-    book = _Book(inputs)
-    lines_by_pool = _pool_lines(inputs)
+    book = Book(inputs)
+    lines_by_pool = pool_lines(inputs)
     for pool, p in sorted(inputs.pools.items()):
         lines = lines_by_pool.get(pool, [])
         spread_idle = idle_handling == "spread"
@@ -213,7 +214,7 @@ def _share_method(
             if amount == 0:
                 continue
             if comp in ("token_share", "time_share"):
-                shares = _spread(amount, lines, _tokens if comp == "token_share" else _seconds)
+                shares = spread(amount, lines, by_tokens if comp == "token_share" else by_seconds)
                 if shares is None:
                     unallocated += amount
                     continue
@@ -259,25 +260,51 @@ def _share_method(
     return book
 
 
-# --------------------------------------------------------------------------- proxy price
+def pool_share_method(
+    method: str,
+    inputs: Inputs,
+    cfg: Config,
+    parts: list[tuple[Decimal, str]],
+    fixed_shares: dict[str, Decimal] | None = None,
+    params: dict[str, object] | None = None,
+) -> Allocation:
+    """A whole pool-cost method: :func:`share_pool_costs` with its notes and parameters
+    (``params``, the method's own, come between idle_handling and the pools)."""
+    notes: list[str] = []
+    unknown_pool_note(pool_lines(inputs), notes)
+    book = share_pool_costs(inputs, cfg.report.idle_handling, parts, fixed_shares)
+    shown = {"idle_handling": cfg.report.idle_handling, **(params or {}), "pools": pool_params(inputs)}
+    return book.result(method, shown, notes)
 
 
 # --------------------------------------------------------------------------- rate cards
 
 
-def _team_tokens(inputs: Inputs) -> dict[str, list[Usage]]:
+def team_lines(inputs: Inputs) -> dict[str, list[Usage]]:
     out: dict[str, list[Usage]] = {}
     for u in inputs.usage:
         out.setdefault(u.team, []).append(u)
     return out
 
 
-def _rate_card_central(book: _Book, inputs: Inputs) -> None:
+def charge_team(book: Book, lines: list[Usage], price: Callable[[Decimal], Decimal]) -> None:
+    """A rate card's charge for one team: ``price`` of the team's weighted tokens in the period,
+    onto its usage lines in proportion to their tokens."""
+    tokens = sum((u.weighted_tokens for u in lines), Decimal(0))
+    for u, a in spread(price(tokens), lines, by_tokens) or []:
+        book.add_usage(u, a)
+
+
+def rate_card_result(
+    book: Book, inputs: Inputs, method: str, params: dict[str, object], notes: list[str]
+) -> Allocation:
+    """A rate card's allocation: the pool cost it did not recover goes to central IT."""
     cost = sum((p.cost for p in inputs.pools.values()), Decimal(0))
     charged = sum((c.amount for c in [*book.usage.values(), *book.extra.values()]), Decimal(0))
     book.add_central(
         UNRECOVERED, "", cost - charged, "pool cost not covered by the rate card (negative: surplus)"
     )
+    return book.result(method, {**params, "pools": pool_params(inputs)}, notes)
 
 
 def allocate(inputs: Inputs, cfg: Config, method: str | None = None) -> Allocation:
@@ -285,6 +312,10 @@ def allocate(inputs: Inputs, cfg: Config, method: str | None = None) -> Allocati
     known = methods()
     if method not in known:
         raise MethodError(f"unknown method {method!r} (expected one of: {', '.join(known)})")
+    # The config refuses a report.method without its required key; --method can still name one.
+    needed = known[method].requires
+    if needed and not getattr(cfg.report, needed):
+        raise MethodError(f"{cfg.path}: report.{needed}: required by method {method}")
     with decimal.localcontext(CONTEXT):
         return known[method].allocate(inputs, cfg)  # type: ignore[no-any-return]
 

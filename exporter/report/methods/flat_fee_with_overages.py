@@ -12,19 +12,8 @@ from pydantic import ValidationInfo, field_validator
 from exporter.config import Config
 from exporter.report.inputs import UNASSIGNED, Inputs
 from exporter.report.method_registry import Param, register
-from exporter.report.methods import (
-    FEE,
-    MILLION,
-    Allocation,
-    MethodError,
-    _Book,
-    _pool_params,
-    _rate_card_central,
-    _spread,
-    _team_tokens,
-    _tokens,
-)
-from exporter.sections import Money, Section, Whole, context, describe, fail, mapping, section
+from exporter.report.methods import FEE, MILLION, Allocation, Book, charge_team, rate_card_result, team_lines
+from exporter.sections import Money, Section, Whole, known_team, mapping, section
 
 
 @section
@@ -42,10 +31,8 @@ class FlatFeeConfig(Section):
     @field_validator("teams", mode="before")
     @classmethod
     def _known_teams(cls, value: Any, info: ValidationInfo) -> Any:
-        teams = context(info).get("teams")
         for team in mapping(value):
-            if teams is not None and team not in teams:
-                fail(f"unknown team {describe(team)}", f".{team}")
+            known_team(team, info, f".{team}")
         return mapping(value)
 
     def __bool__(self) -> bool:
@@ -56,6 +43,11 @@ def flat_fee_plan(cfg: Config, team: str) -> FlatFee | None:
     return cfg.report.flat_fee.teams.get(team, cfg.report.flat_fee.default)
 
 
+def overage_charge(tokens: Decimal, plan: FlatFee) -> Decimal:
+    """The price of a team's weighted tokens beyond those its monthly fee includes."""
+    return max(Decimal(0), tokens - plan.included_tokens) * plan.overage_per_million / MILLION
+
+
 @register(
     "flat-fee-with-overages",
     order=6,
@@ -63,11 +55,9 @@ def flat_fee_plan(cfg: Config, team: str) -> FlatFee | None:
     requires="flat_fee",
 )
 def flat_fee_with_overages(inputs: Inputs, cfg: Config) -> Allocation:
-    if not cfg.report.flat_fee:
-        raise MethodError(f"{cfg.path}: report.flat_fee: required by method flat-fee-with-overages")
-    book = _Book(inputs)
+    book = Book(inputs)
     notes: list[str] = []
-    by_team = _team_tokens(inputs)
+    by_team = team_lines(inputs)
     # Configured teams pay their fee every month; unassigned usage is billed on the default plan.
     teams = sorted(set(cfg.teams) | ({UNASSIGNED} if UNASSIGNED in by_team else set()))
     plans: dict[str, object] = {}
@@ -93,10 +83,5 @@ def flat_fee_with_overages(inputs: Inputs, cfg: Config) -> Allocation:
                 plan.monthly_fee,
                 f"monthly fee, includes {plan.included_tokens:,} weighted tokens",
             )
-        w = sum((u.weighted_tokens for u in lines), Decimal(0))
-        overage = max(Decimal(0), w - plan.included_tokens) * plan.overage_per_million / MILLION
-        for u, a in _spread(overage, lines, _tokens) or []:
-            book.add_usage(u, a)
-    _rate_card_central(book, inputs)
-    params = {"plans": plans, "pools": _pool_params(inputs)}
-    return book.result("flat-fee-with-overages", params, notes)
+        charge_team(book, lines, lambda tokens, plan=plan: overage_charge(tokens, plan))
+    return rate_card_result(book, inputs, "flat-fee-with-overages", {"plans": plans}, notes)

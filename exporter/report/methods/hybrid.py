@@ -13,14 +13,8 @@ from pydantic_core import PydanticCustomError
 from exporter.config import Config
 from exporter.report.inputs import Inputs
 from exporter.report.method_registry import Param, register
-from exporter.report.methods import (
-    Allocation,
-    _pool_lines,
-    _pool_params,
-    _share_method,
-    _unknown_pool_note,
-)
-from exporter.sections import Section, context, describe, fail, mapping, money, section
+from exporter.report.methods import Allocation, pool_share_method
+from exporter.sections import Section, fail, known_team, mapping, money, section
 
 HYBRID_COMPONENTS = ("token_share", "time_share", "fixed_share", "equal_split")
 _SHARE = money().func
@@ -66,10 +60,8 @@ class HybridConfig(Section):
     @field_validator("fixed_shares", mode="plain")
     @classmethod
     def _fixed(cls, value: Any, info: ValidationInfo) -> dict[str, Decimal]:
-        teams = context(info).get("teams")
         for team in mapping(value):
-            if teams is not None and team not in teams:
-                fail(f"unknown team {describe(team)}", f".{team}")
+            known_team(team, info, f".{team}")
         return _shares(value)
 
     @model_validator(mode="after")
@@ -85,14 +77,9 @@ class HybridConfig(Section):
 @register("hybrid", order=4, params={"hybrid": Param(HybridConfig, HybridConfig)})
 def hybrid(inputs: Inputs, cfg: Config) -> Allocation:
     h = cfg.report.hybrid  # HybridConfig's checks hold however it was built (sums of exactly 1)
-    notes: list[str] = []
-    _unknown_pool_note(_pool_lines(inputs), notes)
-    parts = [(w, c) for c, w in sorted(h.weights.items())]
-    book = _share_method(inputs, cfg.report.idle_handling, parts, h.fixed_shares)
-    params = {
-        "idle_handling": cfg.report.idle_handling,
+    params: dict[str, object] = {
         "weights": {k: str(v) for k, v in sorted(h.weights.items())},
         "fixed_shares": {k: str(v) for k, v in sorted(h.fixed_shares.items())},
-        "pools": _pool_params(inputs),
     }
-    return book.result("hybrid", params, notes)
+    parts = [(w, c) for c, w in sorted(h.weights.items())]
+    return pool_share_method("hybrid", inputs, cfg, parts, h.fixed_shares, params)

@@ -12,20 +12,20 @@ from exporter.report.methods import (
     MILLION,
     UNRECOVERED,
     Allocation,
+    Book,
     MethodError,
-    _Book,
-    _pool_lines,
-    _pool_params,
-    _unknown_pool_note,
+    pool_lines,
+    pool_params,
+    unknown_pool_note,
 )
 
 
 @register("proxy-price-per-token", order=1, realtime=2)
 def proxy_price_per_token(inputs: Inputs, cfg: Config) -> Allocation:
-    book = _Book(inputs)
+    book = Book(inputs)
     notes: list[str] = []
-    lines_by_pool = _pool_lines(inputs)
-    _unknown_pool_note(lines_by_pool, notes)
+    lines_by_pool = pool_lines(inputs)
+    unknown_pool_note(lines_by_pool, notes)
     prices: dict[str, object] = {}
     for pool, p in sorted(inputs.pools.items()):
         lines = lines_by_pool.get(pool, [])
@@ -64,5 +64,5 @@ def proxy_price_per_token(inputs: Inputs, cfg: Config) -> Allocation:
             if recovered <= p.cost
             else f"pool {pool}: usage above the stated capacity (negative: recovered more than cost)",
         )
-    params = {"prices": prices, "pools": _pool_params(inputs)}
+    params = {"prices": prices, "pools": pool_params(inputs)}
     return book.result("proxy-price-per-token", params, notes)

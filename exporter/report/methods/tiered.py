@@ -10,17 +10,7 @@ from pydantic import ValidationError
 from exporter.config import Config
 from exporter.report.inputs import Inputs
 from exporter.report.method_registry import Param, register
-from exporter.report.methods import (
-    MILLION,
-    Allocation,
-    MethodError,
-    _Book,
-    _pool_params,
-    _rate_card_central,
-    _spread,
-    _team_tokens,
-    _tokens,
-)
+from exporter.report.methods import MILLION, Allocation, Book, charge_team, rate_card_result, team_lines
 from exporter.sections import Money, Section, describe, fail, plain, section, translate, validate_entry, whole
 
 
@@ -79,21 +69,14 @@ def tier_charge(tokens: Decimal, cfg: Config) -> tuple[Decimal, list[tuple[str, 
 
 @register("tiered", order=5, params={"tiers": Param(Tiers, tuple)}, requires="tiers")
 def tiered(inputs: Inputs, cfg: Config) -> Allocation:
-    if not cfg.report.tiers:
-        raise MethodError(f"{cfg.path}: report.tiers: required by method tiered")
-    book = _Book(inputs)
-    for _team, lines in sorted(_team_tokens(inputs).items()):
-        w = sum((u.weighted_tokens for u in lines), Decimal(0))
-        charge, _ = tier_charge(w, cfg)
-        for u, a in _spread(charge, lines, _tokens) or []:
-            book.add_usage(u, a)
-    _rate_card_central(book, inputs)
-    params = {
+    book = Book(inputs)
+    for _team, lines in sorted(team_lines(inputs).items()):
+        charge_team(book, lines, lambda tokens: tier_charge(tokens, cfg)[0])
+    params: dict[str, object] = {
         "tiers": [
             {"up_to_tokens": t.up_to_tokens, "price_per_million": str(t.price_per_million)}
             for t in cfg.report.tiers
         ],
         "basis": "cumulative weighted tokens per team in the period; marginal (each tier's price applies inside it)",
-        "pools": _pool_params(inputs),
     }
-    return book.result("tiered", params, [])
+    return rate_card_result(book, inputs, "tiered", params, [])
