@@ -53,6 +53,14 @@ STREAM_BODY = {**BODY, "max_tokens": 64, "stream": True, "stream_options": {"inc
 REAL_LATENCY_MS, REAL_TOKENS_PER_SECOND = 50.0, 50.0
 REAL_BODY = {**BODY, "max_tokens": 16}
 REAL_STREAM_BODY = {**STREAM_BODY, "max_tokens": 32}
+
+
+def completion_tokens(body: dict) -> int:
+    """What the simulator answers ``body`` with: ``min(max_tokens, 8 + crc32(prompt) % 40)``, so the
+    prompt, not ``max_tokens``, decides the count for the benches' prompt (24)."""
+    return expected_usage("chat/completions", body)["completion_tokens"]
+
+
 CONCURRENCY = (1, 16, 64)
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -458,11 +466,11 @@ def run(quick: bool) -> str:
         f"Load average at start: {load:.2f} (other work on the machine adds noise, mostly to p99).",
         "",
         f"- **realistic**: the simulator waits {REAL_LATENCY_MS:.0f} ms before the first token and then sends "
-        f"{REAL_TOKENS_PER_SECOND:.0f} tokens/s per request ({REAL_BODY['max_tokens']} tokens non-streaming, "
-        f"{REAL_STREAM_BODY['max_tokens']} streaming): the upstream, not the proxy, limits throughput, as with a "
+        f"{REAL_TOKENS_PER_SECOND:.0f} tokens/s per request ({completion_tokens(REAL_BODY)} completion tokens non-streaming, "
+        f"{completion_tokens(REAL_STREAM_BODY)} streaming): the upstream, not the proxy, limits throughput, as with a "
         "real inference server. The targets are evaluated here.",
-        f"- **overhead**: a zero-latency simulator ({BODY['max_tokens']} tokens non-streaming, "
-        f"{STREAM_BODY['max_tokens']} streaming, one SSE event per token, written as fast as it can): this "
+        f"- **overhead**: a zero-latency simulator ({completion_tokens(BODY)} completion tokens non-streaming, "
+        f"{completion_tokens(STREAM_BODY)} streaming, one SSE event per token, written as fast as it can): this "
         "measures the proxy's own cost. The direct baseline is a simulator that costs about as little per "
         "request as the proxy itself, so the ratios here compare two programs' speeds, not what users of a "
         "GPU-bound server would see (streaming ratios above 1 there are a placement effect: the proxy passes "
