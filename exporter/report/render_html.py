@@ -11,19 +11,8 @@ from collections.abc import Callable
 from decimal import Decimal
 from html import escape
 
-from exporter.report.statement import GLOSSARY, Statement, TeamStatement
-from exporter.report.view import (
-    Table,
-    budget_line,
-    central_lines,
-    meta,
-    method_params,
-    summary_figures,
-    summary_pools,
-    summary_teams,
-    team_comparison,
-    team_lines,
-)
+from exporter.report import view
+from exporter.report.statement import Statement, TeamStatement
 
 STYLE = (
     "@page{size:A4;margin:12mm}"
@@ -79,7 +68,7 @@ def _cell(tag: str, text: str, numeric: bool) -> str:
     return f"<{tag}{cls}>{escape(text)}</{tag}>"
 
 
-def _table(t: Table, cls: str = "") -> str:
+def _table(t: view.Table) -> str:
     head = "".join(_cell("th", h, i in t.numeric) for i, h in enumerate(t.header))
     body = "".join(
         ('<tr class="over">' if r in t.over else "<tr>")
@@ -94,16 +83,39 @@ def _table(t: Table, cls: str = "") -> str:
             + "".join(_cell("td", c, i in t.numeric) for i, c in enumerate(t.totals))
             + "</tr></tfoot>"
         )
-    attr = f' class="{cls}"' if cls else ""
+    attr = f' class="{t.name}"' if t.name else ""
     return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody>{foot}</table>"
 
 
-def _meta(pairs: list[tuple[str, str]]) -> str:
-    rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in pairs)
-    return f'<table class="meta"><tbody>{rows}</tbody></table>'
+_PARAGRAPH_CLASS = {"total": "total", "ok": "budget ok", "over": "budget over"}
 
 
-def _doc(title: str, body: str) -> str:
+def _block(block: view.Block) -> str:
+    match block:
+        case view.Heading():
+            return f"<h{block.level}>{escape(block.text)}</h{block.level}>"
+        case view.Meta():
+            rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in block.pairs)
+            return f'<table class="meta"><tbody>{rows}</tbody></table>'
+        case view.Paragraph():
+            cls = _PARAGRAPH_CLASS.get(block.style)
+            return (f'<p class="{cls}">' if cls else "<p>") + f"{escape(block.text)}</p>"
+        case view.Chart():
+            return bar_chart(block.title, block.items, block.fmt)
+        case view.Table():
+            return _table(block)
+        case view.Bullets():
+            if not block.items:
+                return ""
+            items = "".join(f"<li>{escape(i)}</li>" for i in block.items)
+            return f"<h2>{escape(block.title)}</h2><ul>{items}</ul>"
+        case view.Definitions():
+            items = "".join(f"<dt>{escape(term)}</dt><dd>{escape(text)}</dd>" for term, text in block.items)
+            return f"<h2>{escape(block.title)}</h2><dl>{items}</dl>"
+
+
+def _doc(title: str, doc: list[view.Block]) -> str:
+    body = "\n".join(p for b in doc if (p := _block(b)))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -111,66 +123,9 @@ def _doc(title: str, body: str) -> str:
     )
 
 
-def _params_html(st: Statement) -> str:
-    items = method_params(st.params)
-    if not items:
-        return ""
-    return "<h2>Method parameters</h2><ul>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>"
-
-
-def _glossary() -> str:
-    return (
-        "<h2>Glossary</h2><dl>"
-        + "".join(f"<dt>{escape(term)}</dt><dd>{escape(text)}</dd>" for term, text in GLOSSARY)
-        + "</dl>"
-    )
-
-
 def render_team_html(st: Statement, t: TeamStatement) -> str:
-    parts = [f"<h1>Chargeback statement: {escape(t.team)}</h1>", _meta(meta(st, t))]
-    parts.append(f'<p class="total">Total: {escape(st.cash(t.total))}</p>')
-    budget = budget_line(st, t)
-    if budget:
-        parts.append(f'<p class="budget {"over" if t.over_budget else "ok"}">{escape(budget)}</p>')
-    if t.idle_share:
-        parts.append(f"<p>Of which idle GPU capacity: {escape(st.cash(t.idle_share))}</p>")
-    parts.append("<h2>This period against the previous one</h2>")
-    parts.append(_table(team_comparison(st, t)))
-    by_user: dict[str, Decimal] = {}
-    for line in t.lines:
-        key = line.user or line.description
-        by_user[key] = by_user.get(key, Decimal(0)) + line.charge
-    parts.append(bar_chart("Spend by user", sorted(by_user.items(), key=lambda kv: (-kv[1], kv[0])), st.cash))
-    parts.append("<h2>Lines</h2>")
-    if t.lines:
-        parts.append(_table(team_lines(st, t), "lines"))
-    else:
-        parts.append("<p>No usage in this period.</p>")
-    parts.append(_params_html(st))
-    parts.append(_glossary())
-    return _doc(f"Chargeback {t.team} {st.period.title}", "\n".join(p for p in parts if p))
+    return _doc(f"Chargeback {t.team} {st.period.title}", view.team_document(st, t))
 
 
 def render_summary_html(st: Statement) -> str:
-    parts = [
-        "<h1>Chargeback summary</h1>",
-        _meta(meta(st, None)),
-        _meta(summary_figures(st)),
-        bar_chart(
-            "Spend by team",
-            sorted(((t.team, t.total) for t in st.teams), key=lambda kv: (-kv[1], kv[0])),
-            st.cash,
-        ),
-        "<h2>Teams</h2>",
-        _table(summary_teams(st), "teams"),
-        "<h2>Pools</h2>",
-        _table(summary_pools(st), "pools"),
-    ]
-    if st.central.lines:
-        parts.append("<h2>Central IT</h2>")
-        parts.append(_table(central_lines(st)))
-    parts.append(_params_html(st))
-    if st.notes:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in st.notes) + "</ul>")
-    parts.append(_glossary())
-    return _doc(f"Chargeback summary {st.period.title}", "\n".join(p for p in parts if p))
+    return _doc(f"Chargeback summary {st.period.title}", view.summary_document(st))

@@ -2,19 +2,8 @@
 
 from __future__ import annotations
 
-from exporter.report.statement import GLOSSARY, Statement, TeamStatement
-from exporter.report.view import (
-    Table,
-    budget_line,
-    central_lines,
-    meta,
-    method_params,
-    summary_figures,
-    summary_pools,
-    summary_teams,
-    team_comparison,
-    team_lines,
-)
+from exporter.report import view
+from exporter.report.statement import Statement, TeamStatement
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> list[str]:
@@ -27,57 +16,47 @@ def _table(header: list[str], rows: list[list[str]], right: set[int] | None = No
     return out
 
 
-def _view_table(t: Table) -> list[str]:
+def _view_table(t: view.Table) -> list[str]:
     rows = [[f"**{c}**" if r in t.over and c else c for c in row] for r, row in enumerate(t.rows)]
     if t.totals is not None:
         rows.append([f"**{c}**" if c else "" for c in t.totals])
     return _table(t.header, rows, right=t.numeric)
 
 
-def _meta(pairs: list[tuple[str, str]]) -> list[str]:
-    return [f"- {k}: {v}" for k, v in pairs]
+def _block(block: view.Block, level: int) -> list[str]:
+    """The block's lines; ``level`` is the heading level of the document's title."""
+    h = "#" * (level + 1)  # a section's heading
+    match block:
+        case view.Heading():
+            return [f"{'#' * (level + block.level - 1)} {block.text}"]
+        case view.Meta():
+            return [f"- {k}: {v}" for k, v in block.pairs]
+        case view.Paragraph():
+            return [f"**{block.text}**" if block.style in ("total", "over") else block.text]
+        case view.Chart():
+            return []
+        case view.Table():
+            return _view_table(block)
+        case view.Bullets():
+            if not block.items:
+                return []
+            title = f"{h} {block.title}" if block.section else f"{block.title}:"
+            return [title, "", *[f"- {i}" for i in block.items]]
+        case view.Definitions():
+            return [f"{h} {block.title}", "", *[f"- **{term}**: {text}" for term, text in block.items]]
 
 
-def _glossary(level: int) -> list[str]:
-    return ["", f"{'#' * level} Glossary", "", *[f"- **{term}**: {text}" for term, text in GLOSSARY]]
+def _render(doc: list[view.Block], level: int = 1) -> str:
+    """Blocks separated by a blank line."""
+    return "\n\n".join("\n".join(lines) for b in doc if (lines := _block(b, level))) + "\n"
 
 
 def render_team_md(st: Statement, t: TeamStatement, level: int = 1) -> str:
-    h = "#" * level
-    out = [f"{h} Chargeback statement: {t.team}", "", *_meta(meta(st, t)), ""]
-    out.append(f"**Total: {st.cash(t.total)}**")
-    budget = budget_line(st, t)
-    if budget:
-        out += ["", f"**{budget}**" if t.over_budget else budget]
-    if t.idle_share:
-        out += ["", f"Of which idle GPU capacity: {st.cash(t.idle_share)}"]
-    out += ["", f"{h}# This period against the previous one", "", *_view_table(team_comparison(st, t)), ""]
-    out += [f"{h}# Lines", ""]
-    if t.lines:
-        out += _view_table(team_lines(st, t))
-    else:
-        out.append("No usage in this period.")
-    params = method_params(st.params)
-    if params:
-        out += ["", "Method parameters:", "", *[f"- {p}" for p in params]]
-    out += _glossary(level + 1)
-    return "\n".join(out) + "\n"
+    return _render(view.team_document(st, t), level)
 
 
 def render_summary_md(st: Statement) -> str:
-    out = ["# Chargeback summary", "", *_meta(meta(st, None)), "", *_meta(summary_figures(st)), ""]
-    out += ["## Teams", "", *_view_table(summary_teams(st))]
-    out += ["", "## Pools", "", *_view_table(summary_pools(st))]
-    if st.central.lines:
-        out += ["", "## Central IT", ""]
-        out += _view_table(central_lines(st))
-    params = method_params(st.params)
-    if params:
-        out += ["", "## Method parameters", "", *[f"- {p}" for p in params]]
-    if st.notes:
-        out += ["", "## Notes", "", *[f"- {n}" for n in st.notes]]
-    out += _glossary(2)
-    return "\n".join(out) + "\n"
+    return _render(view.summary_document(st))
 
 
 def render_md(st: Statement) -> str:

@@ -1,16 +1,18 @@
-"""What people read on a statement, as rows of text: shared by the HTML and Markdown renderers so
-both show the same figures (locale-formatted) in the same order. CSV and JSON keep machine-readable
-numbers and build their own rows.
+"""What people read on a statement: the document as a list of typed blocks (headings, tables,
+paragraphs…) with figures already formatted for the locale. The HTML and Markdown renderers only
+turn blocks into markup, so both show the same figures in the same order. CSV and JSON keep
+machine-readable numbers and build their own rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from exporter.report.money import hours_places
-from exporter.report.statement import Statement, TeamStatement, change_percent, unit_price
+from exporter.report.statement import GLOSSARY, Statement, TeamStatement, change_percent, unit_price
 
 
 @dataclass
@@ -20,6 +22,52 @@ class Table:
     numeric: set[int]  # right-aligned columns
     totals: list[str] | None = None  # the totals row, if any
     over: set[int] = field(default_factory=set)  # indexes of rows to highlight (over budget)
+    name: str = ""  # what the table holds ("lines", "teams", "pools"): a class for HTML styling
+
+
+@dataclass
+class Heading:
+    level: int  # 1: the document's title, 2: a section
+    text: str
+
+
+@dataclass
+class Meta:
+    pairs: list[tuple[str, str]]  # (label, value)
+
+
+@dataclass
+class Paragraph:
+    text: str
+    style: str = ""  # "total", or the budget's "ok" / "over"
+
+
+@dataclass
+class Chart:
+    """Horizontal bars; only HTML draws them (Markdown has no pictures, its tables say the same)."""
+
+    title: str
+    items: list[tuple[str, Decimal]]
+    fmt: Callable[[Decimal], str]
+
+
+@dataclass
+class Bullets:
+    """A section that is a titled list. ``section=False``: in Markdown a run-in label
+    ("Method parameters:") instead of a heading, as on a team statement."""
+
+    title: str
+    items: list[str]
+    section: bool = True
+
+
+@dataclass
+class Definitions:
+    title: str
+    items: Sequence[tuple[str, str]]  # (term, explanation)
+
+
+Block = Heading | Meta | Paragraph | Chart | Table | Bullets | Definitions
 
 
 def _pct(st: Statement, value: Decimal | None) -> str:
@@ -137,7 +185,7 @@ def team_lines(st: Statement, t: TeamStatement) -> Table:
         st.cash(t.total),
     ]
     header = ["user / item", "model", "pool", "kind", "requests", "prompt", "completion", "cached"]
-    return Table([*header, "weighted", "seconds", "charge"], rows, set(range(4, 11)), totals)
+    return Table([*header, "weighted", "seconds", "charge"], rows, set(range(4, 11)), totals, name="lines")
 
 
 def summary_teams(st: Statement) -> Table:
@@ -175,6 +223,7 @@ def summary_teams(st: Statement) -> Table:
         {2, 3, 4, 5, 6, 7, 8, 9},
         totals,
         over,
+        "teams",
     )
 
 
@@ -205,7 +254,7 @@ def summary_pools(st: Statement) -> Table:
         st.cash(sum((p.recovered for p in st.pools), Decimal(0))),
     ]  # fmt: skip
     header = ["pool", "cost", "source", "GPUs", "GPU hours", "idle hours", "idle cost", "weighted tokens"]
-    return Table([*header, "recovered"], rows, {1, 3, 4, 5, 6, 7, 8}, totals)
+    return Table([*header, "recovered"], rows, {1, 3, 4, 5, 6, 7, 8}, totals, name="pools")
 
 
 def summary_figures(st: Statement) -> list[tuple[str, str]]:
@@ -258,3 +307,57 @@ def method_params(params: dict[str, Any], prefix: str = "") -> list[str]:
         else:
             out.append(f"{prefix}{k}: {v}")
     return out
+
+
+def _by_amount(items: list[tuple[str, Decimal]]) -> list[tuple[str, Decimal]]:
+    return sorted(items, key=lambda kv: (-kv[1], kv[0]))
+
+
+def team_document(st: Statement, t: TeamStatement) -> list[Block]:
+    """One team's statement, top to bottom."""
+    doc: list[Block] = [
+        Heading(1, f"Chargeback statement: {t.team}"),
+        Meta(meta(st, t)),
+        Paragraph(f"Total: {st.cash(t.total)}", "total"),
+    ]
+    budget = budget_line(st, t)
+    if budget:
+        doc.append(Paragraph(budget, "over" if t.over_budget else "ok"))
+    if t.idle_share:
+        doc.append(Paragraph(f"Of which idle GPU capacity: {st.cash(t.idle_share)}"))
+    by_user: dict[str, Decimal] = {}
+    for line in t.lines:
+        key = line.user or line.description
+        by_user[key] = by_user.get(key, Decimal(0)) + line.charge
+    doc += [
+        Heading(2, "This period against the previous one"),
+        team_comparison(st, t),
+        Chart("Spend by user", _by_amount(list(by_user.items())), st.cash),
+        Heading(2, "Lines"),
+        team_lines(st, t) if t.lines else Paragraph("No usage in this period."),
+        Bullets("Method parameters", method_params(st.params), section=False),
+        Definitions("Glossary", GLOSSARY),
+    ]
+    return doc
+
+
+def summary_document(st: Statement) -> list[Block]:
+    """The summary for central IT, top to bottom."""
+    doc: list[Block] = [
+        Heading(1, "Chargeback summary"),
+        Meta(meta(st, None)),
+        Meta(summary_figures(st)),
+        Chart("Spend by team", _by_amount([(t.team, t.total) for t in st.teams]), st.cash),
+        Heading(2, "Teams"),
+        summary_teams(st),
+        Heading(2, "Pools"),
+        summary_pools(st),
+    ]
+    if st.central.lines:
+        doc += [Heading(2, "Central IT"), central_lines(st)]
+    doc += [
+        Bullets("Method parameters", method_params(st.params)),
+        Bullets("Notes", list(st.notes)),
+        Definitions("Glossary", GLOSSARY),
+    ]
+    return doc
