@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 from html import escape
+from typing import assert_never
 
 from exporter.report import view
 from exporter.report.statement import Statement, TeamStatement
@@ -108,10 +109,13 @@ def _block(block: view.Block) -> str:
             if not block.items:
                 return ""
             items = "".join(f"<li>{escape(i)}</li>" for i in block.items)
+            # a section's heading even where Markdown makes it a run-in label (block.section)
             return f"<h2>{escape(block.title)}</h2><ul>{items}</ul>"
         case view.Definitions():
             items = "".join(f"<dt>{escape(term)}</dt><dd>{escape(text)}</dd>" for term, text in block.items)
             return f"<h2>{escape(block.title)}</h2><dl>{items}</dl>"
+        case _:
+            assert_never(block)
 
 
 def _doc(title: str, doc: list[view.Block]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import assert_never
+
 from exporter.report import view
 from exporter.report.statement import Statement, TeamStatement
 
@@ -44,6 +46,8 @@ def _block(block: view.Block, level: int) -> list[str]:
             return [title, "", *[f"- {i}" for i in block.items]]
         case view.Definitions():
             return [f"{h} {block.title}", "", *[f"- **{term}**: {text}" for term, text in block.items]]
+        case _:
+            assert_never(block)
 
 
 def _render(doc: list[view.Block], level: int = 1) -> str:

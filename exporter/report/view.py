@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from exporter.report.money import hours_places
 from exporter.report.statement import GLOSSARY, Statement, TeamStatement, change_percent, unit_price
@@ -39,7 +39,7 @@ class Meta:
 @dataclass
 class Paragraph:
     text: str
-    style: str = ""  # "total", or the budget's "ok" / "over"
+    style: Literal["", "total", "ok", "over"] = ""  # "ok" / "over": within / over budget
 
 
 @dataclass
