@@ -4,6 +4,7 @@ the GPU field table (exporter/gpu/fields.py) is all it takes to add a per-GPU re
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -201,3 +202,21 @@ def test_the_temperature_falls_back_when_the_old_call_is_gone() -> None:
         finally:
             pynvml.nvmlDeviceGetTemperatureV = saved
     assert value == 52.0
+
+
+def test_gpu_exporter_doc_table_matches_the_contract():
+    """docs/gpu-exporter.md keeps its own, more detailed metric table; it must name exactly the
+    contract's GPU metrics, each with the contract's type and labels, so it cannot go stale."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "gpu-exporter.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`chargeback_"):
+            labels = () if cells[2] == "–" else tuple(x.strip() for x in cells[2].strip("`").split(","))
+            rows[cells[0].strip("`")] = (cells[1].split()[0], labels)
+    want = {
+        s.name: ("gauge" if s.kind == "info" else s.kind, s.labels)
+        for s in contract.METRICS.values()
+        if s.section == "gpu"
+    }
+    assert rows == want
