@@ -148,14 +148,18 @@ def create_app(transcripts: Path, tokenize_delay: float = 0.0) -> web.Applicatio
     app[TRANSCRIPTS] = transcripts
     app[TOKENIZE_DELAY] = tokenize_delay
     app[STATS] = {}
-    app.router.add_post("/v1/chat/completions", _replay)
-    app.router.add_post("/v1/completions", _replay)
-    app.router.add_post("/v1/embeddings", _replay)
-    app.router.add_post("/tokenize", _tokenize)
-    app.router.add_post("/apply-template", _apply_template)
-    app.router.add_post("/chat_tokenize", _chat_tokenize)
-    app.router.add_post("/extras/tokenize/count", _count)
-    app.router.add_get("/stats", _stats)
+    # every inference endpoint answers from the recorded transcripts; then the tokenizer endpoints
+    for endpoint in ("chat/completions", "completions", "embeddings"):
+        app.router.add_post(f"/v1/{endpoint}", _replay)
+    app.router.add_routes(
+        [
+            web.post("/tokenize", _tokenize),
+            web.post("/apply-template", _apply_template),
+            web.post("/chat_tokenize", _chat_tokenize),
+            web.post("/extras/tokenize/count", _count),
+            web.get("/stats", _stats),
+        ]
+    )
     add_health_routes(app)
     return app
 
