@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -18,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
+# a section between these markers was recorded once and is carried over by every run
+RECORDED = re.compile(r"<!-- recorded:begin (\S+).*?-->.*?<!-- recorded:end \1 -->", re.S)
 ORDER = ["proxy", "stream", "ledger", "gpu", "report", "scale", "series", "limits"]
 
 
@@ -65,9 +68,13 @@ def main() -> int:
         f"- Machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()} {platform.release()}\n"
     )
     text = header + "\n" + "\n\n".join(sections) + "\n"
-    # the LiteLLM comparison is written by `make bench-peers` only: keep the last one
     with contextlib.suppress(OSError):
-        kept = load("peers").extract_section(Path(args.out).read_text())
+        previous = Path(args.out).read_text()
+        # one-off comparisons (before/after a change, standalone scripts) are not rerun here: keep them
+        for match in RECORDED.finditer(previous):
+            text += "\n" + match.group(0) + "\n"
+        # the LiteLLM comparison is written by `make bench-peers` only: keep the last one
+        kept = load("peers").extract_section(previous)
         if kept:
             text += "\n" + kept + "\n"
     Path(args.out).write_text(text)
