@@ -89,3 +89,42 @@ def test_section_is_marked(peers) -> None:  # type: ignore[no-untyped-def]
     assert "proxy on CPU 0, simulator on CPU 1, load generator on CPU 1" in text
     assert "load average 0.20 at start. On a zero-latency" in text
     assert peers.extract_section("x\n" + text + "\ny") == text
+
+
+def test_a_full_bench_run_keeps_recorded_sections_and_the_peers_table(tmp_path, monkeypatch):
+    """`make bench` rewrites docs/performance.md; one-off comparisons marked as recorded and the
+    LiteLLM table (written only by `make bench-peers`) survive it, each exactly once."""
+    spec = importlib.util.spec_from_file_location("run_all", BENCH / "run_all.py")
+    assert spec and spec.loader
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    recorded = "<!-- recorded:begin before-after (note) -->\n## Before and after\n\nfigures\n<!-- recorded:end before-after -->"
+    peers = _load_peers()
+    peers_section = f"{peers.BEGIN}\n## Side by side\n{peers.END}"
+    out = tmp_path / "performance.md"
+    out.write_text(f"# Performance\n\n## Old generated\n\n{recorded}\n\n{peers_section}\n")
+
+    class Fake:
+        @staticmethod
+        def run(quick: bool) -> str:
+            return "## Fresh section\n\nnew figures"
+
+    monkeypatch.setattr(run_all, "ORDER", ["gpu"])
+    monkeypatch.setattr(run_all, "load", lambda name: Fake if name == "gpu" else peers)
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--out", str(out)])
+    assert run_all.main() == 0
+    text = out.read_text()
+    assert "## Old generated" not in text
+    assert text.count("## Fresh section") == 1
+    assert text.count(recorded) == 1
+    assert text.count(peers_section) == 1
+    assert text.index("## Fresh section") < text.index(recorded) < text.index(peers_section)
+
+
+def _load_peers():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("bench_peers", BENCH / "bench_peers.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
