@@ -14,12 +14,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 @pytest.fixture(scope="module")
 def peers():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_peers", BENCH / "bench_peers.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return _load_peers()
 
 
 def _target(peers, name: str, pid: int | None, scale: float):  # type: ignore[no-untyped-def]
