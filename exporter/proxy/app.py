@@ -84,8 +84,6 @@ class ProxyState:
     metrics: ProxyMetrics
     session: aiohttp.ClientSession | None = None  # https upstreams, URL credentials, tokenize counts
     pool: UpstreamPool | None = None  # plain-http upstreams (exporter/proxy/upstream_client.py)
-    # base URL → (host, port, path) for the pool, or None for aiohttp's client
-    targets: dict[str, tuple[str, int, str] | None] = field(default_factory=dict)
     rr: dict[str, int] = field(default_factory=dict)
     draining: bool = False
     inflight: int = 0
@@ -139,20 +137,6 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip()
 
 
-_PUBLIC: dict[str, str] = {}  # upstream base URL -> as the ledger shows it (configured URLs only)
-
-
-def _public_upstream(base: str) -> str:
-    if not base:
-        return ""
-    shown = _PUBLIC.get(base)
-    if shown is None:
-        if len(_PUBLIC) >= 4096:
-            _PUBLIC.clear()
-        shown = _PUBLIC[base] = public_url(base)
-    return shown
-
-
 def _finish(state: ProxyState, call: Call) -> None:
     """Record the request: ledger row + counters. Never raises (a bug here must not hide the response)."""
     try:
@@ -197,7 +181,7 @@ def _finish(state: ProxyState, call: Call) -> None:
             duration_ms=round(duration * 1000, 3),
             ttft_ms=round(ttft * 1000, 3) if ttft is not None else None,
             api_key_id=call.api_key_id,
-            upstream=_public_upstream(call.upstream),
+            upstream=public_url(call.upstream),
             error=storable_text(clean_message(call.model, call.error), 500) if call.error else "",
             usage_source=source,
             usage_reason=(
@@ -412,13 +396,9 @@ async def _open_upstream(
     headers = _upstream_headers(request, model, call)
     suffix = call.endpoint.removeprefix("/v1")
     last_error = ""
-    targets = state.targets
     for base in _upstream_order(state, model):
         call.upstream = base
-        if base in targets:
-            target = targets[base]
-        else:
-            target = targets[base] = plain_target(base)
+        target = plain_target(base)
         try:
             if target is not None:
                 return await state.pool.post(target, suffix, headers, payload)

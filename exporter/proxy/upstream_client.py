@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import time
 import zlib
 from collections.abc import Mapping
@@ -54,6 +55,7 @@ class Sink(TypingProtocol):
     def end(self, exc: BaseException | None = None) -> None: ...
 
 
+@functools.lru_cache(maxsize=256)  # called per request with one of the configured upstream URLs
 def plain_target(base: str) -> tuple[str, int, str] | None:
     """(host, port, path prefix) of a base URL this client serves; None for https or userinfo."""
     parts = urlsplit(base)
