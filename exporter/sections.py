@@ -112,14 +112,19 @@ def section_error(filename: str, path: str, message: str) -> ConfigError:
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
 
 
-def validate(kind: Any, value: Any, path: str, filename: str, context: dict[str, Any] | None = None) -> Any:
-    """``value`` (parsed YAML) as ``kind`` (a Section, or a type such as dict[str, Pool]);
-    ConfigError naming ``filename`` and the key path below ``path`` on the first problem."""
+def _adapter(kind: Any) -> TypeAdapter[Any]:
+    """One TypeAdapter per type: building one compiles a validator."""
     adapter = _ADAPTERS.get(kind)
     if adapter is None:
         adapter = _ADAPTERS[kind] = TypeAdapter(kind)
+    return adapter
+
+
+def validate(kind: Any, value: Any, path: str, filename: str, context: dict[str, Any] | None = None) -> Any:
+    """``value`` (parsed YAML) as ``kind`` (a Section, or a type such as dict[str, Pool]);
+    ConfigError naming ``filename`` and the key path below ``path`` on the first problem."""
     try:
-        return adapter.validate_python(value, context=context or {})
+        return _adapter(kind).validate_python(value, context=context or {})
     except ValidationError as exc:
         raise section_error(filename, *translate(exc, path)) from None
 
@@ -289,7 +294,6 @@ def number(minimum: float = 0.0, maximum: float | None = None, above_zero: str =
 
 
 Seconds = Annotated[float, number(above_zero="seconds")]  # a timeout or interval of 0 would never wait
-Float = Annotated[float, number()]
 
 
 def whole(minimum: int = 0, maximum: int | None = None) -> Any:
@@ -412,10 +416,7 @@ def entries(item: type[T], check_key: Callable[[Any, str], Any] | None = None) -
 
 
 def validate_entry(item: type[T], body: Any, ctx: dict[str, Any]) -> T:
-    adapter = _ADAPTERS.get(item)
-    if adapter is None:
-        adapter = _ADAPTERS[item] = TypeAdapter(item)
-    return adapter.validate_python(body, context=ctx)  # type: ignore[no-any-return]
+    return _adapter(item).validate_python(body, context=ctx)  # type: ignore[no-any-return]
 
 
 def parse_listen(value: str, path: str = "listen", filename: str = "<config>") -> tuple[str, int]:

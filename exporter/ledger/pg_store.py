@@ -37,7 +37,6 @@ from exporter.logs import get_logger
 log = get_logger(__name__)
 
 MIGRATIONS = migrations.MIGRATIONS["postgresql"]  # schema versions: see ``migrations``
-SCHEMA_VERSION = schema.SCHEMA_VERSION
 
 # One statement per batch (arrays unnested server-side): the rollup trigger then aggregates the
 # batch once. ON CONFLICT on the key (request_id, timestamp): see pg_partitions for why replays

@@ -31,7 +31,6 @@ from exporter.ledger.private_files import create_private_file, make_private_dir
 from exporter.ledger.row import LedgerRow
 
 MIGRATIONS = migrations.MIGRATIONS["sqlite"]  # schema versions: see ``migrations``
-SCHEMA_VERSION = schema.SCHEMA_VERSION
 
 _INSERT = schema.insert_sql(schema.HTTP_ANALYTICS, "sqlite")
 # Columns whose checked value (row_values) SQLite cannot bind as it is: timestamps, stored as text.

@@ -235,9 +235,6 @@ class LedgerWriter:
                 len(self._queue),
             )
 
-    def _leave_disk_mode(self) -> None:
-        self._set_disk_mode(False)
-
     def _set_disk_mode(self, disk: bool) -> bool:
         """Start a new journal segment whose rows are (disk) or are not kept in the journal only;
         False, and the mode unchanged, when the journal cannot rotate."""
@@ -381,7 +378,7 @@ class LedgerWriter:
                 self._inflight = batch
                 closing = self._closing
                 if self._disk_mode and len(self._queue) < cfg.max_queue_rows // 2:
-                    self._leave_disk_mode()
+                    self._set_disk_mode(False)
             if batch:
                 rest = self._write(batch)
                 with self._cond:

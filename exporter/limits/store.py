@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from exporter.limits.leases import LEASE_MIN_REQUESTS, LEASE_SHARE, LEASE_TTL_SECONDS
 from exporter.limits.resp import RedisClient, RedisError, encode_bulk
 from exporter.limits.settings import BUDGET, MONTHLY_TOKENS, REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE
 from exporter.logs import get_logger
@@ -84,9 +85,9 @@ class LeaseArgs:
     replica: str
     now: float
     reported: tuple[int, ...]
-    ttl: int = 30  # a lease nobody renews within this many seconds is freed (a replica that died)
-    share: int = 16  # a grant takes at most 1/share of what is neither used nor leased
-    min_requests: int = 8  # a grant must cover at least this many average requests, else none
+    ttl: int = LEASE_TTL_SECONDS  # a lease nobody renews within this many seconds is freed
+    share: int = LEASE_SHARE  # a grant takes at most 1/share of what is neither used nor leased
+    min_requests: int = LEASE_MIN_REQUESTS  # a grant must cover this many average requests, else none
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,7 +552,7 @@ class RedisStore:
             replica,
             usage.requests,
         )
-        fut = self.client.send_nowait(b"*21\r\n" + head + encode_bulk(args))
+        fut = self.client.send_nowait(b"*%d\r\n" % (3 + len(keys) + len(args)) + head + encode_bulk(args))
         if fut is None:  # not connected: connect and send in a task
             self._spawn(keys, args, done)
             return

@@ -90,7 +90,6 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self.response: UpstreamResponse | None = None
         self.head = bytearray()
-        self.dead_exc: BaseException | None = None
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -436,12 +435,10 @@ class UpstreamResponse:
     # -- the ClientResponse subset
     async def read(self) -> bytes:
         parts = []
-        size = 0
         while True:
             chunk = await self.content.readany()
             if not chunk:
                 return b"".join(parts)
-            size += len(chunk)
             parts.append(chunk)
 
     def close(self) -> None:
