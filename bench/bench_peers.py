@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,10 +46,22 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from bench_proxy import BODY, STREAM_BODY, Placement, Result, drive, pct, pin, placement, rss_mb, start  # noqa: E402
+from bench_proxy import (  # noqa: E402
+    BODY,
+    STREAM_BODY,
+    TICK,
+    Placement,
+    Result,
+    completion_tokens,
+    drive,
+    pct,
+    pin,
+    placement,
+    rss_mb,
+    start,
+)
 
 from exporter.sim.harness import UPSTREAM_API_KEY, start_simulator  # noqa: E402
-from exporter.sim.upstream import expected_usage  # noqa: E402
 from exporter.stack import ManagedProcess, free_port  # noqa: E402
 
 BEGIN = "<!-- bench-peers:begin (written by `make bench-peers`; replaced on every run) -->"
@@ -59,9 +71,8 @@ PACED_MODEL = "bench-paced"
 PACED_LATENCY_MS, PACED_TOKENS_PER_SECOND = 50.0, 20.0
 PACED_BODY = {**STREAM_BODY, "model": PACED_MODEL}
 # the simulator's answer length follows from the prompt (capped by max_tokens): tokens actually sent
-PLAIN_TOKENS = expected_usage("chat/completions", BODY)["completion_tokens"]
-STREAM_TOKENS = expected_usage("chat/completions", STREAM_BODY)["completion_tokens"]
-TICK = os.sysconf("SC_CLK_TCK")
+PLAIN_TOKENS = completion_tokens(BODY)
+STREAM_TOKENS = completion_tokens(STREAM_BODY)
 # Why this LiteLLM version (the pin is LITELLM_VERSION in the Makefile): keep the two in step.
 INSTALL_NOTE = (
     "Which LiteLLM: the newest `litellm[proxy]` that installed from PyPI on 2026-12-04, from wheels only "
@@ -394,14 +405,6 @@ def extract_section(doc: str) -> str | None:
 # --------------------------------------------------------------------------- the run
 
 
-@contextlib.contextmanager
-def running(proc: ManagedProcess) -> Iterator[ManagedProcess]:
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
 def bench(args: argparse.Namespace) -> str:
     litellm = Path(args.litellm).resolve()
     where = placement()
@@ -423,7 +426,7 @@ def bench(args: argparse.Namespace) -> str:
             models=[PACED_MODEL],
             name="sim-paced",
         )
-        with running(paced):
+        with paced:
             pin(paced.proc.pid, where.sim)  # type: ignore[union-attr]
             paced_base = f"{paced.url}/v1"
             cm, stack = start(
@@ -455,7 +458,7 @@ def bench(args: argparse.Namespace) -> str:
                 first, _ = start_litellm(litellm, config, tmp, "litellm-first")
                 first.stop()
                 proc, startup = start_litellm(litellm, config, tmp, "litellm")
-                with running(proc):
+                with proc:
                     assert proc.url is not None and proc.proc is not None
                     peer = Target(
                         "LiteLLM",

@@ -218,7 +218,7 @@ def drive(
     """Run the load generator and collect its measurements. ``cpu_seconds`` covers the warm-up
     requests too."""
     data, used = run_loadgen(Load(url, token, body, concurrency, total, warmup, stagger), cpus, proxy_pid)
-    tokens_each = expected_usage("chat/completions", body)["completion_tokens"]
+    tokens_each = completion_tokens(body)
     return Result(data["latencies"], data["ttfts"], data["seconds"], tokens_each * total, used)
 
 
@@ -359,10 +359,7 @@ def run(quick: bool) -> str:
     def real_seconds(stream: bool) -> float:
         """How long one request takes on the realistic simulator."""
         body = REAL_STREAM_BODY if stream else REAL_BODY
-        return (
-            REAL_LATENCY_MS / 1000
-            + expected_usage("chat/completions", body)["completion_tokens"] / REAL_TOKENS_PER_SECOND
-        )
+        return REAL_LATENCY_MS / 1000 + completion_tokens(body) / REAL_TOKENS_PER_SECOND
 
     def real_counts(conc: int, stream: bool) -> int:
         # about 4 s (quick: 1.5 s) of load per run

@@ -68,7 +68,7 @@ class MetricSpec:
         )
 
         names = self.labels if labels is None else tuple(labels)
-        if [n for n in self.labels if n in names] != list(names):
+        if labels is not None and [n for n in self.labels if n in names] != list(names):
             raise ValueError(f"{self.name}: labels {names} are not a subset of {self.labels} in order")
         doc = self.help_text(**help_values)
         if value is not None:

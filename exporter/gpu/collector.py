@@ -99,6 +99,7 @@ class GpuCollector:
     ) -> None:
         self.backend = backend
         self.fields = fields
+        self._counters = tuple(f for f in fields if f.spec.kind == "counter")  # kept monotonic
         self.settings = settings
         self.hourly_cost: dict[str, Decimal] = {name: p.gpu_hourly_cost for name, p in pools.items()}
         self.clock = clock
@@ -276,12 +277,12 @@ class GpuCollector:
             st.last_point_at = now
             st.ratio = u.ratio
 
-        for f in self.fields:
+        for f in self._counters:
             raw = r.values.get(f.name)
-            if f.spec.kind != "counter" or raw is None:
+            if raw is None:
                 continue
             prev = st.raw.get(f.name)
-            if prev is None or f.name not in st.totals:
+            if prev is None:
                 st.totals[f.name] = raw
             elif raw >= prev:
                 st.totals[f.name] += raw - prev
