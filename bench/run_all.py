@@ -21,7 +21,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 # a section between these markers was recorded once and is carried over by every run
 RECORDED = re.compile(r"<!-- recorded:begin (\S+).*?-->.*?<!-- recorded:end \1 -->", re.S)
-ORDER = ["proxy", "stream", "ledger", "gpu", "report", "scale", "series", "limits"]
+ORDER = ["proxy", "stream", "floor", "ledger", "gpu", "report", "scale", "series", "limits"]
 
 
 def load(name: str):  # type: ignore[no-untyped-def]
