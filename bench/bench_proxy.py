@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import requests
@@ -288,7 +289,7 @@ def tables(sc: Scenario) -> list[str]:
     ]
 
 
-def start(tmp: Path, name: str, users: dict[str, str], where: Placement, **sim: float):  # type: ignore[no-untyped-def]
+def start(tmp: Path, name: str, users: dict[str, str], where: Placement, **sim: Any):  # type: ignore[no-untyped-def]
     # key refresh and ledger flush at their production defaults (the test harness polls far more often)
     cm = proxy_stack(
         tmp / name,

@@ -3,10 +3,12 @@ same paced traffic in the same run.
 
 A real inference server sends each token as its own SSE event, tens of milliseconds apart, over
 hundreds of concurrent streams: every event reaches the proxy on its own and costs it a wake-up, a
-read and a write. This measures that per-event cost, with the simulator pacing its events (as
-``--tokens-per-second`` does) and 256 concurrent streams, three ways, one after the other:
+read and a write. This measures that per-event cost on 256 concurrent paced streams from
+``bench/paced_upstream.py`` (the simulator's events and usage, paced per token, from a raw protocol
+cheap enough that it and the load generator keep pace on one shared core at 12,800 events/s), three
+ways, one after the other:
 
-- **direct**: the load generator talks to the simulator (the gaps between events as sent);
+- **direct**: the load generator talks to the upstream (the gaps between events as sent);
 - **bare relay**: through ``bench/bare_relay.py`` (exporter/sim/relay.py on uvloop: one read and one
   write per TCP segment, no HTTP parsing) — the floor for anything that passes bytes on;
 - **proxy**: through the chargeback proxy (authentication, usage accounting, ledger row per request).
@@ -14,7 +16,8 @@ read and a write. This measures that per-event cost, with the simulator pacing i
 CPU is each relaying process's CPU time (utime + stime from /proc, all threads) over the run,
 divided by the SSE events the clients received (warm-up included, counted by the load generator).
 Inter-event gaps are measured at the client, in its own process; the proxy's added gap is its p99
-minus the direct run's p99.
+minus the direct run's p99. After the run every proxied answer must be in the proxy's ledger with
+exactly the upstream's usage, or the bench fails.
 
     .venv/bin/python bench/bench_stream.py [--quick]
 """
@@ -22,7 +25,9 @@ minus the direct run's p99.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -34,22 +39,26 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from bench_proxy import Load, Placement, pct, pin, placement, run_loadgen, start  # noqa: E402
+from bench_proxy import Load, Placement, pct, pin, placement, run_loadgen, start, wait_ledger_idle  # noqa: E402
 
 from exporter.sim.harness import UPSTREAM_API_KEY  # noqa: E402
+from exporter.sim.upstream import expected_usage  # noqa: E402
 
 RELAY = BENCH / "bare_relay.py"
+UPSTREAM = BENCH / "paced_upstream.py"
 STREAMS = 256
 # 24 tokens (one SSE event each) after the role event, then the finish chunk, the usage chunk and
-# [DONE]: 28 events per answer. The prompt is chosen so that the simulator's answer is max_tokens long.
+# [DONE]: 28 events per answer. The prompt is chosen so that the answer (the simulator's rule) is max_tokens long.
 BODY = {
-    "model": "bench-a",
+    "model": "bench-paced",  # served by bench/paced_upstream.py
     "messages": [{"role": "user", "content": "benchmark the accounting proxy please"}],
     "max_tokens": 24,
     "stream": True,
     "stream_options": {"include_usage": True},
 }
 # (label, events per second per stream)
+WARMUP = 16  # answers before the measured phase
+EVENTS = 28  # SSE events per answer
 PACES = (("50 ms between events", 20.0), ("20 ms between events", 50.0))
 
 
@@ -60,11 +69,7 @@ class Run:
     seconds: float  # measured phase
     cpu: float  # CPU seconds of the relaying process over the whole load-generator run
     answers: int  # answers in the measured phase
-
-    @property
-    def delivered_per_second(self) -> float:
-        """Events per second the client received in the measured phase (each answer: gaps + 1)."""
-        return (len(self.gaps) + self.answers) / self.seconds
+    steady: float  # events/s received while every stream was running (see ``drive``)
 
     @property
     def us_per_event(self) -> float:
@@ -82,15 +87,40 @@ class Run:
 def drive(url: str, token: str, rate: float, requests: int, cpus: set[int] | None, pid: int | None) -> Run:
     answer_seconds = BODY["max_tokens"] / rate
     options = ("--header", f"X-Sim-Tokens-Per-Second: {rate}", "--events")
-    load = Load(url, token, BODY, STREAMS, requests, warmup=16, stagger=answer_seconds, options=options)
+    load = Load(url, token, BODY, STREAMS, requests, warmup=WARMUP, stagger=answer_seconds, options=options)
     data, used = run_loadgen(load, cpus, pid)
-    return Run(data["events"], data["gaps"], data["seconds"], used, requests)
+    # Connection i starts i/STREAMS of an answer late and runs requests/STREAMS answers: all of them
+    # run from one answer's time after the start until the first one finishes. The rate in that
+    # window (less a tenth of an answer at each end) is what the full load gets through.
+    slot = 0.01  # loadgen's BUCKET_SECONDS
+    first, last = 1.1 * answer_seconds, (requests / STREAMS - 0.1) * answer_seconds
+    window = data["buckets"][int(first / slot) : int(last / slot)]
+    steady = sum(window) / (len(window) * slot) if window else float("nan")
+    return Run(data["events"], data["gaps"], data["seconds"], used, requests, steady)
 
 
-class BareRelay:
-    def __init__(self, target: str, cpus: set[int] | None) -> None:
+def check_ledger(ledger_url: str, expected: int) -> None:
+    """A bench must not report figures from a broken run: every proxied answer is in the ledger, with
+    exactly the upstream's usage (raises otherwise)."""
+    usage = expected_usage("chat/completions", BODY)
+    path = ledger_url.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute(
+            "SELECT status_code, prompt_tokens, completion_tokens, total_tokens, estimated, stream, COUNT(*) "
+            "FROM http_analytics GROUP BY 1, 2, 3, 4, 5, 6"
+        ).fetchall()
+    want = [(200, usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"], 0, 1, expected)]
+    if rows != want:
+        raise RuntimeError(f"ledger rows {rows}, expected {want}")
+
+
+class Child:
+    """A helper process from bench/ (the relay, the paced upstream) that prints its port and runs
+    until its stdin closes."""
+
+    def __init__(self, argv: list[str], cpus: set[int] | None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(RELAY), "--target", target],
+            [sys.executable, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -115,23 +145,27 @@ def bench(quick: bool) -> tuple[str, dict[str, dict[str, Run]]]:
     requests = STREAMS * per_stream
     results: dict[str, dict[str, Run]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmpdir:
-        cm, stack = start(Path(tmpdir), "stream", {"bench00000@corp.example": "research"}, where)
+        upstream = Child([str(UPSTREAM)], where.sim)  # the simulator's seat
         relay = None
+        cm = None
         try:
+            base = f"http://127.0.0.1:{upstream.port}"
+            cm, stack = start(
+                Path(tmpdir),
+                "stream",
+                {"bench00000@corp.example": "research"},
+                where,
+                extra_upstreams={BODY["model"]: [f"{base}/v1"]},
+            )
             token = next(iter(stack.tokens.values()))
             proxy_pid = stack.proxy.process.proc.pid  # type: ignore[union-attr]
-            sim = stack.sim_url.removeprefix("http://")
-            relay = BareRelay(sim, where.proxy)  # the relay gets the proxy's CPU: the same seat
+            # the relay gets the proxy's CPU: the same seat
+            relay = Child([str(RELAY), "--target", f"127.0.0.1:{upstream.port}"], where.proxy)
             relay_url = f"http://127.0.0.1:{relay.port}/v1/chat/completions"
             for label, rate in PACES:
                 results[label] = {
                     "direct": drive(
-                        f"{stack.sim_url}/v1/chat/completions",
-                        UPSTREAM_API_KEY,
-                        rate,
-                        requests,
-                        where.loadgen,
-                        None,
+                        f"{base}/v1/chat/completions", UPSTREAM_API_KEY, rate, requests, where.loadgen, None
                     ),
                     "relay": drive(
                         relay_url, UPSTREAM_API_KEY, rate, requests, where.loadgen, relay.proc.pid
@@ -145,10 +179,14 @@ def bench(quick: bool) -> tuple[str, dict[str, dict[str, Run]]]:
                         proxy_pid,
                     ),
                 }
+            wait_ledger_idle(stack)
+            check_ledger(stack.ledger_url, len(PACES) * (requests + WARMUP))
         finally:
             if relay is not None:
                 relay.close()
-            cm.__exit__(None, None, None)
+            if cm is not None:
+                cm.__exit__(None, None, None)
+            upstream.close()
 
     rows = []
     for label, rate in PACES:
@@ -156,9 +194,9 @@ def bench(quick: bool) -> tuple[str, dict[str, dict[str, Run]]]:
         d, b, p = r["direct"], r["relay"], r["proxy"]
         ratio = p.us_per_event / b.us_per_event
         rows.append(
-            f"| {label} | {STREAMS * rate:,.0f} | {b.us_per_event:.1f} | {p.us_per_event:.1f} | {ratio:.2f} | "
+            f"| {label} | {STREAMS * rate:,.0f} / {STREAMS * EVENTS * rate / BODY['max_tokens']:,.0f} | {b.us_per_event:.1f} | {p.us_per_event:.1f} | {ratio:.2f} | "
             f"{b.events_per_core_second:,.0f} | {p.events_per_core_second:,.0f} | "
-            f"{p.delivered_per_second:,.0f} | "
+            f"{d.steady:,.0f} / {p.steady:,.0f} | "
             f"{d.p99_gap * 1000:.2f} | {b.p99_gap * 1000:.2f} | {p.p99_gap * 1000:.2f} | "
             f"{(p.p99_gap - d.p99_gap) * 1000:.2f} |"
         )
@@ -166,21 +204,26 @@ def bench(quick: bool) -> tuple[str, dict[str, dict[str, Run]]]:
         "## Streaming relay: proxy vs bare TCP relay" + (" (quick run)" if quick else ""),
         "",
         f"Method: `bench/bench_stream.py`. {STREAMS} concurrent streams from `bench/loadgen.py` (its own process), "
-        f"each answer {BODY['max_tokens']} tokens paced by the simulator (one SSE event per token, plus the role, "
-        "finish, usage and [DONE] events: 28 events per answer), "
+        f"each answer {BODY['max_tokens']} tokens paced by `bench/paced_upstream.py` (the simulator's events and "
+        "usage from a raw uvloop protocol, one `call_at` per token: one SSE event per token, plus the role, "
+        "finish, usage and [DONE] events: 28 events per answer; cheap enough that it and the load generator "
+        "keep pace on their shared CPU), "
         f"{per_stream} answers per connection, connections started staggered over one answer's duration. "
-        "The same traffic goes direct to the simulator, through a bare TCP relay (exporter/sim/relay.py "
+        "The same traffic goes direct to the upstream, through a bare TCP relay (exporter/sim/relay.py "
         "on uvloop, `bench/bare_relay.py`: the floor for anything that passes bytes on) and through the "
         f"proxy, in this order, in the same run. CPU placement: {where.describe()}; the relay sits on the "
         "proxy's CPU. `µs/event` is the relaying process's CPU time (utime + stime of all its threads; the "
         "proxy's includes authentication, the counters and the ledger row of each request) divided by the "
-        "SSE events the client received; `events/s per core` is its inverse. Gaps are the times between "
+        "SSE events the client received; `events/s per core` is its inverse. `events/s with all streams running` "
+        "counts the events the client received while every one of the streams was running (from one answer's "
+        "time after the start until the first connection finished, less a tenth of an answer at each end). Gaps are the times between "
         "consecutive events of one answer at the client; `added p99 gap` is the proxy's p99 minus the "
         f"direct run's. Load average at start: {load:.2f} (the machine is shared: CPU per event is the "
-        "robust figure, gaps are noisier).",
+        "robust figure, gaps are noisier). Every proxied answer was checked in the ledger afterwards: status "
+        "200, the upstream's exact usage, none estimated.",
         "",
-        "| pacing | events/s offered | relay µs/event | proxy µs/event | proxy / relay | relay events/s per core "
-        "| proxy events/s per core | events/s delivered (proxy) | direct p99 gap ms | relay p99 gap ms "
+        "| pacing | offered: tokens/s / events/s | relay µs/event | proxy µs/event | proxy / relay | relay events/s per core "
+        "| proxy events/s per core | events/s with all streams running: direct / proxy | direct p99 gap ms | relay p99 gap ms "
         "| proxy p99 gap ms | added p99 gap ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,

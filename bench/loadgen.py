@@ -13,7 +13,8 @@ response. Latency is measured per request from just before the write to the last
 Prints one JSON object: {"latencies": [s...], "ttfts": [s...], "seconds": wall, "errors": n,
 "statuses": {...}}. With ``--events`` it also counts the SSE events of every answer (blank-line
 terminated, counted in the de-chunked body) and reports ``events`` (all of them, warm-up included)
-and ``gaps``: the time between consecutive events of one answer, as seen by this client.
+``gaps``: the time between consecutive events of one answer, as seen by this client, and
+``buckets``: the events received in each 10 ms slot of the measured phase.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import json
 import sys
 import time
 from urllib.parse import urlsplit
+
+BUCKET_SECONDS = 0.01  # --events: events received are also counted per slot of this length
 
 
 class _Conn(asyncio.Protocol):
@@ -130,6 +133,11 @@ class _Conn(asyncio.Protocol):
                 if self.last_event is not None:
                     gen.gaps.append(now - self.last_event)
                 gen.gaps.extend([0.0] * (n - 1))  # events that arrived together
+                slot = int((now - gen.started) / BUCKET_SECONDS)
+                buckets = gen.buckets
+                if slot >= len(buckets):
+                    buckets.extend([0] * (slot + 1 - len(buckets)))
+                buckets[slot] += n
             self.last_event = now
 
     def _complete(self) -> None:
@@ -192,6 +200,8 @@ class LoadGen:
         self.count_events = count_events
         self.events = 0
         self.gaps: list[float] = []
+        self.started = time.perf_counter()  # of the phase: events are counted in time slots from here
+        self.buckets: list[int] = []  # events received per BUCKET_SECONDS slot of the measured phase
 
     async def phase(self, concurrency: int, requests: int, stagger: float = 0.0) -> float:
         loop = asyncio.get_running_loop()
@@ -200,7 +210,7 @@ class LoadGen:
             _, proto = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
             conns.append(proto)
         self.remaining = requests
-        started = time.perf_counter()
+        started = self.started = time.perf_counter()
         # Staggered starts spread the connections' requests over time, like independent users; without
         # it, an upstream with a fixed latency answers all of them at the same instant, every time.
         await asyncio.gather(*(c.run(stagger * i / concurrency) for i, c in enumerate(conns)))
@@ -225,7 +235,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         "seconds": seconds,
         "errors": errors,
         "statuses": {str(k): v for k, v in gen.statuses.items()},
-        **({"events": gen.events, "gaps": gen.gaps} if args.events else {}),
+        **({"events": gen.events, "gaps": gen.gaps, "buckets": gen.buckets} if args.events else {}),
     }
 
 
