@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import os
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,14 @@ BODY = {
 # (label, events per second per stream)
 WARMUP = 16  # answers before the measured phase
 EVENTS = 28  # SSE events per answer
+# the split into a cost per event and a cost per answer: answers of 8 and of 47 tokens (the most the
+# simulator's rule gives; seed 57 reaches it for this prompt), SPLIT_ANSWERS per connection
+BODIES = {
+    "main": BODY,
+    "short": {**BODY, "max_tokens": 8},
+    "long": {**BODY, "max_tokens": 200, "seed": 57},
+}
+SPLIT_ANSWERS = 3
 PACES = (("50 ms between events", 20.0), ("20 ms between events", 50.0))
 
 
@@ -99,19 +108,53 @@ def drive(url: str, token: str, rate: float, requests: int, cpus: set[int] | Non
     return Run(data["events"], data["gaps"], data["seconds"], used, requests, steady)
 
 
-def check_ledger(ledger_url: str, expected: int) -> None:
+def check_ledger(ledger_url: str, expected: dict[str, int]) -> None:
     """A bench must not report figures from a broken run: every proxied answer is in the ledger, with
-    exactly the upstream's usage (raises otherwise)."""
-    usage = expected_usage("chat/completions", BODY)
+    exactly the upstream's usage (raises otherwise). ``expected``: answers per body (``BODIES`` key)."""
+    want = []
+    for key, n in expected.items():
+        usage = expected_usage("chat/completions", BODIES[key])
+        want.append((200, usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"], 0, 1, n))
     path = ledger_url.removeprefix("sqlite:///")
     with contextlib.closing(sqlite3.connect(path)) as db:
         rows = db.execute(
             "SELECT status_code, prompt_tokens, completion_tokens, total_tokens, estimated, stream, COUNT(*) "
-            "FROM http_analytics GROUP BY 1, 2, 3, 4, 5, 6"
+            "FROM http_analytics GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 3"
         ).fetchall()
-    want = [(200, usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"], 0, 1, expected)]
-    if rows != want:
+    if rows != sorted(want, key=lambda r: r[2]):
         raise RuntimeError(f"ledger rows {rows}, expected {want}")
+
+
+def split(
+    urls: dict[str, tuple[str, str, int]], rounds: int, cpus: set[int] | None
+) -> dict[str, tuple[float, float]]:
+    """(marginal µs per event, fixed µs per answer) per relaying process: short and long answers at
+    20 ms pacing, interleaved over ``rounds``; the line through the two medians of CPU per answer
+    against events per answer."""
+    rate = 50.0
+    per: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for _ in range(rounds):
+        for name, (url, token, pid) in urls.items():
+            for key in ("short", "long"):
+                body = BODIES[key]
+                tokens = expected_usage("chat/completions", body)["completion_tokens"]
+                options = ("--header", f"X-Sim-Tokens-Per-Second: {rate}", "--events")
+                answers = STREAMS * SPLIT_ANSWERS
+                load = Load(
+                    url, token, body, STREAMS, answers, WARMUP, stagger=tokens / rate, options=options
+                )
+                data, used = run_loadgen(load, cpus, pid)
+                per.setdefault((name, key), []).append(
+                    (used / (answers + WARMUP), data["events"] / (answers + WARMUP))
+                )
+    out = {}
+    for name in urls:
+        (cs, es), (cl, el) = (
+            (statistics.median(c for c, _ in per[(name, k)]), per[(name, k)][0][1]) for k in ("short", "long")
+        )
+        slope = (cl - cs) / (el - es)
+        out[name] = (slope * 1e6, (cs - slope * es) * 1e6)
+    return out
 
 
 class Child:
@@ -142,6 +185,7 @@ def bench(quick: bool) -> tuple[str, dict[str, dict[str, Run]]]:
     where: Placement = placement()
     load = os.getloadavg()[0]
     per_stream = 2 if quick else 4  # answers per connection
+    rounds = 1 if quick else 3  # of the per-event / per-answer split
     requests = STREAMS * per_stream
     results: dict[str, dict[str, Run]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmpdir:
@@ -179,8 +223,17 @@ def bench(quick: bool) -> tuple[str, dict[str, dict[str, Run]]]:
                         proxy_pid,
                     ),
                 }
+            parts = split(
+                {
+                    "relay": (relay_url, UPSTREAM_API_KEY, relay.proc.pid),
+                    "proxy": (f"{stack.api_url}/v1/chat/completions", token, proxy_pid),
+                },
+                rounds,
+                where.loadgen,
+            )
             wait_ledger_idle(stack)
-            check_ledger(stack.ledger_url, len(PACES) * (requests + WARMUP))
+            n = rounds * (STREAMS * SPLIT_ANSWERS + WARMUP)
+            check_ledger(stack.ledger_url, {"main": len(PACES) * (requests + WARMUP), "short": n, "long": n})
         finally:
             if relay is not None:
                 relay.close()
@@ -227,6 +280,19 @@ def bench(quick: bool) -> tuple[str, dict[str, dict[str, Run]]]:
         "| proxy p99 gap ms | added p99 gap ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
+        "",
+        "Per event and per answer: the same two relays on answers of "
+        f"{expected_usage('chat/completions', BODIES['short'])['completion_tokens']} and "
+        f"{expected_usage('chat/completions', BODIES['long'])['completion_tokens']} tokens (20 ms apart, "
+        f"{STREAMS} streams, {SPLIT_ANSWERS} answers per connection, interleaved over {rounds} round(s)); the "
+        "line through the two medians of CPU per answer against events per answer splits the cost into a part "
+        "per event (its slope) and a part per answer (where it meets zero events).",
+        "",
+        "| | relay | proxy | proxy / relay |",
+        "|---|---:|---:|---:|",
+        f"| µs per event (marginal) | {parts['relay'][0]:.1f} | {parts['proxy'][0]:.1f} | "
+        f"{parts['proxy'][0] / parts['relay'][0]:.2f} |",
+        f"| µs per answer (fixed) | {parts['relay'][1]:.0f} | {parts['proxy'][1]:.0f} | |",
         "",
     ]
     return "\n".join(lines), results
