@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,13 +182,13 @@ class Child:
             self.proc.wait()
 
 
-def bench(quick: bool) -> tuple[str, dict[str, dict[str, Run]]]:
+def bench(quick: bool) -> tuple[str, dict[str, list[dict[str, Run]]]]:
     where: Placement = placement()
     load = os.getloadavg()[0]
     per_stream = 2 if quick else 4  # answers per connection
-    rounds = 1 if quick else 3  # of the per-event / per-answer split
+    rounds = 1 if quick else 3  # interleaved rounds; the figures are their medians
     requests = STREAMS * per_stream
-    results: dict[str, dict[str, Run]] = {}
+    results: dict[str, list[dict[str, Run]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmpdir:
         upstream = Child([str(UPSTREAM)], where.sim)  # the simulator's seat
         relay = None
@@ -206,23 +207,31 @@ def bench(quick: bool) -> tuple[str, dict[str, dict[str, Run]]]:
             # the relay gets the proxy's CPU: the same seat
             relay = Child([str(RELAY), "--target", f"127.0.0.1:{upstream.port}"], where.proxy)
             relay_url = f"http://127.0.0.1:{relay.port}/v1/chat/completions"
-            for label, rate in PACES:
-                results[label] = {
-                    "direct": drive(
-                        f"{base}/v1/chat/completions", UPSTREAM_API_KEY, rate, requests, where.loadgen, None
-                    ),
-                    "relay": drive(
-                        relay_url, UPSTREAM_API_KEY, rate, requests, where.loadgen, relay.proc.pid
-                    ),
-                    "proxy": drive(
-                        f"{stack.api_url}/v1/chat/completions",
-                        token,
-                        rate,
-                        requests,
-                        where.loadgen,
-                        proxy_pid,
-                    ),
-                }
+            for _ in range(rounds):  # interleaved: the machine's noise falls on all three alike
+                for label, rate in PACES:
+                    results.setdefault(label, []).append(
+                        {
+                            "direct": drive(
+                                f"{base}/v1/chat/completions",
+                                UPSTREAM_API_KEY,
+                                rate,
+                                requests,
+                                where.loadgen,
+                                None,
+                            ),
+                            "relay": drive(
+                                relay_url, UPSTREAM_API_KEY, rate, requests, where.loadgen, relay.proc.pid
+                            ),
+                            "proxy": drive(
+                                f"{stack.api_url}/v1/chat/completions",
+                                token,
+                                rate,
+                                requests,
+                                where.loadgen,
+                                proxy_pid,
+                            ),
+                        }
+                    )
             parts = split(
                 {
                     "relay": (relay_url, UPSTREAM_API_KEY, relay.proc.pid),
@@ -233,7 +242,9 @@ def bench(quick: bool) -> tuple[str, dict[str, dict[str, Run]]]:
             )
             wait_ledger_idle(stack)
             n = rounds * (STREAMS * SPLIT_ANSWERS + WARMUP)
-            check_ledger(stack.ledger_url, {"main": len(PACES) * (requests + WARMUP), "short": n, "long": n})
+            check_ledger(
+                stack.ledger_url, {"main": rounds * len(PACES) * (requests + WARMUP), "short": n, "long": n}
+            )
         finally:
             if relay is not None:
                 relay.close()
@@ -243,15 +254,22 @@ def bench(quick: bool) -> tuple[str, dict[str, dict[str, Run]]]:
 
     rows = []
     for label, rate in PACES:
-        r = results[label]
-        d, b, p = r["direct"], r["relay"], r["proxy"]
-        ratio = p.us_per_event / b.us_per_event
+        runs = results[label]
+
+        def med(f: Callable[[dict[str, Run]], float], runs: list[dict[str, Run]] = runs) -> float:
+            return statistics.median(f(r) for r in runs)
+
+        relay_us = med(lambda r: r["relay"].us_per_event)
+        proxy_us = med(lambda r: r["proxy"].us_per_event)
+        added = [(r["proxy"].p99_gap - r["direct"].p99_gap) * 1000 for r in runs]
         rows.append(
-            f"| {label} | {STREAMS * rate:,.0f} / {STREAMS * EVENTS * rate / BODY['max_tokens']:,.0f} | {b.us_per_event:.1f} | {p.us_per_event:.1f} | {ratio:.2f} | "
-            f"{b.events_per_core_second:,.0f} | {p.events_per_core_second:,.0f} | "
-            f"{d.steady:,.0f} / {p.steady:,.0f} | "
-            f"{d.p99_gap * 1000:.2f} | {b.p99_gap * 1000:.2f} | {p.p99_gap * 1000:.2f} | "
-            f"{(p.p99_gap - d.p99_gap) * 1000:.2f} |"
+            f"| {label} | {STREAMS * rate:,.0f} / {STREAMS * EVENTS * rate / BODY['max_tokens']:,.0f} | "
+            f"{relay_us:.1f} | {proxy_us:.1f} | {med(lambda r: r['proxy'].us_per_event / r['relay'].us_per_event):.2f} | "
+            f"{1e6 / relay_us:,.0f} | {1e6 / proxy_us:,.0f} | "
+            f"{med(lambda r: r['direct'].steady):,.0f} / {med(lambda r: r['proxy'].steady):,.0f} | "
+            f"{med(lambda r: r['direct'].p99_gap) * 1000:.2f} | {med(lambda r: r['relay'].p99_gap) * 1000:.2f} | "
+            f"{med(lambda r: r['proxy'].p99_gap) * 1000:.2f} | {statistics.median(added):.2f} "
+            f"({', '.join(f'{a:.2f}' for a in added)}) |"
         )
     lines = [
         "## Streaming relay: proxy vs bare TCP relay" + (" (quick run)" if quick else ""),
@@ -271,7 +289,9 @@ def bench(quick: bool) -> tuple[str, dict[str, dict[str, Run]]]:
         "counts the events the client received while every one of the streams was running (from one answer's "
         "time after the start until the first connection finished, less a tenth of an answer at each end). Gaps are the times between "
         "consecutive events of one answer at the client; `added p99 gap` is the proxy's p99 minus the "
-        f"direct run's. Load average at start: {load:.2f} (the machine is shared: CPU per event is the "
+        f"direct run's, per round (in brackets) and their median. Every figure is the median of {rounds} "
+        f"interleaved round(s) (direct, relay, proxy in turn). Load average at start: {load:.2f} (the machine "
+        "is shared: CPU per event is the "
         "robust figure, gaps are noisier). Every proxied answer was checked in the ledger afterwards: status "
         "200, the upstream's exact usage, none estimated.",
         "",
