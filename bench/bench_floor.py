@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from bench_proxy import BODY, Placement, completion_tokens, drive, pin, placement, start  # noqa: E402
+from bench_proxy import BODY, Child, Placement, completion_tokens, drive, placement, start  # noqa: E402
 
 from exporter.sim.harness import UPSTREAM_API_KEY  # noqa: E402
 
@@ -42,29 +41,6 @@ ROUNDS = 3
 WARMUP = 200
 # one realistic answer: 50 ms to the first token, then the answer's tokens at 50 tokens/s
 ANSWER_SECONDS = 0.05 + completion_tokens(BODY) / 50.0
-
-
-class Relay:
-    """A relaying process started from ``script`` with ``--target``; it prints its port."""
-
-    def __init__(self, script: str, target: str, cpus: set[int] | None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(BENCH / script), "--target", target],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        assert self.proc.stdout is not None
-        self.port = int(self.proc.stdout.readline())
-        pin(self.proc.pid, cpus)
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 REALISTIC = {"latency_ms": 50.0, "tokens_per_second": 50.0}  # as bench_proxy's realistic scenario
@@ -82,13 +58,13 @@ def _ladder(tmp: Path, where: Placement, requests: int, realistic: bool) -> dict
         where,
         **sim_opts,
     )
-    relays: list[Relay] = []
+    relays: list[Child] = []
     try:
         token = next(iter(stack.tokens.values()))
         sim = stack.sim_url.removeprefix("http://")
-        relay = Relay("bare_relay.py", sim, where.proxy)
+        relay = Child([str(BENCH / "bare_relay.py"), "--target", sim], where.proxy)
         relays.append(relay)
-        passthrough = Relay("passthrough.py", sim, where.proxy)
+        passthrough = Child([str(BENCH / "passthrough.py"), "--target", sim], where.proxy)
         relays.append(passthrough)
         path = "/v1/chat/completions"
         rungs = {

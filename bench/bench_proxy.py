@@ -140,6 +140,30 @@ def pin(pid: int, cpus: set[int] | None) -> None:
             os.sched_setaffinity(int(task.name), cpus)
 
 
+class Child:
+    """A helper process from bench/ (the relay, the paced upstream) that prints its port and runs
+    until its stdin closes."""
+
+    def __init__(self, argv: list[str], cpus: set[int] | None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        pin(self.proc.pid, cpus)
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime

@@ -29,7 +29,6 @@ import contextlib
 import os
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from bench_proxy import Load, Placement, pct, pin, placement, run_loadgen, start, wait_ledger_idle  # noqa: E402
+from bench_proxy import Child, Load, Placement, pct, placement, run_loadgen, start, wait_ledger_idle  # noqa: E402
 
 from exporter.sim.harness import UPSTREAM_API_KEY  # noqa: E402
 from exporter.sim.upstream import expected_usage  # noqa: E402
@@ -156,30 +155,6 @@ def split(
         slope = (cl - cs) / (el - es)
         out[name] = (slope * 1e6, (cs - slope * es) * 1e6)
     return out
-
-
-class Child:
-    """A helper process from bench/ (the relay, the paced upstream) that prints its port and runs
-    until its stdin closes."""
-
-    def __init__(self, argv: list[str], cpus: set[int] | None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        assert self.proc.stdout is not None
-        self.port = int(self.proc.stdout.readline())
-        pin(self.proc.pid, cpus)
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def bench(quick: bool) -> tuple[str, dict[str, list[dict[str, Run]]]]:
