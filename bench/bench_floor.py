@@ -20,19 +20,17 @@ proxy's cost is the framework's and which its own work.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from bench_proxy import BODY, Child, Placement, completion_tokens, drive, placement, start  # noqa: E402
+from bench_proxy import BODY, Child, Placement, completion_tokens, drive, main_for, placement, start  # noqa: E402
 
 from exporter.sim.harness import UPSTREAM_API_KEY  # noqa: E402
 
@@ -156,8 +154,4 @@ def run(quick: bool) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    started = time.monotonic()
-    print(run(parser.parse_args().quick))
-    print(f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
+    main_for(run, __doc__)

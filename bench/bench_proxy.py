@@ -164,6 +164,15 @@ class Child:
             self.proc.wait()
 
 
+def main_for(run: Callable[[bool], str], doc: str | None) -> None:
+    """The command line of a bench module: ``[--quick]``, its section on stdout, the time on stderr."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--quick", action="store_true", help="smaller runs (for a smoke test)")
+    started = time.monotonic()
+    print(run(parser.parse_args().quick))
+    print(f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime

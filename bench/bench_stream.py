@@ -24,14 +24,12 @@ exactly the upstream's usage, or the bench fails.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sqlite3
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +38,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from bench_proxy import Child, Load, Placement, pct, placement, run_loadgen, start, wait_ledger_idle  # noqa: E402
+from bench_proxy import Child, Load, Placement, main_for, pct, placement, run_loadgen, start, wait_ledger_idle  # noqa: E402
 
 from exporter.sim.harness import UPSTREAM_API_KEY  # noqa: E402
 from exporter.sim.upstream import expected_usage  # noqa: E402
@@ -298,8 +296,4 @@ def run(quick: bool) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    started = time.monotonic()
-    print(run(parser.parse_args().quick))
-    print(f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
+    main_for(run, __doc__)
