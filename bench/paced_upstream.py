@@ -125,22 +125,32 @@ class _Conn(asyncio.Protocol):
         )
 
     def _next(self) -> None:
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buf) > MAX_HEAD and self.transport is not None:
-                self.transport.close()
-            return
-        lines = self.buf[:end].decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", "0"))
-        if len(self.buf) < end + 4 + length:
-            return
-        raw = self.buf[end + 4 : end + 4 + length]
-        self.buf = self.buf[end + 4 + length :]
-        method, _, rest = lines[0].partition(" ")
+        """Serve the requests waiting in the buffer, up to the first stream (which makes us busy)."""
+        while not self.busy and self.transport is not None and not self.transport.is_closing():
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > MAX_HEAD:
+                    self.transport.close()
+                return
+            lines = self.buf[:end].decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            length_text = headers.get("content-length", "0")
+            if not length_text.isdigit():
+                self._reply("400 Bad Request", f"bad Content-Length {length_text[:20]!r}")
+                self.transport.close()  # the next request's start is unknown
+                return
+            length = int(length_text)
+            if len(self.buf) < end + 4 + length:
+                return
+            raw = self.buf[end + 4 : end + 4 + length]
+            self.buf = self.buf[end + 4 + length :]
+            self._serve(lines[0], headers, raw)
+
+    def _serve(self, request_line: str, headers: dict[str, str], raw: bytes) -> None:
+        method, _, rest = request_line.partition(" ")
         path = rest.partition(" ")[0]
         if headers.get("authorization") != f"Bearer {self.server.api_key}":
             self._reply("401 Unauthorized", "invalid upstream API key")
@@ -183,6 +193,7 @@ class _Conn(asyncio.Protocol):
         if not tokens:
             transport.write(tail)
             self.busy = False
+            self._next()
 
 
 class PacedUpstream:

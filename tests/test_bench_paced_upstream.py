@@ -4,6 +4,8 @@ hold exactly that usage)."""
 
 from __future__ import annotations
 
+import json
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -103,3 +105,28 @@ def test_through_the_proxy_ledger_exact(upstream: int, tmp_path: Path) -> None:
             time.sleep(0.1)
     usage = expected_usage("chat/completions", BODY)
     assert rows == [("bench-paced", 200, usage["prompt_tokens"], 24, usage["prompt_tokens"] + 24, 0, 1)]
+
+
+def test_pipelined_requests_on_one_connection(upstream: int) -> None:
+    """A refused request and a stream sent back to back: both answered, in order."""
+    body = json.dumps({**BODY, "stream": True}).encode()
+
+    def request(key: str) -> bytes:
+        return (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+            f"X-Sim-Tokens-Per-Second: 1000\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+
+    with socket.create_connection(("127.0.0.1", upstream), timeout=10) as sock:
+        sock.sendall(request("sk-wrong") + request(UPSTREAM_API_KEY))
+        received = b""
+        while not received.endswith(b"\r\n0\r\n\r\n"):
+            data = sock.recv(65536)
+            assert data, f"connection closed early after {received[-200:]!r}"
+            received += data
+    first, _, rest = received.partition(b"HTTP/1.1 200 OK\r\n")
+    assert first.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+    # the role, 24 tokens, the finish event and [DONE]: no usage event without include_usage
+    assert rest.count(b"data: ") == 27
+    assert b'"usage"' not in rest.replace(b'"usage":null', b"")
+    assert rest.count(b"data: [DONE]") == 1
