@@ -15,7 +15,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +31,7 @@ from exporter.ledger.validate import storable_text, tokens_problem
 from exporter.logs import get_logger
 from exporter.proxy.call import Call
 from exporter.proxy.errors import error_response
+from exporter.proxy.exchange import AiohttpExchange, Exchange
 from exporter.proxy.lifecycle import SHUTDOWN_STATUS, Streams, journal_begin
 from exporter.proxy.metrics import ProxyMetrics
 from exporter.proxy.redact import clean_message, public_url
@@ -129,8 +130,8 @@ class RequestIds:
 _IDS = RequestIds()
 
 
-def _bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    header = headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
@@ -229,25 +230,10 @@ def _reply(
     return error_response(status, message, type_, code, param, headers={"X-Request-Id": call.request_id})
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The request body, or None when it exceeds ``limit`` bytes."""
-    length = request.content_length
-    if length is not None:
-        if length > limit:
-            return None
-        return await request.read()  # framed by Content-Length: cannot grow past the limit
-    buf = bytearray()
-    async for chunk in request.content.iter_any():
-        buf += chunk
-        if len(buf) > limit:
-            return None
-    return bytes(buf)
-
-
-def _upstream_headers(request: web.Request, model: Model, call: Call) -> dict[str, str]:
-    connection = request.headers.get("Connection")
+def _upstream_headers(ex: Exchange, model: Model, call: Call) -> dict[str, str]:
+    connection = ex.headers.get("Connection")
     drop = REQUEST_DROP | {h.strip().lower() for h in connection.split(",")} if connection else REQUEST_DROP
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in drop}
+    headers = {k: v for k, v in ex.headers.items() if k.lower() not in drop}
     headers["Content-Type"] = "application/json"
     headers["Accept-Encoding"] = "identity"  # usage must be readable; compression is the client hop's job
     headers["X-Request-Id"] = call.request_id
@@ -266,13 +252,24 @@ def _upstream_order(state: ProxyState, model: Model) -> Sequence[str]:
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
+    """aiohttp's route handler for the API endpoints (the fast lane calls ``handle`` itself)."""
+    ex = AiohttpExchange(request)
+    response = await handle(request.app[STATE], ex)
+    if response is None:  # streamed
+        assert ex.response is not None
+        return ex.response
+    return response
+
+
+async def handle(state: ProxyState, ex: Exchange) -> web.Response | None:
+    """One API request, on either lane: the response to send, or None when it was streamed through
+    ``ex``. Records the request (ledger row, counters) whatever happens."""
     rid, timestamp = _IDS.new()
-    call = Call(rid, time.perf_counter(), timestamp, request.path)
+    call = Call(rid, time.perf_counter(), timestamp, ex.path)
     try:
-        return await _serve(request, state, call)
+        return await _serve(ex, state, call)
     except asyncio.CancelledError:
-        # aiohttp cancels the handler when the client's connection is lost
+        # the lane cancels the handler when the client's connection is lost
         if call.complete:
             raise  # the stream was delivered in full; the client closing after its end is no error
         if state.cutting:  # the proxy ended it, not the client (see server.py)
@@ -292,11 +289,11 @@ async def _handle(request: web.Request) -> web.StreamResponse:
             _finish(state, call)
 
 
-async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.StreamResponse:
+async def _serve(ex: Exchange, state: ProxyState, call: Call) -> web.Response | None:
     cfg = state.cfg
     if state.draining:
         return _reply(call, 503, "the proxy is shutting down", "service_unavailable", "shutting_down")
-    token = _bearer(request)
+    token = _bearer(ex.headers)
     record = state.keys.lookup(token) if token else None
     if record is None:
         msg = (
@@ -312,13 +309,13 @@ async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.Str
     if expired is not None:
         return _reply(call, 401, expired, "invalid_request_error", "expired_api_key")
 
-    if request.content_type not in ("application/json", "", "application/octet-stream", "text/plain"):
+    if ex.content_type not in ("application/json", "", "application/octet-stream", "text/plain"):
         return _reply(
-            call, 400, f"expected a JSON body, got Content-Type {request.content_type}", code="invalid_json"
+            call, 400, f"expected a JSON body, got Content-Type {ex.content_type}", code="invalid_json"
         )
-    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+    if ex.headers.get("Content-Encoding", "identity").lower() != "identity":
         return _reply(call, 400, "compressed request bodies are not supported", code="unsupported_encoding")
-    raw = await _read_body(request, cfg.proxy.max_body_bytes)
+    raw = await ex.read_body(cfg.proxy.max_body_bytes)
     if raw is None:
         return _reply(
             call,
@@ -385,15 +382,15 @@ async def _serve(request: web.Request, state: ProxyState, call: Call) -> web.Str
             if refused.retry_after is not None:
                 headers["Retry-After"] = str(refused.retry_after)
             return error_response(429, refused.message, refused.code, refused.code, headers=headers)
-    return await _forward(request, state, call, model, payload, hide_usage)
+    return await _forward(ex, state, call, model, payload, hide_usage)
 
 
 async def _open_upstream(
-    request: web.Request, state: ProxyState, call: Call, model: Model, payload: bytes
+    ex: Exchange, state: ProxyState, call: Call, model: Model, payload: bytes
 ) -> aiohttp.ClientResponse | UpstreamResponse | web.Response:
     """POST to the first upstream that accepts the connection; an error response when none does."""
     assert state.session is not None and state.pool is not None
-    headers = _upstream_headers(request, model, call)
+    headers = _upstream_headers(ex, model, call)
     suffix = call.endpoint.removeprefix("/v1")
     last_error = ""
     for base in _upstream_order(state, model):
@@ -434,12 +431,12 @@ async def _open_upstream(
 
 
 async def _forward(
-    request: web.Request, state: ProxyState, call: Call, model: Model, payload: bytes, hide_usage: bool
-) -> web.StreamResponse:
+    ex: Exchange, state: ProxyState, call: Call, model: Model, payload: bytes, hide_usage: bool
+) -> web.Response | None:
     state.metrics.inflight_inc(model.name)
     state.inflight += 1
     try:
-        opened = await _open_upstream(request, state, call, model, payload)
+        opened = await _open_upstream(ex, state, call, model, payload)
         if isinstance(opened, web.Response):
             return opened
         call.forwarded = True
@@ -453,7 +450,8 @@ async def _forward(
                 journal_begin(state.ledger, call, upstream.status)
                 state.streams.add(call.request_id, upstream)
                 try:
-                    return await relay_stream(request, call, upstream, hide_usage, state.streams)
+                    await relay_stream(ex, call, upstream, hide_usage, state.streams)
+                    return None
                 finally:
                     state.streams.discard(call.request_id)
             return await relay_body(call, upstream)
@@ -469,7 +467,7 @@ async def _forward(
 
 async def _models(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    token = _bearer(request)
+    token = _bearer(request.headers)
     record = state.keys.lookup(token) if token else None
     if record is None:
         state.metrics.usage.reject(401)
@@ -489,7 +487,7 @@ async def _models(request: web.Request) -> web.Response:
 async def _usage(request: web.Request) -> web.Response:
     """GET /v1/usage: the caller's own usage this billing month and the limits that apply."""
     state = request.app[STATE]
-    token = _bearer(request)
+    token = _bearer(request.headers)
     record = state.keys.lookup(token) if token else None
     if record is None:
         return error_response(401, "invalid or missing API key", code="invalid_api_key")

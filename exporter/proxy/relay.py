@@ -9,7 +9,7 @@ least per event that keeps the accounting exact:
   ``data_received`` decodes it (by the proxy's own client, exporter/proxy/upstream_client.py, or by
   aiohttp's payload reader, tapped with ``_TappedReader``) and written straight to the client's
   transport, one HTTP chunk per upstream read; the first write carries the status line and headers
-  that ``prepare`` left in aiohttp's writer;
+  that the lane left waiting (exporter/proxy/exchange.py);
 - flow control only when the client's socket buffer is above its high-water mark: the stream is
   then handed back to the handler's task and aiohttp's reader, which buffers and stops reading the
   upstream until the client has caught up (a slow client slows its upstream; a fast one costs no
@@ -43,6 +43,7 @@ from exporter.proxy.usage import InvalidUsage, SSEFilter, Usage, read_usage, res
 
 if TYPE_CHECKING:
     from exporter.proxy.call import Call
+    from exporter.proxy.exchange import Exchange
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus what the proxy sets itself or must never pass on.
 HOP_BY_HOP = frozenset(
@@ -138,12 +139,12 @@ class _Relay:
     behind (``slow``), or fails with what ended it (an upstream error, or
     ``ClientConnectionResetError`` when the client has gone)."""
 
-    __slots__ = ("_chunked", "_redact", "_transport", "_writer", "call", "done", "first", "slow", "sse")
+    __slots__ = ("_chunked", "_ex", "_redact", "_transport", "call", "done", "first", "slow", "sse")
 
-    def __init__(self, request: web.Request, call: Call, sse: SSEFilter, chunked: bool) -> None:
-        self._transport = request.transport  # the connection's, for the response's whole life
-        self._writer = request.writer  # aiohttp's, holding the prepared status line and headers
-        self._chunked = chunked
+    def __init__(self, ex: Exchange, call: Call, sse: SSEFilter) -> None:
+        self._transport = ex.transport  # the connection's, for the response's whole life
+        self._ex = ex  # holding the prepared status line and headers
+        self._chunked = ex.chunked
         self._redact = model_redactor(call.model).data  # an upstream echoing its credential
         self.call = call
         self.sse = sse
@@ -172,7 +173,7 @@ class _Relay:
         if self.first:
             call.first_byte = time.perf_counter()
             self.first = False
-            out = self._head() + out
+            out = self._ex.take_head() + out
         # Once the end marker has been handed to the transport the client has the whole answer: a
         # close from then on (the SDK stops reading at [DONE] while the upstream still ends its body)
         # must not turn a delivered stream into a 499.
@@ -181,19 +182,6 @@ class _Relay:
         if not self.slow and transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             self.slow = True
             self.end()
-
-    def _head(self) -> bytes:
-        """The status line and headers that ``prepare`` left in aiohttp's writer, taken to go out in
-        one write with the first bytes of the body (as aiohttp itself does)."""
-        writer = self._writer
-        head = getattr(writer, "_headers_buf", None)
-        if head and not getattr(writer, "_headers_written", True):
-            writer._headers_written = True  # type: ignore[union-attr]
-            writer._headers_buf = None  # type: ignore[union-attr]
-            return bytes(head)
-        if writer is not None:
-            writer.send_headers()  # another aiohttp: its own write (a no-op when already sent)
-        return b""
 
     def backlog(self) -> bool:
         transport = self._transport
@@ -249,7 +237,7 @@ class _TappedReader(StreamReader):
         _TAPS[self].end(exc)
 
 
-async def _pump(relay: _Relay, request: web.Request, content: StreamReader | Body) -> None:
+async def _pump(relay: _Relay, ex: Exchange, content: StreamReader | Body) -> None:
     """Move the upstream's body to the client until it ends (raises what ended it)."""
     if type(content) is Body:  # the proxy's own client: it hands the body over as it decodes it
         early = content.read_nowait()
@@ -280,7 +268,7 @@ async def _pump(relay: _Relay, request: web.Request, content: StreamReader | Bod
     while True:
         if relay.backlog():
             try:
-                await request.writer.drain()
+                await ex.drain()
             except ConnectionError as exc:
                 raise aiohttp.ClientConnectionResetError(str(exc)) from exc
         chunk = await content.readany()
@@ -291,31 +279,22 @@ async def _pump(relay: _Relay, request: web.Request, content: StreamReader | Bod
             relay.send(relay._redact(data))
 
 
-class _SSEResponse(web.StreamResponse):
-    # ``prepare`` leaves the status line and headers in aiohttp's writer (as ``web.Response`` does)
-    # instead of sending them on their own: the relay's first write carries them with the first
-    # event, one system call and one TCP segment fewer per stream.
-    _send_headers_immediately = False
-
-
-async def write_error_event(
-    response: web.StreamResponse, message: str, code: str, type_: str = "upstream_error"
-) -> None:
+async def write_error_event(ex: Exchange, message: str, code: str, type_: str = "upstream_error") -> None:
     """End a started stream with an SSE error event: the status line (200) is gone by then, so this
     is how the client learns that the answer was cut short."""
-    await response.write(b"data: " + error_body(message, type_, code) + b"\n\n")
+    await ex.write(b"data: " + error_body(message, type_, code) + b"\n\n")
 
 
 async def relay_stream(
-    request: web.Request,
+    ex: Exchange,
     call: Call,
     upstream: Upstream,
     hide_usage: bool,
     streams: Streams | None = None,
-) -> web.StreamResponse:
+) -> None:
     """SSE: pass the upstream's events on as they arrive, keep the usage event. ``streams``: the
     streams in progress, which shutdown may cut (exporter/proxy/lifecycle.py)."""
-    response = _SSEResponse(status=upstream.status, headers=client_headers(upstream, call))
+    headers = client_headers(upstream, call)
     call.status = upstream.status
     sse = SSEFilter(hide_usage, keep_text=call.model is not None and call.model.usage_fallback == "tokenize")
     relay: _Relay | None = None
@@ -328,18 +307,17 @@ async def relay_stream(
         before = call.complete
         call.complete = call.complete or sse.complete  # as in _Relay.send
         try:
-            await response.write(redact(data))
+            await ex.write(redact(data))
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             call.complete = before
             raise
 
     try:
-        await response.prepare(request)  # the status line and headers wait in aiohttp's writer
+        await ex.start_stream(upstream.status, headers)  # the status line and headers wait
         try:
             # The relay writes the body from its first bytes, together with the waiting head.
-            chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
-            relay = _Relay(request, call, sse, chunked)
-            await _pump(relay, request, upstream.content)
+            relay = _Relay(ex, call, sse)
+            await _pump(relay, ex, upstream.content)
             tail = sse.flush()
             if tail:
                 await send(tail)
@@ -354,7 +332,7 @@ async def relay_stream(
             upstream.close()
             cut = shutdown_cut(streams, call) if streams is not None else None
             if cut is not None:
-                await response.write(cut)  # the proxy's shutdown ended it: the event says so
+                await ex.write(cut)  # the proxy's shutdown ended it: the event says so
             elif not sse.complete:  # after the end marker the client has the whole answer: no error
                 timeout = isinstance(exc, aiohttp.SocketTimeoutError)
                 call.status = 504 if timeout else 502
@@ -363,8 +341,8 @@ async def relay_stream(
                     "upstream timed out mid-stream" if timeout else f"upstream dropped mid-stream: {exc}",
                 )
                 code = "upstream_timeout" if timeout else "upstream_disconnected"
-                await write_error_event(response, call.error, code)
-        await response.write_eof()
+                await write_error_event(ex, call.error, code)
+        await ex.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
         upstream.close()  # stop the upstream generating for nobody
         if not call.complete:
@@ -386,4 +364,3 @@ async def relay_stream(
             call.estimated = True
             reason = sse.usage_problem or "stream ended without a usage event"
             call.usage_reason = call.usage_reason or reason
-    return response

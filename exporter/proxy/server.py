@@ -23,6 +23,7 @@ from exporter.config import Config, parse_listen
 from exporter.listener import QuietAppRunner
 from exporter.logs import get_logger
 from exporter.proxy.app import ProxyState, create_app, create_metrics_app, create_state
+from exporter.proxy.fastlane import FastLane, FastSite
 from exporter.proxy.redact import install_log_redaction
 from exporter.webconfig import WebConfig, protect, ssl_context
 
@@ -64,8 +65,12 @@ async def serve(
             "%s: basic_auth_users protect the metrics listener only; API clients authenticate with API keys",
             web_config.path,
         )
+    # The API endpoints' POSTs are served by the fast lane; it hands everything else to aiohttp.
+    lane = FastLane(state, dict(web_config.headers) if web_config is not None else None)
+    api_app = protect(create_app(state, ledger_close_timeout=max(grace, 5.0)), web_config, basic_auth=False)
+    api_app.on_shutdown.append(lambda _app: lane.shutdown(CANCEL_WAIT_SECONDS))
     api = QuietAppRunner(
-        protect(create_app(state, ledger_close_timeout=max(grace, 5.0)), web_config, basic_auth=False),
+        api_app,
         handle_signals=False,
         access_log=None,
         shutdown_timeout=CANCEL_WAIT_SECONDS,  # the grace period itself is spent in _drain
@@ -82,8 +87,8 @@ async def serve(
     try:
         for addr in listen:
             host, port = parse_listen(addr, "proxy.listen", cfg.path)
-            await web.TCPSite(
-                api, host, port, backlog=1024, reuse_address=True, ssl_context=ssl_context(web_config)
+            await FastSite(
+                api, lane, host, port, backlog=1024, reuse_address=True, ssl_context=ssl_context(web_config)
             ).start()
             log.info("proxy API listening on %s://%s:%d", _scheme(web_config), host, port)
         host, port = parse_listen(metrics_listen, "proxy.metrics_listen", cfg.path)
