@@ -28,6 +28,7 @@ from aiohttp import hdrs, web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_writer import _serialize_headers
+from aiohttp.web_response import REASON_PHRASES
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from exporter.logs import get_logger
@@ -162,7 +163,7 @@ class FastExchange(Exchange):
         return bytes(self._body)
 
     async def start_stream(self, status: int, headers: CIMultiDict[str]) -> None:
-        reason = web.Response(status=status).reason
+        reason = REASON_PHRASES.get(status, "")
         headers[hdrs.TRANSFER_ENCODING] = "chunked"
         headers.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
         if hdrs.DATE not in headers:
