@@ -8,6 +8,7 @@ relay with ``take_head``), ``write``, ``drain`` and ``write_eof``."""
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from typing import Any
 
 from aiohttp import web
@@ -15,9 +16,9 @@ from aiohttp.helpers import HeadersMixin
 from multidict import CIMultiDict, CIMultiDictProxy
 
 
-class Exchange(HeadersMixin):
-    """What the request logic needs from a lane (``content_type`` and ``content_length`` parse the
-    headers exactly as aiohttp's request does)."""
+class Exchange(HeadersMixin, ABC):
+    """What the request logic needs from a lane, implemented by each lane (``content_type`` and
+    ``content_length`` parse the headers exactly as aiohttp's request does)."""
 
     path: str
     _headers: CIMultiDictProxy[str]
@@ -28,26 +29,30 @@ class Exchange(HeadersMixin):
     def headers(self) -> CIMultiDictProxy[str]:
         return self._headers
 
+    @abstractmethod
     async def read_body(self, limit: int) -> bytes | None:
         """The request body, or None when it exceeds ``limit`` bytes."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def start_stream(self, status: int, headers: CIMultiDict[str]) -> None:
-        raise NotImplementedError
+        """Begin a streamed answer: its status line and headers wait for ``take_head``."""
 
+    @abstractmethod
     def take_head(self) -> bytes:
         """The waiting status line and headers, to be written with the first body bytes (b"" when
         the lane sent them itself)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def write(self, data: bytes) -> None:
-        raise NotImplementedError
+        """Send a piece of the streamed body (with the waiting head, if still there)."""
 
+    @abstractmethod
     async def drain(self) -> None:
-        raise NotImplementedError
+        """Wait until the client's socket buffer is below its high-water mark."""
 
+    @abstractmethod
     async def write_eof(self) -> None:
-        raise NotImplementedError
+        """End the streamed body."""
 
 
 class _SSEResponse(web.StreamResponse):
