@@ -3,6 +3,7 @@ sockets, so that the exact bytes on the wire are what is checked."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -14,7 +15,7 @@ import pytest
 import requests
 from aiohttp.http import SERVER_SOFTWARE
 
-from exporter.proxy.fastlane import _Handover, _parse_head
+from exporter.proxy.fastlane import SWEEPS, FastLane, _Handover, _parse_head
 from exporter.sim.harness import Stack, wait_for_rows
 
 BODY = b'{"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}'
@@ -242,3 +243,41 @@ def test_heads_the_fast_lane_serves(head: bytes) -> None:
 def test_heads_handed_to_aiohttp(head: bytes) -> None:
     with pytest.raises(_Handover):
         _parse_head(head, 100)
+
+
+def test_idle_connections_closed_by_the_sweep_after_keepalive() -> None:
+    """An idle connection (none sent, or half a head) is closed once ``keepalive`` has passed since it
+    went idle, and not before; with no connection left, no sweep stays scheduled."""
+    keepalive = 0.3
+
+    async def scenario() -> tuple[list[float], bool, bool]:
+        loop = asyncio.get_running_loop()
+        lane = FastLane(None, keepalive=keepalive)  # type: ignore[arg-type]  # no request gets that far
+        server = await loop.create_server(lane, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        start = loop.time()
+        silent = await asyncio.open_connection("127.0.0.1", port)
+        partial = await asyncio.open_connection("127.0.0.1", port)
+        partial[1].write(b"POST /v1/chat/comp")  # a head that never completes
+        ended = []
+        for reader, _ in (silent, partial):
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the proxy
+            ended.append(loop.time() - start)
+        await asyncio.sleep(keepalive)
+        swept_clean = lane._sweeper is None and not lane.connections
+        # shutdown stops a pending sweep
+        late = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.05)
+        await lane.shutdown(1.0)
+        stopped = lane._sweeper is None
+        late[1].close()
+        for _, writer in (silent, partial):
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        return ended, swept_clean, stopped
+
+    ended, swept_clean, stopped = asyncio.run(scenario())
+    assert all(keepalive <= t < keepalive * (1 + 1 / SWEEPS) + 2.0 for t in ended), ended
+    assert swept_clean
+    assert stopped

@@ -84,7 +84,9 @@ def client_headers(upstream: Upstream, call: Call) -> CIMultiDict[str]:
     # Case-insensitive and multi-valued, like HTTP headers: an upstream that echoes ``x-request-id``
     # in any spelling is replaced, not joined (the client must see exactly the ledger's request id),
     # and repeated headers (Link, Vary) survive.
-    headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
+    # a list, not a generator: multidict first asks a generator for ``.items()`` and formats the
+    # AttributeError, at every answer
+    headers = CIMultiDict([(k, v) for k, v in upstream.headers.items() if k.lower() not in drop])
     headers["X-Request-Id"] = call.request_id
     return model_redactor(call.model).headers(headers)  # an upstream echoing its credential
 

@@ -256,15 +256,19 @@ class SSEFilter:
                 return b""
             done = buf[:end] if end < len(buf) else buf
             self._buf = buf[end:]
-        if b'"type":"response.' in done:
-            if b'"type":"response.completed"' in done:
+        # ``find``, not ``in``: CPython's ``bytes in bytes`` first tries the needle as an integer
+        # and formats a TypeError every time, which cost about 3% of the proxy's CPU on paced
+        # streams (perf, bench/bench_stream.py). This runs for every event.
+        find = done.find
+        if find(b'"type":"response.') != -1:
+            if find(b'"type":"response.completed"') != -1:
                 self._mark_complete(done)
             return self._events(done)  # Responses API typed events: one by one
-        if b"[DONE]" in done:
+        if find(b"[DONE]") != -1:
             self._mark_complete(done)
-        if b'"error"' in done:
+        if find(b'"error"') != -1:
             self._note_error(done)
-        found = _USAGE_OBJECT.search(done) if b'"usage"' in done else None
+        found = _USAGE_OBJECT.search(done) if find(b'"usage"') != -1 else None
         if found is None:
             # Almost every chunk: no usage here, so the events pass through as they are (their
             # generated text is counted later, if at all).
