@@ -393,7 +393,8 @@ class FastLaneProtocol(asyncio.Protocol):
             self._left = length - have
             buf.clear()
         self.ex = ex
-        self.task = asyncio.get_running_loop().create_task(self._run(ex))
+        # named: an unnamed task formats "Task-<n>" for itself, at every request
+        self.task = asyncio.get_running_loop().create_task(self._run(ex), name="chargeback-request")
 
     async def _run(self, ex: FastExchange) -> None:
         try:
