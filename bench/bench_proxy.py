@@ -54,6 +54,9 @@ STREAM_BODY = {**BODY, "max_tokens": 64, "stream": True, "stream_options": {"inc
 REAL_LATENCY_MS, REAL_TOKENS_PER_SECOND = 50.0, 50.0
 REAL_BODY = {**BODY, "max_tokens": 16}
 REAL_STREAM_BODY = {**STREAM_BODY, "max_tokens": 32}
+# rounds of each realistic configuration (quick run, full run): its targets are judged on added
+# latencies of about a millisecond, which one short run on a shared machine cannot tell apart
+REAL_ROUNDS = {True: 1, False: 3}
 
 
 def completion_tokens(body: dict) -> int:
@@ -89,6 +92,17 @@ class Result:
     @property
     def p99(self) -> float:
         return pct(self.latencies, 0.99)
+
+
+def pooled(results: list[Result]) -> Result:
+    """Several runs of one configuration as one: their requests together, their times summed."""
+    return Result(
+        [x for r in results for x in r.latencies],
+        [x for r in results for x in r.ttfts],
+        sum(r.seconds for r in results),
+        sum(r.tokens for r in results),
+        sum(r.cpu_seconds for r in results),
+    )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -274,7 +288,10 @@ def compare(
     name: str,
     warmup: int,
     stagger: Callable[[bool], float] = lambda stream: 0.0,
+    rounds: int = 1,
 ) -> Scenario:
+    """Each configuration directly and through the proxy, ``rounds`` times in turn (direct, proxy,
+    direct, ...: the machine's noise falls on both alike), the rounds' requests pooled."""
     token = next(iter(stack.tokens.values()))
     proxy_pid = stack.proxy.process.proc.pid  # type: ignore[union-attr]
     direct = (f"{stack.sim_url}/v1/chat/completions", UPSTREAM_API_KEY)
@@ -283,9 +300,17 @@ def compare(
     for conc in CONCURRENCY:
         for stream, b in ((False, body), (True, stream_body)):
             n = counts(conc, stream)
-            d = drive(*direct, b, conc, n, where.loadgen, warmup=warmup, stagger=stagger(stream))
-            p = drive(*proxied, b, conc, n, where.loadgen, proxy_pid, warmup=warmup, stagger=stagger(stream))
-            cpu_us = p.cpu_seconds / (n + warmup) * 1e6
+            ds, ps = [], []
+            for _ in range(rounds):
+                ds.append(drive(*direct, b, conc, n, where.loadgen, warmup=warmup, stagger=stagger(stream)))
+                ps.append(
+                    drive(
+                        *proxied, b, conc, n, where.loadgen, proxy_pid, warmup=warmup, stagger=stagger(stream)
+                    )
+                )
+            d, p = pooled(ds), pooled(ps)
+            n *= rounds
+            cpu_us = p.cpu_seconds / (n + rounds * warmup) * 1e6
             if not stream:
                 sc.ns[conc] = (d, p)
                 sc.ns_rows.append(
@@ -420,6 +445,7 @@ def run(quick: bool) -> str:
                 "realistic",
                 warmup=8,
                 stagger=real_seconds,
+                rounds=REAL_ROUNDS[quick],
             )
         finally:
             cm.__exit__(None, None, None)
@@ -499,7 +525,9 @@ def run(quick: bool) -> str:
         f"- **realistic**: the simulator waits {REAL_LATENCY_MS:.0f} ms before the first token and then sends "
         f"{REAL_TOKENS_PER_SECOND:.0f} tokens/s per request ({completion_tokens(REAL_BODY)} completion tokens non-streaming, "
         f"{completion_tokens(REAL_STREAM_BODY)} streaming): the upstream, not the proxy, limits throughput, as with a "
-        "real inference server. The targets are evaluated here.",
+        "real inference server. The targets are evaluated here. Each configuration runs "
+        f"{REAL_ROUNDS[quick]} time{'s' if REAL_ROUNDS[quick] > 1 else ''}, in turn with its direct run, and "
+        "the rounds' requests are pooled.",
         f"- **overhead**: a zero-latency simulator ({completion_tokens(BODY)} completion tokens non-streaming, "
         f"{completion_tokens(STREAM_BODY)} streaming, one SSE event per token, written as fast as it can): this "
         "measures the proxy's own cost. The direct baseline is a simulator that costs about as little per "
