@@ -8,13 +8,16 @@ import json
 import re
 import socket
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
+from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
+from exporter.proxy import fastlane
 from exporter.proxy.fastlane import SWEEPS, FastLane, _Handover, _parse_head
 from exporter.sim.harness import Stack, wait_for_rows
 
@@ -281,3 +284,54 @@ def test_idle_connections_closed_by_the_sweep_after_keepalive() -> None:
     assert all(keepalive <= t < keepalive * (1 + 1 / SWEEPS) + 2.0 for t in ended), ended
     assert swept_clean
     assert stopped
+
+
+def test_unread_body_after_an_early_answer_does_not_hold_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An answer sent before the body was read (a 401, say): if the rest of the body never comes, the
+    connection is closed like an idle one once ``keepalive`` has passed, not held for ever; if it does
+    come, the connection serves the next request."""
+    keepalive = 0.3
+
+    async def early(state: object, ex: object) -> web.Response:
+        return web.Response(status=401, body=b"no")
+
+    monkeypatch.setattr(fastlane, "handle", early)
+    state = SimpleNamespace(cfg=SimpleNamespace(proxy=SimpleNamespace(max_body_bytes=1 << 20)))
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nContent-Length: 100\r\n\r\n"
+
+    async def answer(reader: asyncio.StreamReader) -> bytes:
+        got = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(re.search(rb"Content-Length: (\d+)", got)[1])  # type: ignore[index]
+        return got + await asyncio.wait_for(reader.readexactly(length), 5)
+
+    async def scenario() -> tuple[float, bytes, bytes]:
+        loop = asyncio.get_running_loop()
+        lane = FastLane(state, keepalive=keepalive)  # type: ignore[arg-type]
+        server = await loop.create_server(lane, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        stalled = await asyncio.open_connection("127.0.0.1", port)
+        stalled[1].write(head + b"x" * 10)  # 90 bytes of the body never come
+        first = await answer(stalled[0])
+        answered = loop.time()
+        assert await asyncio.wait_for(stalled[0].read(), 5) == b""  # closed by the proxy
+        closed_after = loop.time() - answered
+        # the rest of the body does come: the next request on the connection is served
+        whole = await asyncio.open_connection("127.0.0.1", port)
+        whole[1].write(head + b"x" * 10)
+        await answer(whole[0])
+        whole[1].write(b"x" * 90 + head + b"y" * 100)
+        second = await answer(whole[0])
+        for _, writer in (stalled, whole):
+            writer.close()
+        await lane.shutdown(1.0)
+        server.close()
+        await server.wait_closed()
+        return closed_after, first, second
+
+    closed_after, first, second = asyncio.run(scenario())
+    assert first.startswith(b"HTTP/1.1 401 Unauthorized\r\n") and first.endswith(b"\r\n\r\nno")
+    assert second.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+    # causal lower bound only: the sweep runs every keepalive / SWEEPS, a loaded machine may run it late
+    assert keepalive / 2 <= closed_after < 5, closed_after

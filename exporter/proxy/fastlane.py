@@ -298,6 +298,7 @@ class FastLaneProtocol(asyncio.Protocol):
                     self.ex.feed(data)
                 if self._left or self.task is not None:
                     return
+                self.idle_since = 0.0  # idle from now, if nothing follows
                 self._next()
                 return
             if self.ex is not None:
@@ -439,6 +440,10 @@ class FastLaneProtocol(asyncio.Protocol):
             transport.resume_reading()
         if not self._left:
             self._next()
+        else:
+            # the rest of a body that nobody reads (the answer went out early, a 401 say): should it
+            # never come, the sweep closes the connection as an idle one (aiohttp lingers 10 s)
+            self._arm_idle()
 
     def _handover(self) -> None:
         """aiohttp's connection handler serves this connection from here on, starting with the
