@@ -109,8 +109,8 @@ async def _run(quick: bool) -> str:
         *[f"| {a} | {b} | {c} |" for a, b, c in results],
         "",
         f"`submit()` on the request path: {submit_ns:,.0f} ns per row (JSON-encoding the row, a copy into the "
-        "journal's memory-mapped segment, a deque append; no system call: the fsync is the group-commit thread's, every "
-        f"{base.journal_fsync_seconds * 1000:g} ms).",
+        "journal's memory-mapped segment, a deque append; no system call per row: the fsync is the group-commit "
+        f"thread's, {base.journal_fsync_seconds * 1000:g} ms after the first row since the last one, which wakes it).",
         "",
         "Limits: SQLite commits one fsync per batch (synchronous=FULL), so throughput follows the disk's fsync "
         "latency and the Python cost of converting rows; PostgreSQL is bound by round trips, which psycopg's "
