@@ -123,12 +123,24 @@ def test_several_gpus_identity_pools_and_readings(fake: FakeNvml) -> None:
 
 
 def test_sample_based_utilisation_integrates_exactly(fake: FakeNvml) -> None:
-    gpu = FakeGpu("GPU-a", samples=[(T0, 50), (T0 + S // 2, 100), (T0 + S, 0), (T0 + 3 * S // 2, 5)])
+    # The driver's buffer already holds the seconds before the exporter starts (a real H200 gave 14 s
+    # of them at the first call): they give the ratio gauge its first value, but count neither as
+    # busy nor idle time, which observed_seconds (the basis of the cost) never saw either.
+    gpu = FakeGpu("GPU-a", samples=[(T0 - 2 * S, 100), (T0 - S, 100), (T0, 50)])
     fake.gpus = [gpu]
-    collector, reg = make()
-
-    # The first sample is the baseline; each later one holds for the time since the one before.
+    clock = Clock()
+    collector, reg = make(clock=clock)
     s = Scrape(reg)
+    assert s(c.GPU_BUSY_SECONDS_TOTAL, uuid="GPU-a") == 0
+    assert s(c.GPU_IDLE_SECONDS_TOTAL, uuid="GPU-a") == 0
+    assert s(c.GPU_OBSERVED_SECONDS_TOTAL, uuid="GPU-a") == 0
+    assert s(c.GPU_UTILIZATION_RATIO, uuid="GPU-a") == 0.75  # 1 s at 100 %, 1 s at 50 %
+
+    # The newest sample is the baseline; each later one holds for the time since the one before.
+    gpu.samples += [(T0 + S // 2, 100), (T0 + S, 0), (T0 + 3 * S // 2, 5)]
+    clock.t += 1.5
+    s = Scrape(reg)
+    assert s(c.GPU_OBSERVED_SECONDS_TOTAL, uuid="GPU-a") == 1.5
     busy, idle = 0.5 * 1.00 + 0.5 * 0.0 + 0.5 * 0.05, 0.5 + 0.5  # 5 % is at the threshold: idle
     assert s(c.GPU_BUSY_SECONDS_TOTAL, uuid="GPU-a") == pytest.approx(busy, abs=1e-12)
     assert s(c.GPU_IDLE_SECONDS_TOTAL, uuid="GPU-a") == idle
@@ -156,6 +168,25 @@ def test_sample_based_utilisation_integrates_exactly(fake: FakeNvml) -> None:
     assert s(c.GPU_UTILIZATION_RATIO, uuid="GPU-a") == pytest.approx(0.01, abs=1e-12)
     assert s(c.GPU_IDLE, uuid="GPU-a") == 1
     assert s(c.NVML_ERRORS_TOTAL, reason="not_found") is None  # "no new samples" is not an error
+    collector.close()
+
+
+def test_memory_used_leaves_the_drivers_reservation_out(fake: FakeNvml) -> None:
+    """As nvidia-smi: an idle H200 showed 0 MiB used and 615 MiB reserved, which version 1 of
+    NVML's memory call reports as used. A driver without version 2 gets version 1 (then the
+    reservation is in "used", the best that driver can say)."""
+    reserved = 615 * 2**20
+    new = FakeGpu("GPU-a", memory_used=3 * 2**30, memory_reserved=reserved)
+    old = FakeGpu("GPU-b", memory_used=3 * 2**30, memory_reserved=reserved, memory_v1_only=True)
+    fake.gpus = [new, old]
+    collector, reg = make()
+    s = Scrape(reg)
+    assert s(c.GPU_MEMORY_USED_BYTES, uuid="GPU-a") == 3 * 2**30
+    assert s(c.GPU_MEMORY_USED_BYTES, uuid="GPU-b") == 3 * 2**30 + reserved
+    assert (
+        s(c.GPU_MEMORY_TOTAL_BYTES, uuid="GPU-a") == s(c.GPU_MEMORY_TOTAL_BYTES, uuid="GPU-b") == 80 * 2**30
+    )
+    assert s(c.NVML_ERRORS_TOTAL, reason="function_not_found") is None  # the fallback is no error
     collector.close()
 
 
@@ -238,10 +269,13 @@ def test_nvml_missing_then_installed(fake: FakeNvml, caplog: pytest.LogCaptureFi
 
 
 def test_gpu_lost_mid_run_vanishes_and_recovers_with_monotonic_counters(fake: FakeNvml) -> None:
-    a = FakeGpu("GPU-a", samples=[(T0, 0), (T0 + S, 100)])
-    b = FakeGpu("GPU-b", samples=[(T0, 0), (T0 + S, 50)])
+    a = FakeGpu("GPU-a", samples=[(T0, 0)])
+    b = FakeGpu("GPU-b", samples=[(T0, 0)])
     fake.gpus = [a, b]
     collector, reg = make()
+    Scrape(reg)  # the baselines
+    a.samples.append((T0 + S, 100))
+    b.samples.append((T0 + S, 50))
     s = Scrape(reg)
     assert s(c.GPU_BUSY_SECONDS_TOTAL, uuid="GPU-a") == 1.0
     assert s(c.GPU_BUSY_SECONDS_TOTAL, uuid="GPU-b") == 0.5
@@ -307,9 +341,11 @@ def test_fatal_errors_trigger_reinit(fake: FakeNvml, code: int) -> None:
 
 
 def test_driver_reload_keeps_counters_monotonic(fake: FakeNvml) -> None:
-    gpu = FakeGpu("GPU-a", energy_mj=5_000_000, samples=[(T0, 0), (T0 + S, 100)])
+    gpu = FakeGpu("GPU-a", energy_mj=5_000_000, samples=[(T0, 0)])
     fake.gpus = [gpu]
     collector, reg = make()
+    Scrape(reg)  # the baseline
+    gpu.samples.append((T0 + S, 100))
     s = Scrape(reg)
     assert s(c.GPU_ENERGY_JOULES_TOTAL, uuid="GPU-a") == 5000.0
     assert s(c.GPU_BUSY_SECONDS_TOTAL, uuid="GPU-a") == 1.0

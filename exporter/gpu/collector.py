@@ -25,6 +25,7 @@ A scrape of a host with one GPU in pool ``h100`` looks like::
 
 Utilisation: with samples (``nvmlDeviceGetSamples``) each sample's value holds for the time since
 the previous sample, so ``busy += ratio × Δt`` and ``idle += Δt`` when ``ratio ≤ threshold``; the
+newest sample of the first reading is the baseline (older ones predate the exporter); the
 ratio gauge is the time-weighted mean of the samples that arrived since the previous scrape (kept
 from the previous scrape when none arrived). Without samples the point reading holds for the time
 since the previous scrape, measured with the injected ``clock``.
@@ -38,6 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any
 
 from prometheus_client.core import Metric
@@ -85,6 +87,18 @@ class _Scrape:
     up: bool = False
     driver_version: str = ""
     readings: list[DeviceReading] = field(default_factory=list)
+
+
+def _mean(samples: tuple[tuple[int, float], ...], default: float | None) -> float | None:
+    """Time-weighted mean of consecutive samples (each holds since the one before), as the
+    integration below weighs them; ``default`` when they span no time."""
+    total = weighted = 0.0
+    for (t0, _), (t1, ratio) in pairwise(samples):
+        dt = (t1 - t0) / 1e6
+        if 0 < dt <= MAX_HOLD_SECONDS:
+            total += dt
+            weighted += ratio * dt
+    return weighted / total if total else default
 
 
 class GpuCollector:
@@ -248,6 +262,14 @@ class GpuCollector:
             st.last_point_at = None
             prev = st.last_sample_us
             busy = idle = covered = 0.0
+            if prev is None and u.samples:
+                # No baseline yet (the first reading, or after point readings): the driver's buffer
+                # also holds the samples of the seconds before this exporter looked (14 s of them on
+                # an H200), which observed_seconds never saw. The newest is the baseline; the history
+                # only gives the ratio gauge its first value.
+                st.ratio = _mean(u.samples, st.ratio)
+                prev = u.samples[-1][0]
+                st.rebaseline = False
             for ts, ratio in u.samples:
                 if prev is not None and ts <= prev:
                     continue  # already integrated

@@ -42,6 +42,7 @@ class NvmlCall:
     function: str
     args: tuple[str, ...] = ()
     fallback: str | None = None
+    fallback_args: tuple[str, ...] | None = None  # the fallback's own arguments (None: ``args``)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,15 @@ def _gpu(name: str, kind: Any, help: str, unit: str, doc: str = "") -> MetricSpe
     return MetricSpec(name, kind, help, ("uuid",), unit, doc, SECTION)
 
 
-MEMORY = NvmlCall("memory", "nvmlDeviceGetMemoryInfo")
+# Version 2 leaves the memory the driver reserves out of "used", as nvidia-smi does (615 MiB on an
+# idle H200 that version 1 counts as used); drivers before R510 only have version 1.
+MEMORY = NvmlCall(
+    "memory",
+    "nvmlDeviceGetMemoryInfo",
+    ("nvmlMemory_v2",),
+    fallback="nvmlDeviceGetMemoryInfo",
+    fallback_args=(),
+)
 
 MEMORY_USED = GpuField(
     _gpu(
@@ -81,7 +90,7 @@ MEMORY_USED = GpuField(
         "gauge",
         "GPU memory in use, bytes.",
         "bytes",
-        "framebuffer memory in use",
+        "framebuffer memory in use, without what the driver reserves (as nvidia-smi shows it)",
     ),
     MEMORY,
     lambda m: int(m.used),

@@ -80,6 +80,8 @@ def nvml_call(call: NvmlCall, handle: Any) -> Any:
             pynvml.NVML_ERROR_DEPRECATED,
         ):
             raise
+        if call.fallback_args is not None:
+            args = [getattr(pynvml, a) for a in call.fallback_args]
         return getattr(pynvml, call.fallback)(handle, *args)
 
 

@@ -50,6 +50,9 @@ class FakeGpu:
     name: str = "NVIDIA H100 80GB HBM3"
     memory_total: int = 80 * 2**30
     memory_used: int = 0
+    # what the driver sets aside: version 1 of the memory call counts it as used, version 2 does not
+    memory_reserved: int = 0
+    memory_v1_only: bool = False  # a driver before R510: nvmlDeviceGetMemoryInfo_v2 is missing
     power_mw: int = 100_000
     energy_mj: int = 0
     temperature: int = 40
@@ -146,8 +149,17 @@ class FakeNvml:
 
     def nvmlDeviceGetMemoryInfo(self, handle: _Handle, version: Any = None) -> Any:
         gpu = self._dev(handle, "memory")
-        return pynvml.c_nvmlMemory_t(
-            total=gpu.memory_total, free=gpu.memory_total - gpu.memory_used, used=gpu.memory_used
+        if version is None:
+            used = gpu.memory_used + gpu.memory_reserved
+            return pynvml.c_nvmlMemory_t(total=gpu.memory_total, free=gpu.memory_total - used, used=used)
+        if gpu.memory_v1_only:
+            raise _err(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        return pynvml.c_nvmlMemory_v2_t(
+            version=version,
+            total=gpu.memory_total,
+            reserved=gpu.memory_reserved,
+            free=gpu.memory_total - gpu.memory_used - gpu.memory_reserved,
+            used=gpu.memory_used,
         )
 
     def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:
