@@ -171,13 +171,16 @@ def test_sample_based_utilisation_integrates_exactly(fake: FakeNvml) -> None:
     collector.close()
 
 
-def test_memory_used_leaves_the_drivers_reservation_out(fake: FakeNvml) -> None:
+@pytest.mark.parametrize(
+    "v2_error", [pynvml.NVML_ERROR_FUNCTION_NOT_FOUND, pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH]
+)
+def test_memory_used_leaves_the_drivers_reservation_out(fake: FakeNvml, v2_error: int) -> None:
     """As nvidia-smi: an idle H200 showed 0 MiB used and 615 MiB reserved, which version 1 of
-    NVML's memory call reports as used. A driver without version 2 gets version 1 (then the
-    reservation is in "used", the best that driver can say)."""
+    NVML's memory call reports as used. A driver without version 2 (or another version of its
+    structure) gets version 1: then the reservation is in "used", the best that driver can say."""
     reserved = 615 * 2**20
     new = FakeGpu("GPU-a", memory_used=3 * 2**30, memory_reserved=reserved)
-    old = FakeGpu("GPU-b", memory_used=3 * 2**30, memory_reserved=reserved, memory_v1_only=True)
+    old = FakeGpu("GPU-b", memory_used=3 * 2**30, memory_reserved=reserved, memory_v2_error=v2_error)
     fake.gpus = [new, old]
     collector, reg = make()
     s = Scrape(reg)
@@ -187,6 +190,7 @@ def test_memory_used_leaves_the_drivers_reservation_out(fake: FakeNvml) -> None:
         s(c.GPU_MEMORY_TOTAL_BYTES, uuid="GPU-a") == s(c.GPU_MEMORY_TOTAL_BYTES, uuid="GPU-b") == 80 * 2**30
     )
     assert s(c.NVML_ERRORS_TOTAL, reason="function_not_found") is None  # the fallback is no error
+    assert s(c.NVML_ERRORS_TOTAL, reason="argument_version_mismatch") is None
     collector.close()
 
 

@@ -35,7 +35,8 @@ class NvmlCall:
 
     Fields that share a call (used and total memory) share one NVML call per scrape, and its
     failure counts once. ``what`` names it in logs (and ``FakeGpu.unsupported`` in the tests);
-    ``fallback`` is called instead when the driver says ``function`` is deprecated or missing.
+    ``fallback`` is called instead when the driver says ``function`` is deprecated or missing, or
+    that it does not know the version of the structure asked for.
     """
 
     what: str

@@ -78,6 +78,7 @@ def nvml_call(call: NvmlCall, handle: Any) -> Any:
         if call.fallback is None or exc.value not in (
             pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
             pynvml.NVML_ERROR_DEPRECATED,
+            pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH,  # a driver that knows another struct version
         ):
             raise
         if call.fallback_args is not None:

@@ -52,7 +52,8 @@ class FakeGpu:
     memory_used: int = 0
     # what the driver sets aside: version 1 of the memory call counts it as used, version 2 does not
     memory_reserved: int = 0
-    memory_v1_only: bool = False  # a driver before R510: nvmlDeviceGetMemoryInfo_v2 is missing
+    # what the version-2 memory call raises (a driver before R510: FUNCTION_NOT_FOUND), None: it works
+    memory_v2_error: int | None = None
     power_mw: int = 100_000
     energy_mj: int = 0
     temperature: int = 40
@@ -152,8 +153,8 @@ class FakeNvml:
         if version is None:
             used = gpu.memory_used + gpu.memory_reserved
             return pynvml.c_nvmlMemory_t(total=gpu.memory_total, free=gpu.memory_total - used, used=used)
-        if gpu.memory_v1_only:
-            raise _err(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        if gpu.memory_v2_error is not None:
+            raise _err(gpu.memory_v2_error)
         return pynvml.c_nvmlMemory_v2_t(
             version=version,
             total=gpu.memory_total,
