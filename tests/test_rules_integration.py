@@ -235,11 +235,22 @@ def _check(prom_url: str, proxy, tokens) -> None:
     assert _close(sum(team_spend.values()), sum(c for c, _ in POOLS.values()))
     # Month-to-date sums closed 5-minute tiles: evaluate its rule (inlined) just after the tile
     # that holds the batch closes, instead of waiting up to 5 minutes for Prometheus to do it.
+    # Both in one query: that time is usually still ahead, so two queries could each see the
+    # samples scraped up to their own moment (a scrape landing between them made them disagree).
     tile_end = (int(at) // 300 + 1) * 300 + 1
-    mtd = _values(prom_url, inline("team:chargeback_spend:month_to_date"), tile_end, "team")
+    both = _values(
+        prom_url,
+        f'label_replace({inline("team:chargeback_spend:month_to_date")}, "series", "mtd", "", "")'
+        f' or label_replace({inline("team:chargeback_budget_consumption:ratio")}, "series", "ratio", "", "")',
+        tile_end,
+        "series",
+        "team",
+    )
+    mtd = {(team,): v for (series, team), v in both.items() if series == "mtd"}
+    ratio = {(team,): v for (series, team), v in both.items() if series == "ratio"}
     assert set(mtd) == {("research",), ("support",)} and all(v > 0 for v in mtd.values())
     budget = {"research": 5000.0, "support": 1200.0}  # exporter.sim.harness.DEFAULT_TEAMS
-    ratio = _values(prom_url, inline("team:chargeback_budget_consumption:ratio"), tile_end, "team")
+    assert set(ratio) == set(mtd)
     for (team,), v in mtd.items():
         assert _close(ratio[(team,)], v / budget[team])
     # the gauges the month is taken from: the proxy's billing month (sim config: UTC)
