@@ -219,6 +219,7 @@ class Journal:
             spare = self._new_segment(self._next_seq(), max(self.segment_bytes, need))
         if self._cur is not None:
             self._to_close.append(self._cur)
+            self._work.set()  # the sync thread finishes the rotated segment
         self._cur = spare
         return spare
 
@@ -271,9 +272,7 @@ class Journal:
         with self._lock:
             if self._cur is None:
                 raise OSError(f"ledger journal in {self.dir} is closed")
-            seq = self._rotate_locked(0).seq
-        self._work.set()  # the rotated segment is finished by the sync thread
-        return seq
+            return self._rotate_locked(0).seq
 
     def sync(self) -> None:
         """Group commit: fsync the current segment, finish rotated ones, prepare the next one."""

@@ -239,7 +239,7 @@ class _TappedReader(StreamReader):
         _TAPS[self].end(exc)
 
 
-async def _pump(relay: _Relay, ex: Exchange, content: StreamReader | Body) -> None:
+async def _pump(relay: _Relay, content: StreamReader | Body) -> None:
     """Move the upstream's body to the client until it ends (raises what ended it)."""
     if type(content) is Body:  # the proxy's own client: it hands the body over as it decodes it
         early = content.read_nowait()
@@ -270,7 +270,7 @@ async def _pump(relay: _Relay, ex: Exchange, content: StreamReader | Body) -> No
     while True:
         if relay.backlog():
             try:
-                await ex.drain()
+                await relay._ex.drain()
             except ConnectionError as exc:
                 raise aiohttp.ClientConnectionResetError(str(exc)) from exc
         chunk = await content.readany()
@@ -319,7 +319,7 @@ async def relay_stream(
         try:
             # The relay writes the body from its first bytes, together with the waiting head.
             relay = _Relay(ex, call, sse)
-            await _pump(relay, ex, upstream.content)
+            await _pump(relay, upstream.content)
             tail = sse.flush()
             if tail:
                 await send(tail)
